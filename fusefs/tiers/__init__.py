@@ -1,0 +1,1 @@
+"""Storage tiers: the capacity tier (source of truth) and the fast tier (local NVMe cache)."""

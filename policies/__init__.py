@@ -1,0 +1,1 @@
+"""Tiering policies, installed as ``fusefs.policies``; see ``base.py`` for the contract."""

