@@ -1,0 +1,265 @@
+"""The capacity-tier contract: the source of truth a mount serves.
+
+A capacity tier is the dataset as it already exists: a local directory
+(`fusefs.tiers.posix`) or an object store reached through `pyarrow.fs`
+(`fusefs.tiers.objectstore`). This module owns the interface both implement,
+the attribute record they return (`Stat`), the version a cached copy is tied to
+(`SourceVersion`), and the opening of a tier from a source string
+(`open_capacity`).
+
+Paths are relative to the source root, as ``bytes`` with ``/`` separators and
+no leading slash (``b""`` is the root); the upper layers build them from the
+inode tree and never pass ``.`` or ``..`` components. Failures are raised as
+`OSError` with the errno the caller should see (`FileNotFoundError`,
+`PermissionError`, ...); a store that is unreachable raises `TierUnavailable`
+(an `OSError` with ``EIO``). Nothing here raises `pyfuse3.FUSEError`: that is
+`operations.py`'s job.
+
+Every method that may wait (network, fsync, large copies) is ``async`` and must
+not block the trio event loop for longer than a local syscall: implementations
+push such work to `trio.to_thread.run_sync` under their own limiter.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class TierUnavailable(OSError):
+    """The capacity tier did not answer (after retries); maps to ``EIO``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
+@dataclass(slots=True)
+class Stat:
+    """Attributes of one source object, shaped like `os.stat_result`."""
+
+    st_mode: int
+    st_size: int = 0
+    st_ino: int = 0
+    st_dev: int = 0
+    st_nlink: int = 1
+    st_uid: int = 0
+    st_gid: int = 0
+    st_rdev: int = 0
+    st_blksize: int = 4096
+    st_blocks: int = 0
+    st_atime_ns: int = 0
+    st_mtime_ns: int = 0
+    st_ctime_ns: int = 0
+    etag: str | None = field(default=None)
+
+    @classmethod
+    def from_os(cls, st: os.stat_result) -> Stat:
+        return cls(
+            st_mode=st.st_mode,
+            st_size=st.st_size,
+            st_ino=st.st_ino,
+            st_dev=st.st_dev,
+            st_nlink=st.st_nlink,
+            st_uid=st.st_uid,
+            st_gid=st.st_gid,
+            st_rdev=st.st_rdev,
+            st_blksize=st.st_blksize,
+            st_blocks=st.st_blocks,
+            st_atime_ns=st.st_atime_ns,
+            st_mtime_ns=st.st_mtime_ns,
+            st_ctime_ns=st.st_ctime_ns,
+        )
+
+    @property
+    def is_dir(self) -> bool:
+        return stat_mod.S_ISDIR(self.st_mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat_mod.S_ISREG(self.st_mode)
+
+    def version(self) -> SourceVersion:
+        return SourceVersion(self.st_size, self.st_mtime_ns, self.etag)
+
+
+class SourceVersion(NamedTuple):
+    """What a cached copy of a file is tied to; any change invalidates it."""
+
+    size: int
+    mtime_ns: int
+    etag: str | None
+
+
+class StatFs(NamedTuple):
+    bsize: int
+    frsize: int
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    favail: int
+    namemax: int
+
+
+# Sentinel for setattr times: "now" as the source's clock sees it.
+UTIME_NOW = object()
+
+
+class CapacityFile(ABC):
+    """An open source object. Positional I/O only: handles may be shared."""
+
+    @abstractmethod
+    async def pread(self, offset: int, size: int) -> bytes:
+        """Read up to ``size`` bytes at ``offset``; short only at end of file."""
+
+    @abstractmethod
+    async def pwrite(self, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset``; returns the bytes written."""
+
+    @abstractmethod
+    async def truncate(self, size: int) -> None: ...
+
+    @abstractmethod
+    async def fstat(self) -> Stat: ...
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Called on every close(2) of a descriptor; object stores upload here."""
+
+    @abstractmethod
+    async def fsync(self, datasync: bool) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the handle; must be safe to call more than once."""
+
+    def fileno(self) -> int | None:
+        """The local descriptor, if the tier has one (lets the engine use os.pread)."""
+        return None
+
+
+class CapacityTier(ABC):
+    """A dataset source. See the module docstring for path and error rules."""
+
+    #: Short name shown in stats and errors ("posix", "s3", ...).
+    kind: str = "?"
+    #: Whether the tier can keep hard links, device nodes, ownership, xattrs.
+    supports_links: bool = False
+
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """Human-readable source, for logs and `tierfs stats`."""
+
+    async def start(self) -> None:
+        """Check that the source is reachable; raise OSError with a clear message if not."""
+
+    async def close(self) -> None:
+        """Release every resource the tier holds."""
+
+    # -- metadata --------------------------------------------------------
+    @abstractmethod
+    async def stat(self, path: bytes) -> Stat:
+        """Attributes of ``path`` without following a final symlink."""
+
+    @abstractmethod
+    async def listdir(self, path: bytes) -> list[tuple[bytes, Stat]]:
+        """Entries of a directory with their attributes, without ``.``/``..``."""
+
+    @abstractmethod
+    async def readlink(self, path: bytes) -> bytes: ...
+
+    @abstractmethod
+    async def setattr(
+        self,
+        path: bytes,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: Any = None,
+        mtime_ns: Any = None,
+        file: CapacityFile | None = None,
+    ) -> Stat:
+        """Change attributes; ``atime_ns``/``mtime_ns`` may be `UTIME_NOW`."""
+
+    @abstractmethod
+    async def statfs(self) -> StatFs: ...
+
+    # -- namespace -------------------------------------------------------
+    @abstractmethod
+    async def mkdir(self, path: bytes, mode: int, uid: int, gid: int) -> Stat: ...
+
+    @abstractmethod
+    async def mknod(self, path: bytes, mode: int, rdev: int, uid: int, gid: int) -> Stat: ...
+
+    @abstractmethod
+    async def symlink(self, path: bytes, target: bytes, uid: int, gid: int) -> Stat: ...
+
+    @abstractmethod
+    async def link(self, path: bytes, new_path: bytes) -> Stat: ...
+
+    @abstractmethod
+    async def unlink(self, path: bytes) -> None: ...
+
+    @abstractmethod
+    async def rmdir(self, path: bytes) -> None: ...
+
+    @abstractmethod
+    async def rename(self, old: bytes, new: bytes, flags: int = 0) -> None:
+        """Rename; ``flags`` carries RENAME_NOREPLACE / RENAME_EXCHANGE."""
+
+    # -- data ------------------------------------------------------------
+    @abstractmethod
+    async def open(self, path: bytes, flags: int) -> CapacityFile:
+        """Open an existing object (no O_CREAT); flags are os.O_* access flags."""
+
+    @abstractmethod
+    async def create(
+        self, path: bytes, flags: int, mode: int, uid: int, gid: int
+    ) -> tuple[CapacityFile, Stat]:
+        """Create (O_CREAT|O_EXCL semantics) and open a regular file."""
+
+    # -- extended attributes (optional) ----------------------------------
+    async def getxattr(self, path: bytes, name: bytes) -> bytes:
+        raise OSError(errno.ENOTSUP, "extended attributes are not supported by this tier")
+
+    async def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int = 0) -> None:
+        raise OSError(errno.ENOTSUP, "extended attributes are not supported by this tier")
+
+    async def listxattr(self, path: bytes) -> list[bytes]:
+        return []
+
+    async def removexattr(self, path: bytes, name: bytes) -> None:
+        raise OSError(errno.ENOTSUP, "extended attributes are not supported by this tier")
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    """Join a relative directory path and one name."""
+    return name if not parent else parent + b"/" + name
+
+
+def open_capacity(source: str, **options: Any) -> CapacityTier:
+    """Open the capacity tier for a source string.
+
+    A plain path or ``file://`` URI is a local directory; anything with another
+    scheme goes to `pyarrow.fs.FileSystem.from_uri`.
+
+    Raises:
+        OSError: the source does not exist or cannot be used, with a message
+            that names it.
+    """
+    if "://" not in source or source.startswith("file://"):
+        from .posix import PosixTier
+
+        path = source[len("file://") :] if source.startswith("file://") else source
+        return PosixTier(path)
+    from .objectstore import ObjectStoreTier  # pyarrow is only needed for stores
+
+    return ObjectStoreTier.from_uri(source, **options)
