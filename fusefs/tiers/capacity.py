@@ -226,6 +226,9 @@ class CapacityTier(ABC):
     ) -> tuple[CapacityFile, Stat]:
         """Create (O_CREAT|O_EXCL semantics) and open a regular file."""
 
+    async def fsync_dir(self, path: bytes) -> None:
+        """Make a directory's entries durable (no-op where the store has none)."""
+
     # -- extended attributes (optional) ----------------------------------
     async def getxattr(self, path: bytes, name: bytes) -> bytes:
         raise OSError(errno.ENOTSUP, "extended attributes are not supported by this tier")

@@ -277,6 +277,13 @@ class PosixTier(CapacityTier):
         return StatFs(st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail,
                       st.f_files, st.f_ffree, st.f_favail, st.f_namemax)
 
+    async def fsync_dir(self, path: bytes) -> None:
+        fd = self._open_dir(path, os.O_RDONLY)
+        try:
+            await trio.to_thread.run_sync(os.fsync, fd)
+        finally:
+            os.close(fd)
+
     # -- namespace ---------------------------------------------------------
     def _own(self, path: bytes, uid: int, gid: int) -> None:
         """Give a new object to the caller, as a kernel filesystem would."""

@@ -1,0 +1,93 @@
+"""Open file and directory handles of one mount.
+
+A `FileHandle` is what the kernel's ``fh`` names: the inode, the open source
+object, the open flags, and the per-handle state the engine needs (who opened
+it, what the classifier has learnt about the stream). A `DirHandle` holds the
+snapshot of a directory listing taken at opendir, so readdir offsets stay
+stable while the directory changes underneath.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from typing import Any
+
+from .tiers.capacity import CapacityFile, Stat
+
+
+@dataclass(slots=True, eq=False)
+class FileHandle:
+    fh: int
+    ino: int
+    path: bytes
+    file: CapacityFile
+    flags: int
+    pid: int
+    file_id: int
+    #: True once this handle wrote: caches of the inode must not be trusted.
+    dirty: bool = False
+    #: Engine-private per-handle state (read-ahead window, stream buffer).
+    stream: Any = None
+
+
+@dataclass(slots=True, eq=False)
+class DirHandle:
+    fh: int
+    ino: int
+    entries: list[tuple[bytes, Stat]] = field(default_factory=list)
+
+
+class HandleTable:
+    """Allocates handle numbers; trio-only."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._files: dict[int, FileHandle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+
+    def _alloc(self) -> int:
+        fh = self._next
+        self._next += 1
+        return fh
+
+    def add_file(self, **kw: Any) -> FileHandle:
+        h = FileHandle(fh=self._alloc(), **kw)
+        self._files[h.fh] = h
+        return h
+
+    def add_dir(self, ino: int, entries: list[tuple[bytes, Stat]]) -> DirHandle:
+        h = DirHandle(self._alloc(), ino, entries)
+        self._dirs[h.fh] = h
+        return h
+
+    def file(self, fh: int) -> FileHandle:
+        try:
+            return self._files[fh]
+        except KeyError:
+            raise OSError(errno.EBADF, f"unknown file handle {fh}") from None
+
+    def dir(self, fh: int) -> DirHandle:
+        try:
+            return self._dirs[fh]
+        except KeyError:
+            raise OSError(errno.EBADF, f"unknown directory handle {fh}") from None
+
+    def pop_file(self, fh: int) -> FileHandle:
+        h = self.file(fh)
+        del self._files[fh]
+        return h
+
+    def pop_dir(self, fh: int) -> DirHandle:
+        h = self.dir(fh)
+        del self._dirs[fh]
+        return h
+
+    def files(self) -> list[FileHandle]:
+        return list(self._files.values())
+
+    def files_of(self, ino: int) -> list[FileHandle]:
+        return [h for h in self._files.values() if h.ino == ino]
+
+    def __len__(self) -> int:
+        return len(self._files) + len(self._dirs)

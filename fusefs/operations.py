@@ -1,0 +1,396 @@
+"""The FUSE request handlers: kernel requests in, tier and engine calls out.
+
+This is the only module that raises `pyfuse3.FUSEError`. Every handler is
+wrapped by `_translate`: an `OSError` from below becomes ``FUSEError(errno)``;
+anything else is a bug, logged once with its traceback and answered with
+``EIO``, so one bad request never takes the daemon down.
+
+Metadata goes straight to the capacity tier (which keeps its own caches);
+file data goes through the `Engine`. Collaborators are passed in, so tests can
+drive an `Operations` in-process without a mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from .engine import Engine
+from .handles import HandleTable
+from .inodes import ROOT, InodeTable
+from .tiers.capacity import CapacityTier, SourceVersion, Stat
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _translate(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kw: Any) -> Any:
+        try:
+            return await fn(*args, **kw)
+        except FUSEError:
+            raise
+        except OSError as exc:
+            if exc.errno is None:
+                log.error("%s: OSError without errno: %s", fn.__name__, exc)
+                raise FUSEError(errno.EIO) from None
+            raise FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("%s failed; answering EIO", fn.__name__)
+            raise FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long the kernel may trust what we tell it, in seconds."""
+
+    entry: float = 1.0
+    attr: float = 1.0
+    negative: float = 1.0
+    #: Keep the kernel's page cache across opens without checking the source.
+    immutable: bool = False
+
+
+class Operations(pyfuse3.Operations):
+    """Request handlers of one mount."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(
+        self,
+        capacity: CapacityTier,
+        engine: Engine,
+        *,
+        inodes: InodeTable | None = None,
+        handles: HandleTable | None = None,
+        timeouts: Timeouts = Timeouts(),
+    ) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.engine = engine
+        self.inodes = inodes if inodes is not None else InodeTable(
+            use_identity=capacity.supports_links)
+        self.handles = handles if handles is not None else HandleTable()
+        self.timeouts = timeouts
+        # Source version each inode had when the kernel last cached its pages.
+        self._versions: dict[int, SourceVersion] = {}
+
+    # -- helpers -----------------------------------------------------------
+    def _entry(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        e.generation = 0
+        e.entry_timeout = self.timeouts.entry
+        e.attr_timeout = self.timeouts.attr
+        e.st_mode = st.st_mode
+        e.st_nlink = st.st_nlink
+        e.st_uid = st.st_uid
+        e.st_gid = st.st_gid
+        e.st_rdev = st.st_rdev
+        e.st_size = st.st_size
+        e.st_blksize = st.st_blksize
+        e.st_blocks = st.st_blocks
+        e.st_atime_ns = st.st_atime_ns
+        e.st_mtime_ns = st.st_mtime_ns
+        e.st_ctime_ns = st.st_ctime_ns
+        return e
+
+    def _remember(self, parent: int, name: bytes, st: Stat, count: int = 1) -> int:
+        node = self.inodes.remember(
+            parent, name, is_dir=st.is_dir,
+            identity=(st.st_dev, st.st_ino) if st.st_ino else None, count=count)
+        return node.ino
+
+    async def _stat_ino(self, ino: int) -> Stat:
+        try:
+            return await self.capacity.stat(self.inodes.path(ino))
+        except FileNotFoundError:
+            # Unlinked while open: the open descriptor still knows it.
+            for h in self.handles.files_of(ino):
+                return await h.file.fstat()
+            raise
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if b"/" in name or name in (b"", b".", b".."):
+            raise OSError(errno.EINVAL, "invalid name")
+
+    # -- lookups and attributes ----------------------------------------------
+    @_translate
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self.engine.stats.add("meta.lookup")
+        path = self.inodes.child_path(parent_inode, name)
+        try:
+            st = await self.capacity.stat(path)
+        except FileNotFoundError:
+            if self.timeouts.negative > 0:
+                e = pyfuse3.EntryAttributes()
+                e.st_ino = 0  # a negative entry the kernel may cache
+                e.entry_timeout = self.timeouts.negative
+                return e
+            raise
+        return self._entry(self._remember(parent_inode, name, st), st)
+
+    @_translate
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.inodes.forget(ino, n)
+
+    @_translate
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self.engine.stats.add("meta.getattr")
+        return self._entry(inode, await self._stat_ino(inode))
+
+    @_translate
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        handle = self.handles.file(fh) if fh is not None and fh else None
+        path = handle.path if handle is not None else self.inodes.path(inode)
+        kw: dict[str, Any] = {}
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        if handle is not None:
+            kw["file"] = handle.file
+        try:
+            st = await self.capacity.setattr(path, **kw)
+        except FileNotFoundError:
+            if handle is None:
+                raise
+            st = await handle.file.fstat()  # unlinked but open
+        if fields.update_size:
+            self.engine.invalidate(inode)
+        return self._entry(inode, st)
+
+    @_translate
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.capacity.readlink(self.inodes.path(inode))
+
+    @_translate
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        st = await self._stat_ino(inode)
+        if mode == os.F_OK:
+            return True
+        if ctx.uid == 0:
+            # root may do anything but execute a file nobody may execute
+            return not (mode & os.X_OK) or st.is_dir or bool(st.st_mode & 0o111)
+        if ctx.uid == st.st_uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid == ctx.gid or st.st_gid in pyfuse3.get_sup_groups(ctx.pid):
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        return (bits & mode) == mode
+
+    @_translate
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = await self.capacity.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize, out.f_frsize = s.bsize, s.frsize
+        out.f_blocks, out.f_bfree, out.f_bavail = s.blocks, s.bfree, s.bavail
+        out.f_files, out.f_ffree, out.f_favail = s.files, s.ffree, s.favail
+        out.f_namemax = s.namemax
+        return out
+
+    # -- namespace -------------------------------------------------------------
+    @_translate
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(name)
+        path = self.inodes.child_path(parent_inode, name)
+        st = await self.capacity.mknod(path, mode, rdev, ctx.uid, ctx.gid)
+        return self._entry(self._remember(parent_inode, name, st), st)
+
+    @_translate
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(name)
+        path = self.inodes.child_path(parent_inode, name)
+        st = await self.capacity.mkdir(path, mode, ctx.uid, ctx.gid)
+        return self._entry(self._remember(parent_inode, name, st), st)
+
+    @_translate
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(name)
+        path = self.inodes.child_path(parent_inode, name)
+        st = await self.capacity.symlink(path, target, ctx.uid, ctx.gid)
+        return self._entry(self._remember(parent_inode, name, st), st)
+
+    @_translate
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(new_name)
+        if self.inodes.get(inode).is_dir:
+            raise OSError(errno.EPERM, "hard links to directories are not allowed")
+        src = self.inodes.path(inode)
+        dst = self.inodes.child_path(new_parent_inode, new_name)
+        st = await self.capacity.link(src, dst)
+        return self._entry(self._remember(new_parent_inode, new_name, st), st)
+
+    @_translate
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.capacity.unlink(self.inodes.child_path(parent_inode, name))
+        node = self.inodes.unlinked(parent_inode, name)
+        if node is not None and not node.locations:
+            self.engine.invalidate(node.ino)
+
+    @_translate
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.capacity.rmdir(self.inodes.child_path(parent_inode, name))
+        self.inodes.unlinked(parent_inode, name)
+
+    @_translate
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self._check_name(name_new)
+        old = self.inodes.child_path(parent_inode_old, name_old)
+        new = self.inodes.child_path(parent_inode_new, name_new)
+        replaced = self.inodes.find(parent_inode_new, name_new)
+        await self.capacity.rename(old, new, flags)
+        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        self.inodes.renamed(parent_inode_old, name_old, parent_inode_new, name_new,
+                            exchange=exchange)
+        if replaced is not None and not exchange and replaced in self.inodes \
+                and not self.inodes.get(replaced).locations:
+            self.engine.invalidate(replaced)
+
+    # -- files -----------------------------------------------------------------
+    def _file_info(self, fh: int, ino: int, st: Stat, flags: int) -> pyfuse3.FileInfo:
+        """Let the kernel keep its cached pages only if the source did not change."""
+        version = st.version()
+        keep = self.timeouts.immutable or self._versions.get(ino) == version
+        self._versions[ino] = version
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    @_translate
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        self.engine.stats.add("meta.open")
+        path = self.inodes.path(inode)
+        f = await self.capacity.open(path, flags)
+        try:
+            st = await f.fstat()
+            if st.version() != self._versions.get(inode):
+                self.engine.invalidate(inode)
+            node = self.inodes.opened(inode)
+        except BaseException:
+            await f.close()
+            raise
+        h = self.handles.add_file(ino=node.ino, path=path, file=f, flags=flags,
+                                  pid=ctx.pid, file_id=node.ino)
+        return self._file_info(h.fh, inode, st, flags)
+
+    @_translate
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_name(name)
+        path = self.inodes.child_path(parent_inode, name)
+        f, st = await self.capacity.create(path, flags, mode, ctx.uid, ctx.gid)
+        ino = self._remember(parent_inode, name, st)
+        self.engine.invalidate(ino)
+        self.inodes.opened(ino)
+        h = self.handles.add_file(ino=ino, path=path, file=f, flags=flags, pid=ctx.pid,
+                                  file_id=ino)
+        return self._file_info(h.fh, ino, st, flags), self._entry(ino, st)
+
+    @_translate
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.engine.read(self.handles.file(fh), off, size)
+
+    @_translate
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handles.file(fh)
+        n = await self.engine.write(h, off, buf)
+        return n
+
+    @_translate
+    async def flush(self, fh: int) -> None:
+        await self.engine.flush(self.handles.file(fh))
+
+    @_translate
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.engine.fsync(self.handles.file(fh), datasync)
+
+    @_translate
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop_file(fh)
+        try:
+            if h.dirty:
+                # Our own writes went through the kernel's cache: it stays valid.
+                try:
+                    self._versions[h.ino] = (await h.file.fstat()).version()
+                except OSError:
+                    self._versions.pop(h.ino, None)
+            await self.engine.release(h)
+        finally:
+            self.inodes.closed(h.ino)
+
+    # -- directories -------------------------------------------------------------
+    @_translate
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self.engine.stats.add("meta.opendir")
+        entries = await self.capacity.listdir(self.inodes.path(inode))
+        return self.handles.add_dir(inode, entries).fh
+
+    @_translate
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        h = self.handles.dir(fh)
+        entries = h.entries
+        for i in range(start_id, len(entries)):
+            name, st = entries[i]
+            # readdirplus: every accepted entry is a lookup the kernel will forget.
+            ino = self._remember(h.ino, name, st, count=0)
+            if not pyfuse3.readdir_reply(token, name, self._entry(ino, st), i + 1):
+                self.inodes.forget(ino, 0)
+                break
+            self.inodes.get(ino).lookups += 1
+
+    @_translate
+    async def releasedir(self, fh: int) -> None:
+        self.handles.pop_dir(fh)
+
+    @_translate
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.capacity.fsync_dir(self.inodes.path(self.handles.dir(fh).ino))
+
+    # -- extended attributes ----------------------------------------------------
+    @_translate
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.capacity.getxattr(self.inodes.path(inode), name)
+
+    @_translate
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        await self.capacity.setxattr(self.inodes.path(inode), name, value)
+
+    @_translate
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return await self.capacity.listxattr(self.inodes.path(inode))
+
+    @_translate
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.capacity.removexattr(self.inodes.path(inode), name)
+
