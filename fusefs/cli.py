@@ -1,0 +1,354 @@
+"""The `tierfs` command: mount, umount, stats; and `mount.tierfs` for fstab.
+
+User mistakes end with one line on stderr and a documented exit code (see
+`fusefs.mount`), never a traceback. `tierfs mount` returns once the mount is
+live: unless ``-f``, it forks a daemon and waits for it to report success or
+the reason it failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+import trio
+
+from . import __version__
+from .config import Config, ConfigError, load_config, with_overrides
+from .control import ControlError, call
+from .mount import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    MountError,
+    check_fuse,
+    check_mountpoint,
+    default_cache_dir,
+    prepare_cache_dir,
+    serve,
+)
+from .units import format_size
+
+log = logging.getLogger("fusefs")
+
+# -o options accepted by `tierfs mount` and mount.tierfs (fstab).
+MOUNT_OPTIONS = {
+    "allow_other": "let other users access the mount",
+    "cache=DIR": "fast-tier directory",
+    "config=FILE": "TOML configuration file",
+    "immutable": "the source never changes: keep kernel caches across opens",
+    "log=FILE": "daemon log file",
+    "debug": "log at DEBUG level",
+    # accepted for fstab compatibility; no effect
+    "rw": "(accepted, default)",
+    "defaults": "(accepted)",
+    "auto": "(accepted)",
+    "noauto": "(accepted)",
+    "user": "(accepted)",
+    "nouser": "(accepted)",
+    "_netdev": "(accepted)",
+    "nofail": "(accepted)",
+    "dev": "(accepted)",
+    "suid": "(accepted)",
+    "exec": "(accepted)",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tierfs",
+        description="Serve a dataset (local directory or object store) through DRAM and "
+                    "NVMe tiers as a FUSE mount.")
+    p.add_argument("--version", action="version", version=f"tierfs {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    m = sub.add_parser("mount", help="mount a dataset",
+                       description="Mount SOURCE (a directory, file:// or any URI "
+                                   "pyarrow.fs understands, e.g. s3://bucket/prefix) at "
+                                   "MOUNTPOINT.")
+    m.add_argument("source", metavar="SOURCE")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument("--cache", metavar="DIR", help="fast-tier directory (created 0700)")
+    m.add_argument("--config", metavar="FILE", help="TOML configuration (tierfs.toml(5))")
+    m.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground and log to stderr")
+    m.add_argument("-o", dest="options", metavar="OPTS", action="append", default=[],
+                   help="comma-separated mount options: " + ", ".join(
+                       k for k, v in MOUNT_OPTIONS.items() if not v.startswith("(")))
+    m.add_argument("--log", metavar="FILE", help="daemon log file (default: in the cache dir)")
+    m.add_argument("--debug", action="store_true", help="log at DEBUG level")
+
+    u = sub.add_parser("umount", help="unmount and wait for the daemon to finish")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for the daemon (default 120)")
+
+    s = sub.add_parser("stats", help="show a mount's counters")
+    s.add_argument("mountpoint", metavar="MOUNTPOINT")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def parse_mount_options(opts: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for group in opts:
+        for item in group.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, eq, value = item.partition("=")
+            spec = f"{key}=FILE" if key in ("config", "log") else \
+                f"{key}=DIR" if key == "cache" else key
+            if spec not in MOUNT_OPTIONS:
+                allowed = ", ".join(k for k, v in MOUNT_OPTIONS.items() if not v.startswith("("))
+                raise UsageError(f"unknown mount option '{item}'; allowed: {allowed}")
+            if ("=" in spec) != bool(eq):
+                raise UsageError(f"mount option '{key}' " +
+                                 ("needs a value" if "=" in spec else "takes no value"))
+            out[key] = value if eq else True
+    return out
+
+
+def _setup_logging(log_file: str | None, debug: bool) -> None:
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    opts = parse_mount_options(args.options)
+    cfg: Config = load_config(args.config or opts.get("config"))
+    if opts.get("allow_other"):
+        cfg = with_overrides(cfg, "mount", allow_other=True)
+    if opts.get("immutable"):
+        cfg = with_overrides(cfg, "mount", consistency="immutable")
+    source = args.source
+    if "://" not in source:
+        if not os.path.isdir(source):
+            what = "does not exist" if not os.path.exists(source) else "is not a directory"
+            raise MountError(f"source {source} {what}", 4)
+        source = os.path.abspath(source)
+    mountpoint = check_mountpoint(args.mountpoint)
+    check_fuse()
+    cache_dir = prepare_cache_dir(args.cache or opts.get("cache") or cfg.cache.dir
+                                  or default_cache_dir(mountpoint))
+    cfg = with_overrides(cfg, "cache", dir=cache_dir)
+    debug = args.debug or bool(opts.get("debug"))
+    if args.foreground:
+        _setup_logging(args.log or opts.get("log"), debug)
+        trio.run(serve, source, mountpoint, cfg)
+        return 0
+    return _daemonize(source, mountpoint, cfg,
+                      args.log or opts.get("log") or os.path.join(cache_dir, "tierfs.log"), debug)
+
+
+def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str, debug: bool) -> int:
+    """Fork a daemon; return once it reports that the mount is live (or why not)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as r:
+            msg = r.read().decode(errors="replace")
+        if msg.startswith("ok"):
+            return 0
+        code, _, text = msg.partition(" ")
+        print(f"tierfs: {text.strip() or 'the daemon exited before mounting'}", file=sys.stderr)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        return int(code) if code.isdigit() else EXIT_FAILURE
+    # child
+    os.close(rfd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)  # the grandchild is re-parented: no zombie for the caller
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    _setup_logging(log_file, debug)
+
+    def ready() -> None:
+        nonlocal wfd
+        if wfd >= 0:
+            os.write(wfd, b"ok\n")
+            os.close(wfd)
+            wfd = -1
+
+    code = 0
+    try:
+        trio.run(functools.partial(serve, source, mountpoint, cfg, ready=ready))
+    except MountError as exc:
+        log.error("%s", exc)
+        code = exc.code
+        if wfd >= 0:
+            os.write(wfd, f"{exc.code} {exc}".encode())
+    except BaseException as exc:  # report, then exit non-zero
+        log.exception("daemon failed")
+        code = EXIT_FAILURE
+        if wfd >= 0:
+            os.write(wfd, f"{EXIT_FAILURE} daemon failed: {exc}".encode())
+    finally:
+        if wfd >= 0:
+            os.close(wfd)
+        logging.shutdown()
+    os._exit(code)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    try:
+        pid = call(mountpoint, "ping", timeout=5)["pid"]
+    except ControlError:
+        pid = None
+    if not os.path.ismount(mountpoint):
+        raise UsageError(f"{mountpoint} is not mounted")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", "--", mountpoint] if tool else ["umount", "--", mountpoint]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"tierfs: cannot unmount {mountpoint}: {res.stderr.strip()}", file=sys.stderr)
+        return EXIT_FAILURE
+    if pid is not None:
+        deadline = time.monotonic() + args.timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                print(f"tierfs: daemon {pid} still running after {args.timeout:.0f}s",
+                      file=sys.stderr)
+                return EXIT_FAILURE
+            time.sleep(0.05)
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours (only in tests) is finished.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    snap = call(args.mountpoint, "stats")["stats"]
+    if args.json:
+        print(json.dumps(snap, indent=2, sort_keys=True))
+        return 0
+    print(render_stats(snap))
+    return 0
+
+
+def render_stats(snap: dict[str, Any]) -> str:
+    """A human table of a stats snapshot."""
+    lines = []
+    mount = snap.get("mount", {})
+    if mount:
+        lines.append(f"{mount.get('source')} on {mount.get('mountpoint')} "
+                     f"(pid {mount.get('pid')}, up {snap.get('uptime_s', 0):.0f}s)")
+    c = snap.get("counters", {})
+    tiers = [k.rsplit(".", 1)[1] for k in c if k.startswith("read.bytes.")]
+    total = sum(c.get(f"read.bytes.{t}", 0) for t in tiers) or 1
+    if tiers:
+        lines.append("")
+        lines.append(f"{'tier':<12}{'bytes read':>14}{'share':>8}")
+        for t in sorted(tiers):
+            b = c.get(f"read.bytes.{t}", 0)
+            lines.append(f"{t:<12}{format_size(b):>14}{100 * b / total:>7.1f}%")
+    others = {k: v for k, v in c.items() if not k.startswith("read.bytes.")}
+    if others:
+        lines.append("")
+        lines.append(f"{'counter':<36}{'value':>14}")
+        for k, v in others.items():
+            lines.append(f"{k:<36}{v:>14}")
+    lat = snap.get("latency", {})
+    if lat:
+        lines.append("")
+        lines.append(f"{'latency':<20}{'count':>10}{'p50 us':>10}{'p99 us':>10}{'p99.9 us':>10}")
+        for k, h in lat.items():
+            lines.append(f"{k:<20}{h['count']:>10}{h['p50_us']:>10.0f}{h['p99_us']:>10.0f}"
+                         f"{h['p999_us']:>10.0f}")
+    for name, section in snap.items():
+        if name in ("mount", "counters", "latency", "uptime_s") or not isinstance(section, dict):
+            continue
+        lines.append("")
+        lines.append(f"[{name}]")
+        for k, v in section.items():
+            lines.append(f"  {k}: {v}")
+    return "\n".join(lines)
+
+
+COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "stats": cmd_stats}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"tierfs: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MountError as exc:
+        print(f"tierfs: {exc}", file=sys.stderr)
+        return exc.code
+    except (UsageError, ControlError) as exc:
+        print(f"tierfs: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def mount_helper(argv: Sequence[str] | None = None) -> int:
+    """``mount.tierfs SOURCE MOUNTPOINT [-o OPTS]``, as mount(8) calls it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pos, opts = [], []
+    it = iter(argv)
+    for a in it:
+        if a == "-o":
+            opts.append(next(it, ""))
+        elif a.startswith("-o") and len(a) > 2:
+            opts.append(a[2:])
+        elif a in ("-n", "-s", "-v", "-f"):
+            continue  # mount(8) flags: no mtab, sloppy, verbose, fake
+        else:
+            pos.append(a)
+    if len(pos) != 2:
+        print("usage: mount.tierfs SOURCE MOUNTPOINT [-o OPTIONS]", file=sys.stderr)
+        return EXIT_USAGE
+    args = [ "mount", pos[0], pos[1]]
+    for o in opts:
+        args += ["-o", o]
+    return main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The TOML configuration: schema, validation and the frozen settings it yields.
+
+The schema is the set of dataclasses below; each field's metadata says its
+kind and documents it. The same schema validates a file (`load_config`),
+supplies defaults, and generates the ``tierfs.toml(5)`` man page
+(`fusefs.manpages`), so the documentation cannot drift from the code.
+
+Validation is strict: an unknown table or key, a wrong type or an impossible
+value is a `ConfigError` naming the file, the line, the key and what is
+allowed. `tomllib` keeps no positions, so `_Locator` finds lines by a light
+scan of the text (headers and ``key =`` lines), which is enough to point at
+the offending line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .units import parse_duration, parse_size
+
+
+class ConfigError(Exception):
+    """A configuration the mount cannot use; the message is for the user."""
+
+
+def _opt(default: Any, kind: str, doc: str, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"kind": kind, "doc": doc, "choices": choices})
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    dir: str | None = _opt(None, "path", "Fast-tier directory (local NVMe). Created 0700. "
+                           "Default: a per-mount directory under /var/cache/tierfs (root) or "
+                           "$XDG_CACHE_HOME/tierfs.")
+    size: int = _opt(parse_size("10GiB"), "size", "Fast-tier size limit.")
+    dram: int = _opt(parse_size("512MiB"), "size", "DRAM page cache size; 0 disables it.")
+    page_size: int = _opt(parse_size("4KiB"), "size",
+                          "DRAM page size: a power of two from 4KiB to 1MiB.")
+    chunk_size: int = _opt(parse_size("1MiB"), "size", "Fast-tier allocation and fetch unit.")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    name: str = _opt("workload_aware", "str", "Tiering policy, by name (see tierfs-policies).")
+    sequential_cutoff: int = _opt(parse_size("256KiB"), "size",
+                                  "Run length after which a stream is classified sequential.")
+    readahead_max: int = _opt(parse_size("64MiB"), "size",
+                              "Largest read-ahead window of a sequential stream.")
+
+
+@dataclass(frozen=True, slots=True)
+class MountConfig:
+    consistency: str = _opt("close-to-open", "enum",
+                            "When cached data is checked against the source: on every open "
+                            "(close-to-open), or never (immutable: the dataset never changes).",
+                            ("close-to-open", "immutable"))
+    entry_timeout: float = _opt(1.0, "duration", "How long the kernel may cache names.")
+    attr_timeout: float = _opt(1.0, "duration", "How long the kernel may cache attributes.")
+    negative_timeout: float = _opt(1.0, "duration",
+                                   "How long the kernel may cache 'no such file'.")
+    allow_other: bool = _opt(False, "bool", "Let users other than the mounting one in.")
+    sync: str = _opt("fast", "enum",
+                     "What fsync waits for: the fast tier (fast) or the capacity tier (capacity).",
+                     ("fast", "capacity"))
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    endpoint: str | None = _opt(None, "str", "Object-store endpoint override (host:port).")
+    region: str | None = _opt(None, "str", "Object-store region.")
+    access_key: str | None = _opt(None, "str", "Access key; default: the store's environment.")
+    secret_key: str | None = _opt(None, "str", "Secret key; default: the store's environment.")
+    stat_ttl: float = _opt(60.0, "duration", "Object-store attribute cache lifetime.")
+    negative_ttl: float = _opt(5.0, "duration", "Object-store negative lookup cache lifetime.")
+    list_ttl: float = _opt(60.0, "duration", "Object-store directory listing cache lifetime.")
+    max_dir_rename_keys: int = _opt(1000, "int",
+                                    "Largest directory (in keys) that rename may copy.")
+
+
+@dataclass(frozen=True, slots=True)
+class StatsConfig:
+    prometheus: str | None = _opt(None, "str", "host:port to serve Prometheus metrics on.")
+    trace: str | None = _opt(None, "path", "Write an access trace (Parquet) to this file.")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    path: str = _opt("**", "str", "Glob over paths in the mount ('**' crosses directories).")
+    pin: bool = _opt(False, "bool", "Keep on the fast tier and warm at mount.")
+    cls: str | None = _opt(None, "enum", "Force the access class.", ("stream", "random"))
+    cache: bool = _opt(True, "bool", "Whether the caches may hold this data at all.")
+
+    def matches(self, path: str) -> bool:
+        return _glob_re(self.path).match(path) is not None
+
+
+# Field names that differ from their TOML key (Python keywords).
+_RENAMED = {"cls": "class"}
+
+SECTIONS: dict[str, type] = {
+    "cache": CacheConfig,
+    "policy": PolicyConfig,
+    "mount": MountConfig,
+    "source": SourceConfig,
+    "stats": StatsConfig,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    cache: CacheConfig = CacheConfig()
+    policy: PolicyConfig = PolicyConfig()
+    mount: MountConfig = MountConfig()
+    source: SourceConfig = SourceConfig()
+    stats: StatsConfig = StatsConfig()
+    rules: tuple[Rule, ...] = ()
+
+    def rule_for(self, path: str) -> Rule | None:
+        """The first rule matching ``path`` (relative to the mount), if any."""
+        for rule in self.rules:
+            if rule.matches(path):
+                return rule
+        return None
+
+
+_GLOB_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _glob_re(pattern: str) -> re.Pattern[str]:
+    """Compile a glob where ``*`` stays within a directory and ``**`` crosses them."""
+    rx = _GLOB_CACHE.get(pattern)
+    if rx is None:
+        out, i = [], 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out.append("(?:.*/)?")
+                i += 3
+            elif pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+            elif pattern[i] == "*":
+                out.append("[^/]*")
+                i += 1
+            elif pattern[i] == "?":
+                out.append("[^/]")
+                i += 1
+            else:
+                out.append(re.escape(pattern[i]))
+                i += 1
+        rx = _GLOB_CACHE[pattern] = re.compile("".join(out) + r"\Z")
+    return rx
+
+
+def toml_key(f: dataclasses.Field[Any]) -> str:
+    return _RENAMED.get(f.name, f.name)
+
+
+class _Locator:
+    """Finds the line of a table or key in TOML text (best effort)."""
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
+    _KEY = re.compile(r'^\s*("[^"]*"|[A-Za-z0-9_\-]+)\s*=')
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[str, int, str], int] = {}
+        table, index, counts = "", 0, {}
+        for no, line in enumerate(text.splitlines(), 1):
+            m = self._HEADER.match(line)
+            if m:
+                table = m.group(2).strip().strip('"')
+                if m.group(1) == "[[":
+                    counts[table] = counts.get(table, -1) + 1
+                    index = counts[table]
+                else:
+                    index = 0
+                self.lines.setdefault((table, index, ""), no)
+                continue
+            k = self._KEY.match(line)
+            if k:
+                self.lines.setdefault((table, index, k.group(1).strip('"')), no)
+
+    def line(self, table: str, key: str = "", index: int = 0) -> int | None:
+        return self.lines.get((table, index, key)) or self.lines.get((table, index, ""))
+
+
+def _convert(kind: str, value: Any, choices: tuple[str, ...]) -> Any:
+    if kind == "size":
+        if not isinstance(value, (int, str)) or isinstance(value, bool):
+            raise ValueError("expected a size such as 4096 or \"4GiB\"")
+        return parse_size(value)
+    if kind == "duration":
+        if not isinstance(value, (int, float, str)) or isinstance(value, bool):
+            raise ValueError("expected a duration such as 30 or \"500ms\"")
+        return parse_duration(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError("expected a non-negative integer")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    if kind == "enum" and value not in choices:
+        raise ValueError(f"expected one of: {', '.join(choices)}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str, table: str, index: int,
+           loc: _Locator, fname: str) -> Any:
+    def err(key: str, msg: str) -> ConfigError:
+        line = loc.line(table, key, index)
+        pos = f"{fname}:{line}" if line else fname
+        return ConfigError(f"{pos}: {where}{'.' + key if key else ''}: {msg}")
+
+    if not isinstance(data, dict):
+        raise err("", "expected a table")
+    fields = {toml_key(f): f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None:
+            raise err(key, f"unknown key; allowed: {', '.join(sorted(fields))}")
+        try:
+            kwargs[f.name] = _convert(f.metadata["kind"], value, f.metadata["choices"])
+        except ValueError as exc:
+            raise err(key, str(exc)) from None
+    try:
+        obj = cls(**kwargs)
+        _check(obj)
+    except ValueError as exc:
+        key, _, msg = str(exc).partition(": ")
+        raise err(key if key in fields else "", msg or str(exc)) from None
+    return obj
+
+
+def _check(obj: Any) -> None:
+    """Cross-field checks; raise ValueError("key: message")."""
+    if isinstance(obj, CacheConfig):
+        ps = obj.page_size
+        if ps & (ps - 1) or not 4096 <= ps <= 1 << 20:
+            raise ValueError("page_size: must be a power of two from 4KiB to 1MiB")
+        if obj.chunk_size < ps or obj.chunk_size % ps:
+            raise ValueError("chunk_size: must be a multiple of page_size")
+    if isinstance(obj, Rule) and not obj.path:
+        raise ValueError("path: must not be empty")
+
+
+def parse_config(text: str, fname: str = "<config>") -> Config:
+    """Validate TOML text into a `Config`.
+
+    Raises:
+        ConfigError: the text is not valid TOML or not a valid configuration.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        msg = re.sub(r"\s*\(at line.*\)", "", str(exc))
+        raise ConfigError(f"{fname}:{m.group(1) if m else '?'}: invalid TOML: {msg}") from None
+    loc = _Locator(text)
+    allowed = sorted([*SECTIONS, "rule"])
+    parts: dict[str, Any] = {}
+    for table, value in data.items():
+        if table == "rule":
+            if not isinstance(value, list):
+                line = loc.line("rule")
+                raise ConfigError(f"{fname}:{line}: rule: use [[rule]] tables")
+            parts["rules"] = tuple(
+                _build(Rule, item, f"rule[{i}]", "rule", i, loc, fname)
+                for i, item in enumerate(value))
+        elif table in SECTIONS:
+            parts[table] = _build(SECTIONS[table], value, table, table, 0, loc, fname)
+        else:
+            line = loc.line(table) or loc.line("", table)
+            raise ConfigError(f"{fname}:{line}: unknown table [{table}]; allowed: "
+                              f"{', '.join(allowed)}")
+    return Config(**parts)
+
+
+def load_config(path: str | None) -> Config:
+    """Read and validate a config file; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
+    return parse_config(text, path)
+
+
+def with_overrides(cfg: Config, section: str, **values: Any) -> Config:
+    """A copy of ``cfg`` with some keys of one section replaced (command-line options)."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
+                                                                      **values)})
+
+
+__all__ = ["Config", "ConfigError", "Rule", "SECTIONS", "load_config", "parse_config",
+           "with_overrides"]

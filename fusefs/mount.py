@@ -1,0 +1,212 @@
+"""Wires one mount together and runs it until it is unmounted.
+
+`serve` builds the capacity tier, the engine and the operations from a
+validated `Config`, mounts with pyfuse3, runs the FUSE loop, the control
+server and the signal handler in one nursery, and on the way out (unmount,
+SIGTERM, SIGINT, an error) closes everything in reverse order. The caller (the
+CLI) has already checked the arguments; what can still fail here (the source,
+FUSE itself) is raised as `MountError` with a message and an exit code.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import signal
+from contextlib import AsyncExitStack
+from typing import Any, Callable
+
+import pyfuse3
+import trio
+
+from .config import Config
+from .control import ControlServer
+from .engine import Engine
+from .operations import Operations, Timeouts
+from .stats import Stats
+from .tiers.capacity import CapacityTier, open_capacity
+
+log = logging.getLogger(__name__)
+
+# Exit codes of `tierfs mount`, documented in tierfs(1).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_SOURCE = 4
+EXIT_MOUNTPOINT = 5
+EXIT_FUSE = 6
+
+
+class MountError(Exception):
+    """A mount that cannot proceed; ``code`` is the process exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_cache_dir(mountpoint: str) -> str:
+    key = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    if os.geteuid() == 0:
+        base = "/var/cache/tierfs"
+    else:
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                            os.path.expanduser("~/.cache"), "tierfs")
+    return os.path.join(base, key)
+
+
+def prepare_cache_dir(path: str) -> str:
+    """Create the fast-tier directory 0700, or check an existing one is ours."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise MountError(f"cache directory {path}: {exc.strerror}", EXIT_USAGE) from None
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise MountError(f"cache directory {path} is not a directory", EXIT_USAGE)
+    if st.st_uid != os.geteuid():
+        raise MountError(f"cache directory {path} belongs to uid {st.st_uid}, not to you",
+                         EXIT_USAGE)
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def source_options(cfg: Config) -> dict[str, Any]:
+    """Options for object-store tiers from the [source] table."""
+    s = cfg.source
+    opts: dict[str, Any] = {
+        "stat_ttl": s.stat_ttl,
+        "negative_ttl": s.negative_ttl,
+        "list_ttl": s.list_ttl,
+        "max_dir_rename_keys": s.max_dir_rename_keys,
+    }
+    for key in ("endpoint", "region", "access_key", "secret_key"):
+        if getattr(s, key) is not None:
+            opts[key] = getattr(s, key)
+    return opts
+
+
+def fuse_options(cfg: Config, mountpoint: str, source: str) -> set[str]:
+    opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    opts.add("fsname=tierfs")
+    opts.add("subtype=tierfs")
+    if cfg.mount.allow_other:
+        opts.add("allow_other")
+    return opts
+
+
+async def open_source(source: str, cfg: Config) -> CapacityTier:
+    try:
+        tier = open_capacity(source, **source_options(cfg))
+        await tier.start()
+    except OSError as exc:
+        raise MountError(f"source {source}: {exc.strerror or exc}", EXIT_SOURCE) from None
+    except ValueError as exc:  # pyarrow's answer to a URI it cannot parse
+        raise MountError(f"source {source}: {exc}", EXIT_SOURCE) from None
+    return tier
+
+
+async def serve(source: str, mountpoint: str, cfg: Config, *,
+                ready: Callable[[], None] | None = None) -> None:
+    """Mount ``source`` at ``mountpoint`` and serve until unmounted or signalled."""
+    os.umask(0)  # the kernel applied the caller's umask already
+    async with AsyncExitStack() as stack:
+        capacity = await open_source(source, cfg)
+        stack.push_async_callback(capacity.close)
+        stats = Stats()
+        engine = Engine(capacity, stats=stats)
+        await engine.start()
+        stack.push_async_callback(engine.close)
+        m = cfg.mount
+        immutable = m.consistency == "immutable"
+        timeouts = Timeouts(
+            entry=3600.0 if immutable else m.entry_timeout,
+            attr=3600.0 if immutable else m.attr_timeout,
+            negative=m.negative_timeout,
+            immutable=immutable,
+        )
+        ops = Operations(capacity, engine, timeouts=timeouts)
+        stats.sources["mount"] = lambda: {
+            "source": capacity.description,
+            "mountpoint": mountpoint,
+            "pid": os.getpid(),
+            "inodes": len(ops.inodes),
+            "handles": len(ops.handles),
+        }
+        # Resolve everything that touches the mount point before mounting:
+        # after init, a stat of it would ask this (not yet serving) process.
+        control = ControlServer(mountpoint)
+        try:
+            pyfuse3.init(ops, mountpoint, fuse_options(cfg, mountpoint, source))
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount at {mountpoint}: {exc} "
+                             f"(is /dev/fuse available and fuse3 installed?)", EXIT_FUSE) from None
+        unmounted = False
+
+        def close_fuse() -> None:
+            if not unmounted:
+                pyfuse3.close(unmount=True)
+
+        stack.callback(close_fuse)
+
+        async def on_stats(req: dict[str, Any]) -> dict[str, Any]:
+            return {"stats": stats.snapshot()}
+
+        async def on_ping(req: dict[str, Any]) -> dict[str, Any]:
+            return {"pid": os.getpid(), "source": capacity.description}
+
+        control.register("stats", on_stats)
+        control.register("ping", on_ping)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(control.serve)
+            nursery.start_soon(_watch_signals, nursery.cancel_scope)
+            log.info("mounted %s at %s", capacity.description, mountpoint)
+            if ready is not None:
+                ready()
+            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            # main() returns when the kernel ends the session (fusermount -u).
+            unmounted = True
+            pyfuse3.close(unmount=False)
+            nursery.cancel_scope.cancel()
+    log.info("unmounted %s", mountpoint)
+
+
+async def _watch_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for sig in sigs:
+            if sig == signal.SIGHUP:
+                continue  # a daemon has no terminal to lose
+            log.info("signal %s: unmounting", signal.Signals(sig).name)
+            scope.cancel()
+            return
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    path = os.path.abspath(mountpoint)
+    if not os.path.exists(path):
+        raise MountError(f"mount point {path} does not exist", EXIT_MOUNTPOINT)
+    if not os.path.isdir(path):
+        raise MountError(f"mount point {path} is not a directory", EXIT_MOUNTPOINT)
+    if os.path.ismount(path):
+        raise MountError(f"mount point {path} is busy (something is mounted there)",
+                         EXIT_MOUNTPOINT)
+    if not os.access(path, os.W_OK) and os.geteuid() != 0:
+        raise MountError(f"mount point {path} is not writable by you", EXIT_MOUNTPOINT)
+    return path
+
+
+def check_fuse() -> None:
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError as exc:
+        code = "missing" if exc.errno == errno.ENOENT else exc.strerror
+        raise MountError(f"FUSE is not available: /dev/fuse: {code} "
+                         f"(load the fuse module; in a container pass --device /dev/fuse)",
+                         EXIT_FUSE) from None
+    os.close(fd)

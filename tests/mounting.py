@@ -1,0 +1,160 @@
+"""Real mounts for tests: start `tierfs mount -f` in a subprocess, always unmount.
+
+`Mounted` is a context manager. It starts the daemon with ``python -m
+fusefs.cli`` (so it works from a checkout and from an install), waits for the
+mount to appear, and on exit unmounts, waits for the daemon, kills it and
+aborts its FUSE connection if it hangs, then fails the test if the daemon
+logged an error or a traceback that the test did not expect.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Iterable
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tierfs_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fusefs.cli", *args]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    # From a checkout the package may not be installed; the repo root is importable
+    # only if fusefs.policies resolves, which needs the install. Prefer the install.
+    e.setdefault("PYTHONUNBUFFERED", "1")
+    return e
+
+
+def is_mounted(path: str) -> bool:
+    path = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def force_unmount(path: str) -> None:
+    """Last resort: abort every FUSE connection of ``path`` and detach it."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        dev = None
+    if dev is not None:
+        conn = f"/sys/fs/fuse/connections/{os.minor(dev)}/abort"
+        if os.path.exists(conn):
+            with open(conn, "w") as f:
+                f.write("1")
+    subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+class Mounted:
+    """A live tierfs mount for the duration of a ``with`` block."""
+
+    def __init__(self, source: str, mountpoint: str, *, cache: str, log: str,
+                 config: str | None = None, options: Iterable[str] = (),
+                 extra: Iterable[str] = (), allowed_errors: Iterable[str] = ()) -> None:
+        self.source = source
+        self.mountpoint = mountpoint
+        self.cache = cache
+        self.log = log
+        self.config = config
+        self.options = list(options)
+        self.extra = list(extra)
+        self.allowed = [re.compile(p) for p in allowed_errors]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def allow_error(self, pattern: str) -> None:
+        self.allowed.append(re.compile(pattern))
+
+    def __enter__(self) -> Mounted:
+        os.makedirs(self.mountpoint, exist_ok=True)
+        args = ["mount", "-f", self.source, self.mountpoint, "--cache", self.cache,
+                "--log", self.log]
+        if self.config:
+            args += ["--config", self.config]
+        for o in self.options:
+            args += ["-o", o]
+        args += self.extra
+        self.proc = subprocess.Popen(tierfs_cmd(*args), env=env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not is_mounted(self.mountpoint):
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"tierfs exited with {self.proc.returncode}: {err}"
+                                   f"{self.read_log()}")
+            if time.monotonic() > deadline:
+                self._stop()
+                raise RuntimeError(f"mount did not appear: {self.read_log()}")
+            time.sleep(0.02)
+        # The control socket comes up just before the kernel mount is visible.
+        return self
+
+    def read_log(self) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def _stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if is_mounted(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", self.mountpoint], capture_output=True)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                force_unmount(self.mountpoint)
+                proc.kill()
+                proc.wait(timeout=10)
+        if is_mounted(self.mountpoint):
+            force_unmount(self.mountpoint)
+        if proc.stderr:
+            proc.stderr.close()
+        self.proc = None
+
+    def unmount(self) -> None:
+        """Unmount now (a test that wants to remount calls this)."""
+        self._stop()
+
+    def errors(self) -> list[str]:
+        bad = []
+        for line in self.read_log().splitlines():
+            if (" ERROR " in line or "Traceback" in line or " CRITICAL " in line) and \
+                    not any(p.search(line) for p in self.allowed):
+                bad.append(line)
+        return bad
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+        bad = self.errors()
+        if bad and exc[0] is None:
+            raise AssertionError("the daemon logged unexpected errors:\n" + "\n".join(bad)
+                                 + "\n--- full log ---\n" + self.read_log())
+
+
+def cleanup_stale(prefix: str) -> None:
+    """Unmount anything left mounted below ``prefix`` (a previous crashed run)."""
+    with open("/proc/self/mounts") as f:
+        stale = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+    for path in stale:
+        force_unmount(path)
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+__all__ = ["Mounted", "cleanup_stale", "force_unmount", "have", "is_mounted", "tierfs_cmd"]
