@@ -1,0 +1,77 @@
+"""The TOML schema: defaults, conversions, and errors that point at the line."""
+
+import pytest
+
+from fusefs.config import ConfigError, load_config, parse_config
+from fusefs.units import format_size, parse_duration, parse_size
+
+
+def test_defaults() -> None:
+    cfg = parse_config("")
+    assert cfg.cache.dram == 512 << 20
+    assert cfg.policy.name == "workload_aware"
+    assert cfg.mount.consistency == "close-to-open"
+    assert cfg.rules == ()
+
+
+def test_full_file() -> None:
+    cfg = parse_config('''
+[cache]
+dir = "/nvme/tierfs"
+size = "200GiB"
+dram = "4GiB"
+[policy]
+name = "lru"
+sequential_cutoff = "128KiB"
+[mount]
+consistency = "immutable"
+attr_timeout = "500ms"
+[[rule]]
+path = "index/**"
+pin = true
+[[rule]]
+path = "shards/*.tar"
+class = "stream"
+''')
+    assert cfg.cache.size == 200 << 30
+    assert cfg.cache.dram == 4 << 30
+    assert cfg.policy.sequential_cutoff == 128 << 10
+    assert cfg.mount.attr_timeout == 0.5
+    assert cfg.rule_for("index/a/b.f32").pin
+    assert cfg.rule_for("shards/x.tar").cls == "stream"
+    assert cfg.rule_for("shards/sub/x.tar") is None
+    assert cfg.rule_for("other") is None
+
+
+@pytest.mark.parametrize("text,where", [
+    ("[cache]\nsise = 1\n", "t.toml:2: cache.sise: unknown key; allowed: chunk_size, dir, dram, page_size, size"),
+    ("[cache]\ndram = \"lots\"\n", "t.toml:2: cache.dram: not a size"),
+    ("[caches]\n", "t.toml:1: unknown table [caches]"),
+    ("[mount]\nconsistency = \"sometimes\"\n", "t.toml:2: mount.consistency: expected one of: close-to-open, immutable"),
+    ("[mount]\nallow_other = 1\n", "t.toml:2: mount.allow_other: expected true or false"),
+    ("[[rule]]\npath = \"a\"\n[[rule]]\npath = \"b\"\nclas = \"x\"\n", "t.toml:5: rule[1].clas: unknown key"),
+    ("[cache]\npage_size = \"3KiB\"\n", "t.toml:2: cache.page_size: must be a power of two"),
+    ("[cache\n", "t.toml:1: invalid TOML"),
+])
+def test_errors_name_file_line_key(text: str, where: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "t.toml")
+    assert str(exc.value).startswith(where), str(exc.value)
+
+
+def test_unreadable_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "missing.toml"))
+
+
+def test_units() -> None:
+    assert parse_size("4KiB") == 4096
+    assert parse_size("1.5G") == 3 << 29
+    assert parse_size("1KB") == 1000
+    assert parse_size(7) == 7
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("2m") == 120
+    assert format_size(1536) == "1.5 KiB"
+    for bad in ("", "x", "-1", "1XB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
