@@ -63,6 +63,8 @@ class InodeTable:
 
     def path(self, ino: int) -> bytes:
         """The tier path of ``ino`` through its first known location."""
+        if ino not in self._inodes:
+            raise OSError(errno.ESTALE, f"unknown inode {ino}")
         parts: list[bytes] = []
         seen = 0
         while ino != ROOT:

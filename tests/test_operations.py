@@ -1,0 +1,110 @@
+"""`Operations` driven in-process, without a mount: translation and bookkeeping."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from types import SimpleNamespace
+from typing import Any, Awaitable, Callable
+
+import pyfuse3
+import pytest
+import trio
+
+from fusefs.engine import Engine
+from fusefs.operations import Operations, Timeouts
+from fusefs.stats import Stats
+from fusefs.tiers.posix import PosixTier
+
+CTX = pyfuse3.RequestContext()
+
+
+def run(src: str, body: Callable[[Operations], Awaitable[Any]], **kw: Any) -> Any:
+    async def main() -> Any:
+        tier = PosixTier(src)
+        await tier.start()
+        try:
+            ops = Operations(tier, Engine(tier, stats=Stats()), **kw)
+            return await body(ops)
+        finally:
+            await tier.close()
+    return trio.run(main)
+
+
+def test_lookup_create_write_read(src: str) -> None:
+    async def body(ops: Operations) -> None:
+        neg = await ops.lookup(pyfuse3.ROOT_INODE, b"f", CTX)
+        assert neg.st_ino == 0 and neg.entry_timeout == 1.0  # cached negative entry
+        fi, attr = await ops.create(pyfuse3.ROOT_INODE, b"f", 0o100644,
+                                    os.O_RDWR | os.O_CREAT, CTX)
+        assert await ops.write(fi.fh, 0, b"abcdef") == 6
+        assert await ops.read(fi.fh, 2, 10) == b"cdef"
+        await ops.release(fi.fh)
+        e = await ops.lookup(pyfuse3.ROOT_INODE, b"f", CTX)
+        assert e.st_ino == attr.st_ino and e.st_size == 6
+        assert ops.inodes.get(e.st_ino).lookups == 2
+        await ops.forget([(e.st_ino, 2)])
+        assert e.st_ino not in ops.inodes
+    run(src, body)
+
+
+def test_negative_entries_can_be_disabled(src: str) -> None:
+    async def body(ops: Operations) -> None:
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.lookup(pyfuse3.ROOT_INODE, b"missing", CTX)
+        assert exc.value.errno == errno.ENOENT
+    run(src, body, timeouts=Timeouts(negative=0))
+
+
+def test_errors_become_fuse_errors(src: str) -> None:
+    async def body(ops: Operations) -> None:
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.read(12345, 0, 10)
+        assert exc.value.errno == errno.EBADF
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.mkdir(pyfuse3.ROOT_INODE, b"x" * 256, 0o40755, CTX)
+        assert exc.value.errno == errno.ENAMETOOLONG
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.getattr(999, CTX)
+        assert exc.value.errno == errno.ESTALE
+    run(src, body)
+
+
+def test_a_bug_is_eio_and_logged_not_fatal(src: str, caplog: pytest.LogCaptureFixture) -> None:
+    with open(os.path.join(src, "f"), "wb") as f:
+        f.write(b"data")
+
+    async def body(ops: Operations) -> None:
+        e = await ops.lookup(pyfuse3.ROOT_INODE, b"f", CTX)
+        fi = await ops.open(e.st_ino, os.O_RDONLY, CTX)
+
+        async def broken(*a: Any) -> bytes:
+            raise RuntimeError("boom")
+        ops.engine.read = broken  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR), pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.read(fi.fh, 0, 4)
+        assert exc.value.errno == errno.EIO
+        assert "boom" in caplog.text
+        await ops.release(fi.fh)
+    run(src, body)
+
+
+def test_rename_moves_the_inode(src: str) -> None:
+    os.mkdir(os.path.join(src, "d"))
+    with open(os.path.join(src, "d", "a"), "wb") as f:
+        f.write(b"1")
+
+    async def body(ops: Operations) -> None:
+        d = await ops.lookup(pyfuse3.ROOT_INODE, b"d", CTX)
+        a = await ops.lookup(d.st_ino, b"a", CTX)
+        await ops.rename(d.st_ino, b"a", pyfuse3.ROOT_INODE, b"b", 0, CTX)
+        assert ops.inodes.path(a.st_ino) == b"b"
+        assert (await ops.getattr(a.st_ino, CTX)).st_size == 1
+        fields = SimpleNamespace(update_size=True, update_mode=False, update_uid=False,
+                                 update_gid=False, update_atime=False, update_mtime=False)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size = 5
+        st = await ops.setattr(a.st_ino, attr, fields, None, CTX)
+        assert st.st_size == 5 and os.path.getsize(os.path.join(src, "b")) == 5
+    run(src, body)
