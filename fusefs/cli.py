@@ -24,6 +24,7 @@ import trio
 from . import __version__
 from .config import Config, ConfigError, load_config, with_overrides
 from .control import ControlError, call
+from .policies import get_policy
 from .mount import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -138,7 +139,12 @@ def _setup_logging(log_file: str | None, debug: bool) -> None:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     opts = parse_mount_options(args.options)
-    cfg: Config = load_config(args.config or opts.get("config"))
+    config_file = args.config or opts.get("config")
+    cfg: Config = load_config(config_file)
+    try:
+        get_policy(cfg.policy.name)
+    except LookupError as exc:
+        raise ConfigError(f"{config_file or 'config'}: policy.name: {exc}") from None
     if opts.get("allow_other"):
         cfg = with_overrides(cfg, "mount", allow_other=True)
     if opts.get("immutable"):
@@ -201,11 +207,11 @@ def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str, debug: 
     code = 0
     try:
         trio.run(functools.partial(serve, source, mountpoint, cfg, ready=ready))
-    except MountError as exc:
+    except (MountError, ConfigError) as exc:
         log.error("%s", exc)
-        code = exc.code
+        code = exc.code if isinstance(exc, MountError) else EXIT_CONFIG
         if wfd >= 0:
-            os.write(wfd, f"{exc.code} {exc}".encode())
+            os.write(wfd, f"{code} {exc}".encode())
     except BaseException as exc:  # report, then exit non-zero
         log.exception("daemon failed")
         code = EXIT_FAILURE

@@ -1,21 +1,64 @@
 """The data path of a mount: reads and writes across the tiers.
 
-`operations.py` hands every read, write, truncate and sync here. Today the
-engine serves from the capacity tier and keeps the statistics; the DRAM page
-cache, the fast tier, the classifier and the policy plug in behind the same
-methods, so the FUSE layer never changes when a tier is added.
+`operations.py` hands every read, write, truncate and sync here. For each read
+the classifier labels the request (`sequential`, `random`, `unknown`); then:
+
+* sequential streams are served through a per-handle read-ahead buffer that
+  fetches whole chunks from the capacity tier in the background (window
+  doubling up to the policy's maximum) and are not admitted to DRAM: a stream
+  must not flush the hot random set;
+* everything else is served page-aligned: the DRAM page cache (C, `csrc/`)
+  first, then one aligned, coalesced ranged read from the capacity tier for
+  the whole request, whose pages the policy may admit to DRAM.
+
+Consistency: every file id has a generation, bumped by writes, truncates and
+source changes. A fetch that started under an older generation never enters a
+cache, so a reader cannot see bytes older than a write that completed before
+its read began.
+
+Scheduling: random reads (latency class) go straight to the capacity tier;
+stream read-ahead (throughput class) runs under a small limiter, so streams
+cannot occupy every worker thread and push random reads' tail latency up.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
+import trio
+
+from .classifier import Classifier, Label
 from .handles import FileHandle
+from .pagecache import Hint, PageCache
+from .policies.base import AccessInfo, Override, Policy, Tier
 from .stats import Stats
 from .tiers.capacity import CapacityTier
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class _Chunk:
+    """One read-ahead chunk of a stream: in flight until ``done`` is set."""
+
+    start: int
+    gen: int
+    started: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes = b""
+    error: OSError | None = None
+
+
+@dataclass(slots=True, eq=False)
+class StreamState:
+    """Read-ahead state of one handle; lives in `FileHandle.stream`."""
+
+    chunks: dict[int, _Chunk] = field(default_factory=dict)
+    #: Byte offset up to which chunks have been requested.
+    horizon: int = 0
 
 
 class Engine:
@@ -24,37 +67,226 @@ class Engine:
     Args:
         capacity: the source of truth.
         stats: where counters and latencies go.
+        classifier: labels requests; a default one is made if omitted.
+        policy: decides admission and read-ahead.
+        pagecache: the DRAM tier, or ``None`` to run without it.
+        chunk_size: read-ahead fetch unit.
+        stream_budget: bytes all read-ahead buffers together may hold.
+        throughput_slots: concurrent read-ahead fetches (throughput class).
     """
 
-    def __init__(self, capacity: CapacityTier, *, stats: Stats) -> None:
+    def __init__(
+        self,
+        capacity: CapacityTier,
+        *,
+        stats: Stats,
+        classifier: Classifier | None = None,
+        policy: Policy | None = None,
+        pagecache: PageCache | None = None,
+        chunk_size: int = 1 << 20,
+        stream_budget: int = 256 << 20,
+        throughput_slots: int = 4,
+    ) -> None:
         self.capacity = capacity
         self.stats = stats
+        self.classifier = classifier if classifier is not None else Classifier()
+        self.policy = policy
+        self.pagecache = pagecache
+        self.page_size = pagecache.page_size if pagecache is not None else 4096
+        self.chunk_size = chunk_size
+        self.stream_budget = stream_budget
+        self._stream_bytes = 0
+        self._gen: dict[int, int] = {}
+        self._throughput = trio.CapacityLimiter(throughput_slots)
+        self._nursery: trio.Nursery | None = None
+        stats.sources["classifier"] = self.classifier.stats
+        if pagecache is not None:
+            stats.sources["dram"] = pagecache.stats
+        if policy is not None:
+            stats.sources["policy"] = policy.statistics
 
-    async def start(self) -> None:
-        """Start background work (none yet)."""
+    # -- lifecycle -----------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background tasks (read-ahead) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     async def close(self) -> None:
-        """Stop background work and release every cache."""
+        """Release every cache (background tasks are gone with their nursery)."""
+        self._nursery = None
+        if self.pagecache is not None:
+            self.pagecache.close()
+
+    # -- consistency ---------------------------------------------------------
+    def generation(self, file_id: int) -> int:
+        return self._gen.get(file_id, 0)
+
+    def invalidate(self, file_id: int, start: int = 0, end: int | None = None) -> None:
+        """Forget cached bytes of ``file_id`` in [start, end) (all of it by default)."""
+        self._gen[file_id] = self._gen.get(file_id, 0) + 1
+        if self.pagecache is not None:
+            if start == 0 and end is None:
+                self.pagecache.invalidate(file_id)
+            else:
+                ps = self.page_size
+                stop = (1 << 62) if end is None else (max(start, end - 1) // ps) + 1
+                self.pagecache.invalidate(file_id, start // ps, end=stop)
+        if self.policy is not None and start == 0 and end is None:
+            self.policy.invalidate_file(file_id)
+        if start == 0 and end is None:
+            self.classifier.forget_file(file_id)
+
+    # -- reads ---------------------------------------------------------------
+    def _info(self, h: FileHandle, offset: int, size: int) -> tuple[AccessInfo, Label]:
+        access = self.classifier.classify(h.file_id, h.pid, offset, size)
+        label = access.label
+        override: Override | None = h.override
+        if override is not None and override.access_class is not None:
+            label = Label.SEQUENTIAL if override.access_class == "stream" else Label.RANDOM
+        info = AccessInfo(label=label, file_id=h.file_id, offset=offset, size=size,
+                          pid=h.pid, stream_id=access.stream_id,
+                          run_length=access.run_length, file_size=h.size, override=override)
+        return info, label
 
     async def read(self, h: FileHandle, offset: int, size: int) -> bytes:
         t0 = time.perf_counter()
-        data = await h.file.pread(offset, size)
+        info, label = self._info(h, offset, size)
+        if label is Label.SEQUENTIAL:
+            data = await self._read_stream(h, offset, size, info)
+        else:
+            data = await self._read_paged(h, offset, size, info)
         self.stats.add("read.requests")
-        self.stats.add("read.bytes.capacity", len(data))
-        self.stats.latency("read", time.perf_counter() - t0)
+        self.stats.add(f"read.class.{label.value}")
+        self.stats.latency(f"read.{label.value}", time.perf_counter() - t0)
         return data
 
+    async def _read_paged(self, h: FileHandle, offset: int, size: int,
+                          info: AccessInfo) -> bytes:
+        ps = self.page_size
+        first = offset // ps
+        last = (offset + size - 1) // ps
+        start = first * ps
+        pc = self.pagecache
+        if pc is not None and size > 0:
+            buf = bytearray((last - first + 1) * ps)
+            n = pc.get_range_into(h.file_id, first, buf)
+            # Complete if it covers the request, or stopped at a short (last) page.
+            if n >= offset + size - start or (n % ps and n > offset - start):
+                self.stats.add("read.bytes.dram", min(size, n - (offset - start)))
+                return bytes(memoryview(buf)[offset - start:offset - start + size])
+            self.stats.add("dram.miss")
+        gen = self.generation(h.file_id)
+        length = (last + 1) * ps - start
+        data = await h.file.pread(start, length)
+        self.stats.add("read.bytes.capacity", max(0, min(size, len(data) - (offset - start))))
+        if pc is not None and data and gen == self.generation(h.file_id) and not h.dirty:
+            admit = self.policy is None or self.policy.should_admit(
+                (h.file_id, first), len(data), info, Tier.DRAM)
+            hint = Hint.PIN if info.override is not None and info.override.pin else \
+                Hint.NORMAL if admit else Hint.DONT_ADMIT
+            mv = memoryview(data)
+            for i in range(0, len(data), ps):
+                try:
+                    pc.put(h.file_id, first + i // ps, mv[i:i + ps], hint=hint)
+                except OSError:  # every page pinned: serve without caching
+                    self.stats.add("dram.put_failed")
+                    break
+        return data[offset - start:offset - start + size]
+
+    async def _read_stream(self, h: FileHandle, offset: int, size: int,
+                           info: AccessInfo) -> bytes:
+        st: StreamState | None = h.stream
+        if st is None:
+            st = h.stream = StreamState(horizon=offset)
+        cs = self.chunk_size
+        gen = self.generation(h.file_id)
+        end = offset + size
+        # Drop chunks behind the reader and chunks from an older generation.
+        for cstart in [c for c, ch in st.chunks.items()
+                       if c + cs <= offset or ch.gen != gen]:
+            self._drop_chunk(st, cstart)
+        window = self.policy.readahead(info) if self.policy is not None else 8 * cs
+        want_end = end + max(window, 0)
+        first_chunk = offset // cs * cs
+        if st.horizon < first_chunk or st.horizon > want_end + cs:
+            st.horizon = first_chunk  # the stream jumped
+        while st.horizon < want_end:
+            c = st.horizon
+            st.horizon += cs
+            if c in st.chunks:
+                continue
+            needed = c < end
+            if not needed and (self._stream_bytes + cs > self.stream_budget
+                               or self._nursery is None):
+                break  # read-ahead is optional; the budget bounds memory
+            self._start_chunk(h, st, c, gen)
+        out = []
+        pos = offset
+        while pos < end:
+            c = pos // cs * cs
+            ch = st.chunks.get(c)
+            if ch is None:
+                ch = self._start_chunk(h, st, c, gen)
+            if not ch.started:
+                await self._fetch_chunk(h, ch)  # no background nursery: fetch inline
+            await ch.done.wait()
+            if ch.error is not None:
+                self._drop_chunk(st, c)
+                raise ch.error
+            piece = ch.data[pos - c:min(end, c + cs) - c]
+            out.append(piece)
+            pos += len(piece)
+            if len(ch.data) < cs:
+                break  # end of file
+        data = b"".join(out)
+        self.stats.add("read.bytes.stream", len(data))
+        return data
+
+    def _start_chunk(self, h: FileHandle, st: StreamState, start: int, gen: int) -> _Chunk:
+        ch = _Chunk(start, gen)
+        st.chunks[start] = ch
+        self._stream_bytes += self.chunk_size
+        if self._nursery is not None:
+            self._nursery.start_soon(self._fetch_chunk, h, ch)
+            ch.started = True
+        return ch
+
+    async def _fetch_chunk(self, h: FileHandle, ch: _Chunk) -> None:
+        ch.started = True
+        try:
+            async with self._throughput:
+                ch.data = await h.file.pread(ch.start, self.chunk_size)
+            self.stats.add("readahead.bytes", len(ch.data))
+        except OSError as exc:
+            ch.error = exc
+        except Exception as exc:  # a bug here must reach the reader, not the nursery
+            log.exception("read-ahead failed")
+            ch.error = OSError(5, f"read-ahead failed: {exc}")
+        finally:
+            ch.done.set()
+
+    def _drop_chunk(self, st: StreamState, start: int) -> None:
+        if st.chunks.pop(start, None) is not None:
+            self._stream_bytes -= self.chunk_size
+
+    # -- writes and the rest of a handle's life --------------------------------
     async def write(self, h: FileHandle, offset: int, data: bytes) -> int:
         t0 = time.perf_counter()
+        self.invalidate(h.file_id, offset, offset + len(data))
         n = await h.file.pwrite(offset, data)
         h.dirty = True
+        if offset + n > h.size:
+            h.size = offset + n
         self.stats.add("write.requests")
         self.stats.add("write.bytes", n)
         self.stats.latency("write", time.perf_counter() - t0)
         return n
 
-    def invalidate(self, file_id: int) -> None:
-        """Forget every cached byte of ``file_id`` (it changed)."""
+    def truncated(self, file_id: int, size: int) -> None:
+        """The file's size changed to ``size`` by setattr."""
+        self.invalidate(file_id, size)
 
     async def flush(self, h: FileHandle) -> None:
         await h.file.flush()
@@ -63,4 +295,8 @@ class Engine:
         await h.file.fsync(datasync)
 
     async def release(self, h: FileHandle) -> None:
+        st: StreamState | None = h.stream
+        if st is not None:
+            for c in list(st.chunks):
+                self._drop_chunk(st, c)
         await h.file.close()

@@ -25,6 +25,10 @@ class FileHandle:
     flags: int
     pid: int
     file_id: int
+    #: File size as of open, grown by this handle's writes (a policy hint).
+    size: int = 0
+    #: The per-path rule's override (`fusefs.policies.base.Override`), if any.
+    override: Any = None
     #: True once this handle wrote: caches of the inode must not be trusted.
     dirty: bool = False
     #: Engine-private per-handle state (read-ahead window, stream buffer).

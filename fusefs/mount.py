@@ -21,10 +21,14 @@ from typing import Any, Callable
 import pyfuse3
 import trio
 
-from .config import Config
+from .classifier import Classifier
+from .config import Config, ConfigError
 from .control import ControlServer
 from .engine import Engine
 from .operations import Operations, Timeouts
+from .pagecache import PageCache
+from .policies import get_policy
+from .policies.base import Override, Tier
 from .stats import Stats
 from .tiers.capacity import CapacityTier, open_capacity
 
@@ -119,8 +123,7 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
         capacity = await open_source(source, cfg)
         stack.push_async_callback(capacity.close)
         stats = Stats()
-        engine = Engine(capacity, stats=stats)
-        await engine.start()
+        engine = build_engine(capacity, cfg, stats)
         stack.push_async_callback(engine.close)
         m = cfg.mount
         immutable = m.consistency == "immutable"
@@ -130,7 +133,8 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             negative=m.negative_timeout,
             immutable=immutable,
         )
-        ops = Operations(capacity, engine, timeouts=timeouts)
+        ops = Operations(capacity, engine, timeouts=timeouts,
+                         override_for=overrides_from(cfg))
         stats.sources["mount"] = lambda: {
             "source": capacity.description,
             "mountpoint": mountpoint,
@@ -164,6 +168,7 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
         control.register("ping", on_ping)
 
         async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
             await nursery.start(control.serve)
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
             log.info("mounted %s at %s", capacity.description, mountpoint)
@@ -175,6 +180,36 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             pyfuse3.close(unmount=False)
             nursery.cancel_scope.cancel()
     log.info("unmounted %s", mountpoint)
+
+
+def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
+    """The engine with the classifier, policy and DRAM tier the config asks for."""
+    try:
+        policy_cls = get_policy(cfg.policy.name)
+    except LookupError as exc:
+        raise ConfigError(f"policy.name: {exc}") from None
+    policy = policy_cls(cfg.cache.size, tier=Tier.FAST, object_size=cfg.cache.chunk_size,
+                        max_readahead=cfg.policy.readahead_max)
+    pagecache = None
+    if cfg.cache.dram >= cfg.cache.page_size:
+        pagecache = PageCache(cfg.cache.dram, cfg.cache.page_size)
+    return Engine(capacity, stats=stats,
+                  classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
+                  policy=policy, pagecache=pagecache, chunk_size=cfg.cache.chunk_size)
+
+
+def overrides_from(cfg: Config) -> Callable[[bytes], Override | None]:
+    """Map a path in the mount to the override of the first matching [[rule]]."""
+    if not cfg.rules:
+        return lambda path: None
+
+    def override_for(path: bytes) -> Override | None:
+        rule = cfg.rule_for(path.decode("utf-8", "surrogateescape"))
+        if rule is None:
+            return None
+        return Override(pin=rule.pin, access_class=rule.cls, cache=rule.cache)
+
+    return override_for
 
 
 async def _watch_signals(scope: trio.CancelScope) -> None:

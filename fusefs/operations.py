@@ -76,6 +76,7 @@ class Operations(pyfuse3.Operations):
         inodes: InodeTable | None = None,
         handles: HandleTable | None = None,
         timeouts: Timeouts = Timeouts(),
+        override_for: Callable[[bytes], Any] = lambda path: None,
     ) -> None:
         super().__init__()
         self.capacity = capacity
@@ -84,6 +85,7 @@ class Operations(pyfuse3.Operations):
             use_identity=capacity.supports_links)
         self.handles = handles if handles is not None else HandleTable()
         self.timeouts = timeouts
+        self.override_for = override_for
         # Source version each inode had when the kernel last cached its pages.
         self._versions: dict[int, SourceVersion] = {}
 
@@ -182,7 +184,7 @@ class Operations(pyfuse3.Operations):
                 raise
             st = await handle.file.fstat()  # unlinked but open
         if fields.update_size:
-            self.engine.invalidate(inode)
+            self.engine.truncated(inode, attr.st_size)
         return self._entry(inode, st)
 
     @_translate
@@ -300,7 +302,8 @@ class Operations(pyfuse3.Operations):
             await f.close()
             raise
         h = self.handles.add_file(ino=node.ino, path=path, file=f, flags=flags,
-                                  pid=ctx.pid, file_id=node.ino)
+                                  pid=ctx.pid, file_id=node.ino, size=st.st_size,
+                                  override=self.override_for(path))
         return self._file_info(h.fh, inode, st, flags)
 
     @_translate
@@ -313,7 +316,7 @@ class Operations(pyfuse3.Operations):
         self.engine.invalidate(ino)
         self.inodes.opened(ino)
         h = self.handles.add_file(ino=ino, path=path, file=f, flags=flags, pid=ctx.pid,
-                                  file_id=ino)
+                                  file_id=ino, override=self.override_for(path))
         return self._file_info(h.fh, ino, st, flags), self._entry(ino, st)
 
     @_translate
