@@ -35,7 +35,8 @@ from .handles import FileHandle
 from .pagecache import Hint, PageCache
 from .policies.base import AccessInfo, Override, Policy, Tier
 from .stats import Stats
-from .tiers.capacity import CapacityTier
+from .tiers.capacity import CapacityTier, Stat
+from .tiers.fast import FastTier
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Engine:
         classifier: Classifier | None = None,
         policy: Policy | None = None,
         pagecache: PageCache | None = None,
+        fast: FastTier | None = None,
         chunk_size: int = 1 << 20,
         stream_budget: int = 256 << 20,
         throughput_slots: int = 4,
@@ -92,6 +94,8 @@ class Engine:
         self.classifier = classifier if classifier is not None else Classifier()
         self.policy = policy
         self.pagecache = pagecache
+        self.fast = fast
+        self._admissions = 0  # fast-tier admissions in flight (bounded)
         self.page_size = pagecache.page_size if pagecache is not None else 4096
         self.chunk_size = chunk_size
         self.stream_budget = stream_budget
@@ -138,6 +142,28 @@ class Engine:
         if start == 0 and end is None:
             self.classifier.forget_file(file_id)
 
+    # -- handles ---------------------------------------------------------------
+    def opened(self, h: FileHandle, st: Stat) -> None:
+        """A handle was opened on a file whose source attributes are ``st``."""
+        h.version = st.version()
+        if self.fast is not None:
+            h.fast = self.fast.file_for(h.path, h.version)
+        if self.policy is not None:
+            self.policy.on_open(h.file_id, file_size=st.st_size, pid=h.pid)
+
+    def path_removed(self, path: bytes) -> None:
+        if self.fast is not None:
+            self.fast.drop_path(path)
+
+    def path_renamed(self, old: bytes, new: bytes) -> None:
+        if self.fast is not None:
+            self.fast.rename_path(old, new)
+
+    @staticmethod
+    def _ghost_id(path: bytes) -> int:
+        """A policy key space for files not (yet) in the fast tier: negative ids."""
+        return -(hash(path) & ((1 << 62) - 1)) - 1
+
     # -- reads ---------------------------------------------------------------
     def _info(self, h: FileHandle, offset: int, size: int) -> tuple[AccessInfo, Label]:
         access = self.classifier.classify(h.file_id, h.pid, offset, size)
@@ -148,6 +174,8 @@ class Engine:
         info = AccessInfo(label=label, file_id=h.file_id, offset=offset, size=size,
                           pid=h.pid, stream_id=access.stream_id,
                           run_length=access.run_length, file_size=h.size, override=override)
+        if self.policy is not None:
+            self.policy.on_read(info)
         return info, label
 
     async def read(self, h: FileHandle, offset: int, size: int) -> bytes:
@@ -179,8 +207,16 @@ class Engine:
             self.stats.add("dram.miss")
         gen = self.generation(h.file_id)
         length = (last + 1) * ps - start
-        data = await h.file.pread(start, length)
-        self.stats.add("read.bytes.capacity", max(0, min(size, len(data) - (offset - start))))
+        data = None
+        if h.fast is not None and not h.dirty and start < h.size:
+            data = await self.fast.read(h.fast, start, min(length, h.size - start))  # type: ignore[union-attr]
+            if data is not None:
+                self.stats.add("read.bytes.fast", max(0, min(size, len(data) - (offset - start))))
+        if data is None:
+            data = await h.file.pread(start, length)
+            self.stats.add("read.bytes.capacity",
+                           max(0, min(size, len(data) - (offset - start))))
+            self._maybe_admit_fast(h, start, data, info, gen)
         if pc is not None and data and gen == self.generation(h.file_id) and not h.dirty:
             admit = self.policy is None or self.policy.should_admit(
                 (h.file_id, first), len(data), info, Tier.DRAM)
@@ -221,16 +257,16 @@ class Engine:
             if not needed and (self._stream_bytes + cs > self.stream_budget
                                or self._nursery is None):
                 break  # read-ahead is optional; the budget bounds memory
-            self._start_chunk(h, st, c, gen)
+            self._start_chunk(h, st, c, gen, info)
         out = []
         pos = offset
         while pos < end:
             c = pos // cs * cs
             ch = st.chunks.get(c)
             if ch is None:
-                ch = self._start_chunk(h, st, c, gen)
+                ch = self._start_chunk(h, st, c, gen, info)
             if not ch.started:
-                await self._fetch_chunk(h, ch)  # no background nursery: fetch inline
+                await self._fetch_chunk(h, ch, info)  # no background nursery: fetch inline
             await ch.done.wait()
             if ch.error is not None:
                 self._drop_chunk(st, c)
@@ -244,21 +280,32 @@ class Engine:
         self.stats.add("read.bytes.stream", len(data))
         return data
 
-    def _start_chunk(self, h: FileHandle, st: StreamState, start: int, gen: int) -> _Chunk:
+    def _start_chunk(self, h: FileHandle, st: StreamState, start: int, gen: int,
+                     info: AccessInfo) -> _Chunk:
         ch = _Chunk(start, gen)
         st.chunks[start] = ch
         self._stream_bytes += self.chunk_size
         if self._nursery is not None:
-            self._nursery.start_soon(self._fetch_chunk, h, ch)
+            self._nursery.start_soon(self._fetch_chunk, h, ch, info)
             ch.started = True
         return ch
 
-    async def _fetch_chunk(self, h: FileHandle, ch: _Chunk) -> None:
+    async def _fetch_chunk(self, h: FileHandle, ch: _Chunk, info: AccessInfo) -> None:
         ch.started = True
         try:
-            async with self._throughput:
-                ch.data = await h.file.pread(ch.start, self.chunk_size)
-            self.stats.add("readahead.bytes", len(ch.data))
+            data = None
+            cf = h.fast
+            if cf is not None and not h.dirty and ch.start < h.size:
+                data = await self.fast.read(  # type: ignore[union-attr]
+                    cf, ch.start, min(self.chunk_size, h.size - ch.start))
+                if data is not None:
+                    self.stats.add("readahead.bytes.fast", len(data))
+            if data is None:
+                async with self._throughput:
+                    data = await h.file.pread(ch.start, self.chunk_size)
+                self.stats.add("readahead.bytes.capacity", len(data))
+                self._maybe_admit_fast(h, ch.start, data, info, ch.gen)
+            ch.data = data
         except OSError as exc:
             ch.error = exc
         except Exception as exc:  # a bug here must reach the reader, not the nursery
@@ -266,6 +313,38 @@ class Engine:
             ch.error = OSError(5, f"read-ahead failed: {exc}")
         finally:
             ch.done.set()
+
+    def _maybe_admit_fast(self, h: FileHandle, start: int, data: bytes, info: AccessInfo,
+                          gen: int) -> None:
+        """Ask the policy; if it admits, copy into the fast tier in the background."""
+        if (self.fast is None or self.policy is None or not data or h.dirty
+                or gen != self.generation(h.file_id) or self._nursery is None
+                or self._admissions >= 64):
+            return
+        if not self.policy.should_admit((self._ghost_id(h.path), start), len(data), info,
+                                        Tier.FAST):
+            return
+        self._admissions += 1
+        self._nursery.start_soon(self._admit_fast, h, start, data, info, gen)
+
+    async def _admit_fast(self, h: FileHandle, start: int, data: bytes, info: AccessInfo,
+                          gen: int) -> None:
+        fast = self.fast
+        assert fast is not None
+        try:
+            cf = h.fast
+            if cf is None:
+                cf = h.fast = await fast.file_create(h.path, h.version)
+            if gen == self.generation(h.file_id):
+                pinned = info.override is not None and info.override.pin
+                await fast.admit(cf, start, data, pinned=pinned)
+        except OSError as exc:
+            self.stats.add("fast.admit_failed")
+            log.debug("fast-tier admission failed: %s", exc)
+        except Exception:
+            log.exception("fast-tier admission failed")
+        finally:
+            self._admissions -= 1
 
     def _drop_chunk(self, st: StreamState, start: int) -> None:
         if st.chunks.pop(start, None) is not None:
@@ -275,8 +354,11 @@ class Engine:
     async def write(self, h: FileHandle, offset: int, data: bytes) -> int:
         t0 = time.perf_counter()
         self.invalidate(h.file_id, offset, offset + len(data))
+        if not h.dirty:
+            h.dirty = True
+            self.path_removed(h.path)  # the fast tier's copy is of the old version
+            h.fast = None
         n = await h.file.pwrite(offset, data)
-        h.dirty = True
         if offset + n > h.size:
             h.size = offset + n
         self.stats.add("write.requests")
@@ -284,9 +366,10 @@ class Engine:
         self.stats.latency("write", time.perf_counter() - t0)
         return n
 
-    def truncated(self, file_id: int, size: int) -> None:
+    def truncated(self, file_id: int, path: bytes, size: int) -> None:
         """The file's size changed to ``size`` by setattr."""
         self.invalidate(file_id, size)
+        self.path_removed(path)
 
     async def flush(self, h: FileHandle) -> None:
         await h.file.flush()

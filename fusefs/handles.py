@@ -29,6 +29,10 @@ class FileHandle:
     size: int = 0
     #: The per-path rule's override (`fusefs.policies.base.Override`), if any.
     override: Any = None
+    #: Source version as of open (`SourceVersion`); ties fast-tier data to it.
+    version: Any = None
+    #: The fast tier's `CachedFile` for this version, once it has one.
+    fast: Any = None
     #: True once this handle wrote: caches of the inode must not be trusted.
     dirty: bool = False
     #: Engine-private per-handle state (read-ahead window, stream buffer).

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import pyfuse3
 import trio
 
+from .catalog import CatalogError
 from .classifier import Classifier
 from .config import Config, ConfigError
 from .control import ControlServer
@@ -31,6 +32,7 @@ from .policies import get_policy
 from .policies.base import Override, Tier
 from .stats import Stats
 from .tiers.capacity import CapacityTier, open_capacity
+from .tiers.fast import FastTier
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,12 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
         stats = Stats()
         engine = build_engine(capacity, cfg, stats)
         stack.push_async_callback(engine.close)
+        if engine.fast is not None:
+            try:
+                await engine.fast.open()
+            except (OSError, CatalogError) as exc:
+                raise MountError(f"fast tier {cfg.cache.dir}: {exc}", EXIT_USAGE) from None
+            stack.push_async_callback(engine.fast.close)
         m = cfg.mount
         immutable = m.consistency == "immutable"
         timeouts = Timeouts(
@@ -169,6 +177,8 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
 
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
+            if engine.fast is not None:
+                nursery.start_soon(engine.fast.run)
             await nursery.start(control.serve)
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
             log.info("mounted %s at %s", capacity.description, mountpoint)
@@ -193,9 +203,13 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     pagecache = None
     if cfg.cache.dram >= cfg.cache.page_size:
         pagecache = PageCache(cfg.cache.dram, cfg.cache.page_size)
+    fast = None
+    if cfg.cache.size > 0 and cfg.cache.dir:
+        fast = FastTier(cfg.cache.dir, policy=policy, stats=stats)
     return Engine(capacity, stats=stats,
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
-                  policy=policy, pagecache=pagecache, chunk_size=cfg.cache.chunk_size)
+                  policy=policy, pagecache=pagecache, fast=fast,
+                  chunk_size=cfg.cache.chunk_size)
 
 
 def overrides_from(cfg: Config) -> Callable[[bytes], Override | None]:

@@ -184,7 +184,7 @@ class Operations(pyfuse3.Operations):
                 raise
             st = await handle.file.fstat()  # unlinked but open
         if fields.update_size:
-            self.engine.truncated(inode, attr.st_size)
+            self.engine.truncated(inode, path, attr.st_size)
         return self._entry(inode, st)
 
     @_translate
@@ -255,7 +255,9 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.capacity.unlink(self.inodes.child_path(parent_inode, name))
+        path = self.inodes.child_path(parent_inode, name)
+        await self.capacity.unlink(path)
+        self.engine.path_removed(path)
         node = self.inodes.unlinked(parent_inode, name)
         if node is not None and not node.locations:
             self.engine.invalidate(node.ino)
@@ -274,6 +276,11 @@ class Operations(pyfuse3.Operations):
         replaced = self.inodes.find(parent_inode_new, name_new)
         await self.capacity.rename(old, new, flags)
         exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        if exchange:
+            self.engine.path_removed(old)
+            self.engine.path_removed(new)
+        else:
+            self.engine.path_renamed(old, new)
         self.inodes.renamed(parent_inode_old, name_old, parent_inode_new, name_new,
                             exchange=exchange)
         if replaced is not None and not exchange and replaced in self.inodes \
@@ -304,6 +311,7 @@ class Operations(pyfuse3.Operations):
         h = self.handles.add_file(ino=node.ino, path=path, file=f, flags=flags,
                                   pid=ctx.pid, file_id=node.ino, size=st.st_size,
                                   override=self.override_for(path))
+        self.engine.opened(h, st)
         return self._file_info(h.fh, inode, st, flags)
 
     @_translate
@@ -317,6 +325,7 @@ class Operations(pyfuse3.Operations):
         self.inodes.opened(ino)
         h = self.handles.add_file(ino=ino, path=path, file=f, flags=flags, pid=ctx.pid,
                                   file_id=ino, override=self.override_for(path))
+        self.engine.opened(h, st)
         return self._file_info(h.fh, ino, st, flags), self._entry(ino, st)
 
     @_translate
