@@ -422,6 +422,7 @@ class ObjectStoreTier(CapacityTier):
         self._root_stat = self._dir_stat(self._started_ns)
         self._stats: dict[bytes, tuple[float, Stat]] = {}
         self._negative: dict[bytes, float] = {}
+        self._sweep_at = 4096
         self._lists: dict[bytes, _Listing] = {}
         self._local_dirs: dict[bytes, Stat] = {}
         self._writers: dict[bytes, list[ObjectFile]] = {}
@@ -494,7 +495,8 @@ class ObjectStoreTier(CapacityTier):
             except (pa.ArrowException, OSError) as exc:
                 raise self._start_error(exc) from None
             self.kind = self._fs.type_name
-        self._setup_spool()
+        if self.opts.spool_dir:
+            self._setup_spool()  # a bad spool directory should fail the mount, not a write
         object_store = self._fs.type_name in ("s3", "gcs")
         checks = [(self._bucket, "bucket")] if object_store else []
         if not object_store or self._prefix:
@@ -642,8 +644,8 @@ class ObjectStoreTier(CapacityTier):
         if listing is not None:
             listing.entries[name] = st
 
-    def _note_gone(self, path: bytes) -> None:
-        """``path`` and everything below it no longer exist."""
+    def _note_gone(self, path: bytes, *, tree: bool = True) -> None:
+        """``path`` (and, if ``tree``, everything below it) no longer exists."""
         self._stats.pop(path, None)
         self._local_dirs.pop(path, None)
         self._lists.pop(path, None)
@@ -652,9 +654,21 @@ class ObjectStoreTier(CapacityTier):
         listing = self._lists.get(parent)
         if listing is not None:
             listing.entries.pop(name, None)
+        if not tree:
+            return
         for table in (self._stats, self._negative, self._lists, self._local_dirs):
             for p in [p for p in table if _under(p, path)]:
                 del table[p]
+
+    def _sweep(self) -> None:
+        """Drop expired single-object entries once the tables have doubled since the last sweep."""
+        size = len(self._stats) + len(self._negative)
+        if size < self._sweep_at:
+            return
+        now = self._clock()
+        self._stats = {p: e for p, e in self._stats.items() if e[0] > now}
+        self._negative = {p: t for p, t in self._negative.items() if t > now}
+        self._sweep_at = max(4096, 2 * (len(self._stats) + len(self._negative)))
 
     def invalidate(self, path: bytes | None = None) -> None:
         """Drop cached metadata of ``path`` (and its listing), or all of it."""
@@ -704,6 +718,7 @@ class ObjectStoreTier(CapacityTier):
         self.requests["stat"] += 1
         info = await self._run(f"stat {self._show(path)}", self._fs.get_file_info, key)
         st = self._from_info(info)
+        self._sweep()
         if st is None:
             self._negative[path] = self._clock() + self.opts.negative_ttl
             raise _err(errno.ENOENT, f"{self._show(path)}: no such object")
@@ -934,9 +949,9 @@ class ObjectStoreTier(CapacityTier):
             await self._delete_key(path, key)
         except FileNotFoundError:
             if not pending:
-                self._note_gone(path)
+                self._note_gone(path, tree=False)
                 raise
-        self._note_gone(path)
+        self._note_gone(path, tree=False)
         if not self._markers:
             await self._remove_stand_ins(_split(path)[0])
 
@@ -997,8 +1012,7 @@ class ObjectStoreTier(CapacityTier):
             await self._rename_file(old, new, okey, nkey)
 
     async def _rename_file(self, old: bytes, new: bytes, okey: str, nkey: str) -> None:
-        writers = self._writers.pop(old, [])
-        for w in writers:
+        for w in list(self._writers.get(old, [])):
             await w.flush()  # the object must exist before it can be copied
         self.requests["copy"] += 1
         await self._run(f"rename {self._show(old)}", self._fs.copy_file, okey, nkey)
@@ -1007,11 +1021,12 @@ class ObjectStoreTier(CapacityTier):
             await self._delete_key(old, okey)
         except FileNotFoundError:
             pass
+        writers = self._writers.pop(old, [])
         for w in writers:
             w.path = new  # an open descriptor follows its file
         if writers:
             self._writers.setdefault(new, []).extend(writers)
-        self._note_gone(old)
+        self._note_gone(old, tree=False)
         self._stats.pop(new, None)
         self._negative.pop(new, None)
         self.requests["stat"] += 1
