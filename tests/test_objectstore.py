@@ -11,7 +11,9 @@ import errno
 import hashlib
 import logging
 import os
+import socket
 import stat as stat_mod
+import threading
 import time
 from pathlib import Path
 
@@ -327,6 +329,16 @@ def test_writes_reach_the_store(s3: S3Server) -> None:
         await f.close()
         assert read_back(s3, "w/existing") == b"T"
 
+        # a second writer of a file whose data is not uploaded yet starts from the first one's spool
+        f1, _ = await tier.create(b"w/pair", os.O_WRONLY, 0o644, 0, 0)
+        await f1.pwrite(0, b"one")
+        f2 = await tier.open(b"w/pair", os.O_RDWR)
+        assert await f2.pread(0, 10) == b"one"
+        await f2.pwrite(3, b"two")
+        await f2.close()
+        await f1.close()  # f1 uploads last: last upload wins
+        assert read_back(s3, "w/pair") == b"one"
+
         # setattr(size) without a handle rewrites the object
         st = await tier.setattr(b"w/new", size=5)
         assert st.st_size == 5 and read_back(s3, "w/new") == b"Abc\0\0"
@@ -532,10 +544,12 @@ def test_server_down_and_back(restartable_s3: S3Server, caplog) -> None:
         tier = await started(server, stat_ttl=0, list_ttl=0, negative_ttl=0)
         f = await tier.open(b"keep/data", os.O_RDONLY)
         assert await f.pread(0, 10) == data[:10]
+        w, _ = await tier.create(b"keep/pending", os.O_WRONLY, 0o644, 0, 0)
+        await w.pwrite(0, b"kept across the outage")
         server.stop()
         with caplog.at_level(logging.WARNING, logger="fusefs.tiers.objectstore"):
             for op in (tier.stat(b"keep/data"), tier.listdir(b"keep"), f.pread(4096, 100),
-                       write_file(tier, b"keep/new", b"n")):
+                       write_file(tier, b"keep/new", b"n"), w.flush()):
                 t0 = time.monotonic()
                 exc = await raises(errno.EIO, op)
                 assert isinstance(exc, TierUnavailable), exc
@@ -548,9 +562,46 @@ def test_server_down_and_back(restartable_s3: S3Server, caplog) -> None:
         assert await f.pread(4096, 100) == data[4096:4196]
         await write_file(tier, b"keep/new", b"n")
         assert read_back(server, "keep/new") == b"n"
+        await w.flush()  # the failed upload is still dirty: it goes up now
+        assert read_back(server, "keep/pending") == b"kept across the outage"
+        await w.close()
         await f.close()
 
     run(main)
+
+
+def test_server_that_hangs(s3: S3Server) -> None:
+    """A server that accepts connections and never answers: bounded by request_timeout x retries."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    hung = S3Server.__new__(S3Server)
+    hung.__dict__.update(s3.__dict__)
+    hung.port = listener.getsockname()[1]
+
+    async def main() -> None:
+        t0 = time.monotonic()
+        exc = await raises(errno.EIO, started(hung, request_timeout=1, retries=2))
+        assert isinstance(exc, TierUnavailable) and str(hung.port) in str(exc)
+        assert time.monotonic() - t0 < 8
+
+    try:
+        run(main)
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
 
 
 # -- snapshots ---------------------------------------------------------------
