@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import stat as stat_mod
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,14 @@ pytestmark = pytest.mark.s3
 
 KiB = 1024
 MiB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spool directories of tiers a test does not close end up in its tmp_path."""
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
 
 
 class FakeClock:

@@ -466,7 +466,9 @@ class ObjectStoreTier(CapacityTier):
         ObjectStoreOptions.make({k: v for k, v in options.items() if k != "clock"})  # fail early
         if scheme == "s3":
             factory, root, desc, endpoint = _s3_factory(parts, s3opts)
-            return cls(factory, root, description=desc, endpoint=endpoint, **options)
+            tier = cls(factory, root, description=desc, endpoint=endpoint, **options)
+            tier.kind = "s3"
+            return tier
         if s3opts:
             raise ValueError(f"options {', '.join(sorted(s3opts))} apply to s3:// sources only")
         try:
@@ -626,8 +628,10 @@ class ObjectStoreTier(CapacityTier):
         )
 
     def _from_info(self, info: Any) -> Stat | None:
-        # pyarrow's FileInfo carries no ETag, so a version is size + mtime.
-        mtime = info.mtime_ns if info.mtime_ns is not None else self._started_ns
+        # pyarrow's FileInfo carries no ETag, so a version is size + mtime. Implicit
+        # directories have no mtime, and rclone's listings now and then give the epoch:
+        # take those as unknown and show the mount's start time.
+        mtime = info.mtime_ns if info.mtime_ns else self._started_ns
         if info.type == pafs.FileType.File:
             return self._file_stat(info.size or 0, mtime)
         if info.type == pafs.FileType.Directory:
