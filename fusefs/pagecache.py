@@ -165,6 +165,7 @@ class PageCache:
 
         Raises:
             ValueError: If the cache is closed or ``buffer`` is too small.
+            BufferError: If ``buffer`` is read-only.
         """
         pc = self._handle()
         cbuf = ffi.from_buffer(buffer, require_writable=True)
