@@ -64,6 +64,8 @@ int pagecache_create(pagecache_t **out, uint64_t capacity_bytes,
 void pagecache_destroy(pagecache_t *pc);
 int64_t pagecache_get(pagecache_t *pc, uint64_t file_id, uint64_t page,
                       void *buf, size_t buflen);
+int64_t pagecache_get_range(pagecache_t *pc, uint64_t file_id, uint64_t first,
+                            void *buf, size_t buflen);
 int64_t pagecache_peek(pagecache_t *pc, uint64_t file_id, uint64_t page,
                        void *buf, size_t buflen);
 int pagecache_put(pagecache_t *pc, uint64_t file_id, uint64_t page,

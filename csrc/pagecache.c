@@ -643,17 +643,17 @@ int pagecache_create(pagecache_t **out, uint64_t capacity_bytes,
     return 0;
 }
 
+/* Find a page and copy it out under its shard lock; the hit path. */
 static int64_t lookup_copy(pagecache_t *pc, uint64_t file_id, uint64_t page,
-                           void *buf, size_t buflen, bool count)
+                           void *buf, size_t buflen, bool count,
+                           bool count_miss)
 {
-    if (pc == NULL || buf == NULL)
-        return -EINVAL;
     uint64_t h = key_hash(file_id, page);
     shard_t *sh = shard_for(pc, h);
     pthread_mutex_lock(&sh->lock);
     uint32_t pos = shard_find_slot(pc, sh, h, file_id, page);
     if (pos == NIL) {
-        if (count)
+        if (count_miss)
             sh->misses++;
         pthread_mutex_unlock(&sh->lock);
         return -ENOENT;
@@ -680,13 +680,37 @@ static int64_t lookup_copy(pagecache_t *pc, uint64_t file_id, uint64_t page,
 int64_t pagecache_get(pagecache_t *pc, uint64_t file_id, uint64_t page,
                       void *buf, size_t buflen)
 {
-    return lookup_copy(pc, file_id, page, buf, buflen, true);
+    if (pc == NULL || buf == NULL)
+        return -EINVAL;
+    return lookup_copy(pc, file_id, page, buf, buflen, true, true);
+}
+
+int64_t pagecache_get_range(pagecache_t *pc, uint64_t file_id, uint64_t first,
+                            void *buf, size_t buflen)
+{
+    if (pc == NULL || buf == NULL)
+        return -EINVAL;
+    unsigned char *out = buf;
+    size_t done = 0;
+    for (uint64_t page = first; done < buflen; page++) {
+        /* Only the page where a read stops for lack of data is a miss. */
+        int64_t n = lookup_copy(pc, file_id, page, out + done, buflen - done,
+                                true, true);
+        if (n < 0)
+            break;
+        done += (size_t)n;
+        if ((uint64_t)n < pc->page_size || page == UINT64_MAX)
+            break;
+    }
+    return (int64_t)done;
 }
 
 int64_t pagecache_peek(pagecache_t *pc, uint64_t file_id, uint64_t page,
                        void *buf, size_t buflen)
 {
-    return lookup_copy(pc, file_id, page, buf, buflen, false);
+    if (pc == NULL || buf == NULL)
+        return -EINVAL;
+    return lookup_copy(pc, file_id, page, buf, buflen, false, false);
 }
 
 int pagecache_put(pagecache_t *pc, uint64_t file_id, uint64_t page,

@@ -93,6 +93,17 @@ void pagecache_destroy(pagecache_t *pc);
 int64_t pagecache_get(pagecache_t *pc, uint64_t file_id, uint64_t page,
                       void *buf, size_t buflen);
 
+/*
+ * Read consecutive pages first, first + 1, ... of one file into buf, page i
+ * at offset i * page_size, in one call: what a large read wants, with the
+ * per-call cost paid once. Stops at the first miss (counted as a miss), after
+ * a short page (the file's last), or at the first page that does not fit in
+ * buflen (not counted). Returns the number of bytes copied: 0 if the first
+ * page missed. Each page copied counts as a hit, as with pagecache_get().
+ */
+int64_t pagecache_get_range(pagecache_t *pc, uint64_t file_id, uint64_t first,
+                            void *buf, size_t buflen);
+
 /* Like pagecache_get() but with no effect on frequencies or counters. */
 int64_t pagecache_peek(pagecache_t *pc, uint64_t file_id, uint64_t page,
                        void *buf, size_t buflen);

@@ -91,6 +91,23 @@ class S3FIFOModel:
         entry.freq = min(entry.freq + 1, 3)
         return entry.data
 
+    def get_range(self, file_id: int, first: int, room: int, page_size: int) -> bytes:
+        """Consecutive pages from ``first`` while they hit and fit in ``room``."""
+        out = b""
+        page = first
+        while len(out) < room:
+            entry = self.entries.get((file_id, page))
+            if entry is not None and len(entry.data) > room - len(out):
+                break  # does not fit: not counted
+            data = self.get((file_id, page))
+            if data is None:
+                break
+            out += data
+            if len(data) < page_size:
+                break
+            page += 1
+        return out
+
     def peek(self, key: Key) -> bytes | None:
         """Return a page's data with no side effect."""
         entry = self.entries.get(key)

@@ -41,6 +41,25 @@ def test_get_into_accepts_memoryview_slices(cache: PageCache) -> None:
     assert big[:PS] == bytes(PS)
 
 
+def test_get_range_into_copies_a_run_of_pages(cache: PageCache) -> None:
+    for p in range(4):
+        cache.put(1, p, page_bytes(1, p))
+    cache.put(1, 4, page_bytes(1, 4, 100))  # the file's short last page
+    cache.put(1, 5, page_bytes(1, 5))
+    buf = bytearray(8 * PS)
+    assert cache.get_range_into(1, 0, buf) == 4 * PS + 100
+    assert bytes(buf[: 4 * PS + 100]) == b"".join(
+        [page_bytes(1, p) for p in range(4)] + [page_bytes(1, 4, 100)]
+    )
+    assert cache.stats()["hits"] == 5 and cache.stats()["misses"] == 0
+    assert cache.get_range_into(1, 2, memoryview(buf)[: 2 * PS + 50]) == 2 * PS
+    assert cache.get_range_into(1, 6, buf) == 0
+    assert cache.get_range_into(2, 0, buf) == 0
+    assert cache.stats()["misses"] == 2
+    cache.invalidate(1, 1)
+    assert cache.get_range_into(1, 0, buf) == PS
+
+
 def test_partial_last_page_keeps_its_length(cache: PageCache) -> None:
     cache.put(7, 3, page_bytes(7, 3, 1000))
     buf = bytearray(PS)

@@ -105,6 +105,16 @@ class PageCacheMachine(RuleBasedStateMachine):
         else:
             assert bytes(buf[:n]) == expected
 
+    @rule(
+        file_id=FILES,
+        first=PAGES,
+        room=st.sampled_from([1, PS - 1, PS, 2 * PS + 5, 5 * PS]),
+    )
+    def get_range(self, file_id: int, first: int, room: int) -> None:
+        buf = bytearray(room)
+        n = self.pc.get_range_into(file_id, first, buf)
+        assert bytes(buf[:n]) == self.model.get_range(file_id, first, room, PS)
+
     @rule(file_id=FILES, page=PAGES)
     def read_through(self, file_id: int, page: int) -> None:
         """The engine's pattern: get, and put on a miss."""
