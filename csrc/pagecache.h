@@ -140,8 +140,7 @@ uint64_t pagecache_meta_bytes(const pagecache_t *pc);
 
 /*
  * Metadata bytes per cached page for the given ghost ratio, from the struct
- * sizes alone (hash tables at their 50% design load): what a large cache
- * converges to.
+ * sizes and the hash tables' sizing alone: what a large cache converges to.
  */
 double pagecache_meta_bytes_per_page(double ghost_ratio);
 
