@@ -89,6 +89,28 @@ static int test_put_get(void)
     return 0;
 }
 
+static int test_get_range(void)
+{
+    pagecache_t *pc;
+    static unsigned char in[PS], out[4 * PS];
+    CHECK(pagecache_create(&pc, 16 * PS, PS, NULL) == 0);
+    memset(in, 7, PS);
+    for (uint64_t p = 0; p < 3; p++)
+        CHECK(pagecache_put(pc, 9, p, in, PS, PAGECACHE_HINT_NORMAL) == 0);
+    CHECK(pagecache_put(pc, 9, 3, in, 10, PAGECACHE_HINT_NORMAL) == 0);
+    CHECK(pagecache_put(pc, 9, 4, in, PS, PAGECACHE_HINT_NORMAL) == 0);
+    CHECK(pagecache_get_range(pc, 9, 0, out, sizeof(out)) == 3 * PS + 10);
+    CHECK(pagecache_get_range(pc, 9, 1, out, 2 * PS + 5) == 2 * PS);
+    CHECK(pagecache_get_range(pc, 9, 5, out, sizeof(out)) == 0);
+    CHECK(pagecache_invalidate_page(pc, 9, 1) == 1);
+    CHECK(pagecache_get_range(pc, 9, 0, out, sizeof(out)) == PS);
+    pagecache_stats_t s;
+    CHECK(pagecache_stats(pc, &s) == 0);
+    CHECK(s.hits == 4 + 2 + 1 && s.misses == 2);
+    pagecache_destroy(pc);
+    return 0;
+}
+
 static int test_eviction_and_pins(void)
 {
     pagecache_t *pc;
@@ -289,6 +311,7 @@ int main(int argc, char **argv)
     } tests[] = {
         {"args", test_args},
         {"put_get", test_put_get},
+        {"get_range", test_get_range},
         {"eviction_and_pins", test_eviction_and_pins},
         {"invalidate", test_invalidate},
         {"scan_resistance", test_scan_resistance},
