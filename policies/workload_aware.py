@@ -50,6 +50,7 @@ class WorkloadAwarePolicy(WTinyLFUPolicy):
         whole_file_ratio: A re-streamed file is admitted whole if it is at most this share
             of the capacity.
         max_files: Files whose streaming history is kept (least recently streamed dropped).
+        sketch_factor: Frequency-sketch counters per row per cached object.
         **options: Passed to :class:`~fusefs.policies.wtinylfu.WTinyLFUPolicy`.
     """
 
@@ -62,9 +63,13 @@ class WorkloadAwarePolicy(WTinyLFUPolicy):
         ghost_ratio: float = 1.0,
         whole_file_ratio: float = 0.5,
         max_files: int = 4096,
+        sketch_factor: int = 8,
         **options: object,
     ) -> None:
-        super().__init__(capacity, **options)  # type: ignore[arg-type]
+        # A retrieval index holds far more objects than the cache; a sketch of one counter
+        # per cached object blurs the mid-popularity keys that decide the miss ratio
+        # (measured: 1.21x Belady at a 1% cache with 1 counter per object, 1.17x with 8).
+        super().__init__(capacity, sketch_factor=sketch_factor, **options)  # type: ignore[arg-type]
         self._ghost_cap = int(self.capacity * ghost_ratio)
         self._ghost: OrderedDict[Key, int] = OrderedDict()
         self._ghost_bytes = 0

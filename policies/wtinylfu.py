@@ -90,6 +90,8 @@ class WTinyLFUPolicy(Policy):
         protected_ratio: Share of the main cache for the protected segment.
         sample_factor: Sketch increments between two halvings, per object the main cache
             holds.
+        sketch_factor: Sketch counters per row, per object the main cache holds (rounded
+            up to a power of two).
         **options: Passed to :class:`~fusefs.policies.base.Policy` (``object_size`` turns
             bytes into object counts for the sketch).
     """
@@ -103,6 +105,7 @@ class WTinyLFUPolicy(Policy):
         window_ratio: float = 0.01,
         protected_ratio: float = 0.8,
         sample_factor: int = 32,
+        sketch_factor: int = 1,
         **options: object,
     ) -> None:
         super().__init__(capacity, **options)  # type: ignore[arg-type]
@@ -110,7 +113,7 @@ class WTinyLFUPolicy(Policy):
         main_cap = self.capacity - self._window_cap
         self._protected_cap = int(main_cap * protected_ratio)
         main_items = max(main_cap // self._object_size, 1)
-        self._sketch = FrequencySketch(main_items, period=sample_factor * main_items)
+        self._sketch = FrequencySketch(main_items * sketch_factor, period=sample_factor * main_items)
         self._window: OrderedDict[Key, int] = OrderedDict()
         self._probation: OrderedDict[Key, int] = OrderedDict()
         self._protected: OrderedDict[Key, int] = OrderedDict()
