@@ -70,10 +70,12 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(nbytes: int, *, precision: int = 1) -> str:
-    """Format a byte count with the largest binary unit that keeps it at least 1.
+    """Format a byte count with a binary unit.
 
-    Exact multiples print without decimals (``format_size(64 * 2**20) == "64MiB"``), so a
-    formatted size parses back to the same number when it is a whole number of units.
+    A whole number of some unit prints exactly in the largest such unit
+    (``format_size(64 * 2**20) == "64MiB"``, ``format_size(1025 * 1024) == "1025KiB"``), so
+    it parses back to the same number; anything else is rounded in the largest unit that
+    keeps it at least 1 (``"1.5MiB"``).
 
     Args:
         nbytes: The size in bytes.
@@ -84,9 +86,12 @@ def format_size(nbytes: int, *, precision: int = 1) -> str:
     """
     sign = "-" if nbytes < 0 else ""
     value = abs(int(nbytes))
-    for unit, factor in (("PiB", 1024**5), ("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+    units = (("PiB", 1024**5), ("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+    # The largest unit that divides exactly keeps the text exact ("1025KiB", not "1.0MiB").
+    for unit, factor in units:
+        if value >= factor and value % factor == 0:
+            return f"{sign}{value // factor}{unit}"
+    for unit, factor in units:
         if value >= factor:
-            if value % factor == 0:
-                return f"{sign}{value // factor}{unit}"
             return f"{sign}{value / factor:.{precision}f}{unit}"
     return f"{sign}{value}B"
