@@ -68,9 +68,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if job["policy"] == "belady":
         out = belady_for_trace(job["path"], job["cache"], PAGE)
         return {**job, "result": out}
-    res = replay(
-        job["path"], job["policy"], job["cache"], PAGE, job["classifier"], tier=job["tier"], belady=False
-    )
+    res = replay(job["path"], job["policy"], job["cache"], PAGE, job["classifier"], tier=job["tier"], belady=False)
     return {**job, "result": res.to_dict()}
 
 
@@ -80,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=100_000, help="Zipf objects")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "policies.json"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "policies.json")
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -90,11 +90,24 @@ def main(argv: list[str] | None = None) -> int:
         jobs: list[dict[str, Any]] = []
         for size_name, cache in sizes.items():
             base = {"cache": cache, "size": size_name}
-            jobs.append({**base, "trace": "zipf", "path": paths["zipf"], "policy": "belady", "tier": None, "classifier": None})
+            jobs.append(
+                {**base, "trace": "zipf", "path": paths["zipf"], "policy": "belady", "tier": None, "classifier": None}
+            )
             for pol in BASELINES:
-                jobs.append({**base, "trace": "zipf", "path": paths["zipf"], "policy": pol, "tier": "dram", "classifier": False})
+                jobs.append(
+                    {**base, "trace": "zipf", "path": paths["zipf"], "policy": pol, "tier": "dram", "classifier": False}
+                )
             for tier in ("dram", "fast"):
-                jobs.append({**base, "trace": "zipf", "path": paths["zipf"], "policy": DEFAULT, "tier": tier, "classifier": True})
+                jobs.append(
+                    {
+                        **base,
+                        "trace": "zipf",
+                        "path": paths["zipf"],
+                        "policy": DEFAULT,
+                        "tier": tier,
+                        "classifier": True,
+                    }
+                )
             for mix in ("mix-request", "mix-burst"):
                 p = paths[mix]
                 jobs.append({**base, "trace": mix, "path": p, "policy": "belady", "tier": None, "classifier": None})
@@ -147,7 +160,9 @@ def summarize(done: list[dict[str, Any]], sizes: dict[str, int]) -> dict[str, An
         for pol in BASELINES:
             row[pol] = _find(done, trace="zipf", size=size_name, policy=pol)["miss_ratio"]
         for tier in ("dram", "fast"):
-            row[f"{DEFAULT}[{tier}]"] = _find(done, trace="zipf", size=size_name, policy=DEFAULT, tier=tier)["miss_ratio"]
+            row[f"{DEFAULT}[{tier}]"] = _find(done, trace="zipf", size=size_name, policy=DEFAULT, tier=tier)[
+                "miss_ratio"
+            ]
         pure[size_name] = row
 
     mixes: dict[str, dict[str, Any]] = {}
@@ -185,15 +200,31 @@ def summarize(done: list[dict[str, Any]], sizes: dict[str, int]) -> dict[str, An
     d = f"{DEFAULT}[dram]"
     for size_name, limit in (("1%", 1.20), ("10%", 1.45)):
         ratio = pure[size_name][d] / pure[size_name]["belady"]
-        bars.append({"bar": f"pure zipf {size_name}: {d} <= {limit}x belady", "value": round(ratio, 4), "pass": ratio <= limit})
+        bars.append(
+            {"bar": f"pure zipf {size_name}: {d} <= {limit}x belady", "value": round(ratio, 4), "pass": ratio <= limit}
+        )
     gain = 1 - pure["10%"][d] / pure["10%"]["lru"]
     bars.append({"bar": f"pure zipf 10%: {d} >= 15% below lru", "value": round(gain, 4), "pass": gain >= 0.15})
     for key, entry in mixes.items():
         rel = entry[f"{d}_random_part"] / entry[f"{d}_pure"] - 1
-        bars.append({"bar": f"{key}: {d}+classifier random part <= +3% of pure", "value": round(rel, 4), "pass": rel <= 0.03})
+        bars.append(
+            {"bar": f"{key}: {d}+classifier random part <= +3% of pure", "value": round(rel, 4), "pass": rel <= 0.03}
+        )
     for name, acc in accuracy.items():
-        bars.append({"bar": f"{name}: scan reads labelled sequential >= 99%", "value": round(acc["scan_labelled_sequential"], 5), "pass": acc["scan_labelled_sequential"] >= 0.99})
-        bars.append({"bar": f"{name}: random reads labelled sequential <= 0.1%", "value": round(acc["random_labelled_sequential"], 6), "pass": acc["random_labelled_sequential"] <= 0.001})
+        bars.append(
+            {
+                "bar": f"{name}: scan reads labelled sequential >= 99%",
+                "value": round(acc["scan_labelled_sequential"], 5),
+                "pass": acc["scan_labelled_sequential"] >= 0.99,
+            }
+        )
+        bars.append(
+            {
+                "bar": f"{name}: random reads labelled sequential <= 0.1%",
+                "value": round(acc["random_labelled_sequential"], 6),
+                "pass": acc["random_labelled_sequential"] <= 0.001,
+            }
+        )
     return {"pure_zipf": pure, "mixtures": mixes, "classifier": accuracy, "bars": bars}
 
 
@@ -211,14 +242,16 @@ def print_report(report: dict[str, Any]) -> None:
     for key, e in report["mixtures"].items():
         print(f"  {key}")
         print(f"    belady                              {e['belady_random_part']:.4f}")
-        print(f"    lru, no classifier (control)        {e['lru_no_classifier_random_part']:.4f}   (pure {e['lru_pure']:.4f})")
+        control = e["lru_no_classifier_random_part"]
+        print(f"    lru, no classifier (control)        {control:.4f}   (pure {e['lru_pure']:.4f})")
         for tier in ("dram", "fast"):
             k = f"{DEFAULT}[{tier}]"
             print(f"    {k + ' + classifier':36}{e[k + '_random_part']:.4f}   (pure {e[k + '_pure']:.4f})")
         print(f"    {DEFAULT + '[dram], no classifier':36}{e[DEFAULT + '[dram]_no_classifier_random_part']:.4f}")
     print("\nClassifier")
     for name, acc in report["classifier"].items():
-        print(f"  {name}: scan reads sequential {acc['scan_labelled_sequential']:.4%}, random reads sequential {acc['random_labelled_sequential']:.4%}")
+        scan, rand = acc["scan_labelled_sequential"], acc["random_labelled_sequential"]
+        print(f"  {name}: scan reads sequential {scan:.4%}, random reads sequential {rand:.4%}")
     print("\nBars")
     for b in report["bars"]:
         print(f"  [{'PASS' if b['pass'] else 'FAIL'}] {b['bar']}: {b['value']}")

@@ -16,6 +16,17 @@ Why processes: a training loader that streamed its last shard will stream the ne
 running average of run lengths per process lets its first request on a new file be labelled
 ``sequential`` instead of waiting for the run to build up.
 
+The labels:
+
+* ``sequential``: the request continues (or starts) a stream whose run covers at least
+  ``sequential_cutoff`` bytes, or it comes from a process recognised as a streamer. Once
+  sequential, a stream stays so for its life.
+* ``unknown``: too few requests yet: the first request on a file nobody has read yet, or a
+  stream still growing below the cutoff.
+* ``random``: a request that continues no stream of a file already being read, or that
+  re-reads bytes its stream has covered (a re-read never lengthens a run, so a hot page read
+  over and over does not turn into a "stream").
+
 Cost: O(1) per request (a bounded scan of at most ``max_streams_per_file`` streams) and
 bounded memory: files, streams per file and processes are capped and the least recently
 used is dropped. Time comes from an injected clock, so idle expiry is testable without

@@ -166,7 +166,9 @@ def _page_sequence(trace: str | os.PathLike[str] | pa.Table, page_size: int) -> 
     return keys, labels
 
 
-def belady_for_trace(trace: str | os.PathLike[str] | pa.Table, cache_size: int, page_size: int = 4096) -> dict[str, Any]:
+def belady_for_trace(
+    trace: str | os.PathLike[str] | pa.Table, cache_size: int, page_size: int = 4096
+) -> dict[str, Any]:
     """Belady's MIN on the pages a trace reads (writes are ignored).
 
     Returns:

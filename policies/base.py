@@ -286,9 +286,7 @@ class Policy:
         if key not in self._pinned:
             self._on_hit(key, info if info is not None else UNKNOWN_ACCESS)
 
-    def should_admit(
-        self, key: Key, size: int, info: AccessInfo | None = None, tier: Tier | str | None = None
-    ) -> bool:
+    def should_admit(self, key: Key, size: int, info: AccessInfo | None = None, tier: Tier | str | None = None) -> bool:
         """Decide whether a missed object should be admitted to a tier.
 
         Overrides come first: a pinned key or ``override.pin`` is always admitted,
@@ -340,13 +338,11 @@ class Policy:
         if size < 0:
             raise ValueError("size must not be negative")
         if key in self._sizes:
-            self._remove_resident(key, notify=True)
+            self._remove_resident(key)
         if info.override is not None and info.override.pin:
             self._pinned.add(key)
         if size > self._capacity - self._pinned_bytes:
-            raise PolicyError(
-                f"cannot fit {size} bytes: capacity {self._capacity}, pinned {self._pinned_bytes}"
-            )
+            raise PolicyError(f"cannot fit {size} bytes: capacity {self._capacity}, pinned {self._pinned_bytes}")
         evicted = self._make_room(self._capacity - size, size)
         self._sizes[key] = size
         self._used += size
@@ -383,7 +379,7 @@ class Policy:
         """
         if key not in self._sizes:
             return False
-        self._remove_resident(key, notify=True)
+        self._remove_resident(key)
         return True
 
     def invalidate_file(self, file_id: int) -> list[Key]:
@@ -396,7 +392,7 @@ class Policy:
         """
         keys = list(self._by_file.get(file_id, ()))
         for key in keys:
-            self._remove_resident(key, notify=True)
+            self._remove_resident(key)
         self._on_invalidate_file(file_id)
         return keys
 
@@ -540,10 +536,10 @@ class Policy:
                 if not keys:
                     del self._by_file[fid]
 
-    def _remove_resident(self, key: Key, *, notify: bool) -> None:
+    def _remove_resident(self, key: Key) -> None:
         if key in self._pinned:
             self._pinned_bytes -= self._sizes[key]
             self._n_pinned_resident -= 1
-        elif notify:
+        else:
             self._on_remove(key)
         self._drop(key)

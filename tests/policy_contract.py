@@ -3,8 +3,8 @@
 A test module subclasses :class:`PolicyContract` and sets ``policy_class`` (or overrides
 ``make_policy(capacity, **options)``); ``tests/test_policies_contract.py`` runs it for every
 shipped policy and for the third-party example. A third-party package can import this module
-from a tierfs checkout and run the same suite on its policy. Only the contract of ``docs/policies.md`` is checked here, never a
-policy's own ordering.
+from a tierfs checkout and run the same suite on its policy. Only the contract of
+``docs/policies.md`` is checked here, never a policy's own ordering.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import random
 from typing import Any
 
 import pytest
+from fusefs.policies import AccessInfo, Label, Override, Policy, PolicyError, Tier
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from fusefs.policies import AccessInfo, Label, Override, Policy, PolicyError, Tier
 
 
 class FakeClock:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from fusefs.policies import Policy, builtin_policies
-
 from policy_contract import PolicyContract
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "third_party_policy" / "tierfs_mru" / "__init__.py"

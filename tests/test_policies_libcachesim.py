@@ -13,8 +13,8 @@ import itertools
 import random
 
 import pytest
-
 from fusefs.policies import get_policy
+
 from fusefs.replay import belady_miss_flags
 
 lcs = pytest.importorskip("libcachesim")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from importlib import metadata
 
-import pytest
-
 import fusefs.policies as policies
+import pytest
 from fusefs.policies import Policy, available_policies, builtin_policies, get_policy
 
 SHIPPED = {"lru", "fifo", "s3fifo", "sieve", "arc", "wtinylfu", "workload_aware"}

@@ -12,7 +12,14 @@ import pytest
 
 from fusefs import tracegen
 from fusefs.replay import belady_for_trace, belady_miss_flags, main, replay
-from fusefs.trace import COLUMNS, SCHEMA, TraceWriter, iter_batches, read_trace, write_trace
+from fusefs.trace import (
+    COLUMNS,
+    SCHEMA,
+    TraceWriter,
+    iter_batches,
+    read_trace,
+    write_trace,
+)
 
 PAGE = 4096
 
@@ -65,7 +72,11 @@ def test_generators_are_seeded_and_labelled() -> None:
     assert set(s["label"].to_pylist()) == {"sequential"}
     # Each worker reads its files in order, each file once.
     for pid in (2000, 2001):
-        rows = [(f, o) for p, f, o in zip(s["pid"].to_pylist(), s["file_id"].to_pylist(), s["offset"].to_pylist()) if p == pid]
+        rows = [
+            (f, o)
+            for p, f, o in zip(s["pid"].to_pylist(), s["file_id"].to_pylist(), s["offset"].to_pylist())
+            if p == pid
+        ]
         assert rows == sorted(rows)
         assert len(rows) == len(set(rows))
 
@@ -111,11 +122,13 @@ def brute_force_opt(keys: list[int], capacity: int) -> int:
             continue
         misses += 1
         if len(cache) >= capacity:
-            def next_use(x: int) -> int:
+
+            def next_use(x: int, i: int = i) -> int:
                 for j in range(i + 1, len(keys)):
                     if keys[j] == x:
                         return j
                 return len(keys) + 1
+
             cache.remove(max(cache, key=next_use))
         cache.add(k)
     return misses

@@ -40,7 +40,15 @@ def test_parse_rejects(bad: object) -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0, "0B"), (512, "512B"), (4096, "4KiB"), (64 * 2**20, "64MiB"), (int(1.5 * 2**20), "1536KiB"), (int(1.5 * 2**20) + 1, "1.5MiB"), (2**40, "1TiB")],
+    [
+        (0, "0B"),
+        (512, "512B"),
+        (4096, "4KiB"),
+        (64 * 2**20, "64MiB"),
+        (int(1.5 * 2**20), "1536KiB"),
+        (int(1.5 * 2**20) + 1, "1.5MiB"),
+        (2**40, "1TiB"),
+    ],
 )
 def test_format(value: int, text: str) -> None:
     assert format_size(value) == text
