@@ -29,7 +29,15 @@ setup(
     },
     entry_points={
         "console_scripts": ["tierfs=fusefs.cli:main", "mount.tierfs=fusefs.cli:mount_helper"],
-        "tierfs.policies": [],
+        "tierfs.policies": [
+            "lru = fusefs.policies.lru:LRUPolicy",
+            "fifo = fusefs.policies.fifo:FIFOPolicy",
+            "s3fifo = fusefs.policies.s3fifo:S3FIFOPolicy",
+            "sieve = fusefs.policies.sieve:SievePolicy",
+            "arc = fusefs.policies.arc:ARCPolicy",
+            "wtinylfu = fusefs.policies.wtinylfu:WTinyLFUPolicy",
+            "workload_aware = fusefs.policies.workload_aware:WorkloadAwarePolicy",
+        ],
     },
     zip_safe=False,
 )

@@ -71,7 +71,7 @@ def test_units() -> None:
     assert parse_size(7) == 7
     assert parse_duration("500ms") == 0.5
     assert parse_duration("2m") == 120
-    assert format_size(1536) == "1.5 KiB"
-    for bad in ("", "x", "-1", "1XB"):
+    assert format_size(1536) == "1.5KiB"
+    for bad in ("", "x", "-1", "1XB", "5 parsecs"):
         with pytest.raises(ValueError):
             parse_size(bad)

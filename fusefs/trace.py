@@ -1,0 +1,172 @@
+"""Access traces as Parquet: the schema, a buffered writer and readers.
+
+This module owns the on-disk form of an access trace, so that a trace recorded by a mount
+(or made by :mod:`fusefs.tracegen`) can be replayed through any policy offline
+(:mod:`fusefs.replay`). One row per FUSE read or write request:
+
+========  =========  =============================================================
+column    type       meaning
+========  =========  =============================================================
+time      float64    seconds (monotonic clock of the recorder; only differences matter)
+pid       int32      process that issued the request
+file      string     path of the file inside the mount
+file_id   uint64     stable id of the file (inode or catalog id)
+offset    uint64     byte offset of the request
+size      uint32     bytes requested
+op        string     ``"read"`` or ``"write"``
+label     string     the recorder's label: ``"sequential"``, ``"random"``, ``"unknown"``
+                     (a generated trace puts the ground truth here)
+========  =========  =============================================================
+
+``docs/replay.md`` documents the same schema for users.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["COLUMNS", "SCHEMA", "TraceRow", "TraceWriter", "iter_batches", "read_trace", "write_trace"]
+
+SCHEMA = pa.schema(
+    [
+        pa.field("time", pa.float64(), nullable=False),
+        pa.field("pid", pa.int32(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("file_id", pa.uint64(), nullable=False),
+        pa.field("offset", pa.uint64(), nullable=False),
+        pa.field("size", pa.uint32(), nullable=False),
+        pa.field("op", pa.string(), nullable=False),
+        pa.field("label", pa.string(), nullable=False),
+    ],
+    metadata={b"tierfs.trace.version": b"1"},
+)
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+
+TraceRow = tuple[float, int, str, int, int, int, str, str]
+"""One request in column order: time, pid, file, file_id, offset, size, op, label."""
+
+
+class TraceWriter:
+    """Appends requests to a Parquet trace, one row group per ``row_group_size`` rows.
+
+    Rows are buffered column by column and written when the buffer is full, on
+    :meth:`flush` and on :meth:`close`; the file is complete only after :meth:`close` (or
+    leaving the ``with`` block).
+
+    Args:
+        path: The Parquet file to create (replaced if it exists).
+        row_group_size: Rows per row group (and per flush).
+        compression: Parquet compression codec.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, row_group_size: int = 65536, compression: str = "zstd") -> None:
+        if row_group_size <= 0:
+            raise ValueError("row_group_size must be positive")
+        self._path = os.fspath(path)
+        self._row_group_size = row_group_size
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._path, SCHEMA, compression=compression)
+        self._cols: list[list[object]] = [[] for _ in COLUMNS]
+        self._rows = 0
+
+    @property
+    def rows_written(self) -> int:
+        """Rows accepted so far (buffered ones included)."""
+        return self._rows
+
+    def write(
+        self,
+        *,
+        time: float,
+        pid: int,
+        file: str,
+        file_id: int,
+        offset: int,
+        size: int,
+        op: str = "read",
+        label: str = "unknown",
+    ) -> None:
+        """Append one request."""
+        self.write_row((time, pid, file, file_id, offset, size, op, label))
+
+    def write_row(self, row: TraceRow) -> None:
+        """Append one request given in column order (the cheap path for recorders)."""
+        if self._writer is None:
+            raise ValueError("trace writer is closed")
+        cols = self._cols
+        for i, value in enumerate(row):
+            cols[i].append(value)
+        self._rows += 1
+        if len(cols[0]) >= self._row_group_size:
+            self.flush()
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append a whole table with the trace schema (buffered rows are flushed first)."""
+        if self._writer is None:
+            raise ValueError("trace writer is closed")
+        self.flush()
+        table = table.select(list(COLUMNS)).cast(SCHEMA)
+        self._writer.write_table(table, row_group_size=self._row_group_size)
+        self._rows += table.num_rows
+
+    def flush(self) -> None:
+        """Write the buffered rows as one row group."""
+        if self._writer is None or not self._cols[0]:
+            return
+        arrays = [pa.array(col, type=field.type) for col, field in zip(self._cols, SCHEMA)]
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
+        self._cols = [[] for _ in COLUMNS]
+
+    def close(self) -> None:
+        """Flush and finish the file; idempotent."""
+        if self._writer is None:
+            return
+        self.flush()
+        self._writer.close()
+        self._writer = None
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def write_trace(table: pa.Table, path: str | os.PathLike[str], *, row_group_size: int = 65536) -> None:
+    """Write a whole trace table (e.g. from :mod:`fusefs.tracegen`) to ``path``."""
+    with TraceWriter(path, row_group_size=row_group_size) as writer:
+        writer.write_table(table)
+
+
+def read_trace(path: str | os.PathLike[str]) -> pa.Table:
+    """Read a whole trace, checking and casting it to the trace schema.
+
+    Raises:
+        ValueError: If a column of the schema is missing.
+    """
+    table = pq.read_table(os.fspath(path))
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{os.fspath(path)} is not a tierfs trace: missing columns {', '.join(missing)}")
+    return table.select(list(COLUMNS)).cast(SCHEMA)
+
+
+def iter_batches(source: str | os.PathLike[str] | pa.Table, *, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    """Stream a trace (a path or a table) as record batches, without loading it whole."""
+    if isinstance(source, pa.Table):
+        yield from source.select(list(COLUMNS)).cast(SCHEMA).to_batches(max_chunksize=batch_size)
+        return
+    pf = pq.ParquetFile(os.fspath(source))
+    missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
+    if missing:
+        raise ValueError(f"{os.fspath(source)} is not a tierfs trace: missing columns {', '.join(missing)}")
+    for batch in pf.iter_batches(batch_size=batch_size, columns=list(COLUMNS)):
+        yield pa.RecordBatch.from_arrays(
+            [batch.column(i).cast(field.type) for i, field in enumerate(SCHEMA)], schema=SCHEMA
+        )

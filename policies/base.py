@@ -1,0 +1,545 @@
+"""The Policy contract: what a tiering policy is told, what it decides, what it keeps.
+
+This module owns the interface between the engine (which moves bytes between tiers) and a
+policy (which decides). A policy manages the *cache objects* of one tier: keys of the form
+``(file_id, index)`` (1 MiB chunks on the fast tier, pages in DRAM), each with a size in
+bytes, within a capacity in bytes. It never does I/O and reads time only from the clock it is
+given.
+
+Division of labour, as in cachetools: :class:`Policy` keeps the bookkeeping (which keys are
+resident, their sizes, used bytes, pinned keys, keys per file, counters) and calls a handful
+of hooks that a subclass implements to keep its own ordering and to choose victims. A
+subclass never touches the bookkeeping and never sees pinned keys in its ordering.
+
+Two ways to drive a policy:
+
+* Simulation: :meth:`Policy.access` replays one use of a key and returns whether it hit; on a
+  miss it applies the policy's own admission decision and evicts as needed.
+* The engine, which owns the data: :meth:`lookup` (or :meth:`record_hit`) on every use,
+  :meth:`should_admit` on a miss, :meth:`insert` (which returns the keys to drop),
+  :meth:`victims` under space pressure, :meth:`remove` when data is gone,
+  :meth:`invalidate_file` when the source changed, :meth:`pin` / :meth:`unpin`, and
+  :meth:`readahead` for sequential reads.
+
+``docs/policies.md`` is the reference for the contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import Any, ClassVar
+
+from fusefs.classifier import Label
+
+__all__ = [
+    "AccessInfo",
+    "Key",
+    "Label",
+    "Override",
+    "Policy",
+    "PolicyError",
+    "Tier",
+    "file_of",
+]
+
+Key = Hashable
+"""A cache object key; the engine uses ``(file_id, index)`` tuples."""
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+class PolicyError(Exception):
+    """A request the policy cannot satisfy (e.g. no room: everything left is pinned)."""
+
+
+class Tier(enum.StrEnum):
+    """The tier a policy instance manages, or is asked about."""
+
+    DRAM = "dram"
+    FAST = "fast"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Override:
+    """What a per-path rule from the config imposes; it beats every policy decision.
+
+    Attributes:
+        pin: Keep the data resident on the tier (admitted always, never evicted).
+        access_class: ``"stream"`` (treat as sequential: not admitted on first pass, deep
+            read-ahead) or ``"random"`` (treat as random), or ``None`` to let the
+            classifier decide.
+        cache: ``False`` to never admit the data to this tier.
+    """
+
+    pin: bool = False
+    access_class: str | None = None
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.access_class not in (None, "stream", "random"):
+            raise ValueError(f"access_class must be 'stream', 'random' or None, not {self.access_class!r}")
+
+    @classmethod
+    def from_rule(cls, rule: Mapping[str, Any]) -> Override:
+        """Build an override from a config rule (keys ``pin``, ``class``, ``cache``)."""
+        return cls(
+            pin=bool(rule.get("pin", False)),
+            access_class=rule.get("class"),
+            cache=bool(rule.get("cache", True)),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccessInfo:
+    """What the engine knows about the request that touches a key.
+
+    Attributes:
+        label: The classifier's label (``Label`` or its string value).
+        file_id: The file the request reads; ``None`` if not known.
+        offset: Byte offset of the request in the file.
+        size: Bytes requested.
+        pid: The requesting process.
+        stream_id: The classifier's stream id, if any.
+        run_length: Bytes the stream has covered so far.
+        file_size: Size of the file if known (lets a policy admit a whole file).
+        op: ``"read"`` or ``"write"``.
+        override: A per-path rule, if one matched.
+    """
+
+    label: str = Label.UNKNOWN
+    file_id: int | None = None
+    offset: int = 0
+    size: int = 0
+    pid: int = 0
+    stream_id: int | None = None
+    run_length: int = 0
+    file_size: int | None = None
+    op: str = "read"
+    override: Override | None = None
+
+
+UNKNOWN_ACCESS = AccessInfo()
+"""The info used when a caller passes none."""
+
+
+def file_of(key: Key) -> int | None:
+    """The file id of a ``(file_id, index)`` key, or ``None`` for other keys."""
+    if type(key) is tuple and key:
+        return key[0]  # type: ignore[no-any-return]
+    return None
+
+
+class Policy:
+    """Base class of every policy: bookkeeping here, ordering and victims in subclasses.
+
+    Subclasses implement :meth:`_on_insert`, :meth:`_on_hit`, :meth:`_evict` and
+    :meth:`_on_remove`, and may override :meth:`_on_miss`, :meth:`_admit`,
+    :meth:`_readahead`, the event hooks and :meth:`statistics`.
+
+    Args:
+        capacity: Bytes the tier may hold.
+        tier: The tier this instance manages (decides the default for :meth:`should_admit`).
+        clock: Monotonic time in seconds; policies must not read time any other way.
+        object_size: Typical size of one object in bytes; policies that size structures by
+            count (sketches, ghosts) use it. The engine passes its page or chunk size.
+        max_readahead: Upper bound of :meth:`readahead` in bytes.
+    """
+
+    name: ClassVar[str] = ""
+    """The name the policy is registered under."""
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        tier: Tier | str = Tier.FAST,
+        clock: Callable[[], float] = time.monotonic,
+        object_size: int = 4096,
+        max_readahead: int = 8 * MiB,
+    ) -> None:
+        if capacity < 0:
+            raise ValueError("capacity must not be negative")
+        if object_size <= 0:
+            raise ValueError("object_size must be positive")
+        self._capacity = int(capacity)
+        self._tier = Tier(tier)
+        self._clock = clock
+        self._object_size = int(object_size)
+        self._max_readahead = int(max_readahead)
+        self._sizes: dict[Key, int] = {}
+        self._used = 0
+        self._pinned: set[Key] = set()
+        self._pinned_bytes = 0
+        self._n_pinned_resident = 0
+        self._by_file: dict[int, set[Key]] = {}
+        self._hits = 0
+        self._misses = 0
+        self._admitted = 0
+        self._rejected = 0
+        self._evictions = 0
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """Bytes the tier may hold."""
+        return self._capacity
+
+    @property
+    def used(self) -> int:
+        """Bytes held by resident keys (pinned ones included)."""
+        return self._used
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Bytes held by resident pinned keys."""
+        return self._pinned_bytes
+
+    @property
+    def tier(self) -> Tier:
+        """The tier this instance manages."""
+        return self._tier
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether a key is resident; no side effect (not a use)."""
+        return key in self._sizes
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(list(self._sizes))
+
+    def size_of(self, key: Key) -> int | None:
+        """The size of a resident key, or ``None``."""
+        return self._sizes.get(key)
+
+    def is_pinned(self, key: Key) -> bool:
+        """Whether a key is pinned (resident or not yet)."""
+        return key in self._pinned
+
+    def keys_of_file(self, file_id: int) -> list[Key]:
+        """The resident keys of one file."""
+        return list(self._by_file.get(file_id, ()))
+
+    # -- the simulation entry point --------------------------------------------------------
+
+    def access(self, key: Key, size: int, info: AccessInfo | None = None) -> bool:
+        """Replay one use of ``key``: a hit, or a miss the policy may admit.
+
+        Exactly :meth:`lookup`, then on a miss :meth:`should_admit` and :meth:`insert`;
+        the object is not admitted if it cannot fit beside the pinned bytes.
+
+        Args:
+            key: The object used.
+            size: Its size in bytes.
+            info: The request that used it.
+
+        Returns:
+            Whether it was a hit.
+        """
+        if info is None:
+            info = UNKNOWN_ACCESS
+        if key in self._sizes:
+            self._hits += 1
+            if key not in self._pinned:
+                self._on_hit(key, info)
+            return True
+        self._misses += 1
+        self._on_miss(key, info)
+        if self.should_admit(key, size, info) and size <= self._capacity - self._pinned_bytes:
+            self.insert(key, size, info)
+        return False
+
+    # -- what the engine calls -------------------------------------------------------------
+
+    def lookup(self, key: Key, info: AccessInfo | None = None) -> bool:
+        """Record one use of ``key`` and say whether it is resident.
+
+        A hit updates the policy's ordering; a miss lets the policy note it (ghosts,
+        frequencies). Use ``key in policy`` to ask without recording a use.
+        """
+        if info is None:
+            info = UNKNOWN_ACCESS
+        if key in self._sizes:
+            self._hits += 1
+            if key not in self._pinned:
+                self._on_hit(key, info)
+            return True
+        self._misses += 1
+        self._on_miss(key, info)
+        return False
+
+    def record_hit(self, key: Key, info: AccessInfo | None = None) -> None:
+        """Record a use of a key the engine found resident by itself.
+
+        Raises:
+            KeyError: If the key is not resident.
+        """
+        if key not in self._sizes:
+            raise KeyError(key)
+        self._hits += 1
+        if key not in self._pinned:
+            self._on_hit(key, info if info is not None else UNKNOWN_ACCESS)
+
+    def should_admit(self, key: Key, size: int, info: AccessInfo | None = None, tier: Tier | str | None = None) -> bool:
+        """Decide whether a missed object should be admitted to a tier.
+
+        Overrides come first: a pinned key or ``override.pin`` is always admitted,
+        ``override.cache=False`` never is; otherwise the policy decides (:meth:`_admit`).
+        Asking has no effect beyond the policy's own admission memory (e.g. a
+        reject-first ghost) and the admitted/rejected counters.
+
+        Args:
+            key: The missed object.
+            size: Its size in bytes.
+            info: The request that missed.
+            tier: The tier asked about; defaults to the instance's tier.
+        """
+        if info is None:
+            info = UNKNOWN_ACCESS
+        override = info.override
+        if key in self._pinned or (override is not None and override.pin):
+            ok = True
+        elif override is not None and not override.cache:
+            ok = False
+        else:
+            ok = self._admit(key, size, info, self._tier if tier is None else Tier(tier))
+        if ok:
+            self._admitted += 1
+        else:
+            self._rejected += 1
+        return ok
+
+    def insert(self, key: Key, size: int, info: AccessInfo | None = None) -> list[Key]:
+        """Make ``key`` resident, evicting as needed.
+
+        The caller decided to admit it (usually by :meth:`should_admit`); writes are
+        inserted without asking. ``override.pin`` pins the key. Inserting a resident key
+        replaces it: new size, ordered as a new object.
+
+        Args:
+            key: The object to insert.
+            size: Its size in bytes.
+            info: The request that brought it.
+
+        Returns:
+            The keys evicted to make room, in eviction order; the engine drops their data.
+
+        Raises:
+            PolicyError: If the object cannot fit even after evicting every unpinned key.
+        """
+        if info is None:
+            info = UNKNOWN_ACCESS
+        if size < 0:
+            raise ValueError("size must not be negative")
+        if key in self._sizes:
+            self._remove_resident(key)
+        if info.override is not None and info.override.pin:
+            self._pinned.add(key)
+        if size > self._capacity - self._pinned_bytes:
+            raise PolicyError(f"cannot fit {size} bytes: capacity {self._capacity}, pinned {self._pinned_bytes}")
+        evicted = self._make_room(self._capacity - size, size)
+        self._sizes[key] = size
+        self._used += size
+        fid = file_of(key)
+        if fid is not None:
+            keys = self._by_file.get(fid)
+            if keys is None:
+                self._by_file[fid] = {key}
+            else:
+                keys.add(key)
+        if key in self._pinned:
+            self._pinned_bytes += size
+            self._n_pinned_resident += 1
+        else:
+            self._on_insert(key, size, info)
+        return evicted
+
+    def victims(self, nbytes: int) -> list[Key]:
+        """Evict unpinned keys until at least ``nbytes`` have been freed.
+
+        For space pressure the policy cannot see (a filling disk, a shrinking budget).
+
+        Returns:
+            The evicted keys; fewer bytes than asked if only pinned keys are left.
+        """
+        target = self._used - nbytes
+        return self._make_room(max(target, 0), 0)
+
+    def remove(self, key: Key) -> bool:
+        """Forget a resident key whose data is gone (not an eviction).
+
+        Returns:
+            Whether the key was resident.
+        """
+        if key not in self._sizes:
+            return False
+        self._remove_resident(key)
+        return True
+
+    def invalidate_file(self, file_id: int) -> list[Key]:
+        """Forget every resident key of a file whose source changed.
+
+        Pins on the file's keys stay (they come from rules, not from the data).
+
+        Returns:
+            The keys that were resident.
+        """
+        keys = list(self._by_file.get(file_id, ()))
+        for key in keys:
+            self._remove_resident(key)
+        self._on_invalidate_file(file_id)
+        return keys
+
+    def pin(self, key: Key) -> None:
+        """Pin a key: always admitted, never a victim. It may be resident or not yet."""
+        if key in self._pinned:
+            return
+        self._pinned.add(key)
+        size = self._sizes.get(key)
+        if size is not None:
+            self._pinned_bytes += size
+            self._n_pinned_resident += 1
+            self._on_remove(key)
+
+    def unpin(self, key: Key) -> None:
+        """Unpin a key; a resident key becomes an eviction candidate again."""
+        if key not in self._pinned:
+            return
+        self._pinned.discard(key)
+        size = self._sizes.get(key)
+        if size is not None:
+            self._pinned_bytes -= size
+            self._n_pinned_resident -= 1
+            self._on_insert(key, size, UNKNOWN_ACCESS)
+
+    def readahead(self, info: AccessInfo) -> int:
+        """How many bytes to read ahead after this request (0: none).
+
+        The default follows the stream: nothing for random reads, and for sequential ones
+        the run length so far (so the window doubles as the stream proves itself), at least
+        128 KiB and at most ``max_readahead``; ``class = "stream"`` rules get the maximum.
+        """
+        return self._readahead(info)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def on_open(self, file_id: int, *, file_size: int | None = None, pid: int = 0) -> None:
+        """A file was opened. Default: nothing."""
+
+    def on_read(self, info: AccessInfo) -> None:
+        """A read request arrived, before its keys are looked up one by one.
+
+        Carries the label and size of the whole request (keys only see their share).
+        Default: nothing.
+        """
+
+    def on_close(self, file_id: int) -> None:
+        """A file handle was closed. Default: nothing."""
+
+    def on_write(self, key: Key, size: int, info: AccessInfo | None = None) -> None:
+        """Bytes of ``key`` were written (the engine inserts and pins dirty data itself).
+
+        Default: nothing.
+        """
+
+    def statistics(self) -> dict[str, int]:
+        """Counters and sizes: hits, misses, admitted, rejected, evictions, used, ..."""
+        return {
+            "hits": self._hits,
+            "misses": self._misses,
+            "admitted": self._admitted,
+            "rejected": self._rejected,
+            "evictions": self._evictions,
+            "used": self._used,
+            "capacity": self._capacity,
+            "objects": len(self._sizes),
+            "pinned_bytes": self._pinned_bytes,
+        }
+
+    # -- hooks for subclasses --------------------------------------------------------------
+
+    def _on_insert(self, key: Key, size: int, info: AccessInfo) -> None:
+        """Add a newly resident (or newly unpinned) key to the ordering."""
+        raise NotImplementedError
+
+    def _on_hit(self, key: Key, info: AccessInfo) -> None:
+        """A resident, unpinned key was used."""
+        raise NotImplementedError
+
+    def _evict(self, incoming: int) -> Key | None:
+        """Choose a victim, take it out of the ordering and return it.
+
+        Called only while the ordering holds at least one key. May return ``None`` when it
+        only rearranged its queues this round (it is called again). ``incoming`` is the
+        size of the object being made room for (0 under plain pressure).
+        """
+        raise NotImplementedError
+
+    def _on_remove(self, key: Key) -> None:
+        """Take a key out of the ordering (removed, invalidated or pinned); not a victim."""
+        raise NotImplementedError
+
+    def _on_miss(self, key: Key, info: AccessInfo) -> None:
+        """A non-resident key was used. Default: nothing."""
+
+    def _admit(self, key: Key, size: int, info: AccessInfo, tier: Tier) -> bool:
+        """Admission decision when no override applies. Default: admit everything."""
+        return True
+
+    def _on_invalidate_file(self, file_id: int) -> None:
+        """A file's source changed (resident keys are already removed). Default: nothing."""
+
+    def _readahead(self, info: AccessInfo) -> int:
+        override = info.override
+        if override is not None and override.access_class == "stream":
+            return self._max_readahead
+        if info.label != Label.SEQUENTIAL or (override is not None and override.access_class == "random"):
+            return 0
+        want = max(info.run_length, 128 * KiB)
+        return min(want, self._max_readahead)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _make_room(self, limit: int, incoming: int) -> list[Key]:
+        """Evict until ``used <= limit``; stops early if only pinned keys are left."""
+        evicted: list[Key] = []
+        idle_rounds = 0
+        while self._used > limit:
+            if len(self._sizes) == self._n_pinned_resident:
+                break
+            victim = self._evict(incoming)
+            if victim is None:
+                idle_rounds += 1
+                if idle_rounds > len(self._sizes) + 2:
+                    raise RuntimeError(f"{type(self).__name__}._evict made no progress")
+                continue
+            idle_rounds = 0
+            self._drop(victim)
+            self._evictions += 1
+            evicted.append(victim)
+        return evicted
+
+    def _drop(self, key: Key) -> None:
+        size = self._sizes.pop(key)
+        self._used -= size
+        fid = file_of(key)
+        if fid is not None:
+            keys = self._by_file.get(fid)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_file[fid]
+
+    def _remove_resident(self, key: Key) -> None:
+        if key in self._pinned:
+            self._pinned_bytes -= self._sizes[key]
+            self._n_pinned_resident -= 1
+        else:
+            self._on_remove(key)
+        self._drop(key)
