@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for the daemon (default 120)")
 
+    for name, text in (("warm", "copy files into the fast tier (resumable)"),
+                       ("evict", "drop files from the caches"),
+                       ("pin", "keep files on the fast tier, warmed now and at every mount"),
+                       ("unpin", "let pinned files be evicted again")):
+        c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] +
+                           ". PATHs are files or directories inside a tierfs mount.")
+        c.add_argument("paths", metavar="PATH", nargs="+")
+        if name == "warm":
+            c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
     s = sub.add_parser("stats", help="show a mount's counters")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -312,7 +322,50 @@ def render_stats(snap: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "stats": cmd_stats}
+def _in_mount(path: str) -> tuple[str, str]:
+    """(mount point, path relative to it) of a path inside a mount."""
+    full = os.path.abspath(path)
+    if not os.path.exists(full):
+        raise UsageError(f"{path}: no such file or directory")
+    mnt = full
+    while not os.path.ismount(mnt):
+        mnt = os.path.dirname(mnt)
+    if mnt == "/":
+        raise UsageError(f"{path} is not inside a tierfs mount")
+    return mnt, os.path.relpath(full, mnt) if full != mnt else ""
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    """warm / evict / pin / unpin."""
+    for path in args.paths:
+        mnt, rel = _in_mount(path)
+        if args.command != "warm":
+            res = call(mnt, args.command, path=rel, timeout=3600)
+            res.pop("ok", None)
+            print(f"{path}: {args.command} " +
+                  ", ".join(f"{v} {k}" for k, v in res.items()))
+            continue
+        # warm file by file, so progress shows and an interrupted warm resumes
+        files = [os.path.join(mnt, rel)] if os.path.isfile(os.path.join(mnt, rel)) else [
+            os.path.join(d, f) for d, _, fs in os.walk(os.path.join(mnt, rel)) for f in fs]
+        total = sum(os.path.getsize(f) for f in files) or 1
+        done = copied = 0
+        show = not args.quiet and sys.stderr.isatty()
+        for i, f in enumerate(files, 1):
+            res = call(mnt, "warm", path=os.path.relpath(f, mnt), timeout=3600)
+            copied += res["bytes"]
+            done += os.path.getsize(f)
+            if show:
+                print(f"\rwarming {path}: {i}/{len(files)} files, "
+                      f"{100 * done / total:5.1f}%", end="", file=sys.stderr, flush=True)
+        if show:
+            print(file=sys.stderr)
+        print(f"{path}: warmed {len(files)} files, {format_size(copied)} copied")
+    return 0
+
+
+COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "stats": cmd_stats,
+            "warm": cmd_move, "evict": cmd_move, "pin": cmd_move, "unpin": cmd_move}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

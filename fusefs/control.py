@@ -99,8 +99,10 @@ class ControlServer:
                                                   f"{', '.join(sorted(self.handlers))}"}
                 else:
                     reply = {"ok": True, **(await handler(req))}
-            except (ValueError, OSError) as exc:
-                reply = {"ok": False, "error": str(exc)}
+            except OSError as exc:
+                reply = {"ok": False, "error": exc.strerror or str(exc)}
+            except (ValueError, KeyError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
             except Exception as exc:  # a bad request must not kill the daemon
                 log.exception("control request failed")
                 reply = {"ok": False, "error": f"internal error: {exc}"}

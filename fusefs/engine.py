@@ -26,12 +26,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
 from .classifier import Classifier, Label
 from .handles import FileHandle
+from .memory import MemoryDomain
 from .pagecache import Hint, PageCache
 from .policies.base import AccessInfo, Override, Policy, Tier
 from .stats import Stats
@@ -60,6 +61,8 @@ class StreamState:
     chunks: dict[int, _Chunk] = field(default_factory=dict)
     #: Byte offset up to which chunks have been requested.
     horizon: int = 0
+    #: Bytes served to the stream so far.
+    served: int = 0
 
 
 class Engine:
@@ -88,6 +91,9 @@ class Engine:
         chunk_size: int = 1 << 20,
         stream_budget: int = 256 << 20,
         throughput_slots: int = 4,
+        kernel_invalidate: Callable[[int], None] | None = None,
+        memory: MemoryDomain | None = None,
+        stream_keep_fraction: float = 0.1,
     ) -> None:
         self.capacity = capacity
         self.stats = stats
@@ -101,8 +107,11 @@ class Engine:
         self.stream_budget = stream_budget
         self._stream_bytes = 0
         self._gen: dict[int, int] = {}
-        self._throughput = trio.CapacityLimiter(throughput_slots)
+        self.throughput = trio.CapacityLimiter(throughput_slots)
         self._nursery: trio.Nursery | None = None
+        self.kernel_invalidate = kernel_invalidate
+        self.memory = memory if memory is not None else MemoryDomain()
+        self.stream_keep_fraction = stream_keep_fraction
         stats.sources["classifier"] = self.classifier.stats
         if pagecache is not None:
             stats.sources["dram"] = pagecache.stats
@@ -150,6 +159,17 @@ class Engine:
             h.fast = self.fast.file_for(h.path, h.version)
         if self.policy is not None:
             self.policy.on_open(h.file_id, file_size=st.st_size, pid=h.pid)
+
+    def direct_io(self, h: FileHandle) -> bool:
+        """Whether the kernel must not cache this handle's pages.
+
+        Only a rule's ``class = "stream"`` asks for it: direct I/O keeps a
+        stream out of the kernel's page cache entirely, but it also refuses
+        shared mmaps, so the classifier's guesses never turn it on (streams it
+        detects are dropped from the kernel's cache when they end instead).
+        """
+        ov = h.override
+        return ov is not None and ov.access_class == "stream"
 
     def path_removed(self, path: bytes) -> None:
         if self.fast is not None:
@@ -277,6 +297,7 @@ class Engine:
             if len(ch.data) < cs:
                 break  # end of file
         data = b"".join(out)
+        st.served += len(data)
         self.stats.add("read.bytes.stream", len(data))
         return data
 
@@ -301,7 +322,7 @@ class Engine:
                 if data is not None:
                     self.stats.add("readahead.bytes.fast", len(data))
             if data is None:
-                async with self._throughput:
+                async with self.throughput:
                     data = await h.file.pread(ch.start, self.chunk_size)
                 self.stats.add("readahead.bytes.capacity", len(data))
                 self._maybe_admit_fast(h, ch.start, data, info, ch.gen)
@@ -377,9 +398,26 @@ class Engine:
     async def fsync(self, h: FileHandle, datasync: bool) -> None:
         await h.file.fsync(datasync)
 
-    async def release(self, h: FileHandle) -> None:
+    async def release(self, h: FileHandle, *, last: bool = True) -> None:
+        """The handle is closed; ``last`` if no other handle of its inode is open."""
         st: StreamState | None = h.stream
         if st is not None:
             for c in list(st.chunks):
                 self._drop_chunk(st, c)
+            if (last and self.kernel_invalidate is not None and self._nursery is not None
+                    and st.served >= self.classifier.sequential_cutoff
+                    and h.size > self.stream_keep_fraction * self.memory.bytes()):
+                # A big stream's pages would push the hot random set out of the
+                # kernel's page cache: drop them now that the stream is done.
+                self.stats.add("kernel.stream_pages_dropped")
+                self._nursery.start_soon(self._kernel_drop, h.ino)
         await h.file.close()
+
+    async def _kernel_drop(self, ino: int) -> None:
+        assert self.kernel_invalidate is not None
+        try:
+            # In a thread: the kernel may wait for page locks held by reads
+            # that this event loop has to answer.
+            await trio.to_thread.run_sync(self.kernel_invalidate, ino)
+        except OSError as exc:
+            log.debug("kernel invalidation of inode %d failed: %s", ino, exc)

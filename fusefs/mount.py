@@ -26,6 +26,7 @@ from .classifier import Classifier
 from .config import Config, ConfigError
 from .control import ControlServer
 from .engine import Engine
+from .migrator import Migrator, clean_path
 from .operations import Operations, Timeouts
 from .pagecache import PageCache
 from .policies import get_policy
@@ -174,11 +175,16 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
 
         control.register("stats", on_stats)
         control.register("ping", on_ping)
+        migrator = Migrator(engine, capacity, cfg) if engine.fast is not None else None
+        if migrator is not None:
+            register_migrator(control, migrator, engine, ops)
 
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
             if engine.fast is not None:
                 nursery.start_soon(engine.fast.run)
+            if migrator is not None:
+                nursery.start_soon(migrator.warm_pins)
             await nursery.start(control.serve)
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
             log.info("mounted %s at %s", capacity.description, mountpoint)
@@ -209,7 +215,39 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     return Engine(capacity, stats=stats,
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
                   policy=policy, pagecache=pagecache, fast=fast,
-                  chunk_size=cfg.cache.chunk_size)
+                  chunk_size=cfg.cache.chunk_size, kernel_invalidate=pyfuse3.invalidate_inode)
+
+
+def register_migrator(control: ControlServer, migrator: Migrator, engine: Engine,
+                      ops: Operations) -> None:
+    """Control requests that move data: warm, evict, pin, unpin (one path each)."""
+
+    def forget_dram(path: bytes) -> None:
+        # The DRAM tier is keyed by inode: find it if the kernel knows the path.
+        ino: int | None = pyfuse3.ROOT_INODE
+        for part in path.split(b"/") if path else []:
+            ino = ops.inodes.find(ino, part) if ino is not None else None
+        if ino is not None and ino != pyfuse3.ROOT_INODE:
+            engine.invalidate(ino)
+
+    async def on_warm(req: dict[str, Any]) -> dict[str, Any]:
+        return await migrator.warm(clean_path(req["path"]), pinned=False)
+
+    async def on_evict(req: dict[str, Any]) -> dict[str, Any]:
+        path = clean_path(req["path"])
+        forget_dram(path)
+        return await migrator.evict(path)
+
+    async def on_pin(req: dict[str, Any]) -> dict[str, Any]:
+        return await migrator.pin(clean_path(req["path"]))
+
+    async def on_unpin(req: dict[str, Any]) -> dict[str, Any]:
+        return await migrator.unpin(clean_path(req["path"]))
+
+    control.register("warm", on_warm)
+    control.register("evict", on_evict)
+    control.register("pin", on_pin)
+    control.register("unpin", on_unpin)
 
 
 def overrides_from(cfg: Config) -> Callable[[bytes], Override | None]:

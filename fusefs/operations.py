@@ -23,7 +23,7 @@ import pyfuse3
 from pyfuse3 import FUSEError
 
 from .engine import Engine
-from .handles import HandleTable
+from .handles import FileHandle, HandleTable
 from .inodes import ROOT, InodeTable
 from .tiers.capacity import CapacityTier, SourceVersion, Stat
 
@@ -288,12 +288,14 @@ class Operations(pyfuse3.Operations):
             self.engine.invalidate(replaced)
 
     # -- files -----------------------------------------------------------------
-    def _file_info(self, fh: int, ino: int, st: Stat, flags: int) -> pyfuse3.FileInfo:
+    def _file_info(self, h: FileHandle, st: Stat) -> pyfuse3.FileInfo:
         """Let the kernel keep its cached pages only if the source did not change."""
         version = st.version()
-        keep = self.timeouts.immutable or self._versions.get(ino) == version
-        self._versions[ino] = version
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+        keep = self.timeouts.immutable or self._versions.get(h.ino) == version
+        self._versions[h.ino] = version
+        if self.engine.direct_io(h):
+            return pyfuse3.FileInfo(fh=h.fh, direct_io=True)
+        return pyfuse3.FileInfo(fh=h.fh, keep_cache=keep)
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -312,7 +314,7 @@ class Operations(pyfuse3.Operations):
                                   pid=ctx.pid, file_id=node.ino, size=st.st_size,
                                   override=self.override_for(path))
         self.engine.opened(h, st)
-        return self._file_info(h.fh, inode, st, flags)
+        return self._file_info(h, st)
 
     @_translate
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -326,7 +328,7 @@ class Operations(pyfuse3.Operations):
         h = self.handles.add_file(ino=ino, path=path, file=f, flags=flags, pid=ctx.pid,
                                   file_id=ino, override=self.override_for(path))
         self.engine.opened(h, st)
-        return self._file_info(h.fh, ino, st, flags), self._entry(ino, st)
+        return self._file_info(h, st), self._entry(ino, st)
 
     @_translate
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -356,7 +358,7 @@ class Operations(pyfuse3.Operations):
                     self._versions[h.ino] = (await h.file.fstat()).version()
                 except OSError:
                     self._versions.pop(h.ino, None)
-            await self.engine.release(h)
+            await self.engine.release(h, last=self.inodes.get(h.ino).open_handles <= 1)
         finally:
             self.inodes.closed(h.ino)
 

@@ -383,6 +383,34 @@ class FastTier:
             cf.path = new
             self._by_path[new] = cf
 
+    def paths_under(self, path: bytes) -> list[bytes]:
+        """Cached paths equal to ``path`` or below it (``b""``: all)."""
+        prefix = path + b"/"
+        return [p for p in self._by_path if not path or p == path or p.startswith(prefix)]
+
+    def set_pinned(self, cf: CachedFile, ext: Extent, pinned: bool) -> None:
+        """Pin or unpin one extent; the catalog learns it at the next commit."""
+        if ext.pinned == pinned:
+            return
+        ext.pinned = pinned
+        key = (cf.id, ext.start)
+        if pinned:
+            self.policy.pin(key)
+        else:
+            self.policy.unpin(key)
+        if ext.committed:
+            ext.committed = False
+            self._pending.append((cf, ext))
+
+    def unpin_path(self, path: bytes) -> int:
+        cf = self._by_path.get(path)
+        if cf is None:
+            return 0
+        exts = [e for e in cf.extents.values() if e.pinned]
+        for ext in exts:
+            self.set_pinned(cf, ext, False)
+        return len(exts)
+
     # -- reporting -----------------------------------------------------------------
     def statistics(self) -> dict[str, Any]:
         return {
