@@ -49,6 +49,8 @@ class _Chunk:
     start: int
     gen: int
     started: bool = False
+    #: The tier the bytes came from ("fast" or "capacity"), for the stats.
+    tier: str = "capacity"
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes = b""
     error: OSError | None = None
@@ -242,6 +244,8 @@ class Engine:
                 (h.file_id, first), len(data), info, Tier.DRAM)
             hint = Hint.PIN if info.override is not None and info.override.pin else \
                 Hint.NORMAL if admit else Hint.DONT_ADMIT
+            self.stats.add(f"dram.{'admitted' if admit else 'rejected'}_bytes.{info.label}",
+                           len(data))
             mv = memoryview(data)
             for i in range(0, len(data), ps):
                 try:
@@ -292,13 +296,13 @@ class Engine:
                 self._drop_chunk(st, c)
                 raise ch.error
             piece = ch.data[pos - c:min(end, c + cs) - c]
+            self.stats.add(f"read.bytes.{ch.tier}", len(piece))
             out.append(piece)
             pos += len(piece)
             if len(ch.data) < cs:
                 break  # end of file
         data = b"".join(out)
         st.served += len(data)
-        self.stats.add("read.bytes.stream", len(data))
         return data
 
     def _start_chunk(self, h: FileHandle, st: StreamState, start: int, gen: int,
@@ -320,6 +324,7 @@ class Engine:
                 data = await self.fast.read(  # type: ignore[union-attr]
                     cf, ch.start, min(self.chunk_size, h.size - ch.start))
                 if data is not None:
+                    ch.tier = "fast"
                     self.stats.add("readahead.bytes.fast", len(data))
             if data is None:
                 async with self.throughput:
@@ -358,7 +363,7 @@ class Engine:
                 cf = h.fast = await fast.file_create(h.path, h.version)
             if gen == self.generation(h.file_id):
                 pinned = info.override is not None and info.override.pin
-                await fast.admit(cf, start, data, pinned=pinned)
+                await fast.admit(cf, start, data, pinned=pinned, info=info)
         except OSError as exc:
             self.stats.add("fast.admit_failed")
             log.debug("fast-tier admission failed: %s", exc)

@@ -29,6 +29,7 @@ import ctypes
 import errno
 import logging
 import os
+import sqlite3
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ import trio
 from sortedcontainers import SortedDict
 
 from ..catalog import Catalog, ExtentRow
-from ..policies.base import Policy
+from ..policies.base import AccessInfo, Policy
 from ..stats import Stats
 from .capacity import SourceVersion
 
@@ -147,8 +148,8 @@ class FastTier:
             if name not in known:
                 os.unlink(os.path.join(self.data_dir, name))
 
-    def _account(self, cf: CachedFile, ext: Extent) -> None:
-        for victim in self.policy.insert((cf.id, ext.start), ext.length):
+    def _account(self, cf: CachedFile, ext: Extent, info: AccessInfo | None = None) -> None:
+        for victim in self.policy.insert((cf.id, ext.start), ext.length, info):
             self._evict_key(victim)
         if ext.pinned:
             self.policy.pin((cf.id, ext.start))
@@ -191,7 +192,15 @@ class FastTier:
             return
         live = [(cf, e) for cf, e in pending if cf.extents.get(e.start) is e]
         rows = [ExtentRow(cf.id, e.start, e.length, e.crc, e.pinned) for cf, e in live]
-        await trio.to_thread.run_sync(self.catalog.apply, rows, removed)
+        try:
+            await trio.to_thread.run_sync(self.catalog.apply, rows, removed)
+        except (sqlite3.Error, OSError) as exc:
+            # A full or failing cache disk: these extents stay served from this
+            # mount's memory map but are forgotten at the next mount.
+            self.stats.add("fast.catalog_errors")
+            log.warning("fast tier: catalog update failed (%s); %d extents not recorded",
+                        exc, len(rows))
+            return
         for _, e in live:
             e.committed = True
         self.stats.add("fast.commits")
@@ -213,8 +222,12 @@ class FastTier:
         if cf is not None:
             return cf
         assert self.catalog is not None
-        fid = await trio.to_thread.run_sync(self.catalog.add_file, path, version.size,
-                                            version.mtime_ns, version.etag)
+        try:
+            fid = await trio.to_thread.run_sync(self.catalog.add_file, path, version.size,
+                                                version.mtime_ns, version.etag)
+        except sqlite3.Error as exc:
+            self.stats.add("fast.catalog_errors")
+            raise OSError(errno.EIO, f"catalog: {exc}") from None
         cf = CachedFile(fid, path, version)
         self._files[fid] = cf
         self._by_path[path] = cf
@@ -265,7 +278,7 @@ class FastTier:
 
     # -- admission ---------------------------------------------------------------
     async def admit(self, cf: CachedFile, start: int, data: bytes, *,
-                    pinned: bool = False) -> bool:
+                    pinned: bool = False, info: AccessInfo | None = None) -> bool:
         """Store ``data`` at ``start`` of ``cf``; False if it was skipped."""
         end = start + len(data)
         # Fit between existing extents: drop those the new one covers, trim at the edges.
@@ -294,9 +307,11 @@ class FastTier:
             try:
                 if len(data) >= _THREAD_IO:
                     async with self._io:
-                        await trio.to_thread.run_sync(os.pwrite, fd, data, s)
+                        n = await trio.to_thread.run_sync(os.pwrite, fd, data, s)
                 else:
-                    os.pwrite(fd, data, s)
+                    n = os.pwrite(fd, data, s)
+                if n != len(data):  # a short write is how a full disk often shows
+                    raise OSError(errno.ENOSPC, "short write to the cache file")
                 break
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or attempt == 2:
@@ -310,7 +325,7 @@ class FastTier:
             self._remove_extent(cf, old)
         ext = Extent(s, len(data), zlib.crc32(data), pinned=pinned)
         cf.extents[s] = ext
-        self._account(cf, ext)
+        self._account(cf, ext, info)
         self._pending.append((cf, ext))
         if len(self._pending) >= 256:
             self._wake.set()
@@ -359,7 +374,11 @@ class FastTier:
         except FileNotFoundError:
             pass
         if self.catalog is not None:
-            self.catalog.remove_files([cf.id])
+            try:
+                self.catalog.remove_files([cf.id])
+            except sqlite3.Error as exc:  # the next mount finds no data file and drops it
+                self.stats.add("fast.catalog_errors")
+                log.warning("fast tier: catalog update failed: %s", exc)
 
     async def drop_file(self, cf: CachedFile) -> None:
         self._drop_now(cf)

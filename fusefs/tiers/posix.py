@@ -343,7 +343,8 @@ class PosixTier(CapacityTier):
 
     # -- data --------------------------------------------------------------
     async def open(self, path: bytes, flags: int) -> PosixFile:
-        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
+        # O_DIRECT is the caller's contract with the kernel, not with our buffers.
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT)
         # O_APPEND is enforced by the kernel on the mount's side; writes arrive
         # with explicit offsets and use pwrite, so keep the source fd plain.
         flags &= ~os.O_APPEND
@@ -352,7 +353,7 @@ class PosixTier(CapacityTier):
     async def create(
         self, path: bytes, flags: int, mode: int, uid: int, gid: int
     ) -> tuple[PosixFile, Stat]:
-        flags = (flags | os.O_CREAT | os.O_EXCL) & ~(os.O_NOCTTY | os.O_APPEND)
+        flags = (flags | os.O_CREAT | os.O_EXCL) & ~(os.O_NOCTTY | os.O_APPEND | os.O_DIRECT)
         fd = self._at(path, os.open, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         if os.geteuid() == 0 and (uid, gid) != (0, 0):
             os.fchown(fd, uid, gid)
