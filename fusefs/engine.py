@@ -38,6 +38,7 @@ from .policies.base import AccessInfo, Override, Policy, Tier
 from .stats import Stats
 from .tiers.capacity import CapacityTier, Stat
 from .tiers.fast import FastTier
+from .trace import TraceRecorder
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Engine:
         kernel_invalidate: Callable[[int], None] | None = None,
         memory: MemoryDomain | None = None,
         stream_keep_fraction: float = 0.1,
+        trace: TraceRecorder | None = None,
     ) -> None:
         self.capacity = capacity
         self.stats = stats
@@ -114,6 +116,7 @@ class Engine:
         self.kernel_invalidate = kernel_invalidate
         self.memory = memory if memory is not None else MemoryDomain()
         self.stream_keep_fraction = stream_keep_fraction
+        self.trace = trace
         stats.sources["classifier"] = self.classifier.stats
         if pagecache is not None:
             stats.sources["dram"] = pagecache.stats
@@ -131,6 +134,8 @@ class Engine:
     async def close(self) -> None:
         """Release every cache (background tasks are gone with their nursery)."""
         self._nursery = None
+        if self.trace is not None:
+            await self.trace.close()
         if self.pagecache is not None:
             self.pagecache.close()
 
@@ -209,6 +214,8 @@ class Engine:
             data = await self._read_paged(h, offset, size, info)
         self.stats.add("read.requests")
         self.stats.add(f"read.class.{label.value}")
+        if self.trace is not None:
+            self._record(h, "read", offset, size, label.value)
         self.stats.latency(f"read.{label.value}", time.perf_counter() - t0)
         return data
 
@@ -376,6 +383,13 @@ class Engine:
         if st.chunks.pop(start, None) is not None:
             self._stream_bytes -= self.chunk_size
 
+    def _record(self, h: FileHandle, op: str, offset: int, size: int, label: str) -> None:
+        assert self.trace is not None
+        row = (time.time(), h.pid, h.path.decode("utf-8", "surrogateescape"), h.file_id,
+               offset, size, op, label)
+        if self.trace.record(row) and self._nursery is not None:
+            self._nursery.start_soon(self.trace.flush_batch)
+
     # -- writes and the rest of a handle's life --------------------------------
     async def write(self, h: FileHandle, offset: int, data: bytes) -> int:
         t0 = time.perf_counter()
@@ -387,6 +401,8 @@ class Engine:
         n = await h.file.pwrite(offset, data)
         if offset + n > h.size:
             h.size = offset + n
+        if self.trace is not None:
+            self._record(h, "write", offset, n, "unknown")
         self.stats.add("write.requests")
         self.stats.add("write.bytes", n)
         self.stats.latency("write", time.perf_counter() - t0)

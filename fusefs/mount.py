@@ -25,6 +25,7 @@ from .catalog import CatalogError
 from .classifier import Classifier
 from .config import Config, ConfigError
 from .control import ControlServer
+from . import prometheus
 from .engine import Engine
 from .migrator import Migrator, clean_path
 from .operations import Operations, Timeouts
@@ -34,6 +35,7 @@ from .policies.base import Override, Tier
 from .stats import Stats
 from .tiers.capacity import CapacityTier, open_capacity
 from .tiers.fast import FastTier
+from .trace import TraceRecorder
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,16 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             "inodes": len(ops.inodes),
             "handles": len(ops.handles),
         }
+        if cfg.stats.prometheus:
+            token = trio.lowlevel.current_trio_token()
+            try:
+                server = prometheus.serve(
+                    cfg.stats.prometheus,
+                    lambda: trio.from_thread.run_sync(stats.snapshot, trio_token=token))
+            except OSError as exc:
+                raise MountError(f"prometheus endpoint {cfg.stats.prometheus}: {exc.strerror}",
+                                 EXIT_USAGE) from None
+            stack.callback(server.shutdown)
         # Resolve everything that touches the mount point before mounting:
         # after init, a stat of it would ask this (not yet serving) process.
         control = ControlServer(mountpoint)
@@ -212,7 +224,8 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     fast = None
     if cfg.cache.size > 0 and cfg.cache.dir:
         fast = FastTier(cfg.cache.dir, policy=policy, stats=stats)
-    return Engine(capacity, stats=stats,
+    trace = TraceRecorder(cfg.stats.trace) if cfg.stats.trace else None
+    return Engine(capacity, stats=stats, trace=trace,
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
                   policy=policy, pagecache=pagecache, fast=fast,
                   chunk_size=cfg.cache.chunk_size, kernel_invalidate=pyfuse3.invalidate_inode)

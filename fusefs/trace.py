@@ -29,6 +29,7 @@ from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import trio
 
 __all__ = ["COLUMNS", "SCHEMA", "TraceRow", "TraceWriter", "iter_batches", "read_trace", "write_trace"]
 
@@ -170,3 +171,46 @@ def iter_batches(source: str | os.PathLike[str] | pa.Table, *, batch_size: int =
         yield pa.RecordBatch.from_arrays(
             [batch.column(i).cast(field.type) for i, field in enumerate(SCHEMA)], schema=SCHEMA
         )
+
+
+class TraceRecorder:
+    """Records a mount's requests into a `TraceWriter` without blocking the event loop.
+
+    `record` only appends to a list (the request path stays O(1)); every
+    ``batch`` rows the list is handed to a worker thread that writes one row
+    group. One batch is written at a time; if the disk falls behind, rows are
+    dropped and counted rather than letting memory grow.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, batch: int = 65536) -> None:
+        self._writer = TraceWriter(path, row_group_size=batch)
+        self._batch = batch
+        self._rows: list[TraceRow] = []
+        self._busy = False
+        self.dropped = 0
+
+    def record(self, row: TraceRow) -> bool:
+        """Buffer one row; True when a full batch is ready for `flush_batch`."""
+        if len(self._rows) >= 2 * self._batch:
+            self.dropped += 1
+            return False
+        self._rows.append(row)
+        return len(self._rows) >= self._batch and not self._busy
+
+    async def flush_batch(self) -> None:
+        """Write the buffered rows in a worker thread."""
+        if self._busy or not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        self._busy = True
+        try:
+            cols = list(zip(*rows))
+            table = pa.Table.from_arrays(
+                [pa.array(c, type=f.type) for c, f in zip(cols, SCHEMA)], schema=SCHEMA)
+            await trio.to_thread.run_sync(self._writer.write_table, table)
+        finally:
+            self._busy = False
+
+    async def close(self) -> None:
+        await self.flush_batch()
+        await trio.to_thread.run_sync(self._writer.close)
