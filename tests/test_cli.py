@@ -1,0 +1,134 @@
+"""`tierfs mount|umount|stats` as a user runs them: exit codes, messages, lifecycle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import pytest
+
+from mounting import Mounted, is_mounted, tierfs_cmd
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(tierfs_cmd(*args), capture_output=True, text=True, timeout=60)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (the daemon's parent may not reap it at once)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def mnt_dir(tmp_path: Any) -> str:
+    p = os.path.join(tmp_path, "m")
+    os.mkdir(p)
+    return p
+
+
+def test_missing_source(tmp_path: Any, mnt_dir: str) -> None:
+    res = run("mount", os.path.join(tmp_path, "nope"), mnt_dir)
+    assert res.returncode == 4
+    assert "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_mount_points(src: str, tmp_path: Any) -> None:
+    res = run("mount", src, os.path.join(tmp_path, "nope"))
+    assert res.returncode == 5 and "does not exist" in res.stderr
+    f = os.path.join(tmp_path, "file")
+    open(f, "w").close()
+    res = run("mount", src, f)
+    assert res.returncode == 5 and "not a directory" in res.stderr
+
+
+def test_busy_mount_point(src: str, make_mount: Callable[..., Mounted]) -> None:
+    with make_mount(src) as m:
+        res = run("mount", src, m.mountpoint)
+        assert res.returncode == 5 and "busy" in res.stderr
+
+
+def test_bad_config_and_options(src: str, mnt_dir: str, tmp_path: Any) -> None:
+    cfg = os.path.join(tmp_path, "c.toml")
+    with open(cfg, "w") as f:
+        f.write("[cache]\n\nsize = \"big\"\n")
+    res = run("mount", src, mnt_dir, "--config", cfg)
+    assert res.returncode == 3
+    assert f"{cfg}:3: cache.size: not a size" in res.stderr
+    with open(cfg, "w") as f:
+        f.write('[policy]\nname = "nosuch"\n')
+    res = run("mount", src, mnt_dir, "--config", cfg)
+    assert res.returncode == 3 and "nosuch" in res.stderr and "workload_aware" in res.stderr
+    res = run("mount", src, mnt_dir, "-o", "allow_other,frobnicate")
+    assert res.returncode == 2 and "unknown mount option 'frobnicate'" in res.stderr
+    res = run("mount", src, mnt_dir, "-o", "cache")
+    assert res.returncode == 2 and "needs a value" in res.stderr
+    assert not is_mounted(mnt_dir)
+
+
+def test_daemon_mount_stats_umount(src: str, mnt_dir: str, tmp_path: Any) -> None:
+    cache = os.path.join(tmp_path, "cache")
+    with open(os.path.join(src, "x"), "w") as f:
+        f.write("x")
+    res = run("mount", src, mnt_dir, "--cache", cache)
+    try:
+        assert res.returncode == 0, res.stderr
+        assert is_mounted(mnt_dir)
+        assert os.stat(cache).st_mode & 0o777 == 0o700
+        assert os.listdir(mnt_dir) == ["x"]
+        st = run("stats", mnt_dir)
+        assert st.returncode == 0 and src in st.stdout
+        pid = int(run("stats", mnt_dir, "--json").stdout.split('"pid": ')[1].split(",")[0])
+    finally:
+        res = run("umount", mnt_dir)
+    assert res.returncode == 0, res.stderr
+    assert not is_mounted(mnt_dir)
+    assert not running(pid)  # umount waited for the daemon
+    res = run("umount", mnt_dir)
+    assert res.returncode == 2 and "not mounted" in res.stderr
+    res = run("stats", mnt_dir)
+    assert res.returncode == 1 and "not a tierfs mount" in res.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_unmount_cleanly(src: str, mnt_dir: str, tmp_path: Any, sig: int) -> None:
+    log = os.path.join(tmp_path, "log")
+    proc = subprocess.Popen(tierfs_cmd("mount", "-f", src, mnt_dir, "--cache",
+                                       os.path.join(tmp_path, "c"), "--log", log))
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mnt_dir):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+        assert not is_mounted(mnt_dir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if is_mounted(mnt_dir):
+            subprocess.run(["fusermount3", "-u", "-z", mnt_dir])
+    with open(log) as f:
+        text = f.read()
+    assert "unmounted" in text and "Traceback" not in text
+
+
+def test_fstab_helper(src: str, mnt_dir: str, tmp_path: Any) -> None:
+    cache = os.path.join(tmp_path, "c")
+    code = ("import sys; from fusefs.cli import mount_helper; "
+            f"sys.exit(mount_helper([{src!r}, {mnt_dir!r}, '-o', 'rw,cache={cache},nofail']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    try:
+        assert res.returncode == 0, res.stderr
+        assert is_mounted(mnt_dir)
+    finally:
+        run("umount", mnt_dir)
