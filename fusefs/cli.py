@@ -277,7 +277,7 @@ def _alive(pid: int) -> bool:
     # A zombie child of ours (only in tests) is finished.
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
     except OSError:
         return False
 
