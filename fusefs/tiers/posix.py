@@ -64,21 +64,30 @@ def _renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int)
         raise OSError(err, os.strerror(err), new)
 
 
+def _pread_dropping(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    # The mount's kernel cache (and the DRAM tier) keep these bytes; a second
+    # copy in the source's page cache would only halve what fits in memory.
+    os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+    return data
+
+
 class PosixFile(CapacityFile):
     """An open local file; the descriptor is owned by this object."""
 
-    __slots__ = ("fd",)
+    __slots__ = ("fd", "_read")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, drop_cache: bool = False) -> None:
         self.fd = fd
+        self._read = _pread_dropping if drop_cache else os.pread
 
     def fileno(self) -> int | None:
         return self.fd
 
     async def pread(self, offset: int, size: int) -> bytes:
         if size >= _THREAD_READ:
-            return await trio.to_thread.run_sync(os.pread, self.fd, size, offset)
-        return os.pread(self.fd, size, offset)
+            return await trio.to_thread.run_sync(self._read, self.fd, size, offset)
+        return self._read(self.fd, size, offset)
 
     async def pwrite(self, offset: int, data: bytes) -> int:
         return os.pwrite(self.fd, data, offset)
@@ -107,8 +116,10 @@ class PosixTier(CapacityTier):
     kind = "posix"
     supports_links = True
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, drop_source_cache: bool = True) -> None:
+        """Serve ``root``; ``drop_source_cache`` keeps reads from caching the source twice."""
         self.root = os.path.abspath(root)
+        self.drop_source_cache = drop_source_cache
         self._root_fd = -1
         self._have_openat2 = True
 
@@ -348,7 +359,7 @@ class PosixTier(CapacityTier):
         # O_APPEND is enforced by the kernel on the mount's side; writes arrive
         # with explicit offsets and use pwrite, so keep the source fd plain.
         flags &= ~os.O_APPEND
-        return PosixFile(self._open_node(path, flags))
+        return PosixFile(self._open_node(path, flags), drop_cache=self.drop_source_cache)
 
     async def create(
         self, path: bytes, flags: int, mode: int, uid: int, gid: int
@@ -357,7 +368,7 @@ class PosixTier(CapacityTier):
         fd = self._at(path, os.open, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         if os.geteuid() == 0 and (uid, gid) != (0, 0):
             os.fchown(fd, uid, gid)
-        return PosixFile(fd), Stat.from_os(os.fstat(fd))
+        return PosixFile(fd, drop_cache=self.drop_source_cache), Stat.from_os(os.fstat(fd))
 
     # -- extended attributes -----------------------------------------------
     async def getxattr(self, path: bytes, name: bytes) -> bytes:
