@@ -299,20 +299,28 @@ def render_stats(snap: dict[str, Any]) -> str:
         lines.append(f"{mount.get('source')} on {mount.get('mountpoint')} "
                      f"(pid {mount.get('pid')}, up {snap.get('uptime_s', 0):.0f}s)")
     c = snap.get("counters", {})
-    tiers = [k.rsplit(".", 1)[1] for k in c if k.startswith("read.bytes.")]
-    total = sum(c.get(f"read.bytes.{t}", 0) for t in tiers) or 1
-    if tiers:
-        lines.append("")
-        lines.append(f"{'tier':<12}{'bytes read':>14}{'share':>8}")
-        for t in sorted(tiers):
-            b = c.get(f"read.bytes.{t}", 0)
-            lines.append(f"{t:<12}{format_size(b):>14}{100 * b / total:>7.1f}%")
+    classes = ("random", "sequential", "unknown")
+    by = {(t, k): c.get(f"read.bytes.{t}.{k}", 0) for t in ("dram", "fast", "capacity")
+          for k in classes}
+    total = sum(by.values())
+    if total:
+        lines += ["", "bytes served by tier and access class (share of all bytes read):",
+                  f"{'tier':<10}" + "".join(f"{k:>14}" for k in classes) + f"{'total':>14}"
+                  + f"{'share':>8}"]
+        for t in ("dram", "fast", "capacity"):
+            row = sum(by[t, k] for k in classes)
+            lines.append(f"{t:<10}" + "".join(f"{format_size(by[t, k]):>14}" for k in classes)
+                         + f"{format_size(row):>14}{100 * row / total:>7.1f}%")
+        hits = {k: sum(by[t, k] for t in ("dram", "fast")) for k in classes}
+        lines.append(f"{'hit ratio':<10}" + "".join(
+            f"{(100 * hits[k] / s if (s := sum(by[t, k] for t in ('dram', 'fast', 'capacity'))) else 0):>13.1f}%"
+            for k in classes))
     others = {k: v for k, v in c.items() if not k.startswith("read.bytes.")}
     if others:
         lines.append("")
-        lines.append(f"{'counter':<36}{'value':>14}")
+        lines.append(f"{'counter':<40}{'value':>14}")
         for k, v in others.items():
-            lines.append(f"{k:<36}{v:>14}")
+            lines.append(f"{k:<40}{v:>14}")
     lat = snap.get("latency", {})
     if lat:
         lines.append("")

@@ -122,6 +122,7 @@ class Engine:
             stats.sources["dram"] = pagecache.stats
         if policy is not None:
             stats.sources["policy"] = policy.statistics
+        stats.sources["queues"] = self.queues
 
     # -- lifecycle -----------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -219,6 +220,23 @@ class Engine:
         self.stats.latency(f"read.{label.value}", time.perf_counter() - t0)
         return data
 
+    def _served(self, h: FileHandle, tier: str, label: str, n: int) -> None:
+        """Count bytes handed to a reader by tier and access class (and by rule)."""
+        if n <= 0:
+            return
+        self.stats.add(f"read.bytes.{tier}.{label}", n)
+        if h.rule is not None:
+            self.stats.add(f"rule.{h.rule}.bytes.{tier}", n)
+
+    def queues(self) -> dict[str, int]:
+        """Gauges of the background work in flight."""
+        return {
+            "stream_buffer_bytes": self._stream_bytes,
+            "readahead_in_flight": self.throughput.borrowed_tokens,
+            "readahead_waiting": self.throughput.statistics().tasks_waiting,
+            "admissions_in_flight": self._admissions,
+        }
+
     async def _read_paged(self, h: FileHandle, offset: int, size: int,
                           info: AccessInfo) -> bytes:
         ps = self.page_size
@@ -231,7 +249,7 @@ class Engine:
             n = pc.get_range_into(h.file_id, first, buf)
             # Complete if it covers the request, or stopped at a short (last) page.
             if n >= offset + size - start or (n % ps and n > offset - start):
-                self.stats.add("read.bytes.dram", min(size, n - (offset - start)))
+                self._served(h, "dram", info.label, min(size, n - (offset - start)))
                 return bytes(memoryview(buf)[offset - start:offset - start + size])
             self.stats.add("dram.miss")
         gen = self.generation(h.file_id)
@@ -240,11 +258,10 @@ class Engine:
         if h.fast is not None and not h.dirty and start < h.size:
             data = await self.fast.read(h.fast, start, min(length, h.size - start))  # type: ignore[union-attr]
             if data is not None:
-                self.stats.add("read.bytes.fast", max(0, min(size, len(data) - (offset - start))))
+                self._served(h, "fast", info.label, min(size, len(data) - (offset - start)))
         if data is None:
             data = await h.file.pread(start, length)
-            self.stats.add("read.bytes.capacity",
-                           max(0, min(size, len(data) - (offset - start))))
+            self._served(h, "capacity", info.label, min(size, len(data) - (offset - start)))
             self._maybe_admit_fast(h, start, data, info, gen)
         if pc is not None and data and gen == self.generation(h.file_id) and not h.dirty:
             admit = self.policy is None or self.policy.should_admit(
@@ -303,7 +320,7 @@ class Engine:
                 self._drop_chunk(st, c)
                 raise ch.error
             piece = ch.data[pos - c:min(end, c + cs) - c]
-            self.stats.add(f"read.bytes.{ch.tier}", len(piece))
+            self._served(h, ch.tier, info.label, len(piece))
             out.append(piece)
             pos += len(piece)
             if len(ch.data) < cs:

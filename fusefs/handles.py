@@ -29,6 +29,8 @@ class FileHandle:
     size: int = 0
     #: The per-path rule's override (`fusefs.policies.base.Override`), if any.
     override: Any = None
+    #: Index of the [[rule]] that matched the path, if any (for per-rule stats).
+    rule: int | None = None
     #: Source version as of open (`SourceVersion`); ties fast-tier data to it.
     version: Any = None
     #: The fast tier's `CachedFile` for this version, once it has one.

@@ -263,16 +263,16 @@ def register_migrator(control: ControlServer, migrator: Migrator, engine: Engine
     control.register("unpin", on_unpin)
 
 
-def overrides_from(cfg: Config) -> Callable[[bytes], Override | None]:
-    """Map a path in the mount to the override of the first matching [[rule]]."""
-    if not cfg.rules:
-        return lambda path: None
+def overrides_from(cfg: Config) -> Callable[[bytes], tuple[int, Override] | None]:
+    """Map a path in the mount to (index, override) of the first matching [[rule]]."""
+    overrides = [Override(pin=r.pin, access_class=r.cls, cache=r.cache) for r in cfg.rules]
 
-    def override_for(path: bytes) -> Override | None:
-        rule = cfg.rule_for(path.decode("utf-8", "surrogateescape"))
-        if rule is None:
-            return None
-        return Override(pin=rule.pin, access_class=rule.cls, cache=rule.cache)
+    def override_for(path: bytes) -> tuple[int, Override] | None:
+        text = path.decode("utf-8", "surrogateescape")
+        for i, rule in enumerate(cfg.rules):
+            if rule.matches(text):
+                return i, overrides[i]
+        return None
 
     return override_for
 

@@ -288,6 +288,11 @@ class Operations(pyfuse3.Operations):
             self.engine.invalidate(replaced)
 
     # -- files -----------------------------------------------------------------
+    def _apply_rule(self, h: FileHandle) -> None:
+        found = self.override_for(h.path)
+        if found is not None:
+            h.rule, h.override = found
+
     def _file_info(self, h: FileHandle, st: Stat) -> pyfuse3.FileInfo:
         """Let the kernel keep its cached pages only if the source did not change."""
         version = st.version()
@@ -311,8 +316,8 @@ class Operations(pyfuse3.Operations):
             await f.close()
             raise
         h = self.handles.add_file(ino=node.ino, path=path, file=f, flags=flags,
-                                  pid=ctx.pid, file_id=node.ino, size=st.st_size,
-                                  override=self.override_for(path))
+                                  pid=ctx.pid, file_id=node.ino, size=st.st_size)
+        self._apply_rule(h)
         self.engine.opened(h, st)
         return self._file_info(h, st)
 
@@ -326,7 +331,8 @@ class Operations(pyfuse3.Operations):
         self.engine.invalidate(ino)
         self.inodes.opened(ino)
         h = self.handles.add_file(ino=ino, path=path, file=f, flags=flags, pid=ctx.pid,
-                                  file_id=ino, override=self.override_for(path))
+                                  file_id=ino)
+        self._apply_rule(h)
         self.engine.opened(h, st)
         return self._file_info(h, st), self._entry(ino, st)
 
