@@ -116,6 +116,8 @@ struct pagecache {
     uint32_t ghost_cap;
     uint32_t ghost_slot_cap;
     int threshold;
+    int policy;
+    uint8_t max_freq; /* 3 for S3-FIFO's 2-bit counter, 1 for CLOCK */
     unsigned char *arena;
     page_desc_t *pages;
     shard_t *shards;
@@ -542,7 +544,8 @@ int pagecache_create(pagecache_t **out, uint64_t capacity_bytes,
         page_size > PAGECACHE_MAX_PAGE_SIZE ||
         (page_size & (page_size - 1)) != 0)
         return -EINVAL;
-    if (cfg->policy != PAGECACHE_POLICY_S3FIFO)
+    if (cfg->policy != PAGECACHE_POLICY_S3FIFO &&
+        cfg->policy != PAGECACHE_POLICY_CLOCK)
         return -EINVAL;
     /* Written so that NaN fails too. */
     if (!(cfg->small_ratio > 0.0 && cfg->small_ratio < 1.0) ||
@@ -560,12 +563,23 @@ int pagecache_create(pagecache_t **out, uint64_t capacity_bytes,
     pc->page_size = page_size;
     pc->n_pages = (uint32_t)n;
     pc->threshold = cfg->move_to_main_threshold;
-    /* Same double arithmetic as libcachesim, so the queue sizes agree. */
-    pc->small_cap = (uint32_t)((double)n * cfg->small_ratio);
-    if (pc->small_cap == 0)
-        pc->small_cap = 1;
-    pc->main_cap = pc->n_pages - pc->small_cap;
-    pc->ghost_cap = (uint32_t)((double)n * cfg->ghost_ratio);
+    pc->policy = cfg->policy;
+    if (pc->policy == PAGECACHE_POLICY_CLOCK) {
+        /* CLOCK is the main FIFO alone with a 1-bit counter: no small FIFO,
+         * no ghost (and no ghost memory). */
+        pc->max_freq = 1;
+        pc->small_cap = 0;
+        pc->main_cap = pc->n_pages;
+        pc->ghost_cap = 0;
+    } else {
+        pc->max_freq = 3;
+        /* Same double arithmetic as libcachesim, so the queue sizes agree. */
+        pc->small_cap = (uint32_t)((double)n * cfg->small_ratio);
+        if (pc->small_cap == 0)
+            pc->small_cap = 1;
+        pc->main_cap = pc->n_pages - pc->small_cap;
+        pc->ghost_cap = (uint32_t)((double)n * cfg->ghost_ratio);
+    }
 
     while (pc->shard_bits < MAX_SHARD_BITS &&
            (n >> (pc->shard_bits + 1)) >= MIN_PAGES_PER_SHARD)
@@ -674,7 +688,7 @@ static int64_t lookup_copy(pagecache_t *pc, uint64_t file_id, uint64_t page,
     memcpy(buf, pc->arena + (size_t)idx * pc->page_size, len);
     if (count) {
         uint8_t f = atomic_load_explicit(&p->freq, memory_order_relaxed);
-        if (f < 3)
+        if (f < pc->max_freq)
             atomic_store_explicit(&p->freq, (uint8_t)(f + 1),
                                   memory_order_relaxed);
         sh->hits++;
@@ -768,7 +782,7 @@ int pagecache_put(pagecache_t *pc, uint64_t file_id, uint64_t page,
         }
     }
     uint8_t target;
-    if (ghost_hit)
+    if (pc->policy == PAGECACHE_POLICY_CLOCK || ghost_hit)
         target = Q_MAIN;
     else if (!pc->has_evicted && pc->small.count >= pc->small_cap)
         target = Q_MAIN;

@@ -52,6 +52,15 @@ static int test_args(void)
     cfg.move_to_main_threshold = 4;
     CHECK(pagecache_create(&pc, 1 << 20, PS, &cfg) == -EINVAL);
     CHECK(pc == NULL);
+    pagecache_config_default(&cfg);
+    cfg.policy = 7;
+    CHECK(pagecache_create(&pc, 1 << 20, PS, &cfg) == -EINVAL);
+    cfg.policy = PAGECACHE_POLICY_CLOCK;
+    CHECK(pagecache_create(&pc, 1 << 20, PS, &cfg) == 0);
+    CHECK(pagecache_put(pc, 1, 1, buf, 10, PAGECACHE_HINT_NORMAL) == 0);
+    CHECK(pagecache_get(pc, 1, 1, buf, PS) == 10);
+    pagecache_destroy(pc);
+    pc = NULL;
     CHECK(pagecache_create(&pc, 8 * PS, PS, NULL) == 0);
     CHECK(pagecache_put(pc, 1, 1, buf, 0, PAGECACHE_HINT_NORMAL) == -EINVAL);
     CHECK(pagecache_put(pc, 1, 1, buf, PS + 1, PAGECACHE_HINT_NORMAL) == -EINVAL);
