@@ -21,6 +21,10 @@ Also reported: metadata bytes per cached page (arena excluded) from the C
 struct sizes and as allocated by real caches, and the cost of a whole-file
 invalidation (a scan of the page descriptors).
 
+The machine is shared and noisy: before and after the runs, a probe times a
+pure-Python spin in one and in two processes. Two-thread figures mean little
+when that probe shows less than ~1.8x (someone else holds a core).
+
 Usage: ``python benchmarks/bench_pagecache.py [--quick]``
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import pathlib
 import platform
@@ -256,6 +261,31 @@ def invalidation_report(repeats: int) -> dict:
     }
 
 
+def _spin(seconds: float, out: multiprocessing.Queue) -> None:
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            pass
+        n += 1
+    out.put(n)
+
+
+def cpu_parallelism(seconds: float = 0.5) -> float:
+    """Work done by two spinning processes over one: ~2.0 on an idle 2-core box."""
+    ctx = multiprocessing.get_context("fork")
+    totals = []
+    for procs in (1, 2):
+        q: multiprocessing.Queue = ctx.Queue()
+        ps = [ctx.Process(target=_spin, args=(seconds, q)) for _ in range(procs)]
+        for p in ps:
+            p.start()
+        totals.append(sum(q.get() for _ in ps))
+        for p in ps:
+            p.join()
+    return round(totals[1] / totals[0], 2)
+
+
 def print_table(rows: list[dict]) -> None:
     head = (
         f"{'workload':<10} {'page':>6} {'thr':>3} {'C ops/s':>11} {'C MB/s':>8} "
@@ -285,16 +315,21 @@ def main() -> None:
     if args.quick:
         args.seconds, args.repeats, args.working_set = 0.1, 1, 8 << 20
 
+    probe_before = cpu_parallelism()
     rows: list[dict] = []
     for page_size in (4096, 65536):
         rows.extend(bench_page_size(page_size, args.working_set, args.seconds, args.repeats))
     add_scaling(rows)
     meta = metadata_report()
     inval = invalidation_report(args.repeats)
+    probe_after = cpu_parallelism()
 
     print(f"page cache vs Python LRU, working set {args.working_set >> 20} MiB, "
           f"median of {args.repeats} x {args.seconds}s, {os.cpu_count()} CPUs")
     print("hit-range rows count pages (128 KiB per call); their PyLRU column is the per-page LRU hit rate")
+    print(f"CPU parallelism probe (2 procs / 1 proc): {probe_before} before, {probe_after} after"
+          + ("" if min(probe_before, probe_after) >= 1.8 else
+             "  <- a core was busy elsewhere: 2-thread figures are unreliable"))
     print_table(rows)
     print()
     print(f"metadata per page: {meta['bytes_per_page_from_structs']} B from struct sizes "
@@ -307,6 +342,7 @@ def main() -> None:
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
+        "cpu_parallelism_probe": {"before": probe_before, "after": probe_after},
         "params": {"working_set": args.working_set, "seconds": args.seconds,
                    "repeats": args.repeats, "range_bytes": RANGE_BYTES},
         "throughput": rows,
