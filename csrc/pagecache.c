@@ -24,9 +24,11 @@
  * reader. Threads hitting different shards never share a lock or a written
  * cache line (the per-shard counters sit in the shard's own line).
  * A put of a new page reserves a free page under qlock (evicting as needed),
- * copies the data in with no lock held (nobody can reach a reserved page),
- * then publishes it under qlock + shard lock. So two threads filling misses
- * copy in parallel; only the queue bookkeeping is serialised.
+ * copies the data in, then publishes it under qlock + shard lock. Pages over
+ * 16 KiB are copied with no lock held (nobody can reach a reserved page), so
+ * two threads filling misses copy in parallel and only the queue bookkeeping
+ * is serialised; smaller ones are copied under qlock, which costs less than
+ * a second acquisition.
  *
  * Eviction mirrors libcachesim's S3FIFO.c (the variant that inserts into the
  * main FIFO while the small FIFO is full before the first eviction) so that
@@ -69,6 +71,7 @@
 #define MIN_PAGES_PER_SHARD 64u         /* keeps shard loads even */
 #define CACHE_LINE 64
 #define ARENA_ALIGN 4096
+#define UNLOCKED_COPY_MIN 16384u        /* bigger puts copy outside qlock */
 
 enum { Q_FREE = 0, Q_SMALL = 1, Q_MAIN = 2, Q_PINNED = 3, Q_RESERVED = 4 };
 
@@ -794,13 +797,18 @@ int pagecache_put(pagecache_t *pc, uint64_t file_id, uint64_t page,
     p->next = NIL;
     p->queue = Q_RESERVED;
     pc->used++;
-    pthread_mutex_unlock(&pc->qlock);
-
-    /* A reserved page is in no table or queue: nobody else can touch it. */
+    /* A reserved page is in no table or queue: nobody else can touch it, so
+     * a large page is copied with qlock released. A small copy is cheaper
+     * than handing qlock back and forth once more: with two threads filling
+     * 4 KiB misses, one hold per put measured 1.0-1.2x the one-thread rate
+     * against 0.5-0.7x for two holds. */
+    bool copy_unlocked = len > UNLOCKED_COPY_MIN;
+    if (copy_unlocked)
+        pthread_mutex_unlock(&pc->qlock);
     memcpy(pc->arena + (size_t)idx * pc->page_size, data, len);
     p->len = (uint32_t)len;
-
-    pthread_mutex_lock(&pc->qlock);
+    if (copy_unlocked)
+        pthread_mutex_lock(&pc->qlock);
     pthread_mutex_lock(&sh->lock);
     if (shard_find_slot(pc, sh, h, file_id, page) != NIL) {
         /* Another thread stored this page meanwhile; its copy stands. */
