@@ -371,9 +371,10 @@ class PageCache:
         self.close()
 
     def __del__(self) -> None:
-        # A safety net only: the owner is expected to call close().
+        # A safety net only: the owner is expected to call close(). At
+        # interpreter exit the module may already be torn down.
         pc = getattr(self, "_pc", None)
-        if pc is not None:
+        if pc is not None and lib is not None:
             self._pc = None
             lib.pagecache_destroy(pc)
 
