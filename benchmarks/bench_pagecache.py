@@ -17,9 +17,18 @@ into the caller's buffer; a miss is a failed lookup, a copy into a new
 ``bytes`` and an insert that pops the oldest page. Both sides copy each page
 once. Each figure is the median of ``--repeats`` timed runs.
 
+Then the same without Python: ``csrc/bench_pagecache.c`` (built with
+``make -C csrc bench``) times hits and misses in C against a raw ``memcpy``
+of the same random pages, 1 and 2 threads, to separate what the cache costs
+from what the GIL costs.
+
 Also reported: metadata bytes per cached page (arena excluded) from the C
 struct sizes and as allocated by real caches, and the cost of a whole-file
 invalidation (a scan of the page descriptors).
+
+The machine is shared and noisy: before and after the runs, a probe times a
+pure-Python spin in one and in two processes. Two-thread figures mean little
+when that probe shows less than ~1.8x (someone else holds a core).
 
 Usage: ``python benchmarks/bench_pagecache.py [--quick]``
 """
@@ -28,11 +37,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import pathlib
 import platform
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -256,6 +268,63 @@ def invalidation_report(repeats: int) -> dict:
     }
 
 
+def _spin(seconds: float, out: multiprocessing.Queue) -> None:
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            pass
+        n += 1
+    out.put(n)
+
+
+def cpu_parallelism(seconds: float = 0.5) -> float:
+    """Work done by two spinning processes over one: ~2.0 on an idle 2-core box."""
+    ctx = multiprocessing.get_context("fork")
+    totals = []
+    for procs in (1, 2):
+        q: multiprocessing.Queue = ctx.Queue()
+        ps = [ctx.Process(target=_spin, args=(seconds, q)) for _ in range(procs)]
+        for p in ps:
+            p.start()
+        totals.append(sum(q.get() for _ in ps))
+        for p in ps:
+            p.join()
+    return round(totals[1] / totals[0], 2)
+
+
+def c_level_report() -> dict | None:
+    """Build and run csrc/bench_pagecache.c; None if there is no compiler."""
+    if shutil.which("make") is None or shutil.which(os.environ.get("CC", "cc")) is None:
+        return None
+    subprocess.run(["make", "-s", "-C", str(ROOT / "csrc"), "build/bench_pagecache"], check=True)
+    out = subprocess.run(
+        [str(ROOT / "csrc" / "build" / "bench_pagecache")], check=True, capture_output=True, text=True
+    ).stdout
+    data = json.loads(out)
+    rates = {(r["page_size"], r["threads"], r["kind"]): r["ops_per_s"] for r in data["results"]}
+    rows = []
+    for (ps, threads, kind), rate in sorted(rates.items()):
+        rows.append({
+            "page_size": ps,
+            "threads": threads,
+            "kind": kind,
+            "ops_per_s": round(rate),
+            "scaling_vs_1_thread": round(rate / rates[(ps, 1, kind)], 2),
+            "vs_raw_memcpy": round(rate / rates[(ps, threads, "raw_memcpy")], 2),
+        })
+    data["results"] = rows
+    return data
+
+
+def print_c_table(data: dict) -> None:
+    print("C level, no Python (median of %d runs):" % data["rounds"])
+    print(f"{'kind':<11} {'page':>6} {'thr':>3} {'ops/s':>11} {'2t/1t':>6} {'vs memcpy':>9}")
+    for r in data["results"]:
+        print(f"{r['kind']:<11} {r['page_size'] // 1024:>5}K {r['threads']:>3} {r['ops_per_s']:>11,} "
+              f"{r['scaling_vs_1_thread']:>6.2f} {r['vs_raw_memcpy']:>9.2f}")
+
+
 def print_table(rows: list[dict]) -> None:
     head = (
         f"{'workload':<10} {'page':>6} {'thr':>3} {'C ops/s':>11} {'C MB/s':>8} "
@@ -285,18 +354,27 @@ def main() -> None:
     if args.quick:
         args.seconds, args.repeats, args.working_set = 0.1, 1, 8 << 20
 
+    probe_before = cpu_parallelism()
     rows: list[dict] = []
     for page_size in (4096, 65536):
         rows.extend(bench_page_size(page_size, args.working_set, args.seconds, args.repeats))
     add_scaling(rows)
     meta = metadata_report()
     inval = invalidation_report(args.repeats)
+    c_level = None if args.quick else c_level_report()
+    probe_after = cpu_parallelism()
 
     print(f"page cache vs Python LRU, working set {args.working_set >> 20} MiB, "
           f"median of {args.repeats} x {args.seconds}s, {os.cpu_count()} CPUs")
     print("hit-range rows count pages (128 KiB per call); their PyLRU column is the per-page LRU hit rate")
+    print(f"CPU parallelism probe (2 procs / 1 proc): {probe_before} before, {probe_after} after"
+          + ("" if min(probe_before, probe_after) >= 1.8 else
+             "  <- a core was busy elsewhere: 2-thread figures are unreliable"))
     print_table(rows)
     print()
+    if c_level is not None:
+        print_c_table(c_level)
+        print()
     print(f"metadata per page: {meta['bytes_per_page_from_structs']} B from struct sizes "
           f"{meta['struct_sizes']}; allocated: {meta['bytes_per_page_allocated']} (target <= 64)")
     print(f"invalidate(file) on {inval['pages']} pages: scan {inval['scan_ms']} ms "
@@ -307,9 +385,11 @@ def main() -> None:
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
+        "cpu_parallelism_probe": {"before": probe_before, "after": probe_after},
         "params": {"working_set": args.working_set, "seconds": args.seconds,
                    "repeats": args.repeats, "range_bytes": RANGE_BYTES},
         "throughput": rows,
+        "c_level": c_level,
         "metadata": meta,
         "invalidate_file": inval,
     }

@@ -24,9 +24,11 @@
  * reader. Threads hitting different shards never share a lock or a written
  * cache line (the per-shard counters sit in the shard's own line).
  * A put of a new page reserves a free page under qlock (evicting as needed),
- * copies the data in with no lock held (nobody can reach a reserved page),
- * then publishes it under qlock + shard lock. So two threads filling misses
- * copy in parallel; only the queue bookkeeping is serialised.
+ * copies the data in, then publishes it under qlock + shard lock. Pages over
+ * 16 KiB are copied with no lock held (nobody can reach a reserved page), so
+ * two threads filling misses copy in parallel and only the queue bookkeeping
+ * is serialised; smaller ones are copied under qlock, which costs less than
+ * a second acquisition.
  *
  * Eviction mirrors libcachesim's S3FIFO.c (the variant that inserts into the
  * main FIFO while the small FIFO is full before the first eviction) so that
@@ -69,6 +71,7 @@
 #define MIN_PAGES_PER_SHARD 64u         /* keeps shard loads even */
 #define CACHE_LINE 64
 #define ARENA_ALIGN 4096
+#define UNLOCKED_COPY_MIN 16384u        /* bigger puts copy outside qlock */
 
 enum { Q_FREE = 0, Q_SMALL = 1, Q_MAIN = 2, Q_PINNED = 3, Q_RESERVED = 4 };
 
@@ -116,6 +119,8 @@ struct pagecache {
     uint32_t ghost_cap;
     uint32_t ghost_slot_cap;
     int threshold;
+    int policy;
+    uint8_t max_freq; /* 3 for S3-FIFO's 2-bit counter, 1 for CLOCK */
     unsigned char *arena;
     page_desc_t *pages;
     shard_t *shards;
@@ -542,7 +547,8 @@ int pagecache_create(pagecache_t **out, uint64_t capacity_bytes,
         page_size > PAGECACHE_MAX_PAGE_SIZE ||
         (page_size & (page_size - 1)) != 0)
         return -EINVAL;
-    if (cfg->policy != PAGECACHE_POLICY_S3FIFO)
+    if (cfg->policy != PAGECACHE_POLICY_S3FIFO &&
+        cfg->policy != PAGECACHE_POLICY_CLOCK)
         return -EINVAL;
     /* Written so that NaN fails too. */
     if (!(cfg->small_ratio > 0.0 && cfg->small_ratio < 1.0) ||
@@ -560,12 +566,23 @@ int pagecache_create(pagecache_t **out, uint64_t capacity_bytes,
     pc->page_size = page_size;
     pc->n_pages = (uint32_t)n;
     pc->threshold = cfg->move_to_main_threshold;
-    /* Same double arithmetic as libcachesim, so the queue sizes agree. */
-    pc->small_cap = (uint32_t)((double)n * cfg->small_ratio);
-    if (pc->small_cap == 0)
-        pc->small_cap = 1;
-    pc->main_cap = pc->n_pages - pc->small_cap;
-    pc->ghost_cap = (uint32_t)((double)n * cfg->ghost_ratio);
+    pc->policy = cfg->policy;
+    if (pc->policy == PAGECACHE_POLICY_CLOCK) {
+        /* CLOCK is the main FIFO alone with a 1-bit counter: no small FIFO,
+         * no ghost (and no ghost memory). */
+        pc->max_freq = 1;
+        pc->small_cap = 0;
+        pc->main_cap = pc->n_pages;
+        pc->ghost_cap = 0;
+    } else {
+        pc->max_freq = 3;
+        /* Same double arithmetic as libcachesim, so the queue sizes agree. */
+        pc->small_cap = (uint32_t)((double)n * cfg->small_ratio);
+        if (pc->small_cap == 0)
+            pc->small_cap = 1;
+        pc->main_cap = pc->n_pages - pc->small_cap;
+        pc->ghost_cap = (uint32_t)((double)n * cfg->ghost_ratio);
+    }
 
     while (pc->shard_bits < MAX_SHARD_BITS &&
            (n >> (pc->shard_bits + 1)) >= MIN_PAGES_PER_SHARD)
@@ -674,7 +691,7 @@ static int64_t lookup_copy(pagecache_t *pc, uint64_t file_id, uint64_t page,
     memcpy(buf, pc->arena + (size_t)idx * pc->page_size, len);
     if (count) {
         uint8_t f = atomic_load_explicit(&p->freq, memory_order_relaxed);
-        if (f < 3)
+        if (f < pc->max_freq)
             atomic_store_explicit(&p->freq, (uint8_t)(f + 1),
                                   memory_order_relaxed);
         sh->hits++;
@@ -768,7 +785,7 @@ int pagecache_put(pagecache_t *pc, uint64_t file_id, uint64_t page,
         }
     }
     uint8_t target;
-    if (ghost_hit)
+    if (pc->policy == PAGECACHE_POLICY_CLOCK || ghost_hit)
         target = Q_MAIN;
     else if (!pc->has_evicted && pc->small.count >= pc->small_cap)
         target = Q_MAIN;
@@ -780,13 +797,18 @@ int pagecache_put(pagecache_t *pc, uint64_t file_id, uint64_t page,
     p->next = NIL;
     p->queue = Q_RESERVED;
     pc->used++;
-    pthread_mutex_unlock(&pc->qlock);
-
-    /* A reserved page is in no table or queue: nobody else can touch it. */
+    /* A reserved page is in no table or queue: nobody else can touch it, so
+     * a large page is copied with qlock released. A small copy is cheaper
+     * than handing qlock back and forth once more: with two threads filling
+     * 4 KiB misses, one hold per put measured 1.0-1.2x the one-thread rate
+     * against 0.5-0.7x for two holds. */
+    bool copy_unlocked = len > UNLOCKED_COPY_MIN;
+    if (copy_unlocked)
+        pthread_mutex_unlock(&pc->qlock);
     memcpy(pc->arena + (size_t)idx * pc->page_size, data, len);
     p->len = (uint32_t)len;
-
-    pthread_mutex_lock(&pc->qlock);
+    if (copy_unlocked)
+        pthread_mutex_lock(&pc->qlock);
     pthread_mutex_lock(&sh->lock);
     if (shard_find_slot(pc, sh, h, file_id, page) != NIL) {
         /* Another thread stored this page meanwhile; its copy stands. */

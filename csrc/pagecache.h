@@ -29,8 +29,10 @@ extern "C" {
 #define PAGECACHE_MIN_PAGE_SIZE 4096u
 #define PAGECACHE_MAX_PAGE_SIZE 1048576u
 
-/* Eviction policies. Only S3-FIFO exists today. */
+/* Eviction policies. CLOCK (FIFO with a 1-bit reference, second chance) is
+ * S3-FIFO's main queue alone: hits stay as cheap, but a scan flushes it. */
 #define PAGECACHE_POLICY_S3FIFO 0
+#define PAGECACHE_POLICY_CLOCK 1
 
 /* Admission hints for pagecache_put(). */
 #define PAGECACHE_HINT_NORMAL 0
@@ -45,7 +47,8 @@ extern "C" {
 typedef struct pagecache pagecache_t;
 
 typedef struct pagecache_config {
-    int policy;                 /* PAGECACHE_POLICY_S3FIFO */
+    int policy;                 /* PAGECACHE_POLICY_S3FIFO or _CLOCK */
+    /* S3-FIFO only (checked but unused under CLOCK): */
     double small_ratio;         /* small FIFO share of the pages, (0, 1); 0.1 */
     double ghost_ratio;         /* ghost entries per page, [0, 1]; 0.9 */
     int move_to_main_threshold; /* hits in the small FIFO to move, 1..3; 2 */

@@ -52,6 +52,15 @@ static int test_args(void)
     cfg.move_to_main_threshold = 4;
     CHECK(pagecache_create(&pc, 1 << 20, PS, &cfg) == -EINVAL);
     CHECK(pc == NULL);
+    pagecache_config_default(&cfg);
+    cfg.policy = 7;
+    CHECK(pagecache_create(&pc, 1 << 20, PS, &cfg) == -EINVAL);
+    cfg.policy = PAGECACHE_POLICY_CLOCK;
+    CHECK(pagecache_create(&pc, 1 << 20, PS, &cfg) == 0);
+    CHECK(pagecache_put(pc, 1, 1, buf, 10, PAGECACHE_HINT_NORMAL) == 0);
+    CHECK(pagecache_get(pc, 1, 1, buf, PS) == 10);
+    pagecache_destroy(pc);
+    pc = NULL;
     CHECK(pagecache_create(&pc, 8 * PS, PS, NULL) == 0);
     CHECK(pagecache_put(pc, 1, 1, buf, 0, PAGECACHE_HINT_NORMAL) == -EINVAL);
     CHECK(pagecache_put(pc, 1, 1, buf, PS + 1, PAGECACHE_HINT_NORMAL) == -EINVAL);
@@ -203,6 +212,7 @@ static int test_meta_budget(void)
 
 typedef struct {
     pagecache_t *pc;
+    size_t ps;
     unsigned seed;
     long ops;
     int bad;
@@ -217,7 +227,12 @@ static unsigned next_rand(unsigned *s)
 static void *stress_worker(void *argp)
 {
     stress_arg_t *a = argp;
-    unsigned char in[PS], out[PS], want[PS];
+    size_t ps = a->ps;
+    unsigned char *in = malloc(ps), *out = malloc(ps), *want = malloc(ps);
+    if (in == NULL || out == NULL || want == NULL) {
+        a->bad++;
+        a->ops = 0;
+    }
     for (long i = 0; i < a->ops; i++) {
         uint64_t f = next_rand(&a->seed) % STRESS_FILES;
         uint64_t r = next_rand(&a->seed) % 1000;
@@ -225,19 +240,19 @@ static void *stress_worker(void *argp)
         uint64_t p = r < 600 ? r % 32 : next_rand(&a->seed) % STRESS_PAGES;
         unsigned op = next_rand(&a->seed) % 100;
         if (op < 60) {
-            int64_t n = pagecache_get(a->pc, f, p, out, PS);
+            int64_t n = pagecache_get(a->pc, f, p, out, ps);
             if (n > 0) {
-                size_t len = fill(want, f, p, PS);
+                size_t len = fill(want, f, p, ps);
                 if ((size_t)n != len || memcmp(out, want, len) != 0)
                     a->bad++;
             } else {
-                size_t len = fill(in, f, p, PS);
+                size_t len = fill(in, f, p, ps);
                 int rc = pagecache_put(a->pc, f, p, in, len, 0);
                 if (rc != 0 && rc != -EBUSY)
                     a->bad++;
             }
         } else if (op < 75) {
-            size_t len = fill(in, f, p, PS);
+            size_t len = fill(in, f, p, ps);
             int rc = pagecache_put(a->pc, f, p, in, len, 0);
             if (rc != 0 && rc != -EBUSY)
                 a->bad++;
@@ -262,17 +277,20 @@ static void *stress_worker(void *argp)
                 a->bad++;
         }
     }
+    free(in);
+    free(out);
+    free(want);
     return NULL;
 }
 
-static int test_stress(long ops)
+static int test_stress(long ops, uint32_t ps)
 {
     pagecache_t *pc;
-    CHECK(pagecache_create(&pc, 128 * PS, PS, NULL) == 0);
+    CHECK(pagecache_create(&pc, 128 * (uint64_t)ps, ps, NULL) == 0);
     pthread_t th[STRESS_THREADS];
     stress_arg_t args[STRESS_THREADS];
     for (int t = 0; t < STRESS_THREADS; t++) {
-        args[t] = (stress_arg_t){pc, (unsigned)(t * 7919 + 1), ops, 0};
+        args[t] = (stress_arg_t){pc, ps, (unsigned)(t * 7919 + 1), ops, 0};
         CHECK(pthread_create(&th[t], NULL, stress_worker, &args[t]) == 0);
     }
     int bad = 0;
@@ -284,21 +302,27 @@ static int test_stress(long ops)
     pagecache_stats_t s;
     CHECK(pagecache_stats(pc, &s) == 0);
     CHECK(s.pages_used == s.small_pages + s.main_pages + s.pinned_pages);
-    unsigned char out[PS], want[PS];
+    unsigned char *out = malloc(ps), *want = malloc(ps);
+    CHECK(out != NULL && want != NULL);
     uint64_t held = 0, bytes = 0;
+    int wrong = 0;
     for (uint64_t f = 0; f < STRESS_FILES; f++) {
         for (uint64_t p = 0; p < STRESS_PAGES; p++) {
-            int64_t n = pagecache_peek(pc, f, p, out, PS);
+            int64_t n = pagecache_peek(pc, f, p, out, ps);
             if (n < 0)
                 continue;
-            size_t len = fill(want, f, p, PS);
-            CHECK((size_t)n == len && memcmp(out, want, len) == 0);
+            size_t len = fill(want, f, p, ps);
+            if ((size_t)n != len || memcmp(out, want, len) != 0)
+                wrong++;
             held++;
             bytes += len;
         }
     }
-    CHECK(held == s.pages_used && bytes == s.bytes_used);
+    free(out);
+    free(want);
     pagecache_destroy(pc);
+    CHECK(wrong == 0);
+    CHECK(held == s.pages_used && bytes == s.bytes_used);
     return 0;
 }
 
@@ -322,10 +346,14 @@ int main(int argc, char **argv)
         printf("%-20s %s\n", tests[i].name, rc ? "FAILED" : "ok");
         rc ? failed++ : passed++;
     }
-    int rc = test_stress(ops);
-    printf("%-20s %s (%ld ops x %d threads)\n", "stress", rc ? "FAILED" : "ok",
-           ops, STRESS_THREADS);
-    rc ? failed++ : passed++;
+    /* 4 KiB puts copy under the queue lock, 64 KiB ones outside it. */
+    uint32_t sizes[] = {PS, 16 * PS};
+    for (int i = 0; i < 2; i++) {
+        int rc = test_stress(i == 0 ? ops : ops / 4, sizes[i]);
+        printf("stress %-13u %s (%ld ops x %d threads)\n", sizes[i],
+               rc ? "FAILED" : "ok", i == 0 ? ops : ops / 4, STRESS_THREADS);
+        rc ? failed++ : passed++;
+    }
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

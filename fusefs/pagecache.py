@@ -27,7 +27,10 @@ from fusefs._pagecache import ffi, lib
 
 __all__ = ["Hint", "PageCache", "POLICIES"]
 
-POLICIES: dict[str, int] = {"s3fifo": lib.PAGECACHE_POLICY_S3FIFO}
+POLICIES: dict[str, int] = {
+    "s3fifo": lib.PAGECACHE_POLICY_S3FIFO,
+    "clock": lib.PAGECACHE_POLICY_CLOCK,
+}
 
 # Bound once: the hit path is a few hundred nanoseconds of Python, and every
 # attribute lookup shows. from_buffer's positional form (cdecl, buffer,
@@ -89,7 +92,8 @@ class PageCache:
         capacity_bytes: Arena size; the cache holds ``capacity_bytes //
             page_size`` pages, allocated once here.
         page_size: A power of two from 4 KiB to 1 MiB.
-        policy: Eviction policy; only ``"s3fifo"``.
+        policy: ``"s3fifo"`` (scan-resistant, the default) or ``"clock"``
+            (one FIFO with a reference bit: S3-FIFO's main queue alone).
         small_ratio: Share of the pages given to S3-FIFO's small FIFO.
         ghost_ratio: Ghost entries (evicted keys remembered) per page.
         move_to_main_threshold: Hits a page needs in the small FIFO to be
@@ -367,9 +371,10 @@ class PageCache:
         self.close()
 
     def __del__(self) -> None:
-        # A safety net only: the owner is expected to call close().
+        # A safety net only: the owner is expected to call close(). At
+        # interpreter exit the module may already be torn down.
         pc = getattr(self, "_pc", None)
-        if pc is not None:
+        if pc is not None and lib is not None:
             self._pc = None
             lib.pagecache_destroy(pc)
 

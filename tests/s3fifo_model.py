@@ -5,7 +5,9 @@ which keys are cached, in which queue, with which frequency, and the counters.
 It mirrors libcachesim's ``S3FIFO.c`` (the version that inserts into the main
 queue while the small queue is full before the first eviction) and adds what a
 page cache needs on top: hints, pins and invalidation. Data is kept per key so
-that the property test can compare contents, not just hit counts.
+that the property test can compare contents, not just hit counts. With
+``policy="clock"`` it is libcachesim's ``Clock.c`` (1-bit counter): the main
+FIFO alone.
 """
 
 from __future__ import annotations
@@ -54,12 +56,19 @@ class S3FIFOModel:
         small_ratio: float = 0.1,
         ghost_ratio: float = 0.9,
         move_to_main_threshold: int = 2,
+        policy: str = "s3fifo",
     ) -> None:
         self.n = n_pages
-        # Same double arithmetic as libcachesim and the C code (truncation).
-        self.small_cap = max(1, int(n_pages * small_ratio))
-        self.main_cap = n_pages - self.small_cap
-        self.ghost_cap = int(n_pages * ghost_ratio)
+        self.policy = policy
+        if policy == "clock":
+            self.small_cap, self.main_cap, self.ghost_cap = 0, n_pages, 0
+            self.max_freq = 1
+        else:
+            # Same double arithmetic as libcachesim and the C code (truncation).
+            self.small_cap = max(1, int(n_pages * small_ratio))
+            self.main_cap = n_pages - self.small_cap
+            self.ghost_cap = int(n_pages * ghost_ratio)
+            self.max_freq = 3
         self.threshold = move_to_main_threshold
         self.small: OrderedDict[Key, None] = OrderedDict()
         self.main: OrderedDict[Key, None] = OrderedDict()
@@ -88,7 +97,7 @@ class S3FIFOModel:
             self.stats["misses"] += 1
             return None
         self.stats["hits"] += 1
-        entry.freq = min(entry.freq + 1, 3)
+        entry.freq = min(entry.freq + 1, self.max_freq)
         return entry.data
 
     def get_range(self, file_id: int, first: int, room: int, page_size: int) -> bytes:
@@ -134,7 +143,7 @@ class S3FIFOModel:
             if not self.small and not self.main:
                 raise ModelError(errno.EBUSY, "everything is pinned")
             self._evict_one()
-        if ghost_hit:
+        if ghost_hit or self.policy == "clock":
             queue = MAIN
         elif not self.has_evicted and len(self.small) >= self.small_cap:
             queue = MAIN

@@ -103,7 +103,7 @@ def test_bad_page_size(page_size: int) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"policy": "lru2"},
+        {"policy": "lru"},
         {"small_ratio": 0.0},
         {"small_ratio": 1.0},
         {"ghost_ratio": -0.1},
@@ -289,3 +289,16 @@ def test_s3fifo_resists_a_scan() -> None:
                 pc.put(1, p, page_bytes(1, p))
         assert all(pc.peek(0, p) is not None for p in hot)
         assert pc.stats()["ghost_hits"] == 0
+
+
+def test_clock_policy_has_no_small_queue_or_ghost() -> None:
+    with PageCache(8 * PS, PS, policy="clock") as pc:
+        assert pc.policy == "clock"
+        for p in range(8):
+            pc.put(0, p, page_bytes(0, p))
+        assert pc.get(0, 0) is not None  # reference bit set
+        pc.put(0, 8, page_bytes(0, 8))  # second chance for page 0; page 1 goes
+        assert pc.peek(0, 0) is not None and pc.peek(0, 1) is None
+        s = pc.stats()
+        assert (s["small_pages"], s["main_pages"], s["ghost_entries"]) == (0, 8, 0)
+        assert pc.entry(0, 0) == ("main", 0, 0)

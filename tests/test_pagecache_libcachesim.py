@@ -1,4 +1,7 @@
-"""The C page cache's S3-FIFO must miss exactly as often as libcachesim's.
+"""The C page cache must miss exactly as often as libcachesim on the same trace.
+
+S3-FIFO against ``libcachesim.S3FIFO``; CLOCK against ``libcachesim.Clock``
+(1-bit counter).
 
 Each request is the engine's read-through: ``get_into``, and ``put`` on a
 miss. Objects have size 1 and libcachesim's cache size is the number of
@@ -63,10 +66,22 @@ def libcachesim_misses(trace: list[int], pages: int, threshold: int) -> int:
     return misses
 
 
-def pagecache_misses(trace: list[int], pages: int, threshold: int) -> int:
+def libcachesim_clock_misses(trace: list[int], pages: int) -> int:
+    cache = lcs.Clock(pages, hashpower=16, n_bit_counter=1)
+    req = lcs.Request()
+    req.obj_size = 1
+    misses = 0
+    for obj in trace:
+        req.obj_id = obj
+        if not cache.get(req):
+            misses += 1
+    return misses
+
+
+def pagecache_misses(trace: list[int], pages: int, threshold: int = 2, policy: str = "s3fifo") -> int:
     buf = bytearray(PS)
     data = b"x" * 64
-    with PageCache(pages * PS, PS, move_to_main_threshold=threshold) as pc:
+    with PageCache(pages * PS, PS, policy=policy, move_to_main_threshold=threshold) as pc:
         for obj in trace:
             if not pc.get_into(7, obj, buf):
                 pc.put(7, obj, data)
@@ -104,3 +119,10 @@ def test_other_thresholds_match_exactly(trace: list[int], threshold: int) -> Non
     assert pagecache_misses(trace, pages, threshold) == libcachesim_misses(
         trace, pages, threshold
     )
+
+
+@pytest.mark.parametrize("pages", [20, 1000, 5000])
+def test_clock_matches_exactly(trace: list[int], pages: int) -> None:
+    expected = libcachesim_clock_misses(trace, pages)
+    assert 0 < expected < len(trace)
+    assert pagecache_misses(trace, pages, policy="clock") == expected

@@ -59,13 +59,18 @@ class PageCacheMachine(RuleBasedStateMachine):
         pages=st.sampled_from([1, 2, 3, 5, 10, 20, 33]),
         threshold=st.integers(min_value=1, max_value=3),
         ghost_ratio=st.sampled_from([0.0, 0.5, 0.9]),
+        policy=st.sampled_from(["s3fifo", "s3fifo", "clock"]),
     )
-    def create(self, pages: int, threshold: int, ghost_ratio: float) -> None:
+    def create(self, pages: int, threshold: int, ghost_ratio: float, policy: str) -> None:
         self.pc = PageCache(
-            pages * PS, PS, move_to_main_threshold=threshold, ghost_ratio=ghost_ratio
+            pages * PS,
+            PS,
+            policy=policy,
+            move_to_main_threshold=threshold,
+            ghost_ratio=ghost_ratio,
         )
         self.model = S3FIFOModel(
-            pages, move_to_main_threshold=threshold, ghost_ratio=ghost_ratio
+            pages, move_to_main_threshold=threshold, ghost_ratio=ghost_ratio, policy=policy
         )
 
     def teardown(self) -> None:
@@ -194,14 +199,15 @@ PageCacheMachine.TestCase.settings = settings(
 test_pagecache_matches_model = PageCacheMachine.TestCase
 
 
+@pytest.mark.parametrize("policy", ["s3fifo", "clock"])
 @pytest.mark.parametrize("pages", [20, 57, 200])
-def test_long_random_sequence_matches_model(pages: int) -> None:
+def test_long_random_sequence_matches_model(pages: int, policy: str) -> None:
     """A longer, seeded walk than hypothesis explores, with evictions galore."""
     import random
 
     rng = random.Random(pages)
-    model = S3FIFOModel(pages)
-    with PageCache(pages * PS, PS) as pc:
+    model = S3FIFOModel(pages, policy=policy)
+    with PageCache(pages * PS, PS, policy=policy) as pc:
         buf = bytearray(PS)
         for i in range(20_000):
             key = (rng.randrange(3), int(rng.paretovariate(1.0)) % (pages * 3))
