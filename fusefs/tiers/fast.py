@@ -14,8 +14,9 @@ was loaded from the catalog, so a cache file damaged while unmounted (or torn
 by a crash) is detected, dropped and refetched instead of served.
 
 Space: the policy instance (tier ``fast``) holds one object per extent and
-chooses victims; eviction deletes the catalog row first, then punches the
-hole. A full disk (ENOSPC) triggers an eviction and a retry; if that fails
+chooses victims; above 95% of the size limit a batch is evicted down to 90%
+(high and low watermarks); eviction deletes the catalog row first, then
+punches the hole. A full disk (ENOSPC) triggers an eviction and a retry; if that fails
 too, the admission is skipped and the read still succeeds from the capacity
 tier.
 
@@ -38,7 +39,7 @@ import trio
 from sortedcontainers import SortedDict
 
 from ..catalog import Catalog, ExtentRow
-from ..policies.base import AccessInfo, Policy
+from ..policies.base import AccessInfo, Policy, PolicyError
 from ..stats import Stats
 from .capacity import SourceVersion
 
@@ -96,12 +97,14 @@ class FastTier:
     """
 
     def __init__(self, root: str, *, policy: Policy, stats: Stats,
-                 commit_interval: float = 1.0, low_watermark: float = 0.9) -> None:
+                 commit_interval: float = 1.0, high_watermark: float = 0.95,
+                 low_watermark: float = 0.9) -> None:
         self.root = root
         self.data_dir = os.path.join(root, "data")
         self.policy = policy
         self.stats = stats
         self.commit_interval = commit_interval
+        self.high_watermark = high_watermark
         self.low_watermark = low_watermark
         self.catalog: Catalog | None = None
         self._files: dict[int, CachedFile] = {}
@@ -148,11 +151,25 @@ class FastTier:
             if name not in known:
                 os.unlink(os.path.join(self.data_dir, name))
 
-    def _account(self, cf: CachedFile, ext: Extent, info: AccessInfo | None = None) -> None:
-        for victim in self.policy.insert((cf.id, ext.start), ext.length, info):
+    def _account(self, cf: CachedFile, ext: Extent, info: AccessInfo | None = None) -> bool:
+        """Tell the policy about a new extent; False if it had to be dropped."""
+        try:
+            evicted = self.policy.insert((cf.id, ext.start), ext.length, info)
+        except PolicyError:  # no room beside pinned data: keep the bytes out
+            self._remove_extent(cf, ext, notify_policy=False)
+            self.stats.add("fast.no_room")
+            return False
+        for victim in evicted:
             self._evict_key(victim)
         if ext.pinned:
             self.policy.pin((cf.id, ext.start))
+        # Above the high watermark, free a batch down to the low one, so the
+        # tier does not evict one extent per admission at the edge.
+        cap = self.policy.capacity
+        if self.policy.used > self.high_watermark * cap:
+            self.stats.add("fast.watermark_runs")
+            self._evict_bytes(self.policy.used - int(self.low_watermark * cap))
+        return True
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The committer: batches durability and catalog updates until cancelled."""
@@ -302,6 +319,10 @@ class FastTier:
         if s != start or e != end:
             data = data[s - start:e - start]
             covered = [o for o in covered if o.start >= s and o.start + o.length <= e]
+        # Drop what the new extent covers first: punching those holes after the
+        # write would punch the new bytes too.
+        for old in covered:
+            self._remove_extent(cf, old)
         fd = self._fd(cf)
         for attempt in (1, 2):
             try:
@@ -321,11 +342,10 @@ class FastTier:
                     return False
                 self.stats.add("fast.enospc")
                 self._evict_bytes(max(len(data), self.policy.capacity // 10))
-        for old in covered:
-            self._remove_extent(cf, old)
         ext = Extent(s, len(data), zlib.crc32(data), pinned=pinned)
         cf.extents[s] = ext
-        self._account(cf, ext, info)
+        if not self._account(cf, ext, info):
+            return False
         self._pending.append((cf, ext))
         if len(self._pending) >= 256:
             self._wake.set()
