@@ -15,7 +15,6 @@ setup(
     python_requires=">=3.11",
     packages=["fusefs", "fusefs.tiers", "fusefs.policies"],
     package_dir={"fusefs.policies": "policies"},
-    setup_requires=["cffi>=1.16"],
     cffi_modules=["csrc/build_pagecache.py:ffibuilder"],
     install_requires=[
         "pyfuse3>=3.3",
