@@ -111,6 +111,15 @@ class Engine:
         self.stream_budget = stream_budget
         self._stream_bytes = 0
         self._gen: dict[int, int] = {}
+        # Files written through the mount since their handles were last all
+        # closed: their fast-tier copy is of an older version, and a version
+        # (size, mtime) may not change between two writes in one clock tick,
+        # so the fast tier stays out of their reads until the last close.
+        self._written: set[int] = set()
+        # The last size seen per file: the page cache keeps a file's last page
+        # short, and a short page reads as end of file, so when the file grows
+        # that page must go even though the write did not touch it.
+        self._eof: dict[int, int] = {}
         self.throughput = trio.CapacityLimiter(throughput_slots)
         self._nursery: trio.Nursery | None = None
         self.kernel_invalidate = kernel_invalidate
@@ -159,10 +168,22 @@ class Engine:
         if start == 0 and end is None:
             self.classifier.forget_file(file_id)
 
+    def forget(self, file_id: int) -> None:
+        """The kernel forgot the inode: its number is never reused, so drop its state."""
+        self._gen.pop(file_id, None)
+        self._eof.pop(file_id, None)
+        self._written.discard(file_id)
+        if self.pagecache is not None:
+            self.pagecache.invalidate(file_id)
+        if self.policy is not None:
+            self.policy.invalidate_file(file_id)
+        self.classifier.forget_file(file_id)
+
     # -- handles ---------------------------------------------------------------
     def opened(self, h: FileHandle, st: Stat) -> None:
         """A handle was opened on a file whose source attributes are ``st``."""
         h.version = st.version()
+        self._eof[h.file_id] = st.st_size
         if self.fast is not None:
             h.fast = self.fast.file_for(h.path, h.version)
         if self.policy is not None:
@@ -255,7 +276,7 @@ class Engine:
         gen = self.generation(h.file_id)
         length = (last + 1) * ps - start
         data = None
-        if h.fast is not None and not h.dirty and start < h.size:
+        if h.fast is not None and h.file_id not in self._written and start < h.size:
             data = await self.fast.read(h.fast, start, min(length, h.size - start))  # type: ignore[union-attr]
             if data is not None:
                 self._served(h, "fast", info.label, min(size, len(data) - (offset - start)))
@@ -344,7 +365,7 @@ class Engine:
         try:
             data = None
             cf = h.fast
-            if cf is not None and not h.dirty and ch.start < h.size:
+            if cf is not None and h.file_id not in self._written and ch.start < h.size:
                 data = await self.fast.read(  # type: ignore[union-attr]
                     cf, ch.start, min(self.chunk_size, h.size - ch.start))
                 if data is not None:
@@ -367,7 +388,8 @@ class Engine:
     def _maybe_admit_fast(self, h: FileHandle, start: int, data: bytes, info: AccessInfo,
                           gen: int) -> None:
         """Ask the policy; if it admits, copy into the fast tier in the background."""
-        if (self.fast is None or self.policy is None or not data or h.dirty
+        if (self.fast is None or self.policy is None or not data
+                or h.file_id in self._written
                 or gen != self.generation(h.file_id) or self._nursery is None
                 or self._admissions >= 64):
             return
@@ -385,7 +407,7 @@ class Engine:
             cf = h.fast
             if cf is None:
                 cf = h.fast = await fast.file_create(h.path, h.version)
-            if gen == self.generation(h.file_id):
+            if gen == self.generation(h.file_id) and h.file_id not in self._written:
                 pinned = info.override is not None and info.override.pin
                 await fast.admit(cf, start, data, pinned=pinned, info=info)
         except OSError as exc:
@@ -411,13 +433,22 @@ class Engine:
     async def write(self, h: FileHandle, offset: int, data: bytes) -> int:
         t0 = time.perf_counter()
         self.invalidate(h.file_id, offset, offset + len(data))
-        if not h.dirty:
-            h.dirty = True
+        h.dirty = True
+        if h.file_id not in self._written:
+            self._written.add(h.file_id)
             self.path_removed(h.path)  # the fast tier's copy is of the old version
-            h.fast = None
+        h.fast = None
+        eof = self._eof.get(h.file_id)
+        if eof is not None and offset + len(data) > eof:
+            self.invalidate(h.file_id, eof, eof + 1)
         n = await h.file.pwrite(offset, data)
+        # Again once the bytes are in: a read that fetched the old bytes while
+        # the write was in flight took the first bump's generation.
+        self.invalidate(h.file_id, offset, offset + len(data))
         if offset + n > h.size:
             h.size = offset + n
+        if offset + n > self._eof.get(h.file_id, 0):
+            self._eof[h.file_id] = offset + n
         if self.trace is not None:
             self._record(h, "write", offset, n, "unknown")
         self.stats.add("write.requests")
@@ -427,7 +458,8 @@ class Engine:
 
     def truncated(self, file_id: int, path: bytes, size: int) -> None:
         """The file's size changed to ``size`` by setattr."""
-        self.invalidate(file_id, size)
+        self.invalidate(file_id, min(size, self._eof.get(file_id, size)))
+        self._eof[file_id] = size
         self.path_removed(path)
 
     async def flush(self, h: FileHandle) -> None:
@@ -438,6 +470,8 @@ class Engine:
 
     async def release(self, h: FileHandle, *, last: bool = True) -> None:
         """The handle is closed; ``last`` if no other handle of its inode is open."""
+        if last:
+            self._written.discard(h.file_id)
         st: StreamState | None = h.stream
         if st is not None:
             for c in list(st.chunks):

@@ -3,8 +3,9 @@
 A `FileHandle` is what the kernel's ``fh`` names: the inode, the open source
 object, the open flags, and the per-handle state the engine needs (who opened
 it, what the classifier has learnt about the stream). A `DirHandle` holds the
-snapshot of a directory listing taken at opendir, so readdir offsets stay
-stable while the directory changes underneath.
+snapshot of a directory listing taken when a listing starts (readdir at
+offset 0), so readdir offsets stay stable while the directory changes
+underneath.
 """
 
 from __future__ import annotations

@@ -97,6 +97,8 @@ class InodeTable:
                 and node.identity != identity:
             # Replaced behind our back: the name now means another object.
             self._drop_location(node, loc)
+            if not node.locations:
+                self._orphan(node)
             node = None
         if node is None and self._use_identity and identity is not None:
             ino = self._by_identity.get(identity)
@@ -123,6 +125,17 @@ class InodeTable:
         except ValueError:
             pass
 
+    def _orphan(self, node: Inode) -> None:
+        """``node`` has no name left: stop finding it by its identity.
+
+        The source may hand the number of a removed file to the next file it
+        creates (ext4 does so at once) while the kernel still holds the old
+        inode; that file must get an inode of its own. The price: if a hard
+        link we never looked up survives, it gets a new inode number too.
+        """
+        if node.identity is not None and self._by_identity.get(node.identity) == node.ino:
+            del self._by_identity[node.identity]
+
     def unlinked(self, parent: int, name: bytes) -> Inode | None:
         """Drop the location ``parent/name``; returns the inode that had it."""
         ino = self._by_loc.get((parent, name))
@@ -130,6 +143,8 @@ class InodeTable:
             return None
         node = self._inodes[ino]
         self._drop_location(node, (parent, name))
+        if not node.locations:
+            self._orphan(node)
         self._maybe_free(node)
         return node
 
@@ -151,6 +166,8 @@ class InodeTable:
             self._by_loc[(parent_old, old)] = dst_node.ino
             dst_node.locations.insert(0, (parent_old, old))
         elif dst_node is not None:
+            if not dst_node.locations:
+                self._orphan(dst_node)
             self._maybe_free(dst_node)
 
     def forget(self, ino: int, count: int) -> None:

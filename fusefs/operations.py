@@ -16,7 +16,7 @@ import errno
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import pyfuse3
@@ -88,6 +88,11 @@ class Operations(pyfuse3.Operations):
         self.override_for = override_for
         # Source version each inode had when the kernel last cached its pages.
         self._versions: dict[int, SourceVersion] = {}
+        # Last attributes of objects whose last name went (unlink, rmdir,
+        # rename over them) while the kernel still holds them: fstat of a
+        # descriptor of a removed directory, or of an O_PATH descriptor of a
+        # removed file, must still work. Dropped when the kernel forgets.
+        self._removed: dict[int, Stat] = {}
 
     # -- helpers -----------------------------------------------------------
     def _entry(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
@@ -122,6 +127,8 @@ class Operations(pyfuse3.Operations):
             # Unlinked while open: the open descriptor still knows it.
             for h in self.handles.files_of(ino):
                 return await h.file.fstat()
+            if ino in self._removed:
+                return self._removed[ino]
             raise
 
     @staticmethod
@@ -150,6 +157,10 @@ class Operations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             self.inodes.forget(ino, n)
+            if ino not in self.inodes:
+                self._removed.pop(ino, None)
+                self._versions.pop(ino, None)
+                self.engine.forget(ino)
 
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -161,7 +172,17 @@ class Operations(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         handle = self.handles.file(fh) if fh is not None and fh else None
-        path = handle.path if handle is not None else self.inodes.path(inode)
+        try:
+            # Not handle.path: that is the name at open time, which a rename
+            # may since have given to another file.
+            path = self.inodes.path(inode)
+        except FileNotFoundError:
+            # Unlinked but open: fchmod/fchown/futimens arrive without a
+            # handle, but any open handle of the inode reaches the object.
+            handle = handle or next(iter(self.handles.files_of(inode)), None)
+            if handle is None:
+                raise
+            path = handle.path
         kw: dict[str, Any] = {}
         if fields.update_size:
             kw["size"] = attr.st_size
@@ -256,16 +277,28 @@ class Operations(pyfuse3.Operations):
     @_translate
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         path = self.inodes.child_path(parent_inode, name)
+        st = await self.capacity.stat(path)
         await self.capacity.unlink(path)
         self.engine.path_removed(path)
         node = self.inodes.unlinked(parent_inode, name)
         if node is not None and not node.locations:
             self.engine.invalidate(node.ino)
+            self._keep_removed(node.ino, st)
 
     @_translate
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.capacity.rmdir(self.inodes.child_path(parent_inode, name))
-        self.inodes.unlinked(parent_inode, name)
+        path = self.inodes.child_path(parent_inode, name)
+        st = await self.capacity.stat(path)
+        await self.capacity.rmdir(path)
+        node = self.inodes.unlinked(parent_inode, name)
+        if node is not None and not node.locations:
+            self._keep_removed(node.ino, st, links=0)
+
+    def _keep_removed(self, ino: int, st: Stat, links: int | None = None) -> None:
+        """Remember the attributes of ``ino``, whose last known name just went."""
+        if ino in self.inodes:
+            self._removed[ino] = replace(
+                st, st_nlink=max(st.st_nlink - 1, 0) if links is None else links)
 
     @_translate
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -274,8 +307,14 @@ class Operations(pyfuse3.Operations):
         old = self.inodes.child_path(parent_inode_old, name_old)
         new = self.inodes.child_path(parent_inode_new, name_new)
         replaced = self.inodes.find(parent_inode_new, name_new)
-        await self.capacity.rename(old, new, flags)
         exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        replaced_st = None
+        if replaced is not None and not exchange:
+            try:
+                replaced_st = await self.capacity.stat(new)
+            except FileNotFoundError:
+                pass
+        await self.capacity.rename(old, new, flags)
         if exchange:
             self.engine.path_removed(old)
             self.engine.path_removed(new)
@@ -286,6 +325,9 @@ class Operations(pyfuse3.Operations):
         if replaced is not None and not exchange and replaced in self.inodes \
                 and not self.inodes.get(replaced).locations:
             self.engine.invalidate(replaced)
+            if replaced_st is not None:
+                self._keep_removed(replaced, replaced_st,
+                                   links=0 if replaced_st.is_dir else None)
 
     # -- files -----------------------------------------------------------------
     def _apply_rule(self, h: FileHandle) -> None:
@@ -326,7 +368,19 @@ class Operations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_name(name)
         path = self.inodes.child_path(parent_inode, name)
-        f, st = await self.capacity.create(path, flags, mode, ctx.uid, ctx.gid)
+        try:
+            f, st = await self.capacity.create(path, flags, mode, ctx.uid, ctx.gid)
+        except FileExistsError:
+            # The kernel's negative entry was stale: the file appeared in the
+            # source since. Without O_EXCL, open(2) opens what is there now.
+            if flags & os.O_EXCL or not (await self.capacity.stat(path)).is_reg:
+                raise
+            f = await self.capacity.open(path, flags & ~os.O_CREAT)
+            try:
+                st = await f.fstat()
+            except BaseException:
+                await f.close()
+                raise
         ino = self._remember(parent_inode, name, st)
         self.engine.invalidate(ino)
         self.inodes.opened(ino)
@@ -367,17 +421,34 @@ class Operations(pyfuse3.Operations):
             await self.engine.release(h, last=self.inodes.get(h.ino).open_handles <= 1)
         finally:
             self.inodes.closed(h.ino)
+            if h.ino not in self.inodes:
+                self._removed.pop(h.ino, None)
 
     # -- directories -------------------------------------------------------------
     @_translate
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         self.engine.stats.add("meta.opendir")
-        entries = await self.capacity.listdir(self.inodes.path(inode))
-        return self.handles.add_dir(inode, entries).fh
+        self.inodes.get(inode)  # ESTALE for an inode we do not know
+        # Listed by readdir at offset 0, not here: a listing shows the
+        # directory as it is when read (also after rewinddir or a listing of
+        # an old descriptor), as on a local file system.
+        return self.handles.add_dir(inode, []).fh
+
+    async def _list(self, ino: int) -> list[tuple[bytes, Stat]]:
+        try:
+            return await self.capacity.listdir(self.inodes.path(ino))
+        except FileNotFoundError:
+            if ino in self._removed:
+                return []  # removed while open: empty, as on a local file system
+            raise
 
     @_translate
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         h = self.handles.dir(fh)
+        if start_id == 0:
+            # Later offsets index this snapshot, so they stay stable while
+            # the directory changes during the listing.
+            h.entries = await self._list(h.ino)
         entries = h.entries
         for i in range(start_id, len(entries)):
             name, st = entries[i]

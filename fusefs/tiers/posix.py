@@ -246,41 +246,53 @@ class PosixTier(CapacityTier):
         mtime_ns: Any = None,
         file: CapacityFile | None = None,
     ) -> Stat:
+        # With an open file, change the object it holds, not whatever the
+        # name means now (renamed, replaced or unlinked since the open).
+        fd = file.fileno() if file is not None else None
         if size is not None:
-            if file is not None and file.fileno() is not None:
-                os.ftruncate(file.fileno(), size)  # type: ignore[arg-type]
+            if fd is not None:
+                os.ftruncate(fd, size)
             else:
-                fd = self._open_node(path, os.O_WRONLY)
+                tfd = self._open_node(path, os.O_WRONLY)
                 try:
-                    os.ftruncate(fd, size)
+                    os.ftruncate(tfd, size)
                 finally:
-                    os.close(fd)
+                    os.close(tfd)
         if mode is not None:
-            fd, proc = self._proc_path(path)
-            try:
-                if stat_mod.S_ISLNK(os.stat(fd).st_mode):
-                    raise OSError(errno.EOPNOTSUPP, "cannot change the mode of a symlink")
-                os.chmod(proc, stat_mod.S_IMODE(mode))
-            finally:
-                os.close(fd)
-        if uid is not None or gid is not None:
-            if path:
-                self._at(path, os.chown, -1 if uid is None else uid, -1 if gid is None else gid,
-                         follow_symlinks=False)
+            if fd is not None:
+                os.chmod(fd, stat_mod.S_IMODE(mode))
             else:
-                os.chown(self.root, -1 if uid is None else uid, -1 if gid is None else gid)
+                pfd, proc = self._proc_path(path)
+                try:
+                    if stat_mod.S_ISLNK(os.stat(pfd).st_mode):
+                        raise OSError(errno.EOPNOTSUPP, "cannot change the mode of a symlink")
+                    os.chmod(proc, stat_mod.S_IMODE(mode))
+                finally:
+                    os.close(pfd)
+        if uid is not None or gid is not None:
+            ids = (-1 if uid is None else uid, -1 if gid is None else gid)
+            if fd is not None:
+                os.chown(fd, *ids)
+            elif path:
+                self._at(path, os.chown, *ids, follow_symlinks=False)
+            else:
+                os.chown(self.root, *ids)
         if atime_ns is not None or mtime_ns is not None:
-            cur = await self.stat(path)
+            cur = Stat.from_os(os.fstat(fd)) if fd is not None else await self.stat(path)
             now = time.time_ns()
 
             def pick(v: Any, old: int) -> int:
                 return old if v is None else now if v is UTIME_NOW else int(v)
 
             ns = (pick(atime_ns, cur.st_atime_ns), pick(mtime_ns, cur.st_mtime_ns))
-            if path:
+            if fd is not None:
+                os.utime(fd, ns=ns)
+            elif path:
                 self._at(path, os.utime, ns=ns, follow_symlinks=False)
             else:
                 os.utime(self.root, ns=ns)
+        if fd is not None:
+            return Stat.from_os(os.fstat(fd))
         return await self.stat(path)
 
     async def statfs(self) -> StatFs:
@@ -296,10 +308,39 @@ class PosixTier(CapacityTier):
             os.close(fd)
 
     # -- namespace ---------------------------------------------------------
-    def _own(self, path: bytes, uid: int, gid: int) -> None:
-        """Give a new object to the caller, as a kernel filesystem would."""
-        if os.geteuid() == 0 and (uid, gid) != (0, 0):
-            self._at(path, os.chown, uid, gid, follow_symlinks=False)
+    def _give(self, dfd: int, name: bytes | int, uid: int, gid: int, mode: int | None) -> None:
+        """Make a new object the caller's, as a kernel file system would have.
+
+        The daemon creates as root. The caller gets the uid, and the gid unless
+        the directory is set-group-ID (then the group the file system took from
+        it stays). chown clears the set-ID bits of non-directories even for
+        root, so they are put back from the (kernel-vetted) creation mode.
+        ``name`` may be the new object's own descriptor.
+        """
+        if os.geteuid() != 0 or (uid, gid) == (0, 0):
+            return
+        keep_group = bool(os.stat(dfd).st_mode & stat_mod.S_ISGID)
+        ids = (uid, -1 if keep_group else gid)
+        restore = mode is not None and not stat_mod.S_ISDIR(mode) \
+            and bool(mode & (stat_mod.S_ISUID | stat_mod.S_ISGID))
+        if isinstance(name, int):
+            os.fchown(name, *ids)
+            if restore:
+                os.fchmod(name, stat_mod.S_IMODE(mode))  # type: ignore[arg-type]
+        else:
+            os.chown(name, *ids, dir_fd=dfd, follow_symlinks=False)
+            if restore:
+                os.chmod(name, stat_mod.S_IMODE(mode), dir_fd=dfd)  # type: ignore[arg-type]
+
+    def _own(self, path: bytes, uid: int, gid: int, mode: int | None = None) -> None:
+        """`_give` the object at ``path``."""
+        if os.geteuid() != 0 or (uid, gid) == (0, 0):
+            return
+        dfd, name = self._parent(path)
+        try:
+            self._give(dfd, name, uid, gid, mode)
+        finally:
+            self._done(dfd)
 
     async def mkdir(self, path: bytes, mode: int, uid: int, gid: int) -> Stat:
         self._at(path, os.mkdir, mode)
@@ -308,7 +349,7 @@ class PosixTier(CapacityTier):
 
     async def mknod(self, path: bytes, mode: int, rdev: int, uid: int, gid: int) -> Stat:
         self._at(path, os.mknod, mode, rdev)
-        self._own(path, uid, gid)
+        self._own(path, uid, gid, mode)
         return await self.stat(path)
 
     async def symlink(self, path: bytes, target: bytes, uid: int, gid: int) -> Stat:
@@ -358,17 +399,29 @@ class PosixTier(CapacityTier):
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT)
         # O_APPEND is enforced by the kernel on the mount's side; writes arrive
         # with explicit offsets and use pwrite, so keep the source fd plain.
-        flags &= ~os.O_APPEND
+        # O_DIRECT too: the kernel already bypasses its page cache for the
+        # caller, and our buffers are not aligned as O_DIRECT demands (EINVAL).
+        flags &= ~(os.O_APPEND | os.O_DIRECT)
         return PosixFile(self._open_node(path, flags), drop_cache=self.drop_source_cache)
 
     async def create(
         self, path: bytes, flags: int, mode: int, uid: int, gid: int
     ) -> tuple[PosixFile, Stat]:
         flags = (flags | os.O_CREAT | os.O_EXCL) & ~(os.O_NOCTTY | os.O_APPEND | os.O_DIRECT)
-        fd = self._at(path, os.open, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        if os.geteuid() == 0 and (uid, gid) != (0, 0):
-            os.fchown(fd, uid, gid)
-        return PosixFile(fd, drop_cache=self.drop_source_cache), Stat.from_os(os.fstat(fd))
+        if not path:
+            raise OSError(errno.EBUSY, "operation not allowed on the root")
+        dfd, name = self._parent(path)
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+            try:
+                self._give(dfd, fd, uid, gid, stat_mod.S_IFREG | stat_mod.S_IMODE(mode))
+                st = Stat.from_os(os.fstat(fd))
+            except BaseException:
+                os.close(fd)
+                raise
+        finally:
+            self._done(dfd)
+        return PosixFile(fd, drop_cache=self.drop_source_cache), st
 
     # -- extended attributes -----------------------------------------------
     async def getxattr(self, path: bytes, name: bytes) -> bytes:

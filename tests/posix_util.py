@@ -1,0 +1,266 @@
+"""Helpers of the POSIX conformance suite (`tests/test_posix_*.py`).
+
+The suite runs one operation on a plain directory and on a tierfs mount and
+compares what each returned, so a test states *what Linux does* rather than
+what we think it should do. Here: outcome capture (a value or an errno name),
+the syscalls Python does not wrap (``renameat2``, ``utimensat`` with
+``UTIME_OMIT``, ``rewinddir``), and running a snippet as another user.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import pytest
+from mounting import Mounted
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+NOBODY = 65534
+
+
+def outcome(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """``fn(*args, **kw)``, or the errno name it failed with (e.g. ``"ENOENT"``)."""
+    try:
+        return fn(*args, **kw)
+    except OSError as exc:
+        assert exc.errno is not None, exc
+        return errno.errorcode[exc.errno]
+
+
+def err(fn: Callable[..., Any], *args: Any, **kw: Any) -> str | None:
+    """The errno name ``fn`` failed with, or None if it succeeded."""
+    try:
+        fn(*args, **kw)
+    except OSError as exc:
+        assert exc.errno is not None, exc
+        return errno.errorcode[exc.errno]
+    return None
+
+
+def same_on_both(plain: str, mnt: str, fn: Callable[[str], Any]) -> Any:
+    """Run ``fn(root)`` on the plain directory and the mount; assert equal outcomes."""
+    want = outcome(fn, plain)
+    got = outcome(fn, mnt)
+    assert got == want, f"mount gave {got!r}, a plain directory gave {want!r}"
+    return got
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def renameat2(old: str, new: str, flags: int, *, src_dir_fd: int = AT_FDCWD,
+              dst_dir_fd: int = AT_FDCWD) -> None:
+    _check(_libc.renameat2(src_dir_fd, os.fsencode(old), dst_dir_fd, os.fsencode(new), flags),
+           "renameat2")
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def utimensat(path: str, atime: tuple[int, int], mtime: tuple[int, int], *,
+              follow_symlinks: bool = True) -> None:
+    """utimensat(2) with (sec, nsec) pairs; nsec may be UTIME_NOW or UTIME_OMIT."""
+    ts = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
+    flags = 0 if follow_symlinks else AT_SYMLINK_NOFOLLOW
+    _check(_libc.utimensat(AT_FDCWD, os.fsencode(path), ts, flags), "utimensat")
+
+
+_libc.opendir.restype = ctypes.c_void_p
+_libc.opendir.argtypes = [ctypes.c_char_p]
+_libc.readdir.restype = ctypes.c_void_p
+_libc.readdir.argtypes = [ctypes.c_void_p]
+_libc.rewinddir.argtypes = [ctypes.c_void_p]
+_libc.closedir.argtypes = [ctypes.c_void_p]
+
+
+class _Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
+
+
+class DirStream:
+    """A libc ``DIR *``: lets a test interleave readdir, rewinddir and changes."""
+
+    def __init__(self, path: str) -> None:
+        self._dir = _libc.opendir(os.fsencode(path))
+        if not self._dir:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+
+    def read(self, n: int | None = None) -> list[str]:
+        """Up to ``n`` names (all remaining if None), without ``.`` and ``..``."""
+        out: list[str] = []
+        while n is None or len(out) < n:
+            ctypes.set_errno(0)
+            p = _libc.readdir(self._dir)
+            if not p:
+                _check(ctypes.get_errno(), "readdir")
+                break
+            name = os.fsdecode(ctypes.cast(p, ctypes.POINTER(_Dirent)).contents.d_name)
+            if name not in (".", ".."):
+                out.append(name)
+        return out
+
+    def rewind(self) -> None:
+        _libc.rewinddir(self._dir)
+
+    def close(self) -> None:
+        if self._dir:
+            _libc.closedir(self._dir)
+            self._dir = None
+
+    def __enter__(self) -> DirStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_CHILD_PRELUDE = '''
+import errno, json, os, sys
+out = {}
+def probe(key, fn, *a, **kw):
+    try:
+        r = fn(*a, **kw)
+    except OSError as e:
+        out[key] = errno.errorcode[e.errno]
+    else:
+        out[key] = r if isinstance(r, (int, str, list, bool, type(None))) else "ok"
+'''
+
+
+_python_for_others: list[str] = []
+
+
+def unprivileged_python() -> str:
+    """A Python that any user may run (the venv's may live under /root).
+
+    The child snippets need only the standard library. Skips the test if the
+    machine has none.
+    """
+    if not _python_for_others:
+        for exe in (sys.executable, shutil.which("python3"), "/usr/bin/python3"):
+            try:
+                ok = bool(exe) and subprocess.run(
+                    [exe, "-I", "-c", "pass"], capture_output=True,  # type: ignore[list-item]
+                    preexec_fn=lambda: os.setuid(NOBODY)).returncode == 0
+            except PermissionError:
+                ok = False
+            if ok:
+                _python_for_others.append(exe)  # type: ignore[arg-type]
+                break
+        else:
+            pytest.skip("no Python interpreter that an unprivileged user may run")
+    return _python_for_others[0]
+
+
+def run_as(uid: int, code: str, *, gid: int | None = None, fds: Iterable[int] = (),
+           groups: Iterable[int] = (), **values: Any) -> dict[str, Any]:
+    """Run ``code`` in a fresh Python as ``uid``; return its ``out`` dict.
+
+    The snippet sees ``probe(key, fn, *args)`` (records the result or the errno
+    name under ``key``), ``out``, and every keyword of ``values`` as a global.
+    Descriptors in ``fds`` are inherited, so the child can reach a mount
+    through a directory descriptor even when the path to it is private.
+    """
+    gid = uid if gid is None else gid
+    groups = list(groups)
+    script = (_CHILD_PRELUDE
+              + "".join(f"{k} = {v!r}\n" for k, v in values.items())
+              + textwrap.dedent(code)
+              + "\nprint(json.dumps(out))\n")
+
+    def drop() -> None:
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+
+    res = subprocess.run([unprivileged_python(), "-I", "-c", script], preexec_fn=drop,
+                         pass_fds=tuple(fds), capture_output=True, text=True, timeout=120,
+                         cwd="/")
+    assert res.returncode == 0, f"child failed ({res.returncode}):\n{res.stderr}"
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def plain(tmp_path: "os.PathLike[str]") -> str:
+    """A plain directory on the same file system as ``src``: the reference."""
+    p = os.path.join(tmp_path, "plain")
+    os.mkdir(p)
+    return p
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One test's directories: a plain reference and its twin inside a mount."""
+
+    plain: str
+    mnt: str
+    src: str
+
+
+@pytest.fixture(scope="module")
+def shared_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
+    """One mount for a whole module of small cases (a mount costs ~0.5 s)."""
+    base = str(tmp_path_factory.mktemp("shared"))
+    src = os.path.join(base, "src")
+    os.mkdir(src)
+    with Mounted(src, os.path.join(base, "mnt"), cache=os.path.join(base, "cache"),
+                 log=os.path.join(base, "tierfs.log")) as m:
+        yield m
+
+
+_case = itertools.count()
+
+
+@pytest.fixture
+def pair(shared_mount: Mounted, tmp_path: "os.PathLike[str]") -> Iterator[Pair]:
+    """Fresh directories of this test on the shared mount and on a plain directory.
+
+    Fails the test if the daemon logged an unexpected error while it ran.
+    """
+    name = f"case{next(_case)}"
+    p = Pair(os.path.join(tmp_path, "plain"), os.path.join(shared_mount.mountpoint, name),
+             os.path.join(shared_mount.source, name))
+    os.mkdir(p.plain)
+    os.mkdir(p.mnt)
+    before = len(shared_mount.errors())
+    yield p
+    new = shared_mount.errors()[before:]
+    assert not new, "the daemon logged unexpected errors:\n" + "\n".join(new)
+
+
+def open_dir_fd(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+__all__ = [
+    "AT_FDCWD", "DirStream", "NOBODY", "RENAME_EXCHANGE", "RENAME_NOREPLACE", "UTIME_NOW",
+    "UTIME_OMIT", "Pair", "err", "open_dir_fd", "outcome", "pair", "plain", "renameat2",
+    "run_as", "same_on_both", "shared_mount",
+    "utimensat",
+]

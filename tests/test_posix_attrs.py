@@ -1,0 +1,293 @@
+"""Attributes through a mount: getattr/setattr (mode, owner, size, times),
+statfs, access and extended attributes, compared with a plain directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import Any
+
+import pytest
+from posix_util import (  # noqa: F401  (pair, shared_mount are fixtures)
+    UTIME_NOW,
+    UTIME_OMIT,
+    Pair,
+    err,
+    pair,
+    same_on_both,
+    shared_mount,
+    utimensat,
+)
+
+SECOND = 1_000_000_000
+
+
+def _mkfile(path: str, data: bytes = b"") -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _both(p: Pair, fn: Any) -> Any:
+    return same_on_both(p.plain, p.mnt, fn)
+
+
+def _attrs(path: str) -> tuple[int, ...]:
+    st = os.lstat(path)
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_nlink, st.st_mtime_ns)
+
+
+# -- mode, owner, size -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0, 0o400, 0o644, 0o755, 0o777, 0o1777, 0o2755, 0o4755,
+                                  0o7777])
+def test_chmod(pair: Pair, mode: int) -> None:
+    def go(r: str) -> tuple[int, int]:
+        _mkfile(f"{r}/f")
+        os.mkdir(f"{r}/d")
+        os.chmod(f"{r}/f", mode)
+        os.chmod(f"{r}/d", mode)
+        return os.stat(f"{r}/f").st_mode, os.stat(f"{r}/d").st_mode
+    assert _both(pair, go) == (stat.S_IFREG | mode, stat.S_IFDIR | mode)
+    assert os.stat(f"{pair.src}/f").st_mode == stat.S_IFREG | mode
+
+
+def test_chmod_changes_ctime_not_mtime(pair: Pair) -> None:
+    _mkfile(f"{pair.mnt}/f")
+    os.utime(f"{pair.mnt}/f", ns=(5 * SECOND, 7 * SECOND))
+    before = os.stat(f"{pair.mnt}/f")
+    os.chmod(f"{pair.mnt}/f", 0o600)
+    after = os.stat(f"{pair.mnt}/f")
+    assert after.st_mtime_ns == 7 * SECOND and after.st_atime_ns == 5 * SECOND
+    assert after.st_ctime_ns >= before.st_ctime_ns
+
+
+def test_chown(pair: Pair) -> None:
+    def go(r: str) -> list[tuple[int, int]]:
+        _mkfile(f"{r}/f")
+        os.mkdir(f"{r}/d")
+        os.symlink("f", f"{r}/l")
+        os.chown(f"{r}/f", 1234, 5678)
+        os.chown(f"{r}/d", 42, -1)
+        os.chown(f"{r}/d", -1, 43)
+        os.chown(f"{r}/l", 7, 8, follow_symlinks=False)
+        return [(os.lstat(f"{r}/{n}").st_uid, os.lstat(f"{r}/{n}").st_gid) for n in "fdl"]
+    assert _both(pair, go) == [(1234, 5678), (42, 43), (7, 8)]
+
+
+def test_chown_clears_setuid_like_a_plain_directory(pair: Pair) -> None:
+    def go(r: str) -> int:
+        _mkfile(f"{r}/f")
+        os.chmod(f"{r}/f", 0o6755)
+        os.chown(f"{r}/f", 1000, 1000)
+        return os.stat(f"{r}/f").st_mode
+    _both(pair, go)
+
+
+def test_truncate_grow_and_shrink(pair: Pair) -> None:
+    def go(r: str) -> list[Any]:
+        _mkfile(f"{r}/f", b"0123456789")
+        out: list[Any] = []
+        for size in (4, 0, 3, 70000, 5):
+            os.truncate(f"{r}/f", size)
+            out.append((os.stat(f"{r}/f").st_size, open(f"{r}/f", "rb").read()))
+        fd = os.open(f"{r}/f", os.O_RDWR)
+        try:
+            os.ftruncate(fd, 2)
+            out.append((os.fstat(fd).st_size, os.pread(fd, 10, 0)))
+            os.ftruncate(fd, 1 << 33)  # sparse 8 GiB
+            out.append((os.fstat(fd).st_size, os.pread(fd, 4, (1 << 33) - 2)))
+        finally:
+            os.close(fd)
+        return out
+    _both(pair, go)
+    assert os.stat(f"{pair.src}/f").st_size == 1 << 33
+
+
+# -- times -------------------------------------------------------------------------------
+
+
+def _times(path: str) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_atime_ns, st.st_mtime_ns
+
+
+def test_utime_exact_nanoseconds(pair: Pair) -> None:
+    def go(r: str) -> list[tuple[int, int]]:
+        _mkfile(f"{r}/f")
+        os.mkdir(f"{r}/d")
+        os.symlink("f", f"{r}/l")
+        os.utime(f"{r}/f", ns=(1_000_000_123, 2_000_000_456))
+        os.utime(f"{r}/d", ns=(3 * SECOND + 1, 4 * SECOND + 999_999_999))
+        os.utime(f"{r}/l", ns=(5 * SECOND, 6 * SECOND), follow_symlinks=False)
+        os.utime(f"{r}/f", (10, 20))  # seconds as numbers
+        return [_times(f"{r}/{n}") for n in "fdl"]
+    assert _both(pair, go) == [(10 * SECOND, 20 * SECOND), (3 * SECOND + 1, 4 * SECOND +
+                                                            999_999_999),
+                               (5 * SECOND, 6 * SECOND)]
+
+
+def test_utime_now_with_times_none(pair: Pair) -> None:
+    for r in (pair.plain, pair.mnt):
+        _mkfile(f"{r}/f")
+        os.utime(f"{r}/f", ns=(SECOND, SECOND))
+    # The plain file system uses a coarse clock: allow it a second of lag.
+    t0 = time.time_ns() - SECOND
+    for r in (pair.plain, pair.mnt):
+        os.utime(f"{r}/f", times=None)
+    t1 = time.time_ns() + SECOND
+    for r in (pair.plain, pair.mnt):
+        a, m = _times(f"{r}/f")
+        assert t0 <= a <= t1 and t0 <= m <= t1, r
+
+
+def test_utimensat_omit_and_now(pair: Pair) -> None:
+    t0 = time.time_ns() - SECOND
+    for r in (pair.plain, pair.mnt):
+        _mkfile(f"{r}/f")
+        os.utime(f"{r}/f", ns=(11 * SECOND, 22 * SECOND))
+        utimensat(f"{r}/f", (0, UTIME_OMIT), (33, 44))
+        assert _times(f"{r}/f") == (11 * SECOND, 33 * SECOND + 44), r
+        utimensat(f"{r}/f", (55, 66), (0, UTIME_OMIT))
+        assert _times(f"{r}/f") == (55 * SECOND + 66, 33 * SECOND + 44), r
+        utimensat(f"{r}/f", (0, UTIME_OMIT), (0, UTIME_NOW))
+        a, m = _times(f"{r}/f")
+        assert a == 55 * SECOND + 66 and m >= t0, r
+        utimensat(f"{r}/f", (0, UTIME_NOW), (0, UTIME_OMIT))
+        a2, m2 = _times(f"{r}/f")
+        assert a2 >= t0 and m2 == m, r
+        utimensat(f"{r}/f", (0, UTIME_OMIT), (0, UTIME_OMIT))
+        assert _times(f"{r}/f") == (a2, m2), r
+        os.symlink("f", f"{r}/l")
+        utimensat(f"{r}/l", (0, UTIME_OMIT), (77, 0), follow_symlinks=False)
+        assert _times(f"{r}/l")[1] == 77 * SECOND and _times(f"{r}/f")[1] == m2, r
+
+
+def test_futimens_on_open_descriptor(pair: Pair) -> None:
+    def go(r: str) -> tuple[int, int]:
+        fd = os.open(f"{r}/f", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            os.write(fd, b"x")
+            os.utime(fd, ns=(SECOND, 2 * SECOND))
+            return os.fstat(fd).st_atime_ns, os.fstat(fd).st_mtime_ns
+        finally:
+            os.close(fd)
+    assert _both(pair, go) == (SECOND, 2 * SECOND)
+
+
+def test_write_updates_mtime_and_ctime(pair: Pair) -> None:
+    _mkfile(f"{pair.mnt}/f")
+    os.utime(f"{pair.mnt}/f", ns=(SECOND, SECOND))
+    with open(f"{pair.mnt}/f", "ab") as f:
+        f.write(b"more")
+    st = os.stat(f"{pair.mnt}/f")
+    assert st.st_mtime_ns > SECOND and st.st_size == 4
+    assert st.st_mtime_ns == os.stat(f"{pair.src}/f").st_mtime_ns
+
+
+def test_root_attributes(src: str, mnt: str) -> None:
+    os.chmod(mnt, 0o711)
+    assert stat.S_IMODE(os.stat(src).st_mode) == 0o711
+    os.utime(mnt, ns=(SECOND, 2 * SECOND))
+    assert _times(src) == (SECOND, 2 * SECOND) == _times(mnt)
+    os.chown(mnt, 12, 34)
+    st = os.stat(mnt)
+    assert (st.st_uid, st.st_gid) == (12, 34) == (os.stat(src).st_uid, os.stat(src).st_gid)
+
+
+# -- statfs and access -------------------------------------------------------------------
+
+
+def test_statfs_reports_the_source_file_system(src: str, mnt: str) -> None:
+    a, b = os.statvfs(src), os.statvfs(mnt)
+    assert (b.f_bsize, b.f_frsize, b.f_blocks, b.f_files, b.f_namemax) == \
+        (a.f_bsize, a.f_frsize, a.f_blocks, a.f_files, a.f_namemax)
+    assert b.f_bfree <= b.f_blocks and b.f_bavail <= b.f_bfree
+    fd = os.open(mnt, os.O_RDONLY)
+    try:
+        assert os.fstatvfs(fd).f_blocks == a.f_blocks
+    finally:
+        os.close(fd)
+
+
+def test_access_as_root(pair: Pair) -> None:
+    def go(r: str) -> list[bool]:
+        _mkfile(f"{r}/none")
+        os.chmod(f"{r}/none", 0)
+        _mkfile(f"{r}/x")
+        os.chmod(f"{r}/x", 0o001)
+        os.mkdir(f"{r}/d", 0)
+        out = []
+        for n in ("none", "x", "d", "missing"):
+            for m in (os.F_OK, os.R_OK, os.W_OK, os.X_OK, os.R_OK | os.X_OK):
+                out.append(os.access(f"{r}/{n}", m))
+        return out
+    _both(pair, go)
+
+
+# -- extended attributes ---------------------------------------------------------------
+
+
+def test_xattrs(pair: Pair) -> None:
+    def go(r: str) -> list[Any]:
+        _mkfile(f"{r}/f")
+        os.mkdir(f"{r}/d")
+        os.symlink("f", f"{r}/l")
+        out: list[Any] = []
+        for n in ("f", "d"):
+            p = f"{r}/{n}"
+            out.append(sorted(os.listxattr(p)))
+            os.setxattr(p, "user.a", b"alpha")
+            os.setxattr(p, "user.bin", bytes(range(256)) * 4)
+            os.setxattr(p, "user.empty", b"")
+            out.append(sorted(os.listxattr(p)))
+            out.append((os.getxattr(p, "user.a"), os.getxattr(p, "user.bin"),
+                        os.getxattr(p, "user.empty")))
+            out.append(err(os.getxattr, p, "user.missing"))
+            out.append(err(os.removexattr, p, "user.missing"))
+            out.append(err(os.setxattr, p, "user.a", b"x", os.XATTR_CREATE))
+            out.append(err(os.setxattr, p, "user.new", b"x", os.XATTR_REPLACE))
+            os.setxattr(p, "user.a", b"replaced", os.XATTR_REPLACE)
+            os.setxattr(p, "user.c", b"created", os.XATTR_CREATE)
+            os.removexattr(p, "user.bin")
+            out.append(sorted(os.listxattr(p)))
+            out.append(os.getxattr(p, "user.a"))
+            out.append(err(os.setxattr, p, "nonamespace", b"x"))
+            out.append(err(os.setxattr, p, "user.big", b"v" * 70000))
+            out.append(err(os.getxattr, p, "user."))
+        # through the symlink, and on the symlink itself
+        out.append(os.getxattr(f"{r}/l", "user.a"))
+        out.append(err(os.setxattr, f"{r}/l", "user.x", b"x", follow_symlinks=False))
+        out.append(os.listxattr(f"{r}/l", follow_symlinks=False))
+        out.append(err(os.getxattr, f"{r}/l", "user.a", follow_symlinks=False))
+        # through an open descriptor
+        fd = os.open(f"{r}/f", os.O_RDONLY)
+        try:
+            os.setxattr(fd, "user.fd", b"by fd")
+            out.append(os.getxattr(fd, "user.fd"))
+        finally:
+            os.close(fd)
+        return out
+    _both(pair, go)
+    assert os.getxattr(f"{pair.src}/f", "user.fd") == b"by fd"
+
+
+def test_trusted_xattrs_as_root(pair: Pair) -> None:
+    def go(r: str) -> Any:
+        _mkfile(f"{r}/f")
+        os.setxattr(f"{r}/f", "trusted.t", b"root only")
+        return os.getxattr(f"{r}/f", "trusted.t"), "trusted.t" in os.listxattr(f"{r}/f")
+    _both(pair, go)
+
+
+def test_xattr_values_survive_rename_and_link(pair: Pair) -> None:
+    def go(r: str) -> Any:
+        _mkfile(f"{r}/f")
+        os.setxattr(f"{r}/f", "user.k", b"v")
+        os.rename(f"{r}/f", f"{r}/g")
+        os.link(f"{r}/g", f"{r}/h")
+        os.setxattr(f"{r}/h", "user.k2", b"v2")
+        return os.getxattr(f"{r}/g", "user.k"), os.getxattr(f"{r}/g", "user.k2")
+    assert _both(pair, go) == (b"v", b"v2")

@@ -1,0 +1,245 @@
+"""Directories through a mount: opendir/readdir/releasedir/fsyncdir with many
+entries and with changes during a listing, and trees deeper than PATH_MAX.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from typing import Any
+
+from posix_util import (  # noqa: F401  (pair, shared_mount are fixtures)
+    DirStream,
+    Pair,
+    err,
+    pair,
+    same_on_both,
+    shared_mount,
+)
+
+from fusefs.control import call
+
+
+def _touch(path: str, data: bytes = b"") -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_readdir_many_entries(pair: Pair) -> None:
+    names = {f"file-{i:05d}-{'x' * (i % 40)}" for i in range(3000)}
+    for n in names:
+        _touch(f"{pair.src}/{n}")
+    os.mkdir(f"{pair.src}/sub")
+    os.symlink("sub", f"{pair.src}/link")
+    listed = os.listdir(pair.mnt)
+    assert len(listed) == len(set(listed)) == 3002
+    assert set(listed) == names | {"sub", "link"}
+    # readdirplus hands out the inodes and types stat sees
+    for e in os.scandir(pair.mnt):
+        if e.name in ("sub", "link") or e.name.endswith("7"):
+            st = os.lstat(e.path)
+            assert e.inode() == st.st_ino, e.name
+            assert stat.S_IFMT(e.stat(follow_symlinks=False).st_mode) == \
+                stat.S_IFMT(st.st_mode)
+    assert next(e for e in os.scandir(pair.mnt) if e.name == "sub").is_dir()
+    assert next(e for e in os.scandir(pair.mnt) if e.name == "link").is_symlink()
+
+
+def test_readdir_of_files_created_through_the_mount(pair: Pair) -> None:
+    for i in range(3000):
+        _touch(f"{pair.mnt}/{i}")
+    assert sorted(os.listdir(pair.mnt), key=int) == [str(i) for i in range(3000)]
+    assert sorted(os.listdir(pair.src), key=int) == [str(i) for i in range(3000)]
+    for i in range(0, 3000, 2):
+        os.unlink(f"{pair.mnt}/{i}")
+    assert sorted(os.listdir(pair.mnt), key=int) == [str(i) for i in range(1, 3000, 2)]
+
+
+def test_entries_added_and_removed_during_listing(pair: Pair) -> None:
+    """POSIX: entries neither added nor removed meanwhile appear exactly once."""
+    for root in (pair.plain, pair.mnt):
+        for i in range(600):
+            _touch(f"{root}/old{i:04d}")
+        with DirStream(root) as d:
+            first = d.read(100)
+            assert len(first) == 100
+            gone = set(first[:30])
+            for n in first[:30]:
+                os.unlink(f"{root}/{n}")
+            unseen = sorted({f"old{i:04d}" for i in range(600)} - set(first))
+            gone |= set(unseen[:30])
+            for n in unseen[:30]:
+                os.unlink(f"{root}/{n}")
+            for i in range(300):
+                _touch(f"{root}/new{i:04d}")
+            rest = d.read()
+            listed = first + rest
+            stable = {f"old{i:04d}" for i in range(600)} - gone
+            assert len(listed) == len(set(listed)), root
+            assert stable <= set(listed), root
+            assert set(listed) <= stable | gone | {f"new{i:04d}" for i in range(300)}
+            # rewinddir: the stream now shows the directory as it is
+            d.rewind()
+            again = d.read()
+            assert sorted(again) == sorted(os.listdir(root)), root
+            assert len(again) == 600 - 60 + 300, root
+
+
+def test_interleaved_listings_of_one_directory(pair: Pair) -> None:
+    for i in range(500):
+        _touch(f"{pair.mnt}/{i}")
+    with DirStream(pair.mnt) as a, DirStream(pair.mnt) as b:
+        got_a, got_b = [], []
+        while True:
+            x, y = a.read(7), b.read(13)
+            got_a += x
+            got_b += y
+            if not x and not y:
+                break
+    assert sorted(got_a, key=int) == sorted(got_b, key=int) == [str(i) for i in range(500)]
+
+
+def test_empty_and_nested_directories(pair: Pair) -> None:
+    def go(r: str) -> Any:
+        os.makedirs(f"{r}/a/b/c")
+        _touch(f"{r}/a/b/f")
+        return (os.listdir(f"{r}/a/b/c"), sorted(os.listdir(f"{r}/a/b")),
+                [sorted(d) + sorted(f) for _, d, f in os.walk(r)],
+                os.stat(f"{r}/a").st_nlink, os.stat(f"{r}/a/b").st_nlink)
+    same_on_both(pair.plain, pair.mnt, go)
+
+
+def test_opendir_errors(pair: Pair) -> None:
+    def go(r: str) -> Any:
+        _touch(f"{r}/f")
+        return [err(os.listdir, f"{r}/f"), err(os.listdir, f"{r}/missing"),
+                err(os.open, f"{r}/f", os.O_RDONLY | os.O_DIRECTORY)]
+    assert same_on_both(pair.plain, pair.mnt, go) == ["ENOTDIR", "ENOENT", "ENOTDIR"]
+
+
+def test_handles_are_released(pair: Pair, shared_mount: Any) -> None:
+    os.mkdir(f"{pair.mnt}/d")
+    _touch(f"{pair.mnt}/d/f", b"x")
+    for _ in range(300):
+        fd = os.open(f"{pair.mnt}/d", os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+        os.listdir(fd)
+        os.close(fd)
+        with open(f"{pair.mnt}/d/f", "rb") as f:
+            f.read()
+    snap = call(shared_mount.mountpoint, "stats")["stats"]["mount"]
+    assert snap["handles"] == 0, snap
+
+
+# -- deeper than PATH_MAX -----------------------------------------------------------------
+
+
+DEPTH = 100
+NAME_LEN = 60
+
+
+def _level(i: int) -> str:
+    return f"{i:03d}".ljust(NAME_LEN, "d")
+
+
+def _deep(root: str) -> list[Any]:
+    """Build and use a tree 100 x 60 characters deep, only through directory fds."""
+    out: list[Any] = []
+    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for i in range(DEPTH):
+            os.mkdir(_level(i), 0o755, dir_fd=fds[-1])
+            fds.append(os.open(_level(i), os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        bottom = fds[-1]
+        full = len(os.path.join(root, *map(_level, range(DEPTH))))
+        out.append(full > 4096)
+        # a file at the bottom: create, write, read, stat
+        fd = os.open("file", os.O_CREAT | os.O_RDWR, 0o640, dir_fd=bottom)
+        try:
+            os.write(fd, b"at the bottom" * 1000)
+            out.append(os.pread(fd, 13, 13 * 999))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        st = os.stat("file", dir_fd=bottom)
+        out.append((stat.S_IMODE(st.st_mode), st.st_size, st.st_nlink))
+        out.append(os.listdir(bottom))
+        # attributes, links, xattrs, symlinks down there
+        os.chmod("file", 0o600, dir_fd=bottom)
+        os.utime("file", ns=(10**9, 2 * 10**9), dir_fd=bottom)
+        os.link("file", "hard", src_dir_fd=bottom, dst_dir_fd=bottom)
+        os.symlink("file", "soft", dir_fd=bottom)
+        out.append(os.readlink("soft", dir_fd=bottom))
+        st = os.stat("hard", dir_fd=bottom)
+        out.append((stat.S_IMODE(st.st_mode), st.st_nlink, st.st_mtime_ns))
+        fd = os.open("file", os.O_RDONLY, dir_fd=bottom)
+        try:
+            os.setxattr(fd, "user.deep", b"yes")
+            out.append(os.getxattr(fd, "user.deep"))
+        finally:
+            os.close(fd)
+        # rename within the bottom, then half way up, then across the whole depth
+        os.rename("file", "renamed", src_dir_fd=bottom, dst_dir_fd=bottom)
+        os.rename("renamed", "up", src_dir_fd=bottom, dst_dir_fd=fds[50])
+        out.append(os.stat("up", dir_fd=fds[50]).st_size)
+        os.rename("up", "down", src_dir_fd=fds[50], dst_dir_fd=bottom)
+        out.append(sorted(os.listdir(bottom)))
+        # rename a directory high up: the descriptors below stay valid
+        os.rename(_level(1), "moved", src_dir_fd=fds[1], dst_dir_fd=fds[1])
+        fd = os.open("down", os.O_RDONLY, dir_fd=bottom)
+        try:
+            out.append(os.read(fd, 13))
+        finally:
+            os.close(fd)
+        out.append(os.stat("hard", dir_fd=bottom).st_nlink)
+        # unlink everything at the bottom, then remove the tree from below
+        for n in ("down", "hard", "soft"):
+            os.unlink(n, dir_fd=bottom)
+        out.append(os.listdir(bottom))
+        names = [_level(i) for i in range(DEPTH)]
+        names[1] = "moved"
+        for i in range(DEPTH - 1, -1, -1):
+            os.close(fds.pop())
+            os.rmdir(names[i], dir_fd=fds[-1])
+        out.append(os.listdir(fds[0]))
+        return out
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_tree_deeper_than_path_max(pair: Pair) -> None:
+    got = same_on_both(pair.plain, pair.mnt, _deep)
+    assert got[0] is True and got[1] == b"at the bottom"
+
+
+def test_deep_tree_made_through_the_mount_exists_in_the_source(pair: Pair) -> None:
+    fd = os.open(pair.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(DEPTH):
+            os.mkdir(_level(i), dir_fd=fd)
+            nfd = os.open(_level(i), os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        _fd = os.open("leaf", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)
+        os.write(_fd, b"leaf")
+        os.close(_fd)
+    finally:
+        os.close(fd)
+    # walk the source by descriptors too: its path is as long
+    fd = os.open(pair.src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(DEPTH):
+            nfd = os.open(_level(i), os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        _fd = os.open("leaf", os.O_RDONLY, dir_fd=fd)
+        assert os.read(_fd, 10) == b"leaf"
+        os.close(_fd)
+    finally:
+        os.close(fd)
+    # an ordinary tool copes: rmtree walks by descriptors
+    assert err(os.stat, os.path.join(pair.mnt, *map(_level, range(DEPTH)))) == "ENAMETOOLONG"
+    shutil.rmtree(os.path.join(pair.mnt, _level(0)))
+    assert os.listdir(pair.src) == []

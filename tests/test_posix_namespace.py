@@ -1,0 +1,485 @@
+"""Namespace operations through a mount: lookup/forget, mkdir, rmdir, unlink,
+symlink/readlink, mknod, rename (with flags), link, and their errors.
+
+Where it makes sense each case runs on a plain directory too and the two
+outcomes must match, errno for errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import time
+from typing import Any, Callable
+
+import pytest
+from posix_util import (  # noqa: F401  (plain, pair, shared_mount are fixtures)
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    err,
+    Pair,
+    outcome,
+    pair,
+    plain,
+    renameat2,
+    same_on_both,
+    shared_mount,
+)
+
+from fusefs.control import call
+
+LONG = "n" * 256  # one byte past NAME_MAX
+
+
+def _tree(root: str) -> None:
+    """The starting tree of the error table."""
+    os.mkdir(f"{root}/d")
+    os.mkdir(f"{root}/empty")
+    with open(f"{root}/d/f", "wb") as f:
+        f.write(b"x")
+    with open(f"{root}/f", "wb") as f:
+        f.write(b"top")
+    os.symlink("f", f"{root}/sl")
+    os.symlink("missing", f"{root}/dangling")
+    os.symlink("loop", f"{root}/loop")
+
+
+ERROR_CASES: dict[str, Callable[[str], Any]] = {
+    # lookup
+    "stat missing": lambda r: os.stat(f"{r}/nope"),
+    "stat through file": lambda r: os.stat(f"{r}/f/x"),
+    "stat dangling": lambda r: os.stat(f"{r}/dangling"),
+    "lstat dangling": lambda r: stat.S_IFMT(os.lstat(f"{r}/dangling").st_mode),
+    "stat loop": lambda r: os.stat(f"{r}/loop"),
+    "stat long name": lambda r: os.stat(f"{r}/{LONG}"),
+    # mkdir
+    "mkdir exists dir": lambda r: os.mkdir(f"{r}/d"),
+    "mkdir exists file": lambda r: os.mkdir(f"{r}/f"),
+    "mkdir exists symlink": lambda r: os.mkdir(f"{r}/dangling"),
+    "mkdir missing parent": lambda r: os.mkdir(f"{r}/nope/x"),
+    "mkdir under file": lambda r: os.mkdir(f"{r}/f/x"),
+    "mkdir long name": lambda r: os.mkdir(f"{r}/{LONG}"),
+    # rmdir
+    "rmdir not empty": lambda r: os.rmdir(f"{r}/d"),
+    "rmdir file": lambda r: os.rmdir(f"{r}/f"),
+    "rmdir symlink": lambda r: os.rmdir(f"{r}/sl"),
+    "rmdir missing": lambda r: os.rmdir(f"{r}/nope"),
+    "rmdir dot": lambda r: os.rmdir(f"{r}/empty/."),
+    "rmdir dotdot": lambda r: os.rmdir(f"{r}/d/.."),
+    "rmdir empty": lambda r: (os.rmdir(f"{r}/empty"), os.path.lexists(f"{r}/empty"))[1],
+    # unlink
+    "unlink dir": lambda r: os.unlink(f"{r}/d"),
+    "unlink missing": lambda r: os.unlink(f"{r}/nope"),
+    "unlink through file": lambda r: os.unlink(f"{r}/f/x"),
+    "unlink symlink": lambda r: (os.unlink(f"{r}/sl"), os.path.exists(f"{r}/f"))[1],
+    "unlink long name": lambda r: os.unlink(f"{r}/{LONG}"),
+    # symlink / readlink
+    "symlink exists": lambda r: os.symlink("x", f"{r}/f"),
+    "symlink missing parent": lambda r: os.symlink("x", f"{r}/nope/l"),
+    "symlink long name": lambda r: os.symlink("x", f"{r}/{LONG}"),
+    "symlink long target": lambda r: os.symlink("t" * 4096, f"{r}/l"),
+    "readlink file": lambda r: os.readlink(f"{r}/f"),
+    "readlink dir": lambda r: os.readlink(f"{r}/d"),
+    "readlink missing": lambda r: os.readlink(f"{r}/nope"),
+    "readlink dangling": lambda r: os.readlink(f"{r}/dangling"),
+    # mknod
+    "mkfifo exists": lambda r: os.mkfifo(f"{r}/f"),
+    "mkfifo missing parent": lambda r: os.mkfifo(f"{r}/nope/p"),
+    "mknod bad type": lambda r: os.mknod(f"{r}/x", 0o170644),
+    # open
+    "open missing": lambda r: os.open(f"{r}/nope", os.O_RDONLY),
+    "open dir for writing": lambda r: os.open(f"{r}/d", os.O_WRONLY),
+    "open excl exists": lambda r: os.open(f"{r}/f", os.O_CREAT | os.O_EXCL | os.O_WRONLY),
+    "open excl symlink": lambda r: os.open(f"{r}/dangling", os.O_CREAT | os.O_EXCL | os.O_WRONLY),
+    "open nofollow symlink": lambda r: os.open(f"{r}/sl", os.O_RDONLY | os.O_NOFOLLOW),
+    "open directory flag on file": lambda r: os.open(f"{r}/f", os.O_RDONLY | os.O_DIRECTORY),
+    "open creat long name": lambda r: os.open(f"{r}/{LONG}", os.O_CREAT | os.O_WRONLY),
+    "open creat trailing slash": lambda r: os.open(f"{r}/new/", os.O_CREAT | os.O_WRONLY),
+    "truncate dir": lambda r: os.truncate(f"{r}/d", 0),
+    "truncate negative": lambda r: os.truncate(f"{r}/f", -1),
+    # rename
+    "rename missing": lambda r: os.rename(f"{r}/nope", f"{r}/x"),
+    "rename into missing dir": lambda r: os.rename(f"{r}/f", f"{r}/nope/x"),
+    "rename file over dir": lambda r: os.rename(f"{r}/f", f"{r}/empty"),
+    "rename dir over file": lambda r: os.rename(f"{r}/empty", f"{r}/f"),
+    "rename dir over nonempty": lambda r: os.rename(f"{r}/empty", f"{r}/d"),
+    "rename dir into itself": lambda r: os.rename(f"{r}/d", f"{r}/d/sub"),
+    "rename to long name": lambda r: os.rename(f"{r}/f", f"{r}/{LONG}"),
+    "rename dir over empty": lambda r: (os.rename(f"{r}/d", f"{r}/empty"),
+                                        os.listdir(f"{r}/empty"))[1],
+    "rename file over file": lambda r: (os.rename(f"{r}/d/f", f"{r}/f"),
+                                        open(f"{r}/f", "rb").read())[1],
+    "rename file over itself": lambda r: (os.rename(f"{r}/f", f"{r}/f"),
+                                          open(f"{r}/f", "rb").read())[1],
+    "rename file to trailing slash": lambda r: os.rename(f"{r}/f", f"{r}/g/"),
+    "rename noreplace exists": lambda r: renameat2(f"{r}/d/f", f"{r}/f", RENAME_NOREPLACE),
+    "rename noreplace": lambda r: (renameat2(f"{r}/d/f", f"{r}/g", RENAME_NOREPLACE),
+                                   sorted(os.listdir(r)), os.listdir(f"{r}/d")),
+    "rename exchange missing": lambda r: renameat2(f"{r}/f", f"{r}/nope", RENAME_EXCHANGE),
+    "rename exchange both flags": lambda r: renameat2(f"{r}/f", f"{r}/d/f",
+                                                      RENAME_EXCHANGE | RENAME_NOREPLACE),
+    "rename exchange dir and file": lambda r: (
+        renameat2(f"{r}/d", f"{r}/f", RENAME_EXCHANGE),
+        open(f"{r}/d", "rb").read(), os.listdir(f"{r}/f"),
+        open(f"{r}/f/f", "rb").read()),
+    # link
+    "link dir": lambda r: os.link(f"{r}/d", f"{r}/d2"),
+    "link exists": lambda r: os.link(f"{r}/f", f"{r}/d/f"),
+    "link missing": lambda r: os.link(f"{r}/nope", f"{r}/x"),
+    "link into missing dir": lambda r: os.link(f"{r}/f", f"{r}/nope/x"),
+    "link long name": lambda r: os.link(f"{r}/f", f"{r}/{LONG}"),
+    "link symlink": lambda r: (os.link(f"{r}/sl", f"{r}/sl2", follow_symlinks=False),
+                               os.readlink(f"{r}/sl2"), os.lstat(f"{r}/sl").st_nlink)[1:],
+    # xattr on missing
+    "getxattr missing": lambda r: os.getxattr(f"{r}/nope", "user.x"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_same_outcome_as_plain_directory(case: str, pair: Pair) -> None:
+    _tree(pair.plain)
+    _tree(pair.mnt)
+    same_on_both(pair.plain, pair.mnt, ERROR_CASES[case])
+    # The tree left behind is the same too, seen through the mount and in the source.
+    assert _snapshot(pair.mnt) == _snapshot(pair.plain) == _snapshot(pair.src)
+
+
+def _snapshot(root: str) -> list[tuple[str, int, int]]:
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out.append((os.path.relpath(p, root), stat.S_IFMT(st.st_mode), st.st_size))
+    return sorted(out)
+
+
+def test_errors_on_the_mount_root(mnt: str) -> None:
+    assert err(os.rmdir, mnt) in ("EBUSY", "EINVAL")
+    assert err(os.unlink, mnt) in ("EISDIR", "EBUSY")
+    os.mkdir(f"{mnt}/d")
+    assert err(os.rename, f"{mnt}/d", f"{mnt}/d/x") == "EINVAL"
+    # the mount point itself belongs to the parent file system
+    assert err(os.rename, mnt, f"{mnt}/d/x") == "EXDEV"
+
+
+# -- lookup and forget ---------------------------------------------------------------
+
+
+def test_lookup_sees_source_changes_and_keeps_inode_numbers(src: str, mnt: str) -> None:
+    with open(f"{src}/a", "wb") as f:
+        f.write(b"abc")
+    st1 = os.stat(f"{mnt}/a")
+    st2 = os.stat(f"{mnt}/a")
+    assert st1.st_ino == st2.st_ino and st1.st_size == 3
+    assert os.stat(mnt).st_ino == 1  # FUSE's root inode
+    os.mkdir(f"{mnt}/dir")
+    assert os.stat(f"{mnt}/dir").st_ino != st1.st_ino
+    assert os.path.samestat(os.stat(f"{mnt}/dir/.."), os.stat(mnt))
+
+
+def _inodes(mountpoint: str) -> int:
+    return int(call(mountpoint, "stats")["stats"]["mount"]["inodes"])
+
+
+def test_forget_empties_the_inode_table(mnt: str) -> None:
+    os.mkdir(f"{mnt}/d")
+    for i in range(300):
+        with open(f"{mnt}/d/{i}", "wb"):
+            pass
+    for i in range(300):
+        os.stat(f"{mnt}/d/{i}")
+    assert _inodes(mnt) >= 300
+    # Dropping the kernel's dentry and inode caches makes it send FORGETs; they
+    # arrive asynchronously, so wait for the count (not for a fixed time).
+    deadline = time.monotonic() + 60
+    while _inodes(mnt) > 10:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")
+        assert time.monotonic() < deadline, f"{_inodes(mnt)} inodes still known"
+        os.stat(mnt)
+    # Forgotten inodes come back with their data when looked up again.
+    assert sorted(os.listdir(f"{mnt}/d"), key=int) == [str(i) for i in range(300)]
+    assert os.stat(f"{mnt}/d/7").st_size == 0
+
+
+# -- mkdir, mknod, symlink -------------------------------------------------------------
+
+
+def test_mkdir_mode_and_attributes(plain: str, mnt: str) -> None:
+    old = os.umask(0o022)
+    try:
+        for root in (plain, mnt):
+            os.mkdir(f"{root}/a", 0o777)
+            os.mkdir(f"{root}/b", 0o1750)
+            os.mkdir(f"{root}/a/c")
+    finally:
+        os.umask(old)
+    for name in ("a", "b", "a/c"):
+        p, m = os.stat(f"{plain}/{name}"), os.stat(f"{mnt}/{name}")
+        assert (m.st_mode, m.st_uid, m.st_gid) == (p.st_mode, p.st_uid, p.st_gid), name
+    assert os.stat(f"{mnt}/a").st_nlink == os.stat(f"{plain}/a").st_nlink == 3
+
+
+def test_mknod_fifo_and_socket(src: str, mnt: str) -> None:
+    os.mkfifo(f"{mnt}/p", 0o640)
+    st = os.stat(f"{mnt}/p")
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
+    assert stat.S_ISFIFO(os.stat(f"{src}/p").st_mode)
+    # The pipe itself lives in the kernel: data flows without touching the daemon.
+    r = os.open(f"{mnt}/p", os.O_RDONLY | os.O_NONBLOCK)
+    w = os.open(f"{mnt}/p", os.O_WRONLY)
+    try:
+        os.write(w, b"through the fifo")
+        assert os.read(r, 100) == b"through the fifo"
+    finally:
+        os.close(w)
+        os.close(r)
+    os.mknod(f"{mnt}/s", stat.S_IFSOCK | 0o600)
+    assert stat.S_ISSOCK(os.lstat(f"{mnt}/s").st_mode)
+    os.mknod(f"{mnt}/r", stat.S_IFREG | 0o644)
+    assert stat.S_ISREG(os.lstat(f"{mnt}/r").st_mode)
+    assert sorted(os.listdir(mnt)) == ["p", "r", "s"]
+    os.unlink(f"{mnt}/p")
+    assert not os.path.lexists(f"{src}/p")
+
+
+def test_mknod_device_node(src: str, mnt: str) -> None:
+    os.mknod(f"{mnt}/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    st = os.lstat(f"{mnt}/null")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert os.lstat(f"{src}/null").st_rdev == os.makedev(1, 3)
+
+
+def test_symlink_and_readlink(src: str, mnt: str) -> None:
+    targets = ["plain", "../up/and/over", "/absolute/path", "with space", "ünïcode",
+               "x" * 1000]
+    for i, t in enumerate(targets):
+        os.symlink(t, f"{mnt}/l{i}")
+        assert os.readlink(f"{mnt}/l{i}") == t
+        assert os.readlink(f"{src}/l{i}") == t
+        st = os.lstat(f"{mnt}/l{i}")
+        assert stat.S_ISLNK(st.st_mode) and st.st_size == len(t.encode())
+    # Relative symlinks resolve inside the mount; absolute ones do not escape to src.
+    with open(f"{mnt}/target", "wb") as f:
+        f.write(b"T")
+    os.symlink("target", f"{mnt}/rel")
+    assert open(f"{mnt}/rel", "rb").read() == b"T"
+    os.mkdir(f"{mnt}/sub")
+    os.symlink("../target", f"{mnt}/sub/up")
+    assert open(f"{mnt}/sub/up", "rb").read() == b"T"
+    os.symlink(bytes(range(1, 256)).replace(b"/", b""), f"{mnt}/binary".encode())
+    assert os.readlink(f"{mnt}/binary".encode()) == bytes(range(1, 256)).replace(b"/", b"")
+
+
+def test_symlink_ownership_change_without_follow(mnt: str) -> None:
+    with open(f"{mnt}/t", "wb"):
+        pass
+    os.symlink("t", f"{mnt}/l")
+    os.chown(f"{mnt}/l", 123, 456, follow_symlinks=False)
+    assert (os.lstat(f"{mnt}/l").st_uid, os.lstat(f"{mnt}/l").st_gid) == (123, 456)
+    assert os.stat(f"{mnt}/t").st_uid == 0
+
+
+# -- rename ----------------------------------------------------------------------------
+
+
+def test_rename_keeps_inode_and_open_descriptors(src: str, mnt: str) -> None:
+    os.makedirs(f"{mnt}/a/b")
+    with open(f"{mnt}/a/b/f", "wb") as f:
+        f.write(b"data")
+    ino = os.stat(f"{mnt}/a/b/f").st_ino
+    fd = os.open(f"{mnt}/a/b/f", os.O_RDWR)
+    try:
+        os.rename(f"{mnt}/a", f"{mnt}/z")
+        assert os.stat(f"{mnt}/z/b/f").st_ino == ino
+        assert not os.path.exists(f"{mnt}/a")
+        os.pwrite(fd, b"DATA", 0)
+        os.ftruncate(fd, 3)
+        assert os.fstat(fd).st_size == 3
+        assert open(f"{src}/z/b/f", "rb").read() == b"DAT"
+        os.rename(f"{mnt}/z/b/f", f"{mnt}/g")
+        assert os.pread(fd, 10, 0) == b"DAT"
+        assert os.fstat(fd).st_ino == ino == os.stat(f"{mnt}/g").st_ino
+        # A new file at the name it was opened under must not be mistaken for it.
+        os.makedirs(f"{mnt}/a/b")
+        with open(f"{mnt}/a/b/f", "wb") as f:
+            f.write(b"other file, longer")
+        os.ftruncate(fd, 2)
+        assert os.fstat(fd).st_size == 2
+        assert os.stat(f"{mnt}/g").st_size == 2
+        assert os.stat(f"{mnt}/a/b/f").st_size == len(b"other file, longer")
+        os.fchmod(fd, 0o640)
+        assert stat.S_IMODE(os.stat(f"{mnt}/g").st_mode) == 0o640
+        assert open(f"{mnt}/a/b/f", "rb").read() == b"other file, longer"
+    finally:
+        os.close(fd)
+
+
+def test_rename_over_open_file(src: str, mnt: str) -> None:
+    for n in ("a", "b"):
+        with open(f"{mnt}/{n}", "wb") as f:
+            f.write(n.encode() * 3)
+    fd = os.open(f"{mnt}/b", os.O_RDONLY)
+    try:
+        os.rename(f"{mnt}/a", f"{mnt}/b")
+        assert os.pread(fd, 10, 0) == b"bbb"
+        assert os.fstat(fd).st_size == 3
+        assert open(f"{mnt}/b", "rb").read() == b"aaa"
+        assert os.listdir(mnt) == ["b"]
+    finally:
+        os.close(fd)
+
+
+def test_rename_exchange_swaps_inodes(src: str, mnt: str) -> None:
+    os.mkdir(f"{mnt}/d")
+    with open(f"{mnt}/d/inner", "wb") as f:
+        f.write(b"in")
+    with open(f"{mnt}/f", "wb") as f:
+        f.write(b"file")
+    ino_d, ino_f = os.stat(f"{mnt}/d").st_ino, os.stat(f"{mnt}/f").st_ino
+    renameat2(f"{mnt}/d", f"{mnt}/f", RENAME_EXCHANGE)
+    assert os.stat(f"{mnt}/f").st_ino == ino_d and os.stat(f"{mnt}/d").st_ino == ino_f
+    assert open(f"{mnt}/f/inner", "rb").read() == b"in"
+    assert open(f"{mnt}/d", "rb").read() == b"file"
+    assert open(f"{src}/f/inner", "rb").read() == b"in"
+    # and back, with the children following their directory
+    renameat2(f"{mnt}/f", f"{mnt}/d", RENAME_EXCHANGE)
+    assert open(f"{mnt}/d/inner", "rb").read() == b"in"
+    assert open(f"{mnt}/f", "rb").read() == b"file"
+
+
+def test_rename_across_mounts_is_exdev(src: str, tmp_path: Any, make_mount: Any) -> None:
+    other = os.path.join(tmp_path, "src2")
+    os.mkdir(other)
+    with make_mount(src) as m1, make_mount(other) as m2:
+        with open(f"{m1.mountpoint}/f", "wb") as f:
+            f.write(b"x")
+        os.mkdir(f"{m1.mountpoint}/d")
+        assert err(os.rename, f"{m1.mountpoint}/f", f"{m2.mountpoint}/f") == "EXDEV"
+        assert err(os.rename, f"{m1.mountpoint}/d", f"{m2.mountpoint}/d") == "EXDEV"
+        assert err(os.link, f"{m1.mountpoint}/f", f"{m2.mountpoint}/f") == "EXDEV"
+        assert err(renameat2, f"{m1.mountpoint}/f", f"{m2.mountpoint}/f",
+                   RENAME_NOREPLACE) == "EXDEV"
+        # mv falls back to copy + unlink, as across any two file systems
+        subprocess.run(["mv", f"{m1.mountpoint}/f", f"{m2.mountpoint}/f"], check=True)
+        assert open(f"{other}/f", "rb").read() == b"x"
+        assert not os.path.exists(f"{src}/f")
+
+
+def test_rename_between_hard_links_of_one_file(plain: str, mnt: str) -> None:
+    def go(r: str) -> Any:
+        with open(f"{r}/a", "wb") as f:
+            f.write(b"x")
+        os.link(f"{r}/a", f"{r}/b")
+        os.rename(f"{r}/a", f"{r}/b")  # same file: POSIX says nothing happens
+        return sorted(os.listdir(r)), os.stat(f"{r}/a").st_nlink, os.stat(f"{r}/b").st_nlink
+    assert same_on_both(plain, mnt, go) == (["a", "b"], 2, 2)
+    assert os.stat(f"{mnt}/a").st_ino == os.stat(f"{mnt}/b").st_ino
+
+
+# -- link ------------------------------------------------------------------------------
+
+
+def _ids(paths: list[str]) -> set[tuple[int, int, int, int]]:
+    return {(s.st_ino, s.st_nlink, s.st_mode, s.st_size) for s in map(os.stat, paths)}
+
+
+def test_hard_links_share_one_inode(src: str, mnt: str) -> None:
+    os.mkdir(f"{mnt}/d")
+    with open(f"{mnt}/a", "wb") as f:
+        f.write(b"12345")
+    os.chmod(f"{mnt}/a", 0o644)
+    os.link(f"{mnt}/a", f"{mnt}/b")
+    os.link(f"{mnt}/b", f"{mnt}/d/c")
+    names = [f"{mnt}/a", f"{mnt}/b", f"{mnt}/d/c"]
+    ids = _ids(names)
+    assert len(ids) == 1 and next(iter(ids))[1] == 3
+    # chmod via one name shows through every name
+    os.chmod(f"{mnt}/d/c", 0o600)
+    ids = _ids(names)
+    assert len(ids) == 1 and stat.S_IMODE(next(iter(ids))[2]) == 0o600
+    # writes via one name are read through another
+    with open(f"{mnt}/b", "r+b") as f:
+        f.write(b"ABC")
+    assert open(f"{mnt}/d/c", "rb").read() == b"ABC45"
+    # unlink one name: the others agree on the new count
+    os.unlink(f"{mnt}/a")
+    names.remove(f"{mnt}/a")
+    ids = _ids(names)
+    assert len(ids) == 1 and next(iter(ids))[1] == 2
+    assert os.stat(f"{src}/b").st_nlink == 2
+    os.unlink(f"{mnt}/d/c")
+    assert os.stat(f"{mnt}/b").st_nlink == 1
+    # readdir reports the same inode number as stat
+    os.link(f"{mnt}/b", f"{mnt}/d/e")
+    by_name = {e.name: e.inode() for e in os.scandir(f"{mnt}/d")}
+    assert by_name["e"] == os.stat(f"{mnt}/b").st_ino
+
+
+def test_hard_links_made_in_the_source_share_one_inode(src: str, mnt: str) -> None:
+    with open(f"{src}/a", "wb") as f:
+        f.write(b"x")
+    os.mkdir(f"{src}/d")
+    os.link(f"{src}/a", f"{src}/d/b")
+    assert os.stat(f"{mnt}/d/b").st_ino == os.stat(f"{mnt}/a").st_ino
+    entries = {e.name: e.inode() for e in os.scandir(mnt)}
+    assert entries["a"] == os.stat(f"{mnt}/d/b").st_ino
+    os.chmod(f"{mnt}/a", 0o604)
+    assert stat.S_IMODE(os.stat(f"{mnt}/d/b").st_mode) == 0o604
+
+
+def test_unlinked_name_is_not_reused_for_a_new_file(mnt: str) -> None:
+    """A new file must not inherit the inode (and cached attributes) of a removed one."""
+    for round_ in range(50):
+        with open(f"{mnt}/f{round_}", "wb") as f:
+            f.write(b"x" * round_)
+        st = os.stat(f"{mnt}/f{round_}")
+        os.unlink(f"{mnt}/f{round_}")
+        with open(f"{mnt}/g{round_}", "wb") as f:
+            f.write(b"y" * (round_ + 7))
+        os.mkdir(f"{mnt}/h{round_}")
+        assert os.stat(f"{mnt}/g{round_}").st_size == round_ + 7
+        assert stat.S_ISDIR(os.stat(f"{mnt}/h{round_}").st_mode)
+        assert st.st_size == round_
+
+
+def test_long_names(plain: str, mnt: str) -> None:
+    ok = "m" * 255
+    for r in (plain, mnt):
+        with open(f"{r}/{ok}", "wb") as f:
+            f.write(b"255")
+    assert same_on_both(plain, mnt, lambda r: open(f"{r}/{ok}", "rb").read()) == b"255"
+    assert outcome(os.listdir, mnt) == [ok]
+    assert same_on_both(plain, mnt, lambda r: os.open(f"{r}/{LONG}", os.O_RDONLY)) \
+        == "ENAMETOOLONG"
+    assert same_on_both(plain, mnt, lambda r: os.open(f"{r}/{ok}/../x", os.O_RDONLY)) \
+        == "ENOTDIR"
+    assert same_on_both(plain, mnt, lambda r: os.setxattr(f"{r}/{ok}", "user." + "x" * 256,
+                                                          b"v")) == "ERANGE"
+    assert errno.ENAMETOOLONG == 36
+
+
+def test_inode_number_reused_by_the_source_is_a_new_inode(pair: Pair) -> None:
+    """The source may give a removed file's inode number to a new file at once
+    (ext4 does); while the kernel still holds the old inode, the new file must
+    not be served as the same inode."""
+    def go(r: str) -> Any:
+        out = []
+        for i in range(20):
+            with open(f"{r}/old{i}", "wb") as f:
+                f.write(b"old" * (i + 1))
+            held = os.open(f"{r}/old{i}", os.O_PATH)  # a kernel reference, no FUSE open
+            try:
+                os.unlink(f"{r}/old{i}")
+                with open(f"{r}/new{i}", "wb") as f:
+                    f.write(b"new file")
+                st = os.fstat(held)
+                out.append((st.st_size, st.st_nlink, os.stat(f"{r}/new{i}").st_size,
+                            st.st_ino == os.stat(f"{r}/new{i}").st_ino))
+            finally:
+                os.close(held)
+        return out
+    same_on_both(pair.plain, pair.mnt, go)
