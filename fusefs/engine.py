@@ -303,9 +303,11 @@ class Engine:
     async def _read_stream(self, h: FileHandle, offset: int, size: int,
                            info: AccessInfo) -> bytes:
         st: StreamState | None = h.stream
-        if st is None:
-            st = h.stream = StreamState(horizon=offset)
         cs = self.chunk_size
+        if st is None:
+            # Chunks sit at multiples of the chunk size: a reader's position
+            # maps to exactly one chunk, so no byte is fetched twice.
+            st = h.stream = StreamState(horizon=offset // cs * cs)
         gen = self.generation(h.file_id)
         end = offset + size
         # Drop chunks behind the reader and chunks from an older generation.

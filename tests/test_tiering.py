@@ -109,6 +109,18 @@ def test_stream_beside_random_reader(src: str, make_mount: Callable[..., Mounted
         assert snap["fast"]["bytes_used"] == 0
 
 
+def test_a_stream_fetches_each_byte_once(src: str, mnt: str) -> None:
+    """Read-ahead chunks are aligned, whatever offset the stream starts at."""
+    want = write_random(os.path.join(src, "shard"), 16 * MiB, 7)
+    with open(os.path.join(mnt, "shard"), "rb") as f:
+        f.seek(131072)  # where the kernel's second request lands after a first 128 KiB
+        got = b"".join(iter(lambda: f.read(MiB), b""))
+    assert got == want[131072:]
+    snap = stats(mnt)
+    assert counter(snap, "read.class.sequential") > 0
+    assert 0 < counter(snap, "readahead.bytes.capacity") <= len(want)
+
+
 def test_dram_hits_and_writes_never_serve_stale(src: str, mnt: str) -> None:
     data = bytearray(write_random(os.path.join(src, "f"), 64 * 1024, 2))
     path = os.path.join(mnt, "f")
