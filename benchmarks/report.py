@@ -74,8 +74,16 @@ def _check(cells: dict[Key, dict[str, Any]], name: str, row: tuple[str, str, str
     return Check(name, row, pair, r, f"{op} {bound:g}", met)
 
 
-def check_targets(cells: dict[Key, dict[str, Any]], workloads: list[str]) -> list[Check]:
-    """The issue's targets, for the cells present (a check with no data is ``met=None``)."""
+def check_targets(cells: dict[Key, dict[str, Any]], workloads: list[str],
+                  targets: list[str] | None = None) -> list[Check]:
+    """The issue's targets (those whose two targets were selected; no data: ``met=None``)."""
+    out: list[Check] = _all_checks(cells, workloads)
+    if targets is not None:
+        out = [c for c in out if c.pair[0] in targets and c.pair[1] in targets]
+    return out
+
+
+def _all_checks(cells: dict[Key, dict[str, Any]], workloads: list[str]) -> list[Check]:
     out: list[Check] = []
     U, M = "unconstrained", "memlimit"
     if "mixed" in workloads:

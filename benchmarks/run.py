@@ -109,7 +109,7 @@ class Runner:
 
     def save(self) -> dict[str, Any]:
         situations = sorted({k[0] for k in self.cells}, key=["unconstrained", "memlimit"].index)
-        checks = check_targets(self.cells, self.args.workloads)
+        checks = check_targets(self.cells, self.args.workloads, self.args.targets)
         doc = {
             **self.meta,
             "skipped": self.skipped,
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["elapsed_s"] = round(time.monotonic() - started, 1)
         doc = runner.save()
         print(f"logs and job files: {work}")
-    checks = check_targets(runner.cells, args.workloads)
+    checks = check_targets(runner.cells, args.workloads, args.targets)
     print()
     print(markdown_table(doc["rows"], args.targets, checks))
     print()
