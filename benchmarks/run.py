@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     spec = QUICK if args.quick else FULL
     timing = Timing(runtime=args.runtime or (2.0 if args.quick else 10.0),
-                    seq_cap=15.0 if args.quick else 30.0)
+                    seq_cap=15.0 if args.quick else 30.0,
+                    rand_ios=200_000 if args.quick else 1_000_000)
     limit_text = args.memory_limit or ("256M" if args.quick else "512M")
     limit = None if limit_text.lower() == "none" else parse_size(limit_text)
     out = Path(args.out or HERE / "results" / ("fio-quick.json" if args.quick else "fio.json"))
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": {"dir": str(base), "shards": spec.shards, "shard_size": spec.shard_size,
                     "emb_size": spec.emb_size, "small_files": spec.small_files,
                     "total_bytes": spec.total_bytes},
-        "timing": {"runtime_s": timing.runtime, "seq_cap_s": timing.seq_cap},
+        "timing": {"runtime_s": timing.runtime, "seq_cap_s": timing.seq_cap,
+                   "rand_ios": timing.rand_ios},
         "memory_limit": limit, "notes": [],
     }
     ctx = RunContext(dataset=ds, work=work)

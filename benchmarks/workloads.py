@@ -6,7 +6,9 @@ Workloads (paths relative to the target's root; see dataset.py):
            (``file_service_type=sequential``); runs until all shards are read once
            or ``seq_cap`` seconds pass.
 ``rand``   one fio job, ``rw=randread bs=4k random_distribution=zipf:1.1`` over the
-           embedding table, ``time_based`` for ``runtime`` seconds.
+           embedding table: a fixed number of requests (``rand_ios``, capped at
+           ``seq_cap`` seconds), so the warm pass repeats exactly the requests of the
+           cold (warm-up) pass instead of reaching pages a slow cold pass never did.
 ``mixed``  both at once in one fio run: job ``stream`` (as ``seq``, looping) and job
            ``random`` (as ``rand``), ``time_based``; we report the random job's
            latency and the stream's throughput.
@@ -42,7 +44,8 @@ HERE = Path(__file__).resolve().parent
 @dataclass(frozen=True)
 class Timing:
     runtime: float  # seconds, time_based jobs
-    seq_cap: float  # seconds, the most a one-pass sequential read may take
+    seq_cap: float  # seconds, the most a one-pass read (seq, rand) may take
+    rand_ios: int = 1_000_000  # requests of the rand workload
 
 
 def _fio_files(paths: list[str]) -> str:
@@ -67,7 +70,8 @@ def fio_jobfile(workload: str, ds: Dataset, root: Path, timing: Timing) -> str:
     if workload == "seq":
         jobs = ["[seq]", *stream, f"runtime={timing.seq_cap:g}"]
     elif workload == "rand":
-        jobs = ["[rand]", *random, *timed]
+        jobs = ["[rand]", *random, f"number_ios={timing.rand_ios}",
+                f"io_size={timing.rand_ios * 4}k", f"runtime={timing.seq_cap:g}"]
     elif workload == "mixed":
         jobs = ["[stream]", *stream, *timed, "[random]", *random, *timed]
     else:
@@ -134,7 +138,7 @@ def run_fio(workload: str, ds: Dataset, root: Path, timing: Timing, work: Path,
     """Run one fio workload; returns ``{"jobs": {...}, "metrics": {...}}``."""
     jobfile = work / f"{workload}.fio"
     jobfile.write_text(fio_jobfile(workload, ds, root, timing))
-    budget = (timing.seq_cap if workload == "seq" else timing.runtime) + 120
+    budget = (timing.runtime if workload == "mixed" else timing.seq_cap) + 120
     res = _run(["fio", "--output-format=json", str(jobfile)], timeout=budget, preexec=preexec)
     if res.returncode != 0:
         raise RuntimeError(f"fio exited {res.returncode}: {res.stderr.decode(errors='replace')[-800:]}")
