@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="targets run in the memlimit situation (default: the local ones)")
     p.add_argument("--runtime", type=float, default=None,
                    help="seconds per time-based fio run (default 10, --quick 2)")
+    p.add_argument("--warm-passes", type=int, default=1,
+                   help="warm-up passes before the warm run (the cold run is the first)")
     p.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/"
                                                "fio.json, --quick: fio-quick.json)")
     p.add_argument("--dataset-dir", default=None,
@@ -141,9 +143,16 @@ class Runner:
                     note = "drop_caches not writable: cold = fresh caches only"
                     if not drop_caches() and note not in self.meta["notes"]:
                         self.meta["notes"].append(note)
-                    for temp in ("cold", "warm"):
-                        results[temp] = run_workload(wl, self.ctx.dataset, root, self.timing,
-                                                     self.ctx.work, self.ctx.preexec)
+                    results["cold"] = run_workload(wl, self.ctx.dataset, root, self.timing,
+                                                   self.ctx.work, self.ctx.preexec)
+                    # The cold run is the first warm-up pass; --warm-passes adds more.
+                    extra = [run_workload(wl, self.ctx.dataset, root, self.timing,
+                                          self.ctx.work, self.ctx.preexec)["metrics"]
+                             for _ in range(self.args.warm_passes - 1)]
+                    results["warm"] = run_workload(wl, self.ctx.dataset, root, self.timing,
+                                                   self.ctx.work, self.ctx.preexec)
+                    if extra:
+                        results["warm"]["warmup_metrics"] = extra
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # one failing cell must not end the run
@@ -200,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     "total_bytes": spec.total_bytes},
         "timing": {"runtime_s": timing.runtime, "seq_cap_s": timing.seq_cap,
                    "rand_ios": timing.rand_ios},
-        "memory_limit": limit, "notes": [],
+        "memory_limit": limit, "warm_passes": args.warm_passes, "notes": [],
     }
     ctx = RunContext(dataset=ds, work=work)
     runner = Runner(args, ctx, timing, out, meta)
