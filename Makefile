@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv stress-ng
 BENCH_PACKAGES := fio bindfs mergerfs s3fs
 
 .PHONY: setup system-deps demo test test-fast bench sanitize man clean
