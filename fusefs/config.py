@@ -63,6 +63,10 @@ class MountConfig:
     negative_timeout: float = _opt(1.0, "duration",
                                    "How long the kernel may cache 'no such file'.")
     allow_other: bool = _opt(False, "bool", "Let users other than the mounting one in.")
+    kernel_readahead: int = _opt(parse_size("1MiB"), "size",
+                                 "Read-ahead of the kernel on this mount (its FUSE requests "
+                                 "grow to this size, up to 1 MiB); 0 keeps the kernel's default "
+                                 "(128 KiB). Needs root.")
 
 
 @dataclass(frozen=True, slots=True)

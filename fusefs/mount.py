@@ -14,6 +14,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import signal
 from contextlib import AsyncExitStack
 from typing import Any, Callable
@@ -199,6 +200,8 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
                 nursery.start_soon(migrator.warm_pins)
             await nursery.start(control.serve)
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
+            if cfg.mount.kernel_readahead:
+                nursery.start_soon(_tune_kernel, mountpoint, cfg.mount.kernel_readahead)
             log.info("mounted %s at %s", capacity.description, mountpoint)
             if ready is not None:
                 ready()
@@ -277,6 +280,54 @@ def overrides_from(cfg: Config) -> Callable[[bytes], tuple[int, Override] | None
     return override_for
 
 
+def _mount_device(mountpoint: str) -> str | None:
+    """``major:minor`` of the mount at ``mountpoint``, from /proc/self/mountinfo.
+
+    Not from stat(): that would ask this process, which does not serve yet.
+    """
+    target = os.path.abspath(mountpoint)  # realpath would lstat the mount: a deadlock
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:  # the last match is the top of a stack of mounts
+        fields = line.split()
+        # mountinfo escapes space, tab, newline and backslash as \\ooo.
+        mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if mnt == target:
+            found = fields[2]
+    return found
+
+
+def set_kernel_readahead(mountpoint: str, nbytes: int) -> None:
+    """Set the kernel's read-ahead for this mount (its bdi), so that a
+    sequential reader's requests reach the daemon in 1 MiB pieces instead of
+    128 KiB: eight times fewer round trips through Python per byte."""
+    dev = _mount_device(mountpoint)
+    if dev is None:
+        log.debug("kernel read-ahead: mount of %s not found", mountpoint)
+        return
+    try:
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(max(nbytes // 1024, 4)))
+    except OSError as exc:  # not root, or sysfs read-only: keep the default
+        log.info("kernel read-ahead left at its default: %s", exc.strerror)
+
+
+async def _tune_kernel(mountpoint: str, readahead: int) -> None:
+    """Once the kernel has our INIT reply (which resets the read-ahead), set it."""
+    try:
+        # A stat of the mount returns only after INIT; in a thread, so the
+        # event loop answers it meanwhile.
+        await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    except OSError as exc:
+        log.info("kernel read-ahead left at its default: %s", exc.strerror)
+        return
+    set_kernel_readahead(mountpoint, readahead)
+
+
 async def _watch_signals(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
         async for sig in sigs:
@@ -288,7 +339,7 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
 
 
 def check_mountpoint(mountpoint: str) -> str:
-    path = os.path.abspath(mountpoint)
+    path = os.path.realpath(mountpoint)  # resolved now, before the mount hides it
     if not os.path.exists(path):
         raise MountError(f"mount point {path} does not exist", EXIT_MOUNTPOINT)
     if not os.path.isdir(path):

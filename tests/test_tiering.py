@@ -261,3 +261,18 @@ def test_full_cache_disk_does_not_fail_reads(src: str, make_mount: Callable[...,
             assert read_direct(path, off, 4096) == want[off:off + 4096]
         snap = stats(m.mountpoint)
         assert counter(snap, "fast.enospc") >= 1
+
+
+def test_kernel_readahead_makes_big_requests(src: str, mnt: str) -> None:
+    """[mount] kernel_readahead (default 1 MiB) reaches the kernel: a streaming
+    reader's requests arrive far bigger than the kernel's 128 KiB default."""
+    want = write_random(os.path.join(src, "shard"), 16 * MiB, 8)
+    with open("/proc/self/mountinfo") as f:
+        dev = [line.split()[2] for line in f if line.split()[4] == mnt][-1]
+    ra = f"/sys/class/bdi/{dev}/read_ahead_kb"
+    wait_for(lambda: open(ra).read().strip() == "1024", "kernel read-ahead set")
+    with open(os.path.join(mnt, "shard"), "rb") as f:
+        got = b"".join(iter(lambda: f.read(MiB), b""))
+    assert got == want
+    # 16 MiB in 128 KiB requests would be 128 of them.
+    assert counter(stats(mnt), "read.requests") <= 48
