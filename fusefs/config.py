@@ -76,6 +76,11 @@ class SourceConfig:
     list_ttl: float = _opt(60.0, "duration", "Object-store directory listing cache lifetime.")
     max_dir_rename_keys: int = _opt(1000, "int",
                                     "Largest directory (in keys) that rename may copy.")
+    dir_markers: bool = _opt(True, "bool",
+                             "Write 'dir/' marker objects so that empty directories persist. "
+                             "Set false for servers that store a marker as a file and then "
+                             "hide the directory (rclone serve s3): mkdir then makes the "
+                             "directory in this mount only, until a file is written below it.")
 
 
 @dataclass(frozen=True, slots=True)

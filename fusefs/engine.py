@@ -271,7 +271,8 @@ class Engine:
             # Complete if it covers the request, or stopped at a short (last) page.
             if n >= offset + size - start or (n % ps and n > offset - start):
                 self._served(h, "dram", info.label, min(size, n - (offset - start)))
-                return bytes(memoryview(buf)[offset - start:offset - start + size])
+                # Not past n: a short last page ends the file, the rest of buf is zeros.
+                return bytes(memoryview(buf)[offset - start:min(n, offset - start + size)])
             self.stats.add("dram.miss")
         gen = self.generation(h.file_id)
         length = (last + 1) * ps - start

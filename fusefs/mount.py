@@ -93,6 +93,7 @@ def source_options(cfg: Config) -> dict[str, Any]:
         "negative_ttl": s.negative_ttl,
         "list_ttl": s.list_ttl,
         "max_dir_rename_keys": s.max_dir_rename_keys,
+        "dir_markers": s.dir_markers,
     }
     for key in ("endpoint", "region", "access_key", "secret_key"):
         if getattr(s, key) is not None:
@@ -153,6 +154,7 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             "inodes": len(ops.inodes),
             "handles": len(ops.handles),
         }
+        stats.sources["capacity"] = capacity.statistics
         if cfg.stats.prometheus:
             token = trio.lowlevel.current_trio_token()
             try:

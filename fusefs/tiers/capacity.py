@@ -170,6 +170,10 @@ class CapacityTier(ABC):
     async def close(self) -> None:
         """Release every resource the tier holds."""
 
+    def statistics(self) -> dict[str, int]:
+        """Counters of the tier (requests sent, by kind), for `tierfs stats`."""
+        return {}
+
     # -- metadata --------------------------------------------------------
     @abstractmethod
     async def stat(self, path: bytes) -> Stat:

@@ -1,0 +1,439 @@
+"""The object-store capacity tier through a real mount, against a real S3 server on loopback.
+
+Every test mounts ``s3://bucket/prefix?endpoint_override=127.0.0.1:PORT&scheme=http``
+with ``python -m fusefs.cli mount`` (`mounting.Mounted`) and talks to
+``rclone serve s3`` (`s3server.S3Server`): no client is mocked and no traffic
+leaves loopback. Objects that only need to exist are created directly in the
+server's backing directory; what the mount writes is checked through a second,
+independent pyarrow client. Nothing here asserts on timing: waits for a cache
+to expire poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import hashlib
+import json
+import mmap
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from mounting import Mounted, is_mounted, tierfs_cmd
+from s3server import S3Server, restartable_s3, s3, s3_server  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.s3, pytest.mark.mount]
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+# -- helpers -------------------------------------------------------------------
+def config(tmp_path: Path, server: S3Server | None, *, name: str = "tierfs.toml",
+           creds: bool = True, source: dict[str, Any] | None = None,
+           extra: str = "") -> str:
+    """A config file whose [source] carries the server's keys (unless ``creds=False``)."""
+    lines = ["[source]"]
+    if creds and server is not None:
+        lines += [f'access_key = "{server.access_key}"', f'secret_key = "{server.secret_key}"']
+    for k, v in (source or {}).items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return str(path)
+
+
+def put(server: S3Server, rel: str, data: bytes) -> None:
+    p = server.bucket_dir / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+
+
+def read_back(server: S3Server, rel: str) -> bytes:
+    with server.client().open_input_stream(f"{server.bucket}/{rel}") as f:
+        return f.read()
+
+
+def exists_in_store(server: S3Server, rel: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return server.client().get_file_info(f"{server.bucket}/{rel}").type != pafs.FileType.NotFound
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def read_direct(path: str, offset: int, size: int) -> bytes:
+    """A read the kernel passes to the daemon as it is (O_DIRECT, page-aligned buffer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        buf = mmap.mmap(-1, max(size, 1))
+        n = os.preadv(fd, [memoryview(buf)[:size]], offset)
+        return bytes(buf[:n])
+    finally:
+        os.close(fd)
+
+
+def stats(mnt: str) -> dict[str, Any]:
+    out = subprocess.run(tierfs_cmd("stats", mnt, "--json"), capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return json.loads(out)
+
+
+def errno_of(fn: Callable[[], object]) -> int | None:
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+@pytest.fixture
+def mount_s3(make_mount: Callable[..., Mounted], tmp_path: Path) -> Callable[..., Mounted]:
+    """Factory: a mount of ``server``'s bucket (or a prefix of it) with the keys in a config."""
+
+    def factory(server: S3Server, prefix: str = "", *, source: dict[str, Any] | None = None,
+                extra: str = "", creds: bool = True, **kw: Any) -> Mounted:
+        if "config" not in kw:
+            n = len(list(tmp_path.glob("cfg*.toml")))
+            # rclone stores a marker 'dir/' as a file 'dir': see s3server.py.
+            source = {"dir_markers": False, **(source or {})}
+            kw["config"] = config(tmp_path, server, name=f"cfg{n}.toml", creds=creds,
+                                  source=source, extra=extra)
+        return make_mount(server.uri(prefix), **kw)
+
+    return factory
+
+
+# -- (a) listings longer than one page ----------------------------------------------
+def test_listing_more_than_one_page(s3: S3Server, mount_s3: Callable[..., Mounted],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    many = s3.bucket_dir / "ds" / "many"
+    many.mkdir(parents=True)
+    n = 2500  # rclone answers 1000 keys a page
+    for i in range(n):
+        (many / f"f{i:05d}").write_bytes(b"y" * (i % 13))
+    (many / "sub").mkdir()
+    (many / "sub" / "inner").write_bytes(b"z")
+    # Credentials from the standard AWS environment this time, not the config file.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    with mount_s3(s3, "ds", creds=False) as m:
+        d = os.path.join(m.mountpoint, "many")
+        names = sorted(os.listdir(d))
+        assert len(names) == n + 1
+        assert names == sorted([f"f{i:05d}" for i in range(n)] + ["sub"])
+        seen = 0
+        with os.scandir(d) as it:
+            for e in it:  # what ls -l does: readdir, then a stat of every entry
+                st = e.stat(follow_symlinks=False)
+                if e.name == "sub":
+                    assert e.is_dir() and st.st_mode & 0o170000 == 0o040000
+                else:
+                    assert e.is_file() and st.st_size == int(e.name[1:]) % 13
+                    assert st.st_mtime > 0 and st.st_uid == os.getuid()
+                seen += 1
+        assert seen == n + 1
+        assert os.stat(os.path.join(d, "f02499")).st_size == 2499 % 13
+        assert os.listdir(os.path.join(d, "sub")) == ["inner"]
+        with open(os.path.join(d, "f00012"), "rb") as f:
+            assert f.read() == b"y" * 12
+        tier = stats(m.mountpoint)["capacity"]
+        assert tier["list"] >= 1
+
+
+# -- (b) ranged reads at many alignments ------------------------------------------------
+def test_ranged_reads_at_many_alignments(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    size = 5 * MiB + 12345
+    data = random.Random(7).randbytes(size)
+    put(s3, "r/obj.bin", data)
+    with mount_s3(s3) as m:
+        path = os.path.join(m.mountpoint, "r", "obj.bin")
+        assert os.stat(path).st_size == size
+        rng = random.Random(11)
+        cases = [(0, 1), (1, 4095), (4095, 2), (4096, 4096), (4097, 8190), (MiB - 1, 2),
+                 (MiB - 100, 8192), (2 * MiB - 4096, 3 * 4096 + 7), (size - 1, 1),
+                 (size - 4096, 4096), (size - 100, 4096), (size, 10), (size + 4096, 4096),
+                 (0, 3 * MiB + 5), (MiB, MiB), (size - MiB - 3, MiB + 10)]
+        for _ in range(150):
+            off = rng.randrange(0, size)
+            cases.append((off, rng.choice([1, 7, 512, 4095, 4096, 4097, 65536, 300_000])))
+        # Through the daemon as asked (O_DIRECT): any offset and length reach it.
+        for off, n in cases:
+            got = read_direct(path, off, n)
+            assert got == data[off:off + n], f"O_DIRECT read at {off}+{n}"
+        # Through the kernel's page cache (buffered reads in a fresh handle each time).
+        for off, n in cases[:40]:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                assert os.pread(fd, n, off) == data[off:off + n], f"read at {off}+{n}"
+            finally:
+                os.close(fd)
+        # One handle, many random reads (the classifier labels them random).
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            buf = mmap.mmap(-1, 64 * KiB)
+            for _ in range(200):
+                off = rng.randrange(0, size // 512) * 512
+                n = os.preadv(fd, [memoryview(buf)[:4096]], off)
+                assert bytes(buf[:n]) == data[off:off + 4096]
+        finally:
+            os.close(fd)
+
+
+# -- (c) a big file, sequentially -------------------------------------------------------
+def test_big_file_sequential_sha256(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    total = 64 * MiB
+    h = hashlib.sha256()
+    with open(s3.bucket_dir / "big.bin", "wb") as out:
+        for i in range(total // (4 * MiB)):
+            chunk = random.Random(i).randbytes(4 * MiB)
+            h.update(chunk)
+            out.write(chunk)
+    with mount_s3(s3) as m:
+        got = hashlib.sha256()
+        n = 0
+        with open(os.path.join(m.mountpoint, "big.bin"), "rb", buffering=0) as f:
+            while chunk := f.read(MiB):
+                got.update(chunk)
+                n += len(chunk)
+        assert n == total and got.hexdigest() == h.hexdigest()
+        snap = stats(m.mountpoint)
+        assert snap["counters"].get("read.class.sequential", 0) > 0
+
+
+# -- (d) metadata cache TTLs ----------------------------------------------------------------
+def test_metadata_ttls(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    put(s3, "t/a", b"1")
+    short = {"stat_ttl": "1s", "list_ttl": "1s", "negative_ttl": "1s"}
+    with mount_s3(s3, source=short) as m:
+        d = os.path.join(m.mountpoint, "t")
+        assert os.listdir(d) == ["a"]
+        put(s3, "t/b", b"22")
+        wait_for(lambda: sorted(os.listdir(d)) == ["a", "b"], "a new object to be listed")
+        wait_for(lambda: errno_of(lambda: os.stat(os.path.join(d, "b"))) is None,
+                 "a new object to be found")
+        assert os.stat(os.path.join(d, "b")).st_size == 2
+        (s3.bucket_dir / "t" / "a").unlink()
+        wait_for(lambda: os.listdir(d) == ["b"], "a removed object to go from the listing")
+        wait_for(lambda: errno_of(lambda: os.stat(os.path.join(d, "a"))) == errno.ENOENT,
+                 "a removed object to go")
+        put(s3, "t/b", b"4444")
+        wait_for(lambda: os.stat(os.path.join(d, "b")).st_size == 4, "a changed size")
+        with open(os.path.join(d, "b"), "rb") as f:
+            assert f.read() == b"4444"
+
+    # Long TTLs: changes behind the mount's back stay unseen, its own show at once.
+    long = {"stat_ttl": "1h", "list_ttl": "1h", "negative_ttl": "1h"}
+    with mount_s3(s3, source=long) as m:
+        d = os.path.join(m.mountpoint, "t")
+        assert os.listdir(d) == ["b"]
+        put(s3, "t/behind", b"x")
+        assert os.listdir(d) == ["b"]  # the cached listing answers
+        with open(os.path.join(d, "mine"), "wb") as f:
+            f.write(b"hello")
+        assert sorted(os.listdir(d)) == ["b", "mine"]
+        assert os.stat(os.path.join(d, "mine")).st_size == 5
+        with open(os.path.join(d, "mine"), "rb") as f:
+            assert f.read() == b"hello"
+        os.rename(os.path.join(d, "mine"), os.path.join(d, "yours"))
+        assert sorted(os.listdir(d)) == ["b", "yours"]
+        os.unlink(os.path.join(d, "b"))
+        assert os.listdir(d) == ["yours"]
+        assert errno_of(lambda: os.stat(os.path.join(d, "b"))) == errno.ENOENT
+        os.mkdir(os.path.join(d, "sub"))
+        assert sorted(os.listdir(d)) == ["sub", "yours"]
+
+
+# -- (e) writes through the mount reach the store ------------------------------------------
+def test_writes_reach_the_store(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    put(s3, "w/keep", b"keep")
+    with mount_s3(s3) as m:
+        root = m.mountpoint
+        small = b"hello, store\n"
+        with open(os.path.join(root, "w", "small"), "wb") as f:
+            f.write(small)
+        assert read_back(s3, "w/small") == small
+        big = random.Random(3).randbytes(9 * MiB + 17)  # multipart upload
+        with open(os.path.join(root, "w", "big"), "wb") as f:
+            for i in range(0, len(big), 128 * KiB):
+                f.write(big[i:i + 128 * KiB])
+        assert read_back(s3, "w/big") == big
+        with open(os.path.join(root, "w", "big"), "rb") as f:
+            assert hashlib.sha256(f.read()).digest() == hashlib.sha256(big).digest()
+        # Overwrite part of an existing object (read, modify, upload whole).
+        with open(os.path.join(root, "w", "keep"), "r+b") as f:
+            f.seek(1)
+            f.write(b"EE")
+        assert read_back(s3, "w/keep") == b"kEEp"
+        # Rename of a file: copy + delete in the store.
+        os.rename(os.path.join(root, "w", "small"), os.path.join(root, "w", "moved"))
+        assert read_back(s3, "w/moved") == small
+        assert not exists_in_store(s3, "w/small")
+        assert sorted(os.listdir(os.path.join(root, "w"))) == ["big", "keep", "moved"]
+        # Unlink.
+        os.unlink(os.path.join(root, "w", "keep"))
+        assert not exists_in_store(s3, "w/keep")
+        assert errno_of(lambda: os.stat(os.path.join(root, "w", "keep"))) == errno.ENOENT
+        # mkdir, then a file in it (rclone keeps no empty directories: the file makes it real).
+        os.mkdir(os.path.join(root, "w", "newdir"))
+        assert os.path.isdir(os.path.join(root, "w", "newdir"))
+        assert os.listdir(os.path.join(root, "w", "newdir")) == []
+        with open(os.path.join(root, "w", "newdir", "inside"), "wb") as f:
+            f.write(b"in")
+        assert read_back(s3, "w/newdir/inside") == b"in"
+        assert os.listdir(os.path.join(root, "w", "newdir")) == ["inside"]
+        os.unlink(os.path.join(root, "w", "newdir", "inside"))
+        os.rmdir(os.path.join(root, "w", "newdir"))
+        assert not os.path.exists(os.path.join(root, "w", "newdir"))
+        assert sorted(os.listdir(os.path.join(root, "w"))) == ["big", "moved"]
+        # The second client sees exactly what the mount shows.
+        import pyarrow.fs as pafs
+
+        infos = s3.client().get_file_info(pafs.FileSelector(f"{s3.bucket}/w"))
+        assert sorted(i.base_name for i in infos) == ["big", "moved"]
+    # A fresh mount sees what the first one wrote.
+    with mount_s3(s3) as m:
+        assert sorted(os.listdir(os.path.join(m.mountpoint, "w"))) == ["big", "moved"]
+        with open(os.path.join(m.mountpoint, "w", "moved"), "rb") as f:
+            assert f.read() == small
+
+
+# -- (f) the store goes away and comes back ----------------------------------------------
+def test_server_down_and_back(restartable_s3: S3Server,
+                              mount_s3: Callable[..., Mounted]) -> None:
+    server = restartable_s3
+    files = {f"d/f{i}": random.Random(i).randbytes(256 * KiB + i) for i in range(4)}
+    for rel, data in files.items():
+        put(server, rel, data)
+    with mount_s3(server) as m:
+        m.allow_error(r"not answering")  # the tier's warning, should it ever be an error
+        d = os.path.join(m.mountpoint, "d")
+        assert sorted(os.listdir(d)) == sorted(os.path.basename(r) for r in files)
+        assert read_direct(os.path.join(d, "f0"), 0, 4096) == files["d/f0"][:4096]
+        server.stop()
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        try:
+            # Uncached data: EIO after bounded retries, not a hang.
+            fut = pool.submit(errno_of, lambda: read_direct(os.path.join(d, "f1"), 8192, 4096))
+            assert fut.result(timeout=120) == errno.EIO
+            fut = pool.submit(errno_of, lambda: read_direct(os.path.join(d, "f0"), MiB // 8, 4096))
+            assert fut.result(timeout=120) == errno.EIO
+            # The mount stays up and answers what it has cached.
+            assert is_mounted(m.mountpoint)
+            assert read_direct(os.path.join(d, "f0"), 0, 4096) == files["d/f0"][:4096]
+            assert os.stat(d).st_mode & 0o170000 == 0o040000
+        finally:
+            pool.shutdown(wait=False)
+        server.start()
+        # Same port, no remount: reads work again (the first may still meet the restart).
+        wait_for(lambda: errno_of(lambda: read_direct(os.path.join(d, "f1"), 0, 1)) is None,
+                 "reads to work again")
+        for rel, data in files.items():
+            p = os.path.join(m.mountpoint, rel)
+            assert read_direct(p, 8192, 4096) == data[8192:8192 + 4096]
+            with open(p, "rb") as f:
+                assert f.read() == data
+        with open(os.path.join(d, "after"), "wb") as f:
+            f.write(b"written after the restart")
+        assert read_back(server, "d/after") == b"written after the restart"
+
+
+# -- (g) mount-time errors ---------------------------------------------------------------
+def _mount_fails(uri: str, mnt: str, tmp_path: Path, cfg: str) -> tuple[int, str]:
+    os.makedirs(mnt, exist_ok=True)
+    t0 = time.monotonic()
+    res = subprocess.run(tierfs_cmd("mount", uri, mnt, "--config", cfg,
+                                    "--cache", str(tmp_path / "cache")),
+                         capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert not is_mounted(mnt)
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("tierfs: "), res.stderr
+    # "Immediate": no endless retrying (generous bound for a loaded 2-core machine).
+    assert took < 60, f"mount took {took:.0f}s to fail"
+    return res.returncode, lines[0]
+
+
+def test_mount_time_errors(s3: S3Server, tmp_path: Path) -> None:
+    put(s3, "there/x", b"x")
+    mnt = str(tmp_path / "mnt")
+    good = config(tmp_path, s3, name="good.toml")
+    bad = str(tmp_path / "bad.toml")
+    Path(bad).write_text('[source]\naccess_key = "WRONGACCESSKEY99"\n'
+                         'secret_key = "wrong-secret-key-000"\n')
+    from s3server import free_port
+
+    dead = f"s3://{s3.bucket}?endpoint_override=127.0.0.1:{free_port()}&scheme=http"
+    code, line = _mount_fails(dead, mnt, tmp_path, good)
+    assert code == 4 and "cannot reach" in line and "127.0.0.1:" in line
+    code, line = _mount_fails(s3.uri(), mnt, tmp_path, bad)
+    assert code == 4 and "credentials" in line
+    code, line = _mount_fails(s3.uri(bucket="nosuchbucket"), mnt, tmp_path, good)
+    assert code == 4 and "nosuchbucket" in line
+    code, line = _mount_fails(s3.uri("no/such/prefix"), mnt, tmp_path, good)
+    assert code == 4 and "no/such/prefix" in line
+    # The exit code is the documented one.
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "4 source missing or unreachable" in readme
+    # And the good source mounts.
+    res = subprocess.run(tierfs_cmd("mount", s3.uri("there"), mnt, "--config", good,
+                                    "--cache", str(tmp_path / "cache")),
+                         capture_output=True, text=True, timeout=120)
+    try:
+        assert res.returncode == 0, res.stderr
+        assert os.listdir(mnt) == ["x"]
+    finally:
+        subprocess.run(tierfs_cmd("umount", mnt), capture_output=True, timeout=120)
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", mnt])
+    assert not is_mounted(mnt)
+
+
+# -- (h) names the store cannot hold ---------------------------------------------------
+def test_names_the_store_cannot_hold(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    put(s3, "n/ok", b"ok")
+    with mount_s3(s3) as m:
+        root = os.fsencode(m.mountpoint)
+        n = root + b"/n"
+        # A key over 1024 bytes, made of components that are each fine.
+        deep = n
+        for c in "abcd":
+            deep += b"/" + c.encode() * 240
+            os.mkdir(deep)
+        assert errno_of(lambda: open(deep + b"/" + b"e" * 100, "wb")) == errno.ENAMETOOLONG
+        assert errno_of(lambda: os.mkdir(deep + b"/" + b"e" * 100)) == errno.ENAMETOOLONG
+        assert errno_of(lambda: os.stat(deep + b"/" + b"e" * 100)) == errno.ENAMETOOLONG
+        # A component over 255 bytes.
+        assert errno_of(lambda: open(n + b"/" + b"x" * 300, "wb")) == errno.ENAMETOOLONG
+        assert errno_of(lambda: os.stat(n + b"/" + b"x" * 300)) == errno.ENAMETOOLONG
+        # Not UTF-8.
+        bad = n + b"/caf\xe9"
+        assert errno_of(lambda: open(bad, "wb")) == errno.EINVAL
+        assert errno_of(lambda: os.mkdir(bad)) == errno.EINVAL
+        assert errno_of(lambda: os.stat(bad)) == errno.EINVAL
+        assert errno_of(lambda: os.rename(n + b"/ok", bad)) == errno.EINVAL
+        assert errno_of(lambda: os.rename(n + b"/ok", deep + b"/" + b"e" * 100)) == \
+            errno.ENAMETOOLONG
+        # The mount keeps serving, and nothing of the above reached the store.
+        assert is_mounted(m.mountpoint)
+        assert read_back(s3, "n/ok") == b"ok"
+        with open(n + b"/ok", "rb") as f:
+            assert f.read() == b"ok"
+        with open(n + b"/fine", "wb") as f:
+            f.write(b"fine")
+        assert read_back(s3, "n/fine") == b"fine"
+        assert sorted(os.listdir(n)) == [b"a" * 240, b"fine", b"ok"]
