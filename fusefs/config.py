@@ -76,6 +76,14 @@ class SourceConfig:
     list_ttl: float = _opt(60.0, "duration", "Object-store directory listing cache lifetime.")
     max_dir_rename_keys: int = _opt(1000, "int",
                                     "Largest directory (in keys) that rename may copy.")
+    listing_snapshot: str | None = _opt(
+        None, "path",
+        "Object stores: a file (Parquet) the cached directory listings are saved to at "
+        "unmount (and by 'tierfs snapshot') and loaded from at mount, so that a remount of a "
+        "bucket with millions of keys does not list it again. Loaded listings answer for "
+        "list_ttl (their attributes for stat_ttl) from the load, then are fetched again; "
+        "the mount's own changes update them. A missing, unreadable or foreign file is "
+        "ignored with a warning.")
     dir_markers: bool = _opt(True, "bool",
                              "Write 'dir/' marker objects so that empty directories persist. "
                              "Set false for servers that store a marker as a file and then "

@@ -128,6 +128,14 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
     async with AsyncExitStack() as stack:
         capacity = await open_source(source, cfg)
         stack.push_async_callback(capacity.close)
+        snapshot = cfg.source.listing_snapshot if capacity.supports_snapshots else None
+        if cfg.source.listing_snapshot and snapshot is None:
+            log.warning("listing_snapshot ignored: %s keeps no listing cache",
+                        capacity.description)
+        if snapshot:
+            await load_listing_snapshot(capacity, snapshot)
+            # Pushed after capacity.close, so it runs before it (and after the unmount).
+            stack.push_async_callback(save_listing_snapshot, capacity, snapshot)
         stats = Stats()
         engine = build_engine(capacity, cfg, stats)
         stack.push_async_callback(engine.close)
@@ -187,8 +195,17 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
         async def on_ping(req: dict[str, Any]) -> dict[str, Any]:
             return {"pid": os.getpid(), "source": capacity.description}
 
+        async def on_snapshot(req: dict[str, Any]) -> dict[str, Any]:
+            target = req.get("path") or snapshot
+            if not target:
+                raise OSError(errno.EINVAL, "no snapshot file: give one, or set "
+                                            "[source] listing_snapshot")
+            entries = await capacity.save_snapshot(os.path.abspath(target))
+            return {"path": os.path.abspath(target), "entries": entries}
+
         control.register("stats", on_stats)
         control.register("ping", on_ping)
+        control.register("snapshot", on_snapshot)
         migrator = Migrator(engine, capacity, cfg) if engine.fast is not None else None
         if migrator is not None:
             register_migrator(control, migrator, engine, ops)
@@ -210,6 +227,28 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             pyfuse3.close(unmount=False)
             nursery.cancel_scope.cancel()
     log.info("unmounted %s", mountpoint)
+
+
+async def load_listing_snapshot(capacity: CapacityTier, path: str) -> None:
+    """Serve the listings saved at the last unmount; a bad or missing file only warns."""
+    try:
+        n = await capacity.load_snapshot(path)
+    except FileNotFoundError:
+        log.info("no listing snapshot at %s yet: listing the store as needed", path)
+        return
+    except OSError as exc:
+        log.warning("listing snapshot %s not used: %s", path, exc.strerror or exc)
+        return
+    log.info("loaded %d entries from listing snapshot %s", n, path)
+
+
+async def save_listing_snapshot(capacity: CapacityTier, path: str) -> None:
+    try:
+        n = await capacity.save_snapshot(path)
+    except OSError as exc:
+        log.warning("listing snapshot %s not saved: %s", path, exc.strerror or exc)
+        return
+    log.info("saved %d entries to listing snapshot %s", n, path)
 
 
 def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:

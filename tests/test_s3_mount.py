@@ -437,3 +437,101 @@ def test_names_the_store_cannot_hold(s3: S3Server, mount_s3: Callable[..., Mount
             f.write(b"fine")
         assert read_back(s3, "n/fine") == b"fine"
         assert sorted(os.listdir(n)) == [b"a" * 240, b"fine", b"ok"]
+
+
+# -- listing snapshots -----------------------------------------------------------------
+def _walk(root: str) -> dict[str, int]:
+    """Every file below ``root`` with its size, as ``ls -lR`` sees it."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, root)] = os.stat(p).st_size
+    return out
+
+
+def test_listing_snapshot_spares_the_relisting(s3: S3Server, mount_s3: Callable[..., Mounted],
+                                               tmp_path: Path) -> None:
+    want = {}
+    for d in range(3):
+        for i in range(700 if d == 0 else 20):  # 'd0' takes more than one page
+            rel = f"ds/d{d}/f{i:04d}"
+            put(s3, rel, b"x" * (i % 5))
+            want[f"d{d}/f{i:04d}"] = i % 5
+    put(s3, "ds/d1/deeper/leaf", b"leaf")
+    want["d1/deeper/leaf"] = 4
+    snap = tmp_path / "snap" / "listing.parquet"
+    snap.parent.mkdir()
+    src = {"listing_snapshot": str(snap), "list_ttl": "1h", "stat_ttl": "1h"}
+
+    with mount_s3(s3, "ds", source=src) as m:
+        assert "no listing snapshot" in m.read_log()
+        assert _walk(m.mountpoint) == want
+        lists = stats(m.mountpoint)["capacity"]["list"]
+        assert lists >= 5  # root, d0, d1, d1/deeper, d2
+        # On demand, while mounted: `tierfs snapshot MNT FILE`.
+        other = tmp_path / "snap" / "now.parquet"
+        res = subprocess.run(tierfs_cmd("snapshot", m.mountpoint, str(other)),
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        # One entry per name: every file, and d0, d1, d2, d1/deeper.
+        assert f"{other}: {len(want) + 4} entries" in res.stdout
+        assert other.exists()
+        assert not snap.exists()  # the configured file is written at unmount
+    assert snap.exists()
+    assert not list((tmp_path / "snap").glob("*.tmp.*"))  # written to a temp name, renamed
+
+    # Remount: everything is served from the snapshot, without one LIST or HEAD.
+    with mount_s3(s3, "ds", source=src) as m:
+        assert "loaded" in m.read_log()
+        assert _walk(m.mountpoint) == want
+        counters = stats(m.mountpoint)["capacity"]
+        assert counters.get("list", 0) == 0 and counters.get("stat", 0) == 0, counters
+        with open(os.path.join(m.mountpoint, "d1", "deeper", "leaf"), "rb") as f:
+            assert f.read() == b"leaf"
+        # The mount's own changes update the loaded listings at once.
+        with open(os.path.join(m.mountpoint, "d2", "new"), "wb") as f:
+            f.write(b"new!")
+        os.unlink(os.path.join(m.mountpoint, "d2", "f0000"))
+        names = set(os.listdir(os.path.join(m.mountpoint, "d2")))
+        assert "new" in names and "f0000" not in names
+        assert stats(m.mountpoint)["capacity"].get("list", 0) == 0
+    want["d2/new"] = 4
+    del want["d2/f0000"]
+
+    # Loaded listings are trusted for list_ttl from the load, then fetched again.
+    put(s3, "ds/d2/behind", b"b")
+    short = {**src, "list_ttl": "1s", "stat_ttl": "1s"}
+    with mount_s3(s3, "ds", source=short) as m:
+        d2 = os.path.join(m.mountpoint, "d2")
+        wait_for(lambda: "behind" in os.listdir(d2), "the snapshot's listing to expire")
+        want["d2/behind"] = 1
+        assert _walk(m.mountpoint) == want
+
+    # A snapshot of another source is not used (a warning), and the mount lists as usual.
+    with mount_s3(s3, "ds/d1", source=src) as m:
+        assert "not used" in m.read_log()
+        assert sorted(os.listdir(m.mountpoint)) == sorted(
+            [f"f{i:04d}" for i in range(20)] + ["deeper"])
+        assert stats(m.mountpoint)["capacity"]["list"] >= 1
+
+
+def test_snapshot_option_and_errors(s3: S3Server, mount_s3: Callable[..., Mounted],
+                                    tmp_path: Path) -> None:
+    put(s3, "o/a", b"a")
+    snap = tmp_path / "opt.parquet"
+    with mount_s3(s3, options=[f"snapshot={snap}"]) as m:
+        assert os.listdir(os.path.join(m.mountpoint, "o")) == ["a"]
+        res = subprocess.run(tierfs_cmd("snapshot", m.mountpoint), capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert snap.exists() and str(snap) in res.stdout
+    with mount_s3(s3) as m:  # no snapshot configured: the command says so
+        res = subprocess.run(tierfs_cmd("snapshot", m.mountpoint), capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 1 and "listing_snapshot" in res.stderr
+    # A corrupt file is ignored with a warning; the mount works.
+    snap.write_bytes(b"not parquet")
+    with mount_s3(s3, options=[f"snapshot={snap}"]) as m:
+        assert os.listdir(os.path.join(m.mountpoint, "o")) == ["a"]
+        assert "not used" in m.read_log()

@@ -174,6 +174,17 @@ class CapacityTier(ABC):
         """Counters of the tier (requests sent, by kind), for `tierfs stats`."""
         return {}
 
+    #: Whether `save_snapshot` / `load_snapshot` do anything (tiers with a listing cache).
+    supports_snapshots: bool = False
+
+    async def save_snapshot(self, path: str) -> int:
+        """Write the cached directory listings to ``path``; returns the entries written."""
+        raise OSError(errno.ENOTSUP, f"{self.kind} sources keep no listing cache to snapshot")
+
+    async def load_snapshot(self, path: str) -> int:
+        """Serve listings saved by `save_snapshot`; returns the entries loaded."""
+        raise OSError(errno.ENOTSUP, f"{self.kind} sources keep no listing cache to snapshot")
+
     # -- metadata --------------------------------------------------------
     @abstractmethod
     async def stat(self, path: bytes) -> Stat:

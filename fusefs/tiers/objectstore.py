@@ -393,6 +393,7 @@ class ObjectStoreTier(CapacityTier):
     """A bucket or prefix of an object store, served through `pyarrow.fs`."""
 
     supports_links = False
+    supports_snapshots = True
 
     def __init__(
         self,
@@ -1302,6 +1303,11 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)  # the rename itself must survive a crash
+        finally:
+            os.close(dfd)
     except BaseException:
         try:
             os.unlink(tmp)
