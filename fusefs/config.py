@@ -41,6 +41,11 @@ class CacheConfig:
     page_size: int = _opt(parse_size("4KiB"), "size",
                           "DRAM page size: a power of two from 4KiB to 1MiB.")
     chunk_size: int = _opt(parse_size("1MiB"), "size", "Fast-tier allocation and fetch unit.")
+    remote_block: int = _opt(parse_size("64KiB"), "size",
+                             "Object stores: a random read that misses DRAM fetches the "
+                             "aligned block of this size around it in one ranged GET and "
+                             "offers all of its pages to the DRAM cache. A multiple of "
+                             "page_size, at most chunk_size; page_size turns it off.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,8 @@ def _check(obj: Any) -> None:
             raise ValueError("page_size: must be a power of two from 4KiB to 1MiB")
         if obj.chunk_size < ps or obj.chunk_size % ps:
             raise ValueError("chunk_size: must be a multiple of page_size")
+        if obj.remote_block < ps or obj.remote_block % ps or obj.remote_block > obj.chunk_size:
+            raise ValueError("remote_block: must be a multiple of page_size, at most chunk_size")
     if isinstance(obj, StatsConfig) and obj.prometheus is not None and \
             not re.fullmatch(r"[\w.\-\[\]:]*:\d{1,5}", obj.prometheus):
         raise ValueError("prometheus: expected host:port, e.g. \"127.0.0.1:9100\"")

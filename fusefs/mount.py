@@ -269,7 +269,8 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     return Engine(capacity, stats=stats, trace=trace,
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
                   policy=policy, pagecache=pagecache, fast=fast,
-                  chunk_size=cfg.cache.chunk_size, kernel_invalidate=pyfuse3.invalidate_inode)
+                  chunk_size=cfg.cache.chunk_size, remote_block=cfg.cache.remote_block,
+                  kernel_invalidate=pyfuse3.invalidate_inode)
 
 
 def register_migrator(control: ControlServer, migrator: Migrator, engine: Engine,

@@ -535,3 +535,54 @@ def test_snapshot_option_and_errors(s3: S3Server, mount_s3: Callable[..., Mounte
     with mount_s3(s3, options=[f"snapshot={snap}"]) as m:
         assert os.listdir(os.path.join(m.mountpoint, "o")) == ["a"]
         assert "not used" in m.read_log()
+
+
+# -- random reads fetch a block ------------------------------------------------------
+def test_random_reads_fetch_aligned_blocks(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    size = 3 * MiB + 4321  # the last block and the last page are short
+    data = random.Random(5).randbytes(size)
+    put(s3, "rb/f", data)
+    with mount_s3(s3) as m:
+        path = os.path.join(m.mountpoint, "rb", "f")
+        assert read_direct(path, 8192, 4096) == data[8192:12288]
+        snap = stats(m.mountpoint)
+        before, gets = snap["counters"], snap["capacity"]["get"]
+        assert before.get("read.remote_blocks") == 1
+        # The rest of the 64 KiB block came with it: its pages are DRAM hits.
+        for off in (0, 4096, 60 * KiB, 12288 + 5):
+            assert read_direct(path, off, 4096) == data[off:off + 4096]
+        snap = stats(m.mountpoint)
+        after = snap["counters"]
+        assert after.get("read.remote_blocks") == 1
+        assert snap["capacity"]["get"] == gets  # no request to the store
+        dram = sum(v for k, v in after.items() if k.startswith("read.bytes.dram."))
+        assert dram == 4 * 4096
+        # A read across a block boundary fetches both blocks.
+        off = 128 * KiB - 100
+        assert read_direct(path, off, 4096) == data[off:off + 4096]
+        assert stats(m.mountpoint)["counters"]["read.remote_blocks"] == 2
+        # Random reads anywhere, at EOF and past it, match the data.
+        rng = random.Random(9)
+        for _ in range(300):
+            off = rng.choice([rng.randrange(size), size - rng.randrange(1, 70_000)])
+            n = rng.choice([1, 100, 4096, 5000, 70_000])
+            assert read_direct(path, off, n) == data[off:off + n], (off, n)
+        assert read_direct(path, size, 4096) == b""
+        # A write into a cached block: readers see the new bytes, and the old
+        # neighbours stay right.
+        with open(path, "r+b") as f:
+            f.seek(8192 + 10)
+            f.write(b"NEW")
+        data = data[:8192 + 10] + b"NEW" + data[8192 + 13:]
+        for off in (0, 8192, 12288):
+            assert read_direct(path, off, 4096) == data[off:off + 4096]
+        assert read_back(s3, "rb/f") == data
+
+    # remote_block = page_size turns the widening off: each miss fetches its pages only.
+    with mount_s3(s3, extra='[cache]\nremote_block = "4KiB"\n') as m:
+        path = os.path.join(m.mountpoint, "rb", "f")
+        assert read_direct(path, 8192, 4096) == data[8192:12288]
+        assert read_direct(path, 0, 4096) == data[:4096]
+        c = stats(m.mountpoint)["counters"]
+        assert "read.remote_blocks" not in c
+        assert sum(v for k, v in c.items() if k.startswith("read.bytes.dram.")) == 0

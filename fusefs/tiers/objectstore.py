@@ -394,6 +394,7 @@ class ObjectStoreTier(CapacityTier):
 
     supports_links = False
     supports_snapshots = True
+    remote = True  # every read is a ranged GET: a round trip costs more than 64 KiB
 
     def __init__(
         self,
