@@ -317,29 +317,55 @@ def test_server_down_and_back(restartable_s3: S3Server,
     files = {f"d/f{i}": random.Random(i).randbytes(256 * KiB + i) for i in range(4)}
     for rel, data in files.items():
         put(server, rel, data)
+    put(server, "e/x", b"x")  # not looked at before the outage
     with mount_s3(server) as m:
         m.allow_error(r"not answering")  # the tier's warning, should it ever be an error
         d = os.path.join(m.mountpoint, "d")
         assert sorted(os.listdir(d)) == sorted(os.path.basename(r) for r in files)
         assert read_direct(os.path.join(d, "f0"), 0, 4096) == files["d/f0"][:4096]
+        # A handle opened while the store was up, kept across the outage.
+        held = os.open(os.path.join(d, "f2"), os.O_RDONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, 4096)
+        assert os.preadv(held, [buf], 0) == 4096 and bytes(buf) == files["d/f2"][:4096]
         server.stop()
         pool = concurrent.futures.ThreadPoolExecutor(2)
+
+        def fails(fn: Callable[[], object]) -> int | None:
+            return pool.submit(errno_of, fn).result(timeout=120)  # bounded: never a hang
+
         try:
-            # Uncached data: EIO after bounded retries, not a hang.
-            fut = pool.submit(errno_of, lambda: read_direct(os.path.join(d, "f1"), 8192, 4096))
-            assert fut.result(timeout=120) == errno.EIO
-            fut = pool.submit(errno_of, lambda: read_direct(os.path.join(d, "f0"), MiB // 8, 4096))
-            assert fut.result(timeout=120) == errno.EIO
+            # Uncached data: EIO after bounded retries.
+            assert fails(lambda: read_direct(os.path.join(d, "f1"), 8192, 4096)) == errno.EIO
+            assert fails(lambda: read_direct(os.path.join(d, "f0"), MiB // 8, 4096)) == errno.EIO
+            assert fails(lambda: os.preadv(held, [buf], 128 * KiB)) == errno.EIO
+            # Uncached metadata: EIO too, never a false "no such file".
+            assert fails(lambda: os.stat(os.path.join(m.mountpoint, "unseen"))) == errno.EIO
+            assert fails(lambda: os.listdir(os.path.join(m.mountpoint, "e"))) == errno.EIO
+            # A write cannot be uploaded: close(2) reports it.
+            m.allow_error(r"never uploaded is lost")
+
+            def write_down() -> None:
+                with open(os.path.join(d, "new"), "wb") as f:
+                    f.write(b"lost")
+
+            assert fails(write_down) == errno.EIO
             # The mount stays up and answers what it has cached.
             assert is_mounted(m.mountpoint)
             assert read_direct(os.path.join(d, "f0"), 0, 4096) == files["d/f0"][:4096]
             assert os.stat(d).st_mode & 0o170000 == 0o040000
+            assert sorted(os.listdir(d))[:4] == ["f0", "f1", "f2", "f3"]
         finally:
             pool.shutdown(wait=False)
         server.start()
         # Same port, no remount: reads work again (the first may still meet the restart).
         wait_for(lambda: errno_of(lambda: read_direct(os.path.join(d, "f1"), 0, 1)) is None,
                  "reads to work again")
+        # The handle held across the outage reads again.
+        assert os.preadv(held, [buf], 128 * KiB) == 4096
+        assert bytes(buf) == files["d/f2"][128 * KiB:128 * KiB + 4096]
+        os.close(held)
+        assert os.listdir(os.path.join(m.mountpoint, "e")) == ["x"]
+        assert errno_of(lambda: os.stat(os.path.join(m.mountpoint, "unseen"))) == errno.ENOENT
         for rel, data in files.items():
             p = os.path.join(m.mountpoint, rel)
             assert read_direct(p, 8192, 4096) == data[8192:8192 + 4096]
@@ -428,6 +454,11 @@ def test_names_the_store_cannot_hold(s3: S3Server, mount_s3: Callable[..., Mount
         assert errno_of(lambda: os.rename(n + b"/ok", bad)) == errno.EINVAL
         assert errno_of(lambda: os.rename(n + b"/ok", deep + b"/" + b"e" * 100)) == \
             errno.ENAMETOOLONG
+        # Node types a store cannot hold.
+        assert errno_of(lambda: os.symlink(b"ok", n + b"/sym")) == errno.EPERM
+        assert errno_of(lambda: os.link(n + b"/ok", n + b"/hard")) == errno.EPERM
+        assert errno_of(lambda: os.mkfifo(n + b"/fifo")) == errno.EPERM
+        assert errno_of(lambda: os.setxattr(n + b"/ok", b"user.k", b"v")) == errno.ENOTSUP
         # The mount keeps serving, and nothing of the above reached the store.
         assert is_mounted(m.mountpoint)
         assert read_back(s3, "n/ok") == b"ok"
