@@ -151,8 +151,9 @@ def test_listing_more_than_one_page(s3: S3Server, mount_s3: Callable[..., Mounte
         assert os.listdir(os.path.join(d, "sub")) == ["inner"]
         with open(os.path.join(d, "f00012"), "rb") as f:
             assert f.read() == b"y" * 12
+        # ls -l of 2501 names cost a few listings, not a request per name.
         tier = stats(m.mountpoint)["capacity"]
-        assert tier["list"] >= 1
+        assert 1 <= tier["list"] <= 3 and tier.get("stat", 0) <= 3, tier
 
 
 # -- (b) ranged reads at many alignments ------------------------------------------------
