@@ -7,6 +7,14 @@ leaves loopback. Objects that only need to exist are created directly in the
 server's backing directory; what the mount writes is checked through a second,
 independent pyarrow client. Nothing here asserts on timing: waits for a cache
 to expire poll with a deadline.
+
+Deletes through the mount (unlink, rename) are of objects at the bucket's top
+level, or of the last object in a directory: pyarrow's ``delete_file`` PUTs a
+marker ``parent/`` after every delete, which rclone fails when ``parent`` is a
+non-empty directory on its disk, and now and then rclone then stops answering
+for minutes. That is the test server's bug, not the mount's (on S3 the marker
+PUT succeeds); a delete in a directory that keeps other files is covered
+in-process by ``test_objectstore.py``.
 """
 
 from __future__ import annotations
@@ -251,6 +259,7 @@ def test_metadata_ttls(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
 
     # Long TTLs: changes behind the mount's back stay unseen, its own show at once.
     long = {"stat_ttl": "1h", "list_ttl": "1h", "negative_ttl": "1h"}
+    put(s3, "top", b"top")
     with mount_s3(s3, source=long) as m:
         d = os.path.join(m.mountpoint, "t")
         assert os.listdir(d) == ["b"]
@@ -262,66 +271,73 @@ def test_metadata_ttls(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
         assert os.stat(os.path.join(d, "mine")).st_size == 5
         with open(os.path.join(d, "mine"), "rb") as f:
             assert f.read() == b"hello"
-        os.rename(os.path.join(d, "mine"), os.path.join(d, "yours"))
-        assert sorted(os.listdir(d)) == ["b", "yours"]
-        os.unlink(os.path.join(d, "b"))
-        assert os.listdir(d) == ["yours"]
-        assert errno_of(lambda: os.stat(os.path.join(d, "b"))) == errno.ENOENT
         os.mkdir(os.path.join(d, "sub"))
-        assert sorted(os.listdir(d)) == ["sub", "yours"]
+        assert sorted(os.listdir(d)) == ["b", "mine", "sub"]
+        # Deletes at the top level (see the module docstring).
+        r = m.mountpoint
+        assert sorted(os.listdir(r)) == ["t", "top"]
+        os.rename(os.path.join(r, "top"), os.path.join(r, "moved"))
+        assert sorted(os.listdir(r)) == ["moved", "t"]
+        assert errno_of(lambda: os.stat(os.path.join(r, "top"))) == errno.ENOENT
+        os.unlink(os.path.join(r, "moved"))
+        assert os.listdir(r) == ["t"]
+        assert errno_of(lambda: os.stat(os.path.join(r, "moved"))) == errno.ENOENT
 
 
 # -- (e) writes through the mount reach the store ------------------------------------------
 def test_writes_reach_the_store(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
-    put(s3, "w/keep", b"keep")
+    put(s3, "keep", b"keep")
     with mount_s3(s3) as m:
         root = m.mountpoint
         small = b"hello, store\n"
-        with open(os.path.join(root, "w", "small"), "wb") as f:
+        with open(os.path.join(root, "small"), "wb") as f:
             f.write(small)
-        assert read_back(s3, "w/small") == small
+        assert read_back(s3, "small") == small
         big = random.Random(3).randbytes(9 * MiB + 17)  # multipart upload
-        with open(os.path.join(root, "w", "big"), "wb") as f:
+        with open(os.path.join(root, "big"), "wb") as f:
             for i in range(0, len(big), 128 * KiB):
                 f.write(big[i:i + 128 * KiB])
-        assert read_back(s3, "w/big") == big
-        with open(os.path.join(root, "w", "big"), "rb") as f:
+        assert read_back(s3, "big") == big
+        with open(os.path.join(root, "big"), "rb") as f:
             assert hashlib.sha256(f.read()).digest() == hashlib.sha256(big).digest()
         # Overwrite part of an existing object (read, modify, upload whole).
-        with open(os.path.join(root, "w", "keep"), "r+b") as f:
+        with open(os.path.join(root, "keep"), "r+b") as f:
             f.seek(1)
             f.write(b"EE")
-        assert read_back(s3, "w/keep") == b"kEEp"
-        # Rename of a file: copy + delete in the store.
-        os.rename(os.path.join(root, "w", "small"), os.path.join(root, "w", "moved"))
-        assert read_back(s3, "w/moved") == small
-        assert not exists_in_store(s3, "w/small")
-        assert sorted(os.listdir(os.path.join(root, "w"))) == ["big", "keep", "moved"]
+        assert read_back(s3, "keep") == b"kEEp"
+        # Rename of a file: copy + delete in the store (top level: see the module docstring).
+        os.rename(os.path.join(root, "small"), os.path.join(root, "moved"))
+        assert read_back(s3, "moved") == small
+        assert not exists_in_store(s3, "small")
+        assert sorted(os.listdir(root)) == ["big", "keep", "moved"]
         # Unlink.
-        os.unlink(os.path.join(root, "w", "keep"))
-        assert not exists_in_store(s3, "w/keep")
-        assert errno_of(lambda: os.stat(os.path.join(root, "w", "keep"))) == errno.ENOENT
+        os.unlink(os.path.join(root, "keep"))
+        assert not exists_in_store(s3, "keep")
+        assert errno_of(lambda: os.stat(os.path.join(root, "keep"))) == errno.ENOENT
         # mkdir, then a file in it (rclone keeps no empty directories: the file makes it real).
-        os.mkdir(os.path.join(root, "w", "newdir"))
-        assert os.path.isdir(os.path.join(root, "w", "newdir"))
-        assert os.listdir(os.path.join(root, "w", "newdir")) == []
-        with open(os.path.join(root, "w", "newdir", "inside"), "wb") as f:
+        os.mkdir(os.path.join(root, "newdir"))
+        assert os.path.isdir(os.path.join(root, "newdir"))
+        assert os.listdir(os.path.join(root, "newdir")) == []
+        with open(os.path.join(root, "newdir", "inside"), "wb") as f:
             f.write(b"in")
-        assert read_back(s3, "w/newdir/inside") == b"in"
-        assert os.listdir(os.path.join(root, "w", "newdir")) == ["inside"]
-        os.unlink(os.path.join(root, "w", "newdir", "inside"))
-        os.rmdir(os.path.join(root, "w", "newdir"))
-        assert not os.path.exists(os.path.join(root, "w", "newdir"))
-        assert sorted(os.listdir(os.path.join(root, "w"))) == ["big", "moved"]
+        assert read_back(s3, "newdir/inside") == b"in"
+        assert os.listdir(os.path.join(root, "newdir")) == ["inside"]
+        # The last object of a directory: the directory stays in this mount.
+        os.unlink(os.path.join(root, "newdir", "inside"))
+        assert not exists_in_store(s3, "newdir/inside")
+        assert os.listdir(os.path.join(root, "newdir")) == []
+        os.rmdir(os.path.join(root, "newdir"))
+        assert not os.path.exists(os.path.join(root, "newdir"))
+        assert sorted(os.listdir(root)) == ["big", "moved"]
         # The second client sees exactly what the mount shows.
         import pyarrow.fs as pafs
 
-        infos = s3.client().get_file_info(pafs.FileSelector(f"{s3.bucket}/w"))
+        infos = s3.client().get_file_info(pafs.FileSelector(s3.bucket))
         assert sorted(i.base_name for i in infos) == ["big", "moved"]
     # A fresh mount sees what the first one wrote.
     with mount_s3(s3) as m:
-        assert sorted(os.listdir(os.path.join(m.mountpoint, "w"))) == ["big", "moved"]
-        with open(os.path.join(m.mountpoint, "w", "moved"), "rb") as f:
+        assert sorted(os.listdir(m.mountpoint)) == ["big", "moved"]
+        with open(os.path.join(m.mountpoint, "moved"), "rb") as f:
             assert f.read() == small
 
 
@@ -502,20 +518,22 @@ def test_listing_snapshot_spares_the_relisting(s3: S3Server, mount_s3: Callable[
     want = {}
     for d in range(3):
         for i in range(700 if d == 0 else 20):  # 'd0' takes more than one page
-            rel = f"ds/d{d}/f{i:04d}"
+            rel = f"d{d}/f{i:04d}"
             put(s3, rel, b"x" * (i % 5))
             want[f"d{d}/f{i:04d}"] = i % 5
-    put(s3, "ds/d1/deeper/leaf", b"leaf")
+    put(s3, "d1/deeper/leaf", b"leaf")
     want["d1/deeper/leaf"] = 4
+    put(s3, "top", b"top")
+    want["top"] = 3
     snap = tmp_path / "snap" / "listing.parquet"
     snap.parent.mkdir()
     src = {"listing_snapshot": str(snap), "list_ttl": "1h", "stat_ttl": "1h"}
 
-    with mount_s3(s3, "ds", source=src) as m:
+    with mount_s3(s3, source=src) as m:
         assert "no listing snapshot" in m.read_log()
         assert _walk(m.mountpoint) == want
         lists = stats(m.mountpoint)["capacity"]["list"]
-        assert lists >= 5  # root, d0, d1, d1/deeper, d2
+        assert lists >= 5  # the bucket, d0, d1, d1/deeper, d2
         # On demand, while mounted: `tierfs snapshot MNT FILE`.
         other = tmp_path / "snap" / "now.parquet"
         res = subprocess.run(tierfs_cmd("snapshot", m.mountpoint, str(other)),
@@ -529,7 +547,7 @@ def test_listing_snapshot_spares_the_relisting(s3: S3Server, mount_s3: Callable[
     assert not list((tmp_path / "snap").glob("*.tmp.*"))  # written to a temp name, renamed
 
     # Remount: everything is served from the snapshot, without one LIST or HEAD.
-    with mount_s3(s3, "ds", source=src) as m:
+    with mount_s3(s3, source=src) as m:
         assert "loaded" in m.read_log()
         assert _walk(m.mountpoint) == want
         counters = stats(m.mountpoint)["capacity"]
@@ -539,24 +557,24 @@ def test_listing_snapshot_spares_the_relisting(s3: S3Server, mount_s3: Callable[
         # The mount's own changes update the loaded listings at once.
         with open(os.path.join(m.mountpoint, "d2", "new"), "wb") as f:
             f.write(b"new!")
-        os.unlink(os.path.join(m.mountpoint, "d2", "f0000"))
+        os.unlink(os.path.join(m.mountpoint, "top"))  # top level: see the module docstring
         names = set(os.listdir(os.path.join(m.mountpoint, "d2")))
-        assert "new" in names and "f0000" not in names
+        assert "new" in names and "top" not in os.listdir(m.mountpoint)
         assert stats(m.mountpoint)["capacity"].get("list", 0) == 0
     want["d2/new"] = 4
-    del want["d2/f0000"]
+    del want["top"]
 
     # Loaded listings are trusted for list_ttl from the load, then fetched again.
-    put(s3, "ds/d2/behind", b"b")
+    put(s3, "d2/behind", b"b")
     short = {**src, "list_ttl": "1s", "stat_ttl": "1s"}
-    with mount_s3(s3, "ds", source=short) as m:
+    with mount_s3(s3, source=short) as m:
         d2 = os.path.join(m.mountpoint, "d2")
         wait_for(lambda: "behind" in os.listdir(d2), "the snapshot's listing to expire")
         want["d2/behind"] = 1
         assert _walk(m.mountpoint) == want
 
     # A snapshot of another source is not used (a warning), and the mount lists as usual.
-    with mount_s3(s3, "ds/d1", source=src) as m:
+    with mount_s3(s3, "d1", source=src) as m:
         assert "not used" in m.read_log()
         assert sorted(os.listdir(m.mountpoint)) == sorted(
             [f"f{i:04d}" for i in range(20)] + ["deeper"])
