@@ -47,6 +47,8 @@ MOUNT_OPTIONS = {
     "config=FILE": "TOML configuration file",
     "immutable": "the source never changes: keep kernel caches across opens",
     "log=FILE": "daemon log file",
+    "snapshot=FILE": "object stores: listing snapshot file, loaded at mount and saved at "
+                     "unmount (as [source] listing_snapshot)",
     "debug": "log at DEBUG level",
     # accepted for fstab compatibility; no effect
     "rw": "(accepted, default)",
@@ -112,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
                    description=replay_parser().description, add_help=False,
                    parents=[replay_parser()])
 
+    n = sub.add_parser("snapshot", help="save a mount's cached directory listings now",
+                       description="Save the cached directory listings of an object-store "
+                                   "mount to FILE (default: its listing_snapshot), as the "
+                                   "mount does at unmount.")
+    n.add_argument("mountpoint", metavar="MOUNTPOINT")
+    n.add_argument("file", metavar="FILE", nargs="?",
+                   help="where to write (default: [source] listing_snapshot)")
+
     s = sub.add_parser("stats", help="show a mount's counters")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -126,7 +136,7 @@ def parse_mount_options(opts: Sequence[str]) -> dict[str, Any]:
             if not item:
                 continue
             key, eq, value = item.partition("=")
-            spec = f"{key}=FILE" if key in ("config", "log") else \
+            spec = f"{key}=FILE" if key in ("config", "log", "snapshot") else \
                 f"{key}=DIR" if key == "cache" else key
             if spec not in MOUNT_OPTIONS:
                 allowed = ", ".join(k for k, v in MOUNT_OPTIONS.items() if not v.startswith("("))
@@ -171,8 +181,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
             what = "does not exist" if not os.path.exists(source) else "is not a directory"
             raise MountError(f"source {source} {what}", 4)
         source = os.path.abspath(source)
+    if opts.get("snapshot"):
+        cfg = with_overrides(cfg, "source", listing_snapshot=opts["snapshot"])
     if cfg.stats.trace:  # the daemon runs in "/": make paths absolute now
         cfg = with_overrides(cfg, "stats", trace=os.path.abspath(cfg.stats.trace))
+    if cfg.source.listing_snapshot:
+        cfg = with_overrides(cfg, "source",
+                             listing_snapshot=os.path.abspath(cfg.source.listing_snapshot))
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse()
     cache_dir = prepare_cache_dir(args.cache or opts.get("cache") or cfg.cache.dir
@@ -380,6 +395,15 @@ def cmd_move(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {}
+    if args.file:
+        req["path"] = os.path.abspath(args.file)  # the daemon runs in "/"
+    res = call(os.path.abspath(args.mountpoint), "snapshot", timeout=3600, **req)
+    print(f"{res['path']}: {res['entries']} entries")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import main as replay_main
 
@@ -387,6 +411,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"replay": cmd_replay, "mount": cmd_mount, "umount": cmd_umount, "stats": cmd_stats,
+            "snapshot": cmd_snapshot,
             "warm": cmd_move, "evict": cmd_move, "pin": cmd_move, "unpin": cmd_move}
 
 

@@ -41,6 +41,11 @@ class CacheConfig:
     page_size: int = _opt(parse_size("4KiB"), "size",
                           "DRAM page size: a power of two from 4KiB to 1MiB.")
     chunk_size: int = _opt(parse_size("1MiB"), "size", "Fast-tier allocation and fetch unit.")
+    remote_block: int = _opt(parse_size("64KiB"), "size",
+                             "Object stores: a random read that misses DRAM fetches the "
+                             "aligned block of this size around it in one ranged GET and "
+                             "offers all of its pages to the DRAM cache. A multiple of "
+                             "page_size, at most chunk_size; page_size turns it off.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,19 @@ class SourceConfig:
     list_ttl: float = _opt(60.0, "duration", "Object-store directory listing cache lifetime.")
     max_dir_rename_keys: int = _opt(1000, "int",
                                     "Largest directory (in keys) that rename may copy.")
+    listing_snapshot: str | None = _opt(
+        None, "path",
+        "Object stores: a file (Parquet) the cached directory listings are saved to at "
+        "unmount (and by 'tierfs snapshot') and loaded from at mount, so that a remount of a "
+        "bucket with millions of keys does not list it again. Loaded listings answer for "
+        "list_ttl (their attributes for stat_ttl) from the load, then are fetched again; "
+        "the mount's own changes update them. A missing, unreadable or foreign file is "
+        "ignored with a warning.")
+    dir_markers: bool = _opt(True, "bool",
+                             "Write 'dir/' marker objects so that empty directories persist. "
+                             "Set false for servers that store a marker as a file and then "
+                             "hide the directory (rclone serve s3): mkdir then makes the "
+                             "directory in this mount only, until a file is written below it.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +266,8 @@ def _check(obj: Any) -> None:
             raise ValueError("page_size: must be a power of two from 4KiB to 1MiB")
         if obj.chunk_size < ps or obj.chunk_size % ps:
             raise ValueError("chunk_size: must be a multiple of page_size")
+        if obj.remote_block < ps or obj.remote_block % ps or obj.remote_block > obj.chunk_size:
+            raise ValueError("remote_block: must be a multiple of page_size, at most chunk_size")
     if isinstance(obj, StatsConfig) and obj.prometheus is not None and \
             not re.fullmatch(r"[\w.\-\[\]:]*:\d{1,5}", obj.prometheus):
         raise ValueError("prometheus: expected host:port, e.g. \"127.0.0.1:9100\"")

@@ -9,7 +9,10 @@ the classifier labels the request (`sequential`, `random`, `unknown`); then:
   must not flush the hot random set;
 * everything else is served page-aligned: the DRAM page cache (C, `csrc/`)
   first, then one aligned, coalesced ranged read from the capacity tier for
-  the whole request, whose pages the policy may admit to DRAM.
+  the whole request, whose pages the policy may admit to DRAM. On a remote
+  tier (an object store) that read is widened to the aligned ``remote_block``
+  (64 KiB) around the request: one GET costs a round trip either way, and the
+  neighbours of a random read are then DRAM hits.
 
 Consistency: every file id has a generation, bumped by writes, truncates and
 source changes. A fetch that started under an older generation never enters a
@@ -78,6 +81,8 @@ class Engine:
         policy: decides admission and read-ahead.
         pagecache: the DRAM tier, or ``None`` to run without it.
         chunk_size: read-ahead fetch unit.
+        remote_block: on a remote capacity tier, the aligned block a DRAM miss
+            fetches (and offers to DRAM) around the requested pages.
         stream_budget: bytes all read-ahead buffers together may hold.
         throughput_slots: concurrent read-ahead fetches (throughput class).
     """
@@ -92,6 +97,7 @@ class Engine:
         pagecache: PageCache | None = None,
         fast: FastTier | None = None,
         chunk_size: int = 1 << 20,
+        remote_block: int = 64 << 10,
         stream_budget: int = 256 << 20,
         throughput_slots: int = 4,
         kernel_invalidate: Callable[[int], None] | None = None,
@@ -108,6 +114,10 @@ class Engine:
         self._admissions = 0  # fast-tier admissions in flight (bounded)
         self.page_size = pagecache.page_size if pagecache is not None else 4096
         self.chunk_size = chunk_size
+        # A ranged GET costs a round trip whatever its size, so on a remote tier a miss
+        # fetches a whole aligned block; locally a page is as cheap as the syscall.
+        self.remote_block = remote_block if capacity.remote and pagecache is not None and \
+            remote_block > self.page_size else self.page_size
         self.stream_budget = stream_budget
         self._stream_bytes = 0
         self._gen: dict[int, int] = {}
@@ -271,7 +281,8 @@ class Engine:
             # Complete if it covers the request, or stopped at a short (last) page.
             if n >= offset + size - start or (n % ps and n > offset - start):
                 self._served(h, "dram", info.label, min(size, n - (offset - start)))
-                return bytes(memoryview(buf)[offset - start:offset - start + size])
+                # Not past n: a short last page ends the file, the rest of buf is zeros.
+                return bytes(memoryview(buf)[offset - start:min(n, offset - start + size)])
             self.stats.add("dram.miss")
         gen = self.generation(h.file_id)
         length = (last + 1) * ps - start
@@ -281,6 +292,14 @@ class Engine:
             if data is not None:
                 self._served(h, "fast", info.label, min(size, len(data) - (offset - start)))
         if data is None:
+            rb = self.remote_block
+            if rb > ps and pc is not None:
+                # Widen to the aligned block(s) around the request; the page
+                # cache gets them all, the reader its slice.
+                bstart = start // rb * rb
+                bend = -(-(offset + size) // rb) * rb
+                first, start, length = bstart // ps, bstart, bend - bstart
+                self.stats.add("read.remote_blocks")
             data = await h.file.pread(start, length)
             self._served(h, "capacity", info.label, min(size, len(data) - (offset - start)))
             self._maybe_admit_fast(h, start, data, info, gen)

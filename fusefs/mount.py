@@ -94,6 +94,7 @@ def source_options(cfg: Config) -> dict[str, Any]:
         "negative_ttl": s.negative_ttl,
         "list_ttl": s.list_ttl,
         "max_dir_rename_keys": s.max_dir_rename_keys,
+        "dir_markers": s.dir_markers,
     }
     for key in ("endpoint", "region", "access_key", "secret_key"):
         if getattr(s, key) is not None:
@@ -128,6 +129,14 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
     async with AsyncExitStack() as stack:
         capacity = await open_source(source, cfg)
         stack.push_async_callback(capacity.close)
+        snapshot = cfg.source.listing_snapshot if capacity.supports_snapshots else None
+        if cfg.source.listing_snapshot and snapshot is None:
+            log.warning("listing_snapshot ignored: %s keeps no listing cache",
+                        capacity.description)
+        if snapshot:
+            await load_listing_snapshot(capacity, snapshot)
+            # Pushed after capacity.close, so it runs before it (and after the unmount).
+            stack.push_async_callback(save_listing_snapshot, capacity, snapshot)
         stats = Stats()
         engine = build_engine(capacity, cfg, stats)
         stack.push_async_callback(engine.close)
@@ -154,6 +163,7 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             "inodes": len(ops.inodes),
             "handles": len(ops.handles),
         }
+        stats.sources["capacity"] = capacity.statistics
         if cfg.stats.prometheus:
             token = trio.lowlevel.current_trio_token()
             try:
@@ -186,8 +196,17 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
         async def on_ping(req: dict[str, Any]) -> dict[str, Any]:
             return {"pid": os.getpid(), "source": capacity.description}
 
+        async def on_snapshot(req: dict[str, Any]) -> dict[str, Any]:
+            target = req.get("path") or snapshot
+            if not target:
+                raise OSError(errno.EINVAL, "no snapshot file: give one, or set "
+                                            "[source] listing_snapshot")
+            entries = await capacity.save_snapshot(os.path.abspath(target))
+            return {"path": os.path.abspath(target), "entries": entries}
+
         control.register("stats", on_stats)
         control.register("ping", on_ping)
+        control.register("snapshot", on_snapshot)
         migrator = Migrator(engine, capacity, cfg) if engine.fast is not None else None
         if migrator is not None:
             register_migrator(control, migrator, engine, ops)
@@ -213,6 +232,28 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
     log.info("unmounted %s", mountpoint)
 
 
+async def load_listing_snapshot(capacity: CapacityTier, path: str) -> None:
+    """Serve the listings saved at the last unmount; a bad or missing file only warns."""
+    try:
+        n = await capacity.load_snapshot(path)
+    except FileNotFoundError:
+        log.info("no listing snapshot at %s yet: listing the store as needed", path)
+        return
+    except OSError as exc:
+        log.warning("listing snapshot %s not used: %s", path, exc.strerror or exc)
+        return
+    log.info("loaded %d entries from listing snapshot %s", n, path)
+
+
+async def save_listing_snapshot(capacity: CapacityTier, path: str) -> None:
+    try:
+        n = await capacity.save_snapshot(path)
+    except OSError as exc:
+        log.warning("listing snapshot %s not saved: %s", path, exc.strerror or exc)
+        return
+    log.info("saved %d entries to listing snapshot %s", n, path)
+
+
 def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     """The engine with the classifier, policy and DRAM tier the config asks for."""
     try:
@@ -231,7 +272,8 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     return Engine(capacity, stats=stats, trace=trace,
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
                   policy=policy, pagecache=pagecache, fast=fast,
-                  chunk_size=cfg.cache.chunk_size, kernel_invalidate=pyfuse3.invalidate_inode)
+                  chunk_size=cfg.cache.chunk_size, remote_block=cfg.cache.remote_block,
+                  kernel_invalidate=pyfuse3.invalidate_inode)
 
 
 def register_migrator(control: ControlServer, migrator: Migrator, engine: Engine,

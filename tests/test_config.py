@@ -44,7 +44,7 @@ class = "stream"
 
 
 @pytest.mark.parametrize("text,where", [
-    ("[cache]\nsise = 1\n", "t.toml:2: cache.sise: unknown key; allowed: chunk_size, dir, dram, page_size, size"),
+    ("[cache]\nsise = 1\n", "t.toml:2: cache.sise: unknown key; allowed: chunk_size, dir, dram, page_size, remote_block, size"),
     ("[cache]\ndram = \"lots\"\n", "t.toml:2: cache.dram: not a size"),
     ("[caches]\n", "t.toml:1: unknown table [caches]"),
     ("[mount]\nconsistency = \"sometimes\"\n", "t.toml:2: mount.consistency: expected one of: close-to-open, immutable"),
@@ -75,3 +75,15 @@ def test_units() -> None:
     for bad in ("", "x", "-1", "1XB", "5 parsecs"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_object_store_keys() -> None:
+    cfg = parse_config('[cache]\nremote_block = "128KiB"\n'
+                       '[source]\nlisting_snapshot = "/var/lib/t.parquet"\ndir_markers = false\n')
+    assert cfg.cache.remote_block == 128 << 10
+    assert cfg.source.listing_snapshot == "/var/lib/t.parquet"
+    assert cfg.source.dir_markers is False
+    assert parse_config("").cache.remote_block == 64 << 10
+    for bad in ('"6KiB"', '"2MiB"', "1024"):
+        with pytest.raises(ConfigError, match="remote_block: must be a multiple of page_size"):
+            parse_config(f"[cache]\nremote_block = {bad}\n", "t.toml")

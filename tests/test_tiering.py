@@ -276,3 +276,14 @@ def test_kernel_readahead_makes_big_requests(src: str, mnt: str) -> None:
     assert got == want
     # 16 MiB in 128 KiB requests would be 128 of them.
     assert counter(stats(mnt), "read.requests") <= 48
+
+
+def test_dram_hit_at_eof_is_not_padded(src: str, mnt: str) -> None:
+    """A DRAM hit that ends in the file's short last page returns only bytes of the file."""
+    data = write_random(os.path.join(src, "f"), 2 * 4096 + 57, 4)
+    path = os.path.join(mnt, "f")
+    assert read_direct(path, 4096, 8192) == data[4096:]  # pages 1-2 enter DRAM, 2 is short
+    assert stats(mnt)["dram"]["hits"] == 0
+    for off in (8192 - 100, 8192, 8192 + 56, 4096 + 1):
+        assert read_direct(path, off, 4096) == data[off:off + 4096], off
+    assert stats(mnt)["dram"]["hits"] >= 1

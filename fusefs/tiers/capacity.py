@@ -158,6 +158,9 @@ class CapacityTier(ABC):
     kind: str = "?"
     #: Whether the tier can keep hard links, device nodes, ownership, xattrs.
     supports_links: bool = False
+    #: Whether a read is a network request (object stores), so that fetching a
+    #: larger aligned block per miss costs little more than the bytes asked for.
+    remote: bool = False
 
     @property
     @abstractmethod
@@ -169,6 +172,21 @@ class CapacityTier(ABC):
 
     async def close(self) -> None:
         """Release every resource the tier holds."""
+
+    def statistics(self) -> dict[str, int]:
+        """Counters of the tier (requests sent, by kind), for `tierfs stats`."""
+        return {}
+
+    #: Whether `save_snapshot` / `load_snapshot` do anything (tiers with a listing cache).
+    supports_snapshots: bool = False
+
+    async def save_snapshot(self, path: str) -> int:
+        """Write the cached directory listings to ``path``; returns the entries written."""
+        raise OSError(errno.ENOTSUP, f"{self.kind} sources keep no listing cache to snapshot")
+
+    async def load_snapshot(self, path: str) -> int:
+        """Serve listings saved by `save_snapshot`; returns the entries loaded."""
+        raise OSError(errno.ENOTSUP, f"{self.kind} sources keep no listing cache to snapshot")
 
     # -- metadata --------------------------------------------------------
     @abstractmethod

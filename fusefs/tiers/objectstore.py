@@ -249,11 +249,14 @@ class ObjectFile(CapacityFile):
         self._dirty = False
         self._unlinked = False
         self._closed = False
+        self._reads = 0  # ranged GETs in flight: the input file outlives close() until they end
         self._mtime_ns = st.st_mtime_ns
 
     # -- reading -----------------------------------------------------------
     async def _open_input(self) -> Any:
         async with self._input_lock:
+            if self._closed:
+                raise _err(errno.EBADF, "file is closed")
             if self._input is None:
                 key = self._tier._key(self.path)
                 f = await self._tier._run(f"open {self._tier._show(self.path)}",
@@ -266,12 +269,27 @@ class ObjectFile(CapacityFile):
             if offset < 0:
                 raise _err(errno.EINVAL, "negative read offset")
             return b""
-        f = await self._open_input()
-        if offset >= self._input_size:
-            return b""
-        size = min(size, self._input_size - offset)
-        self._tier.requests["get"] += 1
-        return await self._tier._run(f"read {self._tier._show(self.path)}", f.read_at, size, offset)
+        self._reads += 1
+        try:
+            f = await self._open_input()
+            if offset >= self._input_size:
+                return b""
+            size = min(size, self._input_size - offset)
+            self._tier.requests["get"] += 1
+            return await self._tier._run(f"read {self._tier._show(self.path)}", f.read_at,
+                                         size, offset)
+        finally:
+            self._reads -= 1
+            if self._closed and not self._reads:
+                self._close_input()
+
+    def _close_input(self) -> None:
+        # Background read-ahead may still be reading when the handle is released:
+        # closing the input under a read in a worker thread would pull it away
+        # mid-request, so the last read closes it instead.
+        if self._input is not None and not self._reads:
+            self._input.close()
+            self._input = None
 
     async def pread(self, offset: int, size: int) -> bytes:
         if self._closed:
@@ -365,9 +383,7 @@ class ObjectFile(CapacityFile):
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-            if self._input is not None:
-                self._input.close()
-                self._input = None
+            self._close_input()
 
     def fileno(self) -> int | None:
         return None  # the spool is not the object: the engine must go through pread
@@ -377,6 +393,8 @@ class ObjectStoreTier(CapacityTier):
     """A bucket or prefix of an object store, served through `pyarrow.fs`."""
 
     supports_links = False
+    supports_snapshots = True
+    remote = True  # every read is a ranged GET: a round trip costs more than 64 KiB
 
     def __init__(
         self,
@@ -1286,6 +1304,11 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)  # the rename itself must survive a crash
+        finally:
+            os.close(dfd)
     except BaseException:
         try:
             os.unlink(tmp)
