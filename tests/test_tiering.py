@@ -203,6 +203,8 @@ def test_corrupted_cache_file_is_refetched(src: str, make_mount: Callable[..., M
     with make_mount(src, cache=cache) as m:
         subprocess.run(tierfs_cmd("warm", os.path.join(m.mountpoint, "f")), check=True,
                        capture_output=True)
+        # The precondition: every byte is in the fast tier before the unmount.
+        assert stats(m.mountpoint)["fast"]["bytes_used"] == len(want)
     data_files = os.listdir(os.path.join(cache, "data"))
     assert len(data_files) == 1
     with open(os.path.join(cache, "data", data_files[0]), "r+b") as f:
