@@ -651,3 +651,49 @@ def test_random_reads_fetch_aligned_blocks(s3: S3Server, mount_s3: Callable[...,
         c = stats(m.mountpoint)["counters"]
         assert "read.remote_blocks" not in c
         assert sum(v for k, v in c.items() if k.startswith("read.bytes.dram.")) == 0
+
+
+# -- the warm cache survives a remount and serves with the store gone --------------------
+def test_remount_serves_warm_cache_with_the_store_stopped(
+        restartable_s3: S3Server, mount_s3: Callable[..., Mounted], tmp_path: Path) -> None:
+    """Warm, unmount, remount, stop the server: the fast tier and the listing
+    snapshot answer every read of the warm file; only cold data fails (EIO)."""
+    server = restartable_s3
+    hot = random.Random(5).randbytes(3 * MiB + 123)
+    put(server, "emb/table.f32", hot)
+    put(server, "emb/cold.bin", b"c" * 10000)
+    cache = str(tmp_path / "cache")
+    snap = tmp_path / "listing.parquet"
+    src = {"listing_snapshot": str(snap), "list_ttl": "1h", "stat_ttl": "1h"}
+    with mount_s3(server, source=src, cache=cache) as m:
+        res = subprocess.run(tierfs_cmd("warm", os.path.join(m.mountpoint, "emb", "table.f32")),
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert stats(m.mountpoint)["fast"]["bytes_used"] == len(hot)
+        assert sorted(os.listdir(os.path.join(m.mountpoint, "emb"))) == ["cold.bin", "table.f32"]
+    with mount_s3(server, source=src, cache=cache) as m:
+        m.allow_error(r"not answering")
+        server.stop()
+        try:
+            path = os.path.join(m.mountpoint, "emb", "table.f32")
+            assert os.stat(path).st_size == len(hot)
+            rng = random.Random(9)
+            for _ in range(50):
+                off = rng.randrange(0, len(hot))
+                assert read_direct(path, off // 4096 * 4096, 4096) == \
+                    hot[off // 4096 * 4096:off // 4096 * 4096 + 4096]
+            with open(path, "rb") as f:
+                assert f.read() == hot
+            snapshot = stats(m.mountpoint)
+            assert snapshot["counters"].get("read.bytes.capacity.random", 0) == 0
+            assert counter_sum(snapshot, "read.bytes.fast.") > 0
+            # Cold data cannot come from anywhere: EIO, and the mount stays up.
+            assert errno_of(lambda: read_direct(
+                os.path.join(m.mountpoint, "emb", "cold.bin"), 0, 4096)) == errno.EIO
+            assert is_mounted(m.mountpoint)
+        finally:
+            server.start()
+
+
+def counter_sum(snap: dict[str, Any], prefix: str) -> int:
+    return sum(v for k, v in snap["counters"].items() if k.startswith(prefix))

@@ -632,6 +632,10 @@ class ObjectStoreTier(CapacityTier):
         log.warning("%s", message)
 
     def _file_stat(self, size: int, mtime_ns: int) -> Stat:
+        # Whole seconds: a LIST reports milliseconds, a HEAD (Last-Modified)
+        # only seconds. One object must show one mtime, and one cache version,
+        # whichever request described it.
+        mtime_ns -= mtime_ns % 1_000_000_000
         return Stat(
             st_mode=stat_mod.S_IFREG | self.opts.file_mode, st_size=size, st_nlink=1,
             st_uid=self._uid, st_gid=self._gid, st_blocks=(size + 511) // 512,
@@ -729,6 +733,11 @@ class ObjectStoreTier(CapacityTier):
         neg = self._negative.get(path)
         if neg is not None and neg > now:
             raise _err(errno.ENOENT, f"{self._show(path)}: no such object")
+        own = self._lists.get(path)
+        if own is not None and own.stat_expires > now:
+            # Its own listing is known (e.g. from a snapshot whose parent was
+            # never listed): only a directory has one.
+            return self._dir_stat(0)
         parent, name = _split(path)
         listing = self._lists.get(parent)
         if listing is not None and listing.list_expires > now:
