@@ -56,6 +56,8 @@ class _Chunk:
     #: The tier the bytes came from ("fast" or "capacity"), for the stats.
     tier: str = "capacity"
     done: trio.Event = field(default_factory=trio.Event)
+    #: Read-ahead no reader waits for yet: it yields to latency reads.
+    optional: bool = False
     data: bytes = b""
     error: OSError | None = None
 
@@ -100,6 +102,7 @@ class Engine:
         remote_block: int = 64 << 10,
         stream_budget: int = 256 << 20,
         throughput_slots: int = 4,
+        latency_pressure: int = 8,
         kernel_invalidate: Callable[[int], None] | None = None,
         memory: MemoryDomain | None = None,
         stream_keep_fraction: float = 0.1,
@@ -131,6 +134,11 @@ class Engine:
         # that page must go even though the write did not touch it.
         self._eof: dict[int, int] = {}
         self.throughput = trio.CapacityLimiter(throughput_slots)
+        # Latency-class capacity reads in flight; at ``latency_pressure`` or
+        # more, optional read-ahead waits (throughput work yields).
+        self.latency_pressure = latency_pressure
+        self._latency_inflight = 0
+        self._calm: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         self.kernel_invalidate = kernel_invalidate
         self.memory = memory if memory is not None else MemoryDomain()
@@ -300,7 +308,14 @@ class Engine:
                 bend = -(-(offset + size) // rb) * rb
                 first, start, length = bstart // ps, bstart, bend - bstart
                 self.stats.add("read.remote_blocks")
-            data = await h.file.pread(start, length)
+            self._latency_inflight += 1
+            try:
+                data = await h.file.pread(start, length)
+            finally:
+                self._latency_inflight -= 1
+                if self._calm is not None and self._latency_inflight < self.latency_pressure:
+                    self._calm.set()
+                    self._calm = None
             self._served(h, "capacity", info.label, min(size, len(data) - (offset - start)))
             self._maybe_admit_fast(h, start, data, info, gen)
         if pc is not None and data and gen == self.generation(h.file_id) and not h.dirty:
@@ -347,7 +362,7 @@ class Engine:
             if not needed and (self._stream_bytes + cs > self.stream_budget
                                or self._nursery is None):
                 break  # read-ahead is optional; the budget bounds memory
-            self._start_chunk(h, st, c, gen, info)
+            self._start_chunk(h, st, c, gen, info, optional=not needed)
         out = []
         pos = offset
         while pos < end:
@@ -355,6 +370,9 @@ class Engine:
             ch = st.chunks.get(c)
             if ch is None:
                 ch = self._start_chunk(h, st, c, gen, info)
+            if ch.optional:
+                ch.optional = False  # a reader waits for it now: no more yielding
+                self._wake_deferred()
             if not ch.started:
                 await self._fetch_chunk(h, ch, info)  # no background nursery: fetch inline
             await ch.done.wait()
@@ -371,9 +389,25 @@ class Engine:
         st.served += len(data)
         return data
 
+    def _wake_deferred(self) -> None:
+        if self._calm is not None:
+            self._calm.set()  # the deferred chunks look again; the urgent one goes
+            self._calm = None
+
+    async def _yield_to_latency(self, ch: _Chunk) -> None:
+        """Hold optional read-ahead while latency reads crowd the capacity tier."""
+        counted = False
+        while ch.optional and self._latency_inflight >= self.latency_pressure:
+            if not counted:
+                self.stats.add("readahead.yielded")
+                counted = True
+            if self._calm is None:
+                self._calm = trio.Event()
+            await self._calm.wait()
+
     def _start_chunk(self, h: FileHandle, st: StreamState, start: int, gen: int,
-                     info: AccessInfo) -> _Chunk:
-        ch = _Chunk(start, gen)
+                     info: AccessInfo, *, optional: bool = False) -> _Chunk:
+        ch = _Chunk(start, gen, optional=optional)
         st.chunks[start] = ch
         self._stream_bytes += self.chunk_size
         if self._nursery is not None:
@@ -393,6 +427,7 @@ class Engine:
                     ch.tier = "fast"
                     self.stats.add("readahead.bytes.fast", len(data))
             if data is None:
+                await self._yield_to_latency(ch)
                 async with self.throughput:
                     data = await h.file.pread(ch.start, self.chunk_size)
                 self.stats.add("readahead.bytes.capacity", len(data))
