@@ -47,6 +47,8 @@ class DirHandle:
     fh: int
     ino: int
     entries: list[tuple[bytes, Stat]] = field(default_factory=list)
+    #: `Operations.mutations` when ``entries`` was listed.
+    mutations: int = 0
 
 
 class HandleTable:

@@ -32,7 +32,15 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+# Handlers that may change what a listing's attributes say (names, link
+# counts, sizes, times): each one bumps `Operations.mutations` when done.
+_MUTATING = frozenset({"setattr", "mknod", "mkdir", "symlink", "link", "unlink", "rmdir",
+                       "rename", "create", "write"})
+
+
 def _translate(fn: F) -> F:
+    mutating = fn.__name__ in _MUTATING
+
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kw: Any) -> Any:
         try:
@@ -47,6 +55,9 @@ def _translate(fn: F) -> F:
         except Exception:
             log.exception("%s failed; answering EIO", fn.__name__)
             raise FUSEError(errno.EIO) from None
+        finally:
+            if mutating:
+                args[0].mutations += 1
 
     return wrapper  # type: ignore[return-value]
 
@@ -88,6 +99,8 @@ class Operations(pyfuse3.Operations):
         self.override_for = override_for
         # Source version each inode had when the kernel last cached its pages.
         self._versions: dict[int, SourceVersion] = {}
+        #: Count of finished mutating requests (see `_MUTATING`).
+        self.mutations = 0
         # Last attributes of objects whose last name went (unlink, rmdir,
         # rename over them) while the kernel still holds them: fstat of a
         # descriptor of a removed directory, or of an O_PATH descriptor of a
@@ -448,10 +461,21 @@ class Operations(pyfuse3.Operations):
         if start_id == 0:
             # Later offsets index this snapshot, so they stay stable while
             # the directory changes during the listing.
+            h.mutations = self.mutations
             h.entries = await self._list(h.ino)
         entries = h.entries
+        # The kernel trusts a later chunk's attributes as newer than any change
+        # it saw before sending that request; after a change since the
+        # snapshot, its entries are stated again (a link count, a size).
+        restat = start_id > 0 and h.mutations != self.mutations
         for i in range(start_id, len(entries)):
             name, st = entries[i]
+            if restat:
+                try:
+                    st = await self.capacity.stat(self.inodes.child_path(h.ino, name))
+                except FileNotFoundError:
+                    continue  # gone since the snapshot: not listed
+                entries[i] = (name, st)
             # readdirplus: every accepted entry is a lookup the kernel will forget.
             ino = self._remember(h.ino, name, st, count=0)
             if not pyfuse3.readdir_reply(token, name, self._entry(ino, st), i + 1):
