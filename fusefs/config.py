@@ -55,6 +55,12 @@ class PolicyConfig:
                                   "Run length after which a stream is classified sequential.")
     readahead_max: int = _opt(parse_size("64MiB"), "size",
                               "Largest read-ahead window of a sequential stream.")
+    fill_random_max: int = _opt(parse_size("1GiB"), "size",
+                                "Object stores: a file of at most this size (and at most half "
+                                "the fast tier) that is read at random is fetched whole into "
+                                "the fast tier in the background, in large ranged GETs at "
+                                "throughput priority, as rclone's full VFS cache and s3fs do; "
+                                "later misses are then local reads. 0 turns it off.")
 
 
 @dataclass(frozen=True, slots=True)

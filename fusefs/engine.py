@@ -19,14 +19,21 @@ source changes. A fetch that started under an older generation never enters a
 cache, so a reader cannot see bytes older than a write that completed before
 its read began.
 
+Whole-file fill: on a remote tier, a random read that misses every cache asks
+the policy (`Policy.fill_whole`) whether to fetch the file whole into the fast
+tier in the background; later misses are then local reads, not round trips.
+
 Scheduling: random reads (latency class) go straight to the capacity tier;
-stream read-ahead (throughput class) runs under a small limiter, so streams
-cannot occupy every worker thread and push random reads' tail latency up.
+stream read-ahead, fills and warming (throughput class) run under a small
+limiter, so they cannot occupy every worker thread and push random reads' tail
+latency up, and optional work waits while latency reads crowd the tier.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -39,7 +46,7 @@ from .memory import MemoryDomain
 from .pagecache import Hint, PageCache
 from .policies.base import AccessInfo, Override, Policy, Tier
 from .stats import Stats
-from .tiers.capacity import CapacityTier, Stat
+from .tiers.capacity import CapacityTier, SourceVersion, Stat
 from .tiers.fast import FastTier
 from .trace import TraceRecorder
 
@@ -87,6 +94,9 @@ class Engine:
             fetches (and offers to DRAM) around the requested pages.
         stream_budget: bytes all read-ahead buffers together may hold.
         throughput_slots: concurrent read-ahead fetches (throughput class).
+        latency_pressure: latency-class reads in flight at which optional
+            throughput work (read-ahead nobody waits for yet, fills) waits.
+        fill_parallel: ranged reads in flight per whole-file fill.
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class Engine:
         stream_budget: int = 256 << 20,
         throughput_slots: int = 4,
         latency_pressure: int = 8,
+        fill_parallel: int = 3,
         kernel_invalidate: Callable[[int], None] | None = None,
         memory: MemoryDomain | None = None,
         stream_keep_fraction: float = 0.1,
@@ -140,6 +151,10 @@ class Engine:
         self._latency_inflight = 0
         self._calm: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
+        self.fill_parallel = fill_parallel
+        # Versions filled or being filled: one fill per version of a file per
+        # mount, so a tier too small to keep a file cannot loop refetching it.
+        self._fills: set[tuple[bytes, SourceVersion]] = set()
         self.kernel_invalidate = kernel_invalidate
         self.memory = memory if memory is not None else MemoryDomain()
         self.stream_keep_fraction = stream_keep_fraction
@@ -295,6 +310,10 @@ class Engine:
         gen = self.generation(h.file_id)
         length = (last + 1) * ps - start
         data = None
+        if h.fast is None and self.fast is not None and h.version is not None \
+                and h.file_id not in self._written:
+            # A fill or another handle may have cached this version since the open.
+            h.fast = self.fast.file_for(h.path, h.version)
         if h.fast is not None and h.file_id not in self._written and start < h.size:
             data = await self.fast.read(h.fast, start, min(length, h.size - start))  # type: ignore[union-attr]
             if data is not None:
@@ -318,6 +337,7 @@ class Engine:
                     self._calm = None
             self._served(h, "capacity", info.label, min(size, len(data) - (offset - start)))
             self._maybe_admit_fast(h, start, data, info, gen)
+            self._maybe_fill(h, info, gen)
         if pc is not None and data and gen == self.generation(h.file_id) and not h.dirty:
             admit = self.policy is None or self.policy.should_admit(
                 (h.file_id, first), len(data), info, Tier.DRAM)
@@ -394,12 +414,12 @@ class Engine:
             self._calm.set()  # the deferred chunks look again; the urgent one goes
             self._calm = None
 
-    async def _yield_to_latency(self, ch: _Chunk) -> None:
-        """Hold optional read-ahead while latency reads crowd the capacity tier."""
+    async def _yield_to_latency(self, ch: _Chunk | None = None, counter: str = "readahead.yielded") -> None:
+        """Hold optional work (read-ahead ``ch``, or a fill) while latency reads crowd the tier."""
         counted = False
-        while ch.optional and self._latency_inflight >= self.latency_pressure:
+        while (ch is None or ch.optional) and self._latency_inflight >= self.latency_pressure:
             if not counted:
-                self.stats.add("readahead.yielded")
+                self.stats.add(counter)
                 counted = True
             if self._calm is None:
                 self._calm = trio.Event()
@@ -473,6 +493,104 @@ class Engine:
             log.exception("fast-tier admission failed")
         finally:
             self._admissions -= 1
+
+    # -- whole files into the fast tier ----------------------------------------------
+    def _maybe_fill(self, h: FileHandle, info: AccessInfo, gen: int) -> None:
+        """After a remote random miss: start a background fill if the policy wants one."""
+        if (self.fast is None or self.policy is None or self._nursery is None
+                or not self.capacity.remote or h.dirty or h.file_id in self._written
+                or h.version is None):
+            return
+        key = (h.path, h.version)
+        if key in self._fills or not self.policy.fill_whole(info):
+            return
+        if len(self._fills) > 100_000:
+            self._fills.clear()  # bounded memory; at worst a version is filled twice
+        self._fills.add(key)
+        self.stats.add("fill.started")
+        self._nursery.start_soon(self._fill, h, info, gen)
+
+    async def _fill(self, h: FileHandle, info: AccessInfo, gen: int) -> None:
+        fid = h.file_id
+
+        def current() -> bool:
+            return self.generation(fid) == gen and fid not in self._written
+
+        try:
+            n = await self.copy_to_fast(h.path, h.version, h.size,  # type: ignore[arg-type]
+                                        info=info, parallel=self.fill_parallel,
+                                        background=True, still_wanted=current)
+            self.stats.add("fill.bytes", n)
+            self.stats.add("fill.done")
+        except OSError as exc:
+            self.stats.add("fill.failed")
+            log.info("fill of %r stopped: %s", h.path, exc)
+        except Exception:
+            self.stats.add("fill.failed")
+            log.exception("fill of %r failed", h.path)
+
+    async def copy_to_fast(self, path: bytes, version: SourceVersion, size: int, *,
+                           pinned: bool = False, info: AccessInfo | None = None,
+                           parallel: int = 1, background: bool = False,
+                           still_wanted: Callable[[], bool] | None = None) -> int:
+        """Copy ``path`` (of ``version``, ``size`` bytes) into the fast tier chunk by chunk.
+
+        Chunks already present are skipped (so an interrupted copy resumes), and
+        pinned if ``pinned``. Reads run in the throughput class, ``parallel`` at a
+        time; ``background`` work also waits while latency reads crowd the tier.
+        Stops early when ``still_wanted()`` turns false (the file changed) or the
+        fast tier refuses the data (full, or the chunk no longer fits). Returns the
+        bytes copied; raises OSError if the source fails or changes size.
+        """
+        fast = self.fast
+        if fast is None:
+            raise OSError(errno.ENOTSUP, "no fast tier")
+        cf = await fast.file_create(path, version)
+        cs = self.chunk_size
+        offsets = iter(range(0, size, cs))
+        copied = 0
+        failed: list[OSError] = []
+        f = await self.capacity.open(path, os.O_RDONLY)
+
+        async def worker() -> None:
+            nonlocal copied
+            for off in offsets:  # shared: each chunk goes to one worker
+                if failed or (still_wanted is not None and not still_wanted()):
+                    return
+                end = min(size, off + cs)
+                ext = fast.covering(cf, off, end)
+                if ext is not None:
+                    if pinned and not ext.pinned:
+                        fast.set_pinned(cf, ext, True)
+                    continue
+                if background:
+                    await self._yield_to_latency(counter="fill.yielded")
+                try:
+                    async with self.throughput:
+                        data = await f.pread(off, end - off)
+                    if len(data) != end - off:
+                        raise OSError(errno.EIO, f"{path!r} changed while being copied")
+                except OSError as exc:
+                    failed.append(exc)
+                    return
+                if still_wanted is not None and not still_wanted():
+                    return
+                if not await fast.admit(cf, off, data, pinned=pinned, info=info):
+                    self.stats.add("warm.skipped_chunks")
+                    if background:
+                        return  # full, or no room beside pinned data: stop filling
+                    continue
+                copied += len(data)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(max(1, parallel)):
+                    nursery.start_soon(worker)
+        finally:
+            await f.close()
+        if failed:
+            raise failed[0]
+        return copied
 
     def _drop_chunk(self, st: StreamState, start: int) -> None:
         if st.chunks.pop(start, None) is not None:

@@ -53,7 +53,6 @@ class Migrator:
         self.fast = engine.fast
         self.capacity = capacity
         self.cfg = cfg
-        self.chunk = engine.chunk_size
 
     async def files_under(self, path: bytes) -> list[tuple[bytes, Any]]:
         """Regular files at or below ``path`` with their attributes."""
@@ -83,29 +82,7 @@ class Migrator:
         return {"files": files, "bytes": copied}
 
     async def _warm_file(self, path: bytes, st: Any, *, pinned: bool) -> int:
-        fast = self.fast
-        version = st.version()
-        cf = await fast.file_create(path, version)
-        copied = 0
-        f = await self.capacity.open(path, os.O_RDONLY)
-        try:
-            for off in range(0, st.st_size, self.chunk):
-                end = min(st.st_size, off + self.chunk)
-                ext = fast.covering(cf, off, end)
-                if ext is not None:
-                    if pinned and not ext.pinned:
-                        fast.set_pinned(cf, ext, True)
-                    continue
-                async with self.engine.throughput:
-                    data = await f.pread(off, end - off)
-                if len(data) != end - off:
-                    raise OSError(errno.EIO, f"{path!r} changed while warming")
-                if not await fast.admit(cf, off, data, pinned=pinned):
-                    self.engine.stats.add("warm.skipped_chunks")
-                    continue
-                copied += len(data)
-        finally:
-            await f.close()
+        copied = await self.engine.copy_to_fast(path, st.version(), st.st_size, pinned=pinned)
         self.engine.stats.add("warm.bytes", copied)
         return copied
 

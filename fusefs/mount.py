@@ -261,7 +261,8 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     except LookupError as exc:
         raise ConfigError(f"policy.name: {exc}") from None
     policy = policy_cls(cfg.cache.size, tier=Tier.FAST, object_size=cfg.cache.chunk_size,
-                        max_readahead=cfg.policy.readahead_max)
+                        max_readahead=cfg.policy.readahead_max,
+                        fill_max=cfg.policy.fill_random_max)
     pagecache = None
     if cfg.cache.dram >= cfg.cache.page_size:
         pagecache = PageCache(cfg.cache.dram, cfg.cache.page_size)

@@ -138,7 +138,7 @@ class Policy:
 
     Subclasses implement :meth:`_on_insert`, :meth:`_on_hit`, :meth:`_evict` and
     :meth:`_on_remove`, and may override :meth:`_on_miss`, :meth:`_admit`,
-    :meth:`_readahead`, the event hooks and :meth:`statistics`.
+    :meth:`_readahead`, :meth:`_fill_whole`, the event hooks and :meth:`statistics`.
 
     Args:
         capacity: Bytes the tier may hold.
@@ -147,6 +147,7 @@ class Policy:
         object_size: Typical size of one object in bytes; policies that size structures by
             count (sketches, ghosts) use it. The engine passes its page or chunk size.
         max_readahead: Upper bound of :meth:`readahead` in bytes.
+        fill_max: Largest file :meth:`fill_whole` fetches whole (0: none).
     """
 
     name: ClassVar[str] = ""
@@ -160,6 +161,7 @@ class Policy:
         clock: Callable[[], float] = time.monotonic,
         object_size: int = 4096,
         max_readahead: int = 8 * MiB,
+        fill_max: int = 0,
     ) -> None:
         if capacity < 0:
             raise ValueError("capacity must not be negative")
@@ -170,6 +172,7 @@ class Policy:
         self._clock = clock
         self._object_size = int(object_size)
         self._max_readahead = int(max_readahead)
+        self._fill_max = int(fill_max)
         self._sizes: dict[Key, int] = {}
         self._used = 0
         self._pinned: set[Key] = set()
@@ -427,6 +430,20 @@ class Policy:
         """
         return self._readahead(info)
 
+    def fill_whole(self, info: AccessInfo) -> bool:
+        """Whether to fetch the whole file of this random read into the tier in the background.
+
+        The engine asks on a random read that missed every cache of a remote capacity tier
+        (an object store, where each miss is a round trip): a file read at random is likely
+        to be read at random again, and one background pass of large ranged GETs costs far
+        less than a GET per miss. The default says yes for reads labelled random (or under a
+        ``class = "random"`` rule) of files of at most
+        ``fill_max`` bytes (0: never) and at most half the tier, unless a rule says
+        ``class = "stream"`` or ``cache = false``. Filled bytes enter the ordering like any
+        other admission, so they are evicted like any other bytes.
+        """
+        return self._fill_whole(info)
+
     # -- events ----------------------------------------------------------------------------
 
     def on_open(self, file_id: int, *, file_size: int | None = None, pid: int = 0) -> None:
@@ -503,6 +520,15 @@ class Policy:
             return 0
         want = max(info.run_length, 128 * KiB)
         return min(want, self._max_readahead)
+
+    def _fill_whole(self, info: AccessInfo) -> bool:
+        override = info.override
+        if override is not None and (not override.cache or override.access_class == "stream"):
+            return False
+        if info.label != Label.RANDOM and (override is None or override.access_class != "random"):
+            return False  # a file's first read is 'unknown': it may yet turn into a stream
+        size = info.file_size
+        return bool(size) and size <= min(self._fill_max, self._capacity // 2)  # type: ignore[operator]
 
     # -- internals -------------------------------------------------------------------------
 

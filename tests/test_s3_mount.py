@@ -607,7 +607,8 @@ def test_random_reads_fetch_aligned_blocks(s3: S3Server, mount_s3: Callable[...,
     size = 3 * MiB + 4321  # the last block and the last page are short
     data = random.Random(5).randbytes(size)
     put(s3, "rb/f", data)
-    with mount_s3(s3) as m:
+    nofill = "[policy]\nfill_random_max = 0\n"  # counts GETs: no background fill
+    with mount_s3(s3, extra=nofill) as m:
         path = os.path.join(m.mountpoint, "rb", "f")
         assert read_direct(path, 8192, 4096) == data[8192:12288]
         snap = stats(m.mountpoint)
@@ -644,13 +645,62 @@ def test_random_reads_fetch_aligned_blocks(s3: S3Server, mount_s3: Callable[...,
         assert read_back(s3, "rb/f") == data
 
     # remote_block = page_size turns the widening off: each miss fetches its pages only.
-    with mount_s3(s3, extra='[cache]\nremote_block = "4KiB"\n') as m:
+    with mount_s3(s3, extra='[cache]\nremote_block = "4KiB"\n' + nofill) as m:
         path = os.path.join(m.mountpoint, "rb", "f")
         assert read_direct(path, 8192, 4096) == data[8192:12288]
         assert read_direct(path, 0, 4096) == data[:4096]
         c = stats(m.mountpoint)["counters"]
         assert "read.remote_blocks" not in c
         assert sum(v for k, v in c.items() if k.startswith("read.bytes.dram.")) == 0
+
+
+# -- a file read at random is fetched whole in the background -------------------------
+def test_random_reader_fills_the_file_into_the_fast_tier(
+        restartable_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    """Random misses on an object start one background fill of the file; once it is
+    done, every byte is served with the store stopped. A file over the size limit, a
+    streamed file and a `cache = false` file are not filled."""
+    server = restartable_s3
+    table = random.Random(11).randbytes(5 * MiB + 777)
+    put(server, "emb/table.f32", table)
+    put(server, "emb/big.f32", b"b" * (7 * MiB))
+    put(server, "nocache/t.f32", random.Random(12).randbytes(2 * MiB))
+    put(server, "shards/s0", random.Random(13).randbytes(4 * MiB))
+    extra = ('[policy]\nfill_random_max = "6MiB"\n'
+             '[[rule]]\npath = "nocache/**"\ncache = false\n')
+    with mount_s3(server, extra=extra) as m:
+        m.allow_error(r"not answering")
+        emb = os.path.join(m.mountpoint, "emb", "table.f32")
+        for off in (3 * MiB, 100 * KiB, 4 * MiB + 5):  # the first is 'unknown', then random
+            assert read_direct(emb, off, 4096) == table[off:off + 4096]
+        wait_for(lambda: stats(m.mountpoint)["counters"].get("fill.done", 0) >= 1, "the fill")
+        snap = stats(m.mountpoint)
+        assert snap["counters"]["fill.started"] == 1
+        assert snap["counters"]["fill.bytes"] > 0
+        # Another random miss of the same version starts no second fill.
+        assert read_direct(emb, 2 * MiB, 4096) == table[2 * MiB:2 * MiB + 4096]
+        # A streamed file, a file under cache = false and one over the limit: no fill.
+        with open(os.path.join(m.mountpoint, "shards", "s0"), "rb") as f:
+            while f.read(MiB):
+                pass
+        for name, size in (("nocache/t.f32", 2 * MiB), ("emb/big.f32", 7 * MiB)):
+            p = os.path.join(m.mountpoint, name)
+            for off in (MiB, 0, size - 4096):
+                read_direct(p, off, 4096)
+        snap = stats(m.mountpoint)
+        assert snap["counters"]["fill.started"] == 1
+        assert snap["fast"]["bytes_used"] == len(table)
+        server.stop()
+        try:
+            rng = random.Random(3)
+            for _ in range(200):
+                off = rng.randrange(len(table))
+                n = rng.choice([1, 4096, 70_000])
+                assert read_direct(emb, off, n) == table[off:off + n]
+            with open(emb, "rb") as f:
+                assert f.read() == table
+        finally:
+            server.start()
 
 
 # -- the warm cache survives a remount and serves with the store gone --------------------

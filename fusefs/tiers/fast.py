@@ -267,10 +267,31 @@ class FastTier:
         return ext if ext.start + ext.length >= end else None
 
     async def read(self, cf: CachedFile, start: int, length: int) -> bytes | None:
-        """Bytes [start, start+length) if present and intact, else None."""
-        ext = self.covering(cf, start, start + length)
-        if ext is None:
-            return None
+        """Bytes [start, start+length) if present and intact, else None.
+
+        A range across adjacent extents (a read over a chunk boundary of a file
+        copied whole) is assembled from them.
+        """
+        end = start + length
+        ext = self.covering(cf, start, end)
+        if ext is not None:
+            return await self._read_extent(cf, ext, start, length)
+        parts: list[bytes] = []
+        pos = start
+        while pos < end:
+            ext = self.covering(cf, pos, pos + 1)
+            if ext is None:
+                return None
+            stop = min(end, ext.start + ext.length)
+            piece = await self._read_extent(cf, ext, pos, stop - pos)
+            if piece is None or len(piece) != stop - pos:
+                return None
+            parts.append(piece)
+            pos = stop
+        return b"".join(parts)
+
+    async def _read_extent(self, cf: CachedFile, ext: Extent, start: int,
+                           length: int) -> bytes | None:
         fd = self._fd(cf)
         if not ext.verified:
             whole = await self._pread(fd, ext.length, ext.start)
