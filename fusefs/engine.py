@@ -97,6 +97,11 @@ class Engine:
         latency_pressure: latency-class reads in flight at which optional
             throughput work (read-ahead nobody waits for yet, fills) waits.
         fill_parallel: ranged reads in flight per whole-file fill.
+        kernel_push: stores bytes in the kernel's page cache for an inode
+            (``pyfuse3.notify_store``); given only where the kernel may keep a
+            file's pages across opens (``consistency = "immutable"``). The
+            pages of a fetched block that a random reader did not ask for are
+            pushed, so its next reads there never reach the daemon.
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class Engine:
         latency_pressure: int = 8,
         fill_parallel: int = 3,
         kernel_invalidate: Callable[[int], None] | None = None,
+        kernel_push: Callable[[int, int, bytes], None] | None = None,
         memory: MemoryDomain | None = None,
         stream_keep_fraction: float = 0.1,
         trace: TraceRecorder | None = None,
@@ -156,6 +162,15 @@ class Engine:
         # mount, so a tier too small to keep a file cannot loop refetching it.
         self._fills: set[tuple[bytes, SourceVersion]] = set()
         self.kernel_invalidate = kernel_invalidate
+        self.kernel_push = kernel_push
+        # Pushes race with writes: a write fills the kernel's pages, then a push
+        # still in flight would overwrite them with older bytes. So a file with
+        # a writer open gets no pushes, and opening one waits for those in flight.
+        self._writers: dict[int, int] = {}
+        self._pushes: dict[int, int] = {}
+        self._pushes_done: dict[int, trio.Event] = {}
+        self._push_bytes = 0
+        self._push_threads = trio.CapacityLimiter(2)
         self.memory = memory if memory is not None else MemoryDomain()
         self.stream_keep_fraction = stream_keep_fraction
         self.trace = trace
@@ -309,22 +324,30 @@ class Engine:
             self.stats.add("dram.miss")
         gen = self.generation(h.file_id)
         length = (last + 1) * ps - start
+        req_start, req_end = start, start + length  # the pages the reader asked for
+        rb = self.remote_block
+        # On a remote tier, a miss serves the aligned block(s) around the
+        # request: the page cache gets them all, the reader its slice.
+        bstart = start // rb * rb
+        bend = -(-(offset + size) // rb) * rb
         data = None
         if h.fast is None and self.fast is not None and h.version is not None \
                 and h.file_id not in self._written:
             # A fill or another handle may have cached this version since the open.
             h.fast = self.fast.file_for(h.path, h.version)
         if h.fast is not None and h.file_id not in self._written and start < h.size:
-            data = await self.fast.read(h.fast, start, min(length, h.size - start))  # type: ignore[union-attr]
+            fast = self.fast
+            assert fast is not None
+            if rb > ps and bend - bstart > length:
+                data = await fast.read(h.fast, bstart, min(bend, h.size) - bstart)
+                if data is not None:
+                    first, start = bstart // ps, bstart
+            if data is None:
+                data = await fast.read(h.fast, start, min(length, h.size - start))
             if data is not None:
                 self._served(h, "fast", info.label, min(size, len(data) - (offset - start)))
         if data is None:
-            rb = self.remote_block
-            if rb > ps and pc is not None:
-                # Widen to the aligned block(s) around the request; the page
-                # cache gets them all, the reader its slice.
-                bstart = start // rb * rb
-                bend = -(-(offset + size) // rb) * rb
+            if rb > ps:
                 first, start, length = bstart // ps, bstart, bend - bstart
                 self.stats.add("read.remote_blocks")
             self._latency_inflight += 1
@@ -352,6 +375,8 @@ class Engine:
                 except OSError:  # every page pinned: serve without caching
                     self.stats.add("dram.put_failed")
                     break
+        if start < req_start or start + len(data) > req_end:
+            self._maybe_push(h, start, data, req_start, req_end, gen)
         return data[offset - start:offset - start + size]
 
     async def _read_stream(self, h: FileHandle, offset: int, size: int,
@@ -494,6 +519,75 @@ class Engine:
         finally:
             self._admissions -= 1
 
+    # -- pages into the kernel's cache ------------------------------------------------
+    def writer_opened(self, file_id: int) -> None:
+        """A handle that may write ``file_id`` opened (or a truncate began): no more pushes."""
+        self._writers[file_id] = self._writers.get(file_id, 0) + 1
+
+    def writer_closed(self, file_id: int) -> None:
+        n = self._writers.get(file_id, 0) - 1
+        if n > 0:
+            self._writers[file_id] = n
+        else:
+            self._writers.pop(file_id, None)
+
+    async def pushes_drained(self, file_id: int) -> None:
+        """Wait until no push to ``file_id`` is in flight (call after `writer_opened`).
+
+        Only from an open or a truncate: the kernel holds no page of the file
+        locked then. A write request must never wait here: the kernel holds
+        the pages it writes locked, and a push in flight waits for those locks.
+        """
+        while self._pushes.get(file_id):
+            ev = self._pushes_done.setdefault(file_id, trio.Event())
+            await ev.wait()
+
+    def _maybe_push(self, h: FileHandle, start: int, data: bytes, req_start: int,
+                    req_end: int, gen: int) -> None:
+        """Hand the kernel the pages of a fetched block around what the reader asked for."""
+        fid = h.file_id
+        if (self.kernel_push is None or self._nursery is None or h.dirty
+                or fid in self._written or self._writers.get(fid) or self.direct_io(h)
+                or self._push_bytes + len(data) > self.stream_budget):
+            return
+        pieces = []
+        if start < req_start:
+            pieces.append((start, data[:req_start - start]))
+        if start + len(data) > req_end:
+            pieces.append((req_end, data[req_end - start:]))
+        if not pieces:
+            return
+        self._pushes[fid] = self._pushes.get(fid, 0) + 1
+        self._push_bytes += len(data)
+        self._nursery.start_soon(self._push, h.ino, fid, gen, pieces, len(data))
+
+    async def _push(self, ino: int, fid: int, gen: int, pieces: list[tuple[int, bytes]],
+                    nbytes: int) -> None:
+        push = self.kernel_push
+        assert push is not None
+        try:
+            for off, piece in pieces:
+                if gen != self.generation(fid) or self._writers.get(fid):
+                    break
+                # In a thread: the kernel locks each page it stores, and a read
+                # of that page in flight holds its lock until we answer it.
+                await trio.to_thread.run_sync(push, ino, off, piece,
+                                              limiter=self._push_threads)
+                self.stats.add("kernel.pushed_bytes", len(piece))
+        except OSError as exc:  # the kernel forgot the inode, or no support
+            self.stats.add("kernel.push_failed")
+            log.debug("kernel push to inode %d failed: %s", ino, exc)
+        finally:
+            self._push_bytes -= nbytes
+            n = self._pushes[fid] - 1
+            if n:
+                self._pushes[fid] = n
+            else:
+                del self._pushes[fid]
+                ev = self._pushes_done.pop(fid, None)
+                if ev is not None:
+                    ev.set()
+
     # -- whole files into the fast tier ----------------------------------------------
     def _maybe_fill(self, h: FileHandle, info: AccessInfo, gen: int) -> None:
         """After a remote random miss: start a background fill if the policy wants one."""
@@ -532,14 +626,19 @@ class Engine:
     async def copy_to_fast(self, path: bytes, version: SourceVersion, size: int, *,
                            pinned: bool = False, info: AccessInfo | None = None,
                            parallel: int = 1, background: bool = False,
-                           still_wanted: Callable[[], bool] | None = None) -> int:
-        """Copy ``path`` (of ``version``, ``size`` bytes) into the fast tier chunk by chunk.
+                           still_wanted: Callable[[], bool] | None = None,
+                           batch: int = 4) -> int:
+        """Copy ``path`` (of ``version``, ``size`` bytes) into the fast tier.
 
-        Chunks already present are skipped (so an interrupted copy resumes), and
-        pinned if ``pinned``. Reads run in the throughput class, ``parallel`` at a
-        time; ``background`` work also waits while latency reads crowd the tier.
-        Stops early when ``still_wanted()`` turns false (the file changed) or the
-        fast tier refuses the data (full, or the chunk no longer fits). Returns the
+        Reads cover up to ``batch`` chunks (fewer, larger requests), stored as
+        chunk-sized extents. Chunks already present are skipped (so an
+        interrupted copy resumes), and pinned if ``pinned``. Throughput-class
+        work, ``parallel`` reads at a time: a fill (``background``) under its own
+        limiter, so that a stream's read-ahead cannot starve the fill a random
+        reader waits on (nor the fill the stream), and waiting while latency
+        reads crowd the tier; warming under the read-ahead limiter. Stops early
+        when ``still_wanted()`` turns false (the file changed) or the fast tier
+        refuses the data (full, or no room beside pinned data). Returns the
         bytes copied; raises OSError if the source fails or changes size.
         """
         fast = self.fast
@@ -547,40 +646,55 @@ class Engine:
             raise OSError(errno.ENOTSUP, "no fast tier")
         cf = await fast.file_create(path, version)
         cs = self.chunk_size
-        offsets = iter(range(0, size, cs))
+        step = cs * max(1, batch)
+        offsets = iter(range(0, size, step))
+        limiter = trio.CapacityLimiter(max(1, parallel)) if background else self.throughput
         copied = 0
         failed: list[OSError] = []
         f = await self.capacity.open(path, os.O_RDONLY)
 
+        def missing(lo: int, hi: int) -> list[int]:
+            out = []
+            for off in range(lo, hi, cs):
+                ext = fast.covering(cf, off, min(hi, off + cs))
+                if ext is None:
+                    out.append(off)
+                elif pinned and not ext.pinned:
+                    fast.set_pinned(cf, ext, True)
+            return out
+
         async def worker() -> None:
             nonlocal copied
-            for off in offsets:  # shared: each chunk goes to one worker
+            for lo in offsets:  # shared: each step goes to one worker
                 if failed or (still_wanted is not None and not still_wanted()):
                     return
-                end = min(size, off + cs)
-                ext = fast.covering(cf, off, end)
-                if ext is not None:
-                    if pinned and not ext.pinned:
-                        fast.set_pinned(cf, ext, True)
+                hi = min(size, lo + step)
+                todo = missing(lo, hi)
+                if not todo:
                     continue
                 if background:
                     await self._yield_to_latency(counter="fill.yielded")
+                rlo, rhi = todo[0], min(hi, todo[-1] + cs)
                 try:
-                    async with self.throughput:
-                        data = await f.pread(off, end - off)
-                    if len(data) != end - off:
+                    async with limiter:
+                        data = await f.pread(rlo, rhi - rlo)
+                    if len(data) != rhi - rlo:
                         raise OSError(errno.EIO, f"{path!r} changed while being copied")
                 except OSError as exc:
                     failed.append(exc)
                     return
                 if still_wanted is not None and not still_wanted():
                     return
-                if not await fast.admit(cf, off, data, pinned=pinned, info=info):
-                    self.stats.add("warm.skipped_chunks")
-                    if background:
-                        return  # full, or no room beside pinned data: stop filling
-                    continue
-                copied += len(data)
+                for off in todo:
+                    piece = data[off - rlo:min(hi, off + cs) - rlo]
+                    if fast.covering(cf, off, off + len(piece)) is not None:
+                        continue  # a reader's admission got there first
+                    if not await fast.admit(cf, off, piece, pinned=pinned, info=info):
+                        self.stats.add("warm.skipped_chunks")
+                        if background:
+                            return  # full, or no room beside pinned data: stop filling
+                        continue
+                    copied += len(piece)
 
         try:
             async with trio.open_nursery() as nursery:

@@ -274,7 +274,9 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
                   policy=policy, pagecache=pagecache, fast=fast,
                   chunk_size=cfg.cache.chunk_size, remote_block=cfg.cache.remote_block,
-                  kernel_invalidate=pyfuse3.invalidate_inode)
+                  kernel_invalidate=pyfuse3.invalidate_inode,
+                  kernel_push=pyfuse3.notify_store
+                  if cfg.mount.consistency == "immutable" else None)
 
 
 def register_migrator(control: ControlServer, migrator: Migrator, engine: Engine,

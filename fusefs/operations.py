@@ -62,6 +62,10 @@ def _translate(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _writable(flags: int) -> bool:
+    return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     """How long the kernel may trust what we tell it, in seconds."""
@@ -211,12 +215,20 @@ class Operations(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if handle is not None:
             kw["file"] = handle.file
+        if fields.update_size:
+            # A push in flight must not land after the truncate.
+            self.engine.writer_opened(inode)
         try:
+            if fields.update_size:
+                await self.engine.pushes_drained(inode)
             st = await self.capacity.setattr(path, **kw)
         except FileNotFoundError:
             if handle is None:
                 raise
             st = await handle.file.fstat()  # unlinked but open
+        finally:
+            if fields.update_size:
+                self.engine.writer_closed(inode)
         if fields.update_size:
             self.engine.truncated(inode, path, attr.st_size)
         return self._entry(inode, st)
@@ -374,6 +386,9 @@ class Operations(pyfuse3.Operations):
                                   pid=ctx.pid, file_id=node.ino, size=st.st_size)
         self._apply_rule(h)
         self.engine.opened(h, st)
+        if _writable(flags):
+            self.engine.writer_opened(h.file_id)
+            await self.engine.pushes_drained(h.file_id)
         return self._file_info(h, st)
 
     @_translate
@@ -401,6 +416,9 @@ class Operations(pyfuse3.Operations):
                                   file_id=ino)
         self._apply_rule(h)
         self.engine.opened(h, st)
+        if _writable(flags):
+            self.engine.writer_opened(h.file_id)
+            await self.engine.pushes_drained(h.file_id)
         return self._file_info(h, st), self._entry(ino, st)
 
     @_translate
@@ -424,6 +442,8 @@ class Operations(pyfuse3.Operations):
     @_translate
     async def release(self, fh: int) -> None:
         h = self.handles.pop_file(fh)
+        if _writable(h.flags):
+            self.engine.writer_closed(h.file_id)
         try:
             if h.dirty:
                 # Our own writes went through the kernel's cache: it stays valid.

@@ -703,6 +703,53 @@ def test_random_reader_fills_the_file_into_the_fast_tier(
             server.start()
 
 
+# -- immutable mounts hand the rest of a fetched block to the kernel ----------------------
+def test_immutable_mount_pushes_the_rest_of_a_block_to_the_kernel(
+        s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    """A random miss fetches a 64 KiB block; the pages the reader did not ask for go
+    into the kernel's page cache, so reading them never reaches the daemon. A file
+    open for writing gets no pushes, and its readers see the written bytes."""
+    data = random.Random(21).randbytes(2 * MiB + 10000)
+    put(s3, "kv/blocks", data)
+    extra = '[mount]\nconsistency = "immutable"\n[policy]\nfill_random_max = 0\n'
+    with mount_s3(s3, extra=extra) as m:
+        path = os.path.join(m.mountpoint, "kv", "blocks")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert os.pread(fd, 4096, 100 * KiB) == data[100 * KiB:104 * KiB]
+            pushed = 60 * KiB  # [64 KiB, 100 KiB) and [104 KiB, 128 KiB)
+            wait_for(lambda: stats(m.mountpoint)["counters"].get("kernel.pushed_bytes") == pushed,
+                     "the push")
+            before = stats(m.mountpoint)["counters"]["read.requests"]
+            for off in range(64 * KiB, 128 * KiB, 4096):
+                assert os.pread(fd, 4096, off) == data[off:off + 4096]
+            assert stats(m.mountpoint)["counters"]["read.requests"] == before
+            # The last block is short: the push ends at the end of the file.
+            assert os.pread(fd, 50, 2 * MiB + 10) == data[2 * MiB + 10:2 * MiB + 60]
+            pushed += 10000 - 4096
+            wait_for(lambda: stats(m.mountpoint)["counters"]["kernel.pushed_bytes"] == pushed,
+                     "the push of the short block")
+            before = stats(m.mountpoint)["counters"]["read.requests"]
+            assert os.pread(fd, 8192, 2 * MiB + 4096) == data[2 * MiB + 4096:]
+            assert os.fstat(fd).st_size == len(data)
+            assert stats(m.mountpoint)["counters"]["read.requests"] == before
+            # A writer is open: a block fetched now is not pushed (a push in flight
+            # could land on the pages a write just filled).
+            with open(path, "r+b", buffering=0) as w:
+                assert os.pread(fd, 4096, MiB + 8192) == data[MiB + 8192:MiB + 12288]
+                w.seek(MiB + 4096)
+                w.write(b"X" * 4096)
+                assert stats(m.mountpoint)["counters"]["kernel.pushed_bytes"] == pushed
+        finally:
+            os.close(fd)
+        # Closed: the object is written, and a new open reads the new bytes.
+        with open(path, "rb", buffering=0) as f:
+            f.seek(MiB)
+            assert f.read(12288) == data[MiB:MiB + 4096] + b"X" * 4096 + \
+                data[MiB + 8192:MiB + 12288]
+    assert read_back(s3, "kv/blocks")[MiB + 4096:MiB + 8192] == b"X" * 4096
+
+
 # -- the warm cache survives a remount and serves with the store gone --------------------
 def test_remount_serves_warm_cache_with_the_store_stopped(
         restartable_s3: S3Server, mount_s3: Callable[..., Mounted], tmp_path: Path) -> None:
