@@ -89,6 +89,12 @@ class SourceConfig:
     stat_ttl: float = _opt(60.0, "duration", "Object-store attribute cache lifetime.")
     negative_ttl: float = _opt(5.0, "duration", "Object-store negative lookup cache lifetime.")
     list_ttl: float = _opt(60.0, "duration", "Object-store directory listing cache lifetime.")
+    list_after: int = _opt(2, "int",
+                           "Object stores: a lookup of a name in a directory whose listing is "
+                           "not cached is a HEAD request; the list_after-th such lookup in one "
+                           "directory (within its listing's lifetime) lists the directory "
+                           "instead, and the listing answers every later lookup there. 1 lists "
+                           "on the first lookup; 0 never lists for a lookup.")
     max_dir_rename_keys: int = _opt(1000, "int",
                                     "Largest directory (in keys) that rename may copy.")
     listing_snapshot: str | None = _opt(

@@ -93,6 +93,7 @@ def source_options(cfg: Config) -> dict[str, Any]:
         "stat_ttl": s.stat_ttl,
         "negative_ttl": s.negative_ttl,
         "list_ttl": s.list_ttl,
+        "list_after": s.list_after,
         "max_dir_rename_keys": s.max_dir_rename_keys,
         "dir_markers": s.dir_markers,
     }

@@ -188,7 +188,9 @@ def test_cache_ttls_with_fake_clock(s3: S3Server) -> None:
     clock = FakeClock()
 
     async def main() -> None:
-        tier = await started(s3, clock=clock, stat_ttl=60, negative_ttl=5, list_ttl=30)
+        # list_after=0: lookups are HEADs here, whose TTLs this test is about.
+        tier = await started(s3, clock=clock, stat_ttl=60, negative_ttl=5, list_ttl=30,
+                             list_after=0)
         assert (await tier.stat(b"d/a")).st_size == 1
         await raises(errno.ENOENT, tier.stat(b"d/b"))
         put_file(s3, "d/a", b"1234")  # changed behind the tier's back
@@ -209,6 +211,41 @@ def test_cache_ttls_with_fake_clock(s3: S3Server) -> None:
         clock.advance(31)
         assert {n for n, _ in await tier.listdir(b"d")} == {b"a", b"b", b"c"}
         assert tier.list_requests == 2
+
+    run(main)
+
+
+def test_lookups_list_a_directory_after_list_after_misses(s3: S3Server) -> None:
+    for i in range(5):
+        put_file(s3, f"d/f{i}", b"x" * i)
+    put_file(s3, "d/sub/deep", b"deep")
+    put_file(s3, "e/only", b"1")
+
+    async def main() -> None:
+        tier = await started(s3, clock=FakeClock(), list_after=2)
+        assert (await tier.stat(b"d/f1")).st_size == 1  # a HEAD
+        assert tier.list_requests == 0
+        assert (await tier.stat(b"d/f2")).st_size == 2  # the second miss lists d
+        assert tier.list_requests == 1
+        heads = tier.requests["stat"]
+        # Every other name in d, present or not, comes from that listing.
+        assert [(await tier.stat(f"d/f{i}".encode())).st_size for i in range(5)] == [0, 1, 2, 3, 4]
+        assert (await tier.stat(b"d/sub")).is_dir
+        await raises(errno.ENOENT, tier.stat(b"d/nothing"))
+        assert tier.requests["stat"] == heads and tier.list_requests == 1
+        # Concurrent lookups in a directory that is due to be listed share one LIST.
+        tier2 = await started(s3, clock=FakeClock(), list_after=1)
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(tier2.stat, f"d/f{i}".encode())
+        assert tier2.list_requests == 1 and tier2.requests["stat"] == 0
+        # A directory probed once is not listed; list_after=0 never lists.
+        assert (await tier.stat(b"e/only")).st_size == 1
+        assert tier.list_requests == 1
+        tier3 = await started(s3, clock=FakeClock(), list_after=0)
+        for i in range(5):
+            await tier3.stat(f"d/f{i}".encode())
+        assert tier3.list_requests == 0 and tier3.requests["stat"] == 5
 
     run(main)
 

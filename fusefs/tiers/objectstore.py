@@ -31,7 +31,11 @@ Metadata cache
     Positive stats live ``stat_ttl`` seconds, failed lookups ``negative_ttl``,
     directory listings ``list_ttl``. A listing also answers ``stat`` for every
     child (``ls -l`` costs one paged listing, not one request per file) and is
-    authoritative for names it lacks. The mount's own writes update the entry
+    authoritative for names it lacks. A lookup that misses in a directory
+    with no listing is a HEAD; the ``list_after``-th such miss in one
+    directory lists it instead (one LIST answers every later lookup there, as
+    rclone's directory cache does; a directory probed once, such as one of
+    millions of keys, is never listed for it). The mount's own writes update the entry
     and its parent's listing in place. `save_snapshot` / `load_snapshot` keep
     the listings across a remount (see there). ``clock`` is injectable.
 
@@ -140,6 +144,7 @@ class ObjectStoreOptions:
     stat_ttl: float = 60.0
     negative_ttl: float = 5.0
     list_ttl: float = 60.0
+    list_after: int = 2
     snapshot_ttl: float | None = None
     file_mode: int = 0o644
     dir_mode: int = 0o755
@@ -440,6 +445,10 @@ class ObjectStoreTier(CapacityTier):
         self._root_stat = self._dir_stat(self._started_ns)
         self._stats: dict[bytes, tuple[float, Stat]] = {}
         self._negative: dict[bytes, float] = {}
+        # Lookups that missed per unlisted directory, and listings in flight
+        # (concurrent lookups in one directory share one LIST).
+        self._misses: dict[bytes, int] = {}
+        self._listing: dict[bytes, trio.Event] = {}
         self._sweep_at = 4096
         self._lists: dict[bytes, _Listing] = {}
         self._local_dirs: dict[bytes, Stat] = {}
@@ -740,6 +749,8 @@ class ObjectStoreTier(CapacityTier):
             return self._dir_stat(0)
         parent, name = _split(path)
         listing = self._lists.get(parent)
+        if listing is None or listing.list_expires <= now:
+            listing = await self._list_for_lookup(parent)
         if listing is not None and listing.list_expires > now:
             st = listing.entries.get(name)
             if st is None:
@@ -755,6 +766,32 @@ class ObjectStoreTier(CapacityTier):
             raise _err(errno.ENOENT, f"{self._show(path)}: no such object")
         self._stats[path] = (self._clock() + self.opts.stat_ttl, st)
         return st
+
+    async def _list_for_lookup(self, parent: bytes) -> _Listing | None:
+        """The listing of ``parent`` if this lookup should list it (see the module docstring)."""
+        ev = self._listing.get(parent)
+        if ev is not None:
+            await ev.wait()  # another lookup is listing it
+            return self._lists.get(parent)
+        if self.opts.list_after <= 0:
+            return None
+        n = self._misses.get(parent, 0) + 1
+        if n < self.opts.list_after:
+            if len(self._misses) >= 10_000:
+                self._misses.clear()  # bounded; at worst a directory lists later
+            self._misses[parent] = n
+            return None
+        self._misses.pop(parent, None)
+        ev = self._listing[parent] = trio.Event()
+        try:
+            await self.listdir(parent)
+        except OSError:
+            return None  # not a directory, or the store failed: the HEAD decides
+        finally:
+            del self._listing[parent]
+            ev.set()
+        self.requests["lookup_lists"] += 1
+        return self._lists.get(parent)
 
     async def _list_store(self, path: bytes, *, recursive: bool = False) -> list[Any]:
         key = self._key(path)
