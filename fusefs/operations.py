@@ -433,6 +433,8 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def flush(self, fh: int) -> None:
+        if not self.capacity.needs_flush:
+            raise FUSEError(errno.ENOSYS)  # the kernel stops sending FLUSH
         await self.engine.flush(self.handles.file(fh))
 
     @_translate

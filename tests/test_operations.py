@@ -49,6 +49,21 @@ def test_lookup_create_write_read(src: str) -> None:
     run(src, body)
 
 
+def test_flush_on_a_local_source_is_enosys(src: str) -> None:
+    """Local writes reach the source at once: FLUSH answers ENOSYS, after which the
+    kernel stops sending it and close(2) costs no round trip. The data is there."""
+    async def body(ops: Operations) -> None:
+        fi, _ = await ops.create(pyfuse3.ROOT_INODE, b"f", 0o100644, os.O_RDWR | os.O_CREAT, CTX)
+        assert await ops.write(fi.fh, 0, b"abc") == 3
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.flush(fi.fh)
+        assert exc.value.errno == errno.ENOSYS
+        with open(os.path.join(src, "f"), "rb") as f:
+            assert f.read() == b"abc"
+        await ops.release(fi.fh)
+    run(src, body)
+
+
 def test_negative_entries_can_be_disabled(src: str) -> None:
     async def body(ops: Operations) -> None:
         with pytest.raises(pyfuse3.FUSEError) as exc:

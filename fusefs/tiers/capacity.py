@@ -161,6 +161,10 @@ class CapacityTier(ABC):
     #: Whether a read is a network request (object stores), so that fetching a
     #: larger aligned block per miss costs little more than the bytes asked for.
     remote: bool = False
+    #: Whether `CapacityFile.flush` does work (object stores upload on close). If
+    #: not, the mount answers FLUSH with ENOSYS once and the kernel stops sending
+    #: it: close(2) then costs no round trip to the daemon.
+    needs_flush: bool = True
 
     @property
     @abstractmethod
