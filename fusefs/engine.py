@@ -19,6 +19,11 @@ source changes. A fetch that started under an older generation never enters a
 cache, so a reader cannot see bytes older than a write that completed before
 its read began.
 
+Small-file walks: on a remote tier, a process that opens the small files of a
+directory in name order (a loader or indexer walking a tree) gets the next
+files fetched ahead, several at a time, into a bounded buffer; each costs a
+round trip or two that the walk no longer waits for.
+
 Whole-file fill: on a remote tier, a random read that misses every cache asks
 the policy (`Policy.fill_whole`) whether to fetch the file whole into the fast
 tier in the background; later misses are then local reads, not round trips.
@@ -35,6 +40,7 @@ import errno
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -97,6 +103,9 @@ class Engine:
         latency_pressure: latency-class reads in flight at which optional
             throughput work (read-ahead nobody waits for yet, fills) waits.
         fill_parallel: ranged reads in flight per whole-file fill.
+        walk_ahead: on a remote tier, small files fetched ahead of a walk.
+        small_file: the largest file a walk fetches ahead.
+        walk_budget: bytes the files fetched ahead may hold.
         kernel_push: stores bytes in the kernel's page cache for an inode
             (``pyfuse3.notify_store``); given only where the kernel may keep a
             file's pages across opens (``consistency = "immutable"``). The
@@ -119,6 +128,9 @@ class Engine:
         throughput_slots: int = 4,
         latency_pressure: int = 8,
         fill_parallel: int = 3,
+        walk_ahead: int = 16,
+        small_file: int = 1 << 20,
+        walk_budget: int = 64 << 20,
         kernel_invalidate: Callable[[int], None] | None = None,
         kernel_push: Callable[[int, int, bytes], None] | None = None,
         memory: MemoryDomain | None = None,
@@ -163,6 +175,19 @@ class Engine:
         self._fills: set[tuple[bytes, SourceVersion]] = set()
         self.kernel_invalidate = kernel_invalidate
         self.kernel_push = kernel_push
+        self.walk_ahead = walk_ahead if capacity.remote else 0
+        self.small_file = small_file
+        self.walk_budget = walk_budget
+        # Files fetched ahead of a walk: path -> (version, bytes), oldest first;
+        # paths being fetched -> done. One use each: the DRAM tier keeps them after.
+        self._ahead: OrderedDict[bytes, tuple[SourceVersion, bytes]] = OrderedDict()
+        self._ahead_bytes = 0
+        self._ahead_flight: dict[bytes, trio.Event] = {}
+        self._walks: dict[bytes, bytes] = {}  # directory -> last name opened in it
+        # Versions fetched ahead before (bounded): a second walk finds them in
+        # the caches (DRAM, the kernel's), so they are not fetched again.
+        self._walked: OrderedDict[bytes, SourceVersion] = OrderedDict()
+        self._walk_slots = trio.CapacityLimiter(8)
         # Pushes race with writes: a write fills the kernel's pages, then a push
         # still in flight would overwrite them with older bytes. So a file with
         # a writer open gets no pushes, and opening one waits for those in flight.
@@ -236,6 +261,8 @@ class Engine:
             h.fast = self.fast.file_for(h.path, h.version)
         if self.policy is not None:
             self.policy.on_open(h.file_id, file_size=st.st_size, pid=h.pid)
+        if self.walk_ahead and st.st_size <= self.small_file:
+            self._note_walk(h.path)
 
     def direct_io(self, h: FileHandle) -> bool:
         """Whether the kernel must not cache this handle's pages.
@@ -249,10 +276,13 @@ class Engine:
         return ov is not None and ov.access_class == "stream"
 
     def path_removed(self, path: bytes) -> None:
+        self._drop_ahead(path)
         if self.fast is not None:
             self.fast.drop_path(path)
 
     def path_renamed(self, old: bytes, new: bytes) -> None:
+        self._drop_ahead(old)
+        self._drop_ahead(new)
         if self.fast is not None:
             self.fast.rename_path(old, new)
 
@@ -346,6 +376,10 @@ class Engine:
                 data = await fast.read(h.fast, start, min(length, h.size - start))
             if data is not None:
                 self._served(h, "fast", info.label, min(size, len(data) - (offset - start)))
+        if data is None and (self._ahead or self._ahead_flight):
+            data = await self._take_ahead(h, start, length)
+            if data is not None:
+                self._served(h, "ahead", info.label, min(size, len(data) - (offset - start)))
         if data is None:
             if rb > ps:
                 first, start, length = bstart // ps, bstart, bend - bstart
@@ -471,6 +505,8 @@ class Engine:
                 if data is not None:
                     ch.tier = "fast"
                     self.stats.add("readahead.bytes.fast", len(data))
+            if data is None and (self._ahead or self._ahead_flight):
+                data = await self._take_ahead(h, ch.start, self.chunk_size)
             if data is None:
                 await self._yield_to_latency(ch)
                 async with self.throughput:
@@ -518,6 +554,89 @@ class Engine:
             log.exception("fast-tier admission failed")
         finally:
             self._admissions -= 1
+
+    # -- small files ahead of a walk ------------------------------------------------
+    def _note_walk(self, path: bytes) -> None:
+        """A small file was opened: if its directory is being walked in order, fetch ahead."""
+        parent, _, name = path.rpartition(b"/")
+        last = self._walks.get(parent)
+        if len(self._walks) >= 4096 and last is None:
+            self._walks.clear()  # bounded
+        self._walks[parent] = name
+        if last is None or name <= last or self._nursery is None:
+            return  # a first open, or out of order: not a walk (yet)
+        entries = self.capacity.cached_listing(parent)
+        if not entries:
+            return
+        names = sorted(n for n, st in entries.items()
+                       if n > name and st.is_reg and st.st_size <= self.small_file)
+        for n in names[:self.walk_ahead]:
+            child = parent + b"/" + n if parent else n
+            if (child in self._ahead or child in self._ahead_flight
+                    or self._walked.get(child) == entries[n].version()):
+                continue
+            if self._ahead_bytes + entries[n].st_size > self.walk_budget:
+                break
+            self._ahead_flight[child] = trio.Event()
+            self._nursery.start_soon(self._fetch_ahead, child, entries[n])
+
+    async def _fetch_ahead(self, path: bytes, st: Stat) -> None:
+        mine = self._ahead_flight[path]
+        try:
+            async with self._walk_slots:
+                f = await self.capacity.open(path, os.O_RDONLY)
+                try:
+                    version = (await f.fstat()).version()
+                    data = await f.pread(0, st.st_size + 1)
+                finally:
+                    await f.close()
+            if (version == st.version() and len(data) == st.st_size
+                    and self._ahead_flight.get(path) is mine):  # not dropped meanwhile
+                while self._ahead and self._ahead_bytes + len(data) > self.walk_budget:
+                    _, (_, old) = self._ahead.popitem(last=False)
+                    self._ahead_bytes -= len(old)
+                self._ahead[path] = (version, data)
+                self._ahead_bytes += len(data)
+                self._walked[path] = version
+                if len(self._walked) > 100_000:
+                    self._walked.popitem(last=False)
+                self.stats.add("walk.fetched_files")
+        except OSError as exc:
+            self.stats.add("walk.failed")
+            log.debug("fetch ahead of %r failed: %s", path, exc)
+        except Exception:
+            log.exception("fetch ahead of %r failed", path)
+        finally:
+            if self._ahead_flight.get(path) is mine:
+                del self._ahead_flight[path]
+            mine.set()
+
+    async def _take_ahead(self, h: FileHandle, start: int, length: int) -> bytes | None:
+        """Bytes of ``h`` fetched ahead of a walk (once: later reads use the caches)."""
+        ev = self._ahead_flight.get(h.path)
+        if ev is not None:
+            await ev.wait()
+        ent = self._ahead.pop(h.path, None)
+        if ent is None:
+            return None
+        version, data = ent
+        self._ahead_bytes -= len(data)
+        if version != h.version or h.dirty or h.file_id in self._written:
+            return None
+        self.stats.add("walk.hits")
+        if start or length < len(data):
+            # Only part asked for: keep the rest for the next read of the file.
+            self._ahead[h.path] = ent
+            self._ahead_bytes += len(data)
+        return data[start:start + length]
+
+    def _drop_ahead(self, path: bytes) -> None:
+        ent = self._ahead.pop(path, None)
+        if ent is not None:
+            self._ahead_bytes -= len(ent[1])
+        ev = self._ahead_flight.pop(path, None)  # the fetch finds itself unwanted
+        if ev is not None:
+            ev.set()
 
     # -- pages into the kernel's cache ------------------------------------------------
     def writer_opened(self, file_id: int) -> None:

@@ -192,6 +192,10 @@ class CapacityTier(ABC):
         """Serve listings saved by `save_snapshot`; returns the entries loaded."""
         raise OSError(errno.ENOTSUP, f"{self.kind} sources keep no listing cache to snapshot")
 
+    def cached_listing(self, path: bytes) -> dict[bytes, Stat] | None:
+        """The directory's children if a fresh listing of it is cached, without a request."""
+        return None
+
     # -- metadata --------------------------------------------------------
     @abstractmethod
     async def stat(self, path: bytes) -> Stat:

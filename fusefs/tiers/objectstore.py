@@ -767,6 +767,12 @@ class ObjectStoreTier(CapacityTier):
         self._stats[path] = (self._clock() + self.opts.stat_ttl, st)
         return st
 
+    def cached_listing(self, path: bytes) -> dict[bytes, Stat] | None:
+        listing = self._lists.get(path)
+        if listing is None or listing.stat_expires <= self._clock():
+            return None
+        return listing.entries
+
     async def _list_for_lookup(self, parent: bytes) -> _Listing | None:
         """The listing of ``parent`` if this lookup should list it (see the module docstring)."""
         ev = self._listing.get(parent)
