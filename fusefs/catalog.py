@@ -1,17 +1,20 @@
 """The durable catalog of the fast tier: the only module that runs SQL.
 
-One sqlite database (WAL mode) in the cache directory records which source
-file versions have cache files and which extents of them are present, each
-with a CRC32 of its bytes. The fast tier loads it whole at mount and afterwards
-only writes to it, in batches, from one task; so a lock serialises the rare
-concurrent use (a control request beside a batch) and no query sits on the
-read path.
+One sqlite database (WAL mode) in the cache directory records the fast tier's cache
+entries (one per cached source file *version*, named by an id that is also the name of its
+data file) and which extents of each are present, each with a CRC32 of its bytes. The fast
+tier loads it whole at mount and afterwards only writes to it, in batches, from its
+committer, always in a worker thread: no query runs on the event loop.
 
-Invariant, kept by the caller (`fusefs.tiers.fast`): an extent row is
-inserted only after its bytes are durable in the cache file, and deleted
-before the bytes are punched out. A crash can therefore lose cached data but
-never make the catalog promise bytes that are not there; a torn or tampered
-cache file is caught by the CRC.
+Invariant, kept by the caller (`fusefs.tiers.fast`): an extent row is inserted only after
+its bytes are durable in the data file, and deleted before the bytes are punched out; an
+entry's row is deleted before its data file is unlinked. A crash can therefore lose cached
+data but never make the catalog promise bytes that are not there; a torn or tampered data
+file is caught by the CRC.
+
+Schema 2 (this version) dropped schema 1's uniqueness of (path, version): entries are
+identified by their id alone, so a new entry of a path can be recorded while an older one
+of the same version is still waiting for its removal. Schema 1 catalogs are migrated.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,7 +35,7 @@ CREATE TABLE IF NOT EXISTS files (
     size     INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     etag     TEXT    NOT NULL DEFAULT '',
-    UNIQUE (path, size, mtime_ns, etag)
+    ident    TEXT    NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS extents (
     file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
@@ -45,6 +48,20 @@ CREATE TABLE IF NOT EXISTS extents (
 CREATE TABLE IF NOT EXISTS pins (path BLOB PRIMARY KEY);
 """
 
+_MIGRATE_1_TO_2 = """
+CREATE TABLE files_v2 (
+    id       INTEGER PRIMARY KEY,
+    path     BLOB    NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    etag     TEXT    NOT NULL DEFAULT '',
+    ident    TEXT    NOT NULL DEFAULT ''
+);
+INSERT INTO files_v2 (id, path, size, mtime_ns, etag) SELECT id, path, size, mtime_ns, etag FROM files;
+DROP TABLE files;
+ALTER TABLE files_v2 RENAME TO files;
+"""
+
 
 class CatalogError(Exception):
     """The catalog is unusable (corrupt database, newer schema)."""
@@ -52,11 +69,14 @@ class CatalogError(Exception):
 
 @dataclass(slots=True)
 class FileRow:
+    """One cache entry: a source file version and the id naming its data file."""
+
     id: int
     path: bytes
     size: int
     mtime_ns: int
     etag: str
+    ident: str = ""
 
 
 @dataclass(slots=True)
@@ -71,35 +91,51 @@ class ExtentRow:
 class Catalog:
     """The sqlite catalog at ``path``; every method is thread-safe and blocking."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
         try:
+            if readonly:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                           check_same_thread=False, isolation_level=None)
+                row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is None or int(row[0]) != SCHEMA_VERSION:
+                    raise CatalogError(f"{path}: schema {row[0] if row else '?'}, "
+                                       f"this tierfs reads {SCHEMA_VERSION} (mount once to migrate)")
+                return
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            os.close(fd)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a commit survives a process crash; an OS crash may lose
             # the last commits, which only forgets cached data (never invents it).
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta "
+                             "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise CatalogError(f"{path}: written by a newer tierfs (schema {row[0]})")
+            if row is not None and int(row[0]) == 1:
+                # foreign_keys is still off here: dropping the old table must not
+                # cascade into the extents.
+                self._db.executescript("BEGIN;" + _MIGRATE_1_TO_2 +
+                                       "UPDATE meta SET value='2' WHERE key='schema'; COMMIT;")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"{path}: {exc}") from None
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise CatalogError(f"{path}: written by a newer tierfs (schema {row[0]})")
-        os.chmod(path, 0o600)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    # -- reads (mount time) --------------------------------------------------
+    # -- reads (mount time, fsck) ---------------------------------------------
     def files(self) -> list[FileRow]:
         with self._lock:
             return [FileRow(*r) for r in self._db.execute(
-                "SELECT id, path, size, mtime_ns, etag FROM files")]
+                "SELECT id, path, size, mtime_ns, etag, ident FROM files")]
 
     def extents(self) -> list[ExtentRow]:
         with self._lock:
@@ -110,27 +146,24 @@ class Catalog:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT path FROM pins")]
 
-    # -- writes ----------------------------------------------------------------
-    def add_file(self, path: bytes, size: int, mtime_ns: int, etag: str | None) -> int:
+    def max_id(self) -> int:
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO files (path, size, mtime_ns, etag) VALUES (?, ?, ?, ?)",
-                (path, size, mtime_ns, etag or ""))
-            return int(self._db.execute(
-                "SELECT id FROM files WHERE path=? AND size=? AND mtime_ns=? AND etag=?",
-                (path, size, mtime_ns, etag or "")).fetchone()[0])
+            row = self._db.execute("SELECT MAX(id) FROM files").fetchone()
+            return int(row[0] or 0)
 
-    def remove_files(self, ids: Iterable[int]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM files WHERE id=?", [(i,) for i in ids])
-            self._db.execute("COMMIT")
-
-    def apply(self, add: Iterable[ExtentRow], remove: Iterable[tuple[int, int]]) -> None:
-        """Insert and delete extent rows in one transaction."""
+    # -- writes ------------------------------------------------------------------
+    def apply(self, *, drop_files: Iterable[int] = (), new_files: Iterable[FileRow] = (),
+              remove: Iterable[tuple[int, int]] = (), add: Iterable[ExtentRow] = ()) -> None:
+        """One transaction: drop entries (with their extents), record new entries,
+        delete and insert extent rows, in that order."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
+                self._db.executemany("DELETE FROM files WHERE id=?", [(i,) for i in drop_files])
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO files (id, path, size, mtime_ns, etag, ident) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(f.id, f.path, f.size, f.mtime_ns, f.etag, f.ident) for f in new_files])
                 self._db.executemany("DELETE FROM extents WHERE file_id=? AND start=?",
                                      list(remove))
                 self._db.executemany(

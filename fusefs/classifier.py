@@ -35,21 +35,14 @@ sleeping.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
+from .access import Label
+
 __all__ = ["Access", "Classifier", "Label"]
-
-
-class Label(enum.StrEnum):
-    """The access class of one request; compares equal to its string value."""
-
-    SEQUENTIAL = "sequential"
-    RANDOM = "random"
-    UNKNOWN = "unknown"
 
 
 class Access(NamedTuple):

@@ -122,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("file", metavar="FILE", nargs="?",
                    help="where to write (default: [source] listing_snapshot)")
 
+    k = sub.add_parser(
+        "fsck", help="check (and repair) a fast-tier cache",
+        description="Check a cache directory offline (unmounted; with --repair, drop what "
+                    "is damaged: cached bytes are refetched on use), or a live mount "
+                    "read-only. Exit codes as fsck(8): 0 clean, 1 errors corrected, "
+                    "4 errors left, 8 could not run.")
+    k.add_argument("target", metavar="CACHE_DIR|MOUNTPOINT",
+                   help="a cache directory (offline) or a tierfs mount point (live)")
+    k.add_argument("--repair", action="store_true", help="fix what can be fixed (offline)")
+    k.add_argument("--json", action="store_true", help="print JSON")
+
     s = sub.add_parser("stats", help="show a mount's counters")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -404,6 +415,31 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from . import fsck
+
+    target = os.path.abspath(args.target)
+    try:
+        if os.path.ismount(target):
+            if args.repair:
+                raise UsageError("--repair works on an unmounted cache directory; "
+                                 "a live mount is checked read-only")
+            report = fsck.Report(**call(target, "fsck")["report"])
+        else:
+            report = fsck.check_cache_dir(target, repair=args.repair)
+    except fsck.FsckError as exc:
+        print(f"tierfs: fsck: {exc}", file=sys.stderr)
+        return fsck.EXIT_OPERATIONAL
+    except ControlError as exc:
+        print(f"tierfs: fsck: {exc}", file=sys.stderr)
+        return fsck.EXIT_OPERATIONAL
+    if args.json:
+        print(json.dumps({**report.to_dict(), "exit": report.exit_code}, indent=2))
+    else:
+        print(fsck.render(report, target))
+    return report.exit_code
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import main as replay_main
 
@@ -411,7 +447,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"replay": cmd_replay, "mount": cmd_mount, "umount": cmd_umount, "stats": cmd_stats,
-            "snapshot": cmd_snapshot,
+            "snapshot": cmd_snapshot, "fsck": cmd_fsck,
             "warm": cmd_move, "evict": cmd_move, "pin": cmd_move, "unpin": cmd_move}
 
 

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .tiers.capacity import CapacityFile, Stat
+from .access import Override
+from .tiers.capacity import CapacityFile, SourceVersion, Stat
+
+if TYPE_CHECKING:
+    from .engine.stream import StreamState
+    from .tiers.fast import CacheEntry
 
 
 @dataclass(slots=True, eq=False)
@@ -25,21 +30,20 @@ class FileHandle:
     file: CapacityFile
     flags: int
     pid: int
-    file_id: int
     #: File size as of open, grown by this handle's writes (a policy hint).
     size: int = 0
-    #: The per-path rule's override (`fusefs.policies.base.Override`), if any.
-    override: Any = None
+    #: The per-path rule's override, resolved once at open, if a rule matched.
+    override: Override | None = None
     #: Index of the [[rule]] that matched the path, if any (for per-rule stats).
     rule: int | None = None
-    #: Source version as of open (`SourceVersion`); ties fast-tier data to it.
-    version: Any = None
-    #: The fast tier's `CachedFile` for this version, once it has one.
-    fast: Any = None
+    #: Source version as of open; ties fast-tier data to it.
+    version: SourceVersion | None = None
+    #: The fast tier's entry for this version, once it has one.
+    fast: CacheEntry | None = None
     #: True once this handle wrote: caches of the inode must not be trusted.
     dirty: bool = False
-    #: Engine-private per-handle state (read-ahead window, stream buffer).
-    stream: Any = None
+    #: Read-ahead state, once the handle is read as a stream.
+    stream: StreamState | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -32,7 +32,8 @@ from .migrator import Migrator, clean_path
 from .operations import Operations, Timeouts
 from .pagecache import PageCache
 from .policies import get_policy
-from .policies.base import Override, Tier
+from .access import DramKey, FastKey, Override
+from .policies.base import Tier
 from .stats import Stats
 from .tiers.capacity import CapacityTier, open_capacity
 from .tiers.fast import FastTier
@@ -145,7 +146,8 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             try:
                 await engine.fast.open()
             except (OSError, CatalogError) as exc:
-                raise MountError(f"fast tier {cfg.cache.dir}: {exc}", EXIT_USAGE) from None
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise MountError(f"fast tier {cfg.cache.dir}: {why}", EXIT_USAGE) from None
             stack.push_async_callback(engine.fast.close)
         m = cfg.mount
         immutable = m.consistency == "immutable"
@@ -208,6 +210,15 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
         control.register("stats", on_stats)
         control.register("ping", on_ping)
         control.register("snapshot", on_snapshot)
+        if engine.fast is not None:
+            fast = engine.fast
+
+            async def on_fsck(req: dict[str, Any]) -> dict[str, Any]:
+                from .fsck import check_live
+
+                return {"report": (await check_live(fast)).to_dict()}
+
+            control.register("fsck", on_fsck)
         migrator = Migrator(engine, capacity, cfg) if engine.fast is not None else None
         if migrator is not None:
             register_migrator(control, migrator, engine, ops)
@@ -261,19 +272,28 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
         policy_cls = get_policy(cfg.policy.name)
     except LookupError as exc:
         raise ConfigError(f"policy.name: {exc}") from None
+    # One instance per tier, each with its own key type: a key of one tier can
+    # never reach the other's bookkeeping.
     policy = policy_cls(cfg.cache.size, tier=Tier.FAST, object_size=cfg.cache.chunk_size,
                         max_readahead=cfg.policy.readahead_max,
-                        fill_max=cfg.policy.fill_random_max)
+                        fill_max=cfg.policy.fill_random_max, key_type=FastKey)
     pagecache = None
+    dram_policy = None
     if cfg.cache.dram >= cfg.cache.page_size:
         pagecache = PageCache(cfg.cache.dram, cfg.cache.page_size)
+        # DRAM eviction belongs to the C cache; this instance only answers admission,
+        # once per fetched block.
+        dram_policy = policy_cls(cfg.cache.dram, tier=Tier.DRAM,
+                                 object_size=max(cfg.cache.remote_block, cfg.cache.page_size),
+                                 max_readahead=cfg.policy.readahead_max, key_type=DramKey)
     fast = None
     if cfg.cache.size > 0 and cfg.cache.dir:
         fast = FastTier(cfg.cache.dir, policy=policy, stats=stats)
     trace = TraceRecorder(cfg.stats.trace) if cfg.stats.trace else None
     return Engine(capacity, stats=stats, trace=trace,
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
-                  policy=policy, pagecache=pagecache, fast=fast,
+                  policy=policy, dram_policy=dram_policy, pagecache=pagecache, fast=fast,
+                  immutable=cfg.mount.consistency == "immutable",
                   chunk_size=cfg.cache.chunk_size, remote_block=cfg.cache.remote_block,
                   kernel_invalidate=pyfuse3.invalidate_inode,
                   kernel_push=pyfuse3.notify_store

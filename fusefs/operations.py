@@ -24,8 +24,8 @@ from pyfuse3 import FUSEError
 
 from .engine import Engine
 from .handles import FileHandle, HandleTable
-from .inodes import ROOT, InodeTable
-from .tiers.capacity import CapacityTier, SourceVersion, Stat
+from .inodes import InodeTable
+from .tiers.capacity import CapacityTier, Stat
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +41,25 @@ _MUTATING = frozenset({"setattr", "mknod", "mkdir", "symlink", "link", "unlink",
 def _translate(fn: F) -> F:
     mutating = fn.__name__ in _MUTATING
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kw: Any) -> Any:
         try:
             return await fn(*args, **kw)
-        except FUSEError:
+        except FUSEError as exc:
+            args[0].count_error(name, exc.errno)
             raise
         except OSError as exc:
             if exc.errno is None:
-                log.error("%s: OSError without errno: %s", fn.__name__, exc)
+                log.error("%s: OSError without errno: %s", name, exc)
+                args[0].count_error(name, errno.EIO, "bug")
                 raise FUSEError(errno.EIO) from None
+            args[0].count_error(name, exc.errno)
             raise FUSEError(exc.errno) from None
         except Exception:
-            log.exception("%s failed; answering EIO", fn.__name__)
+            log.exception("%s failed; answering EIO", name)
+            args[0].count_error(name, errno.EIO, "bug")
             raise FUSEError(errno.EIO) from None
         finally:
             if mutating:
@@ -101,8 +107,6 @@ class Operations(pyfuse3.Operations):
         self.handles = handles if handles is not None else HandleTable()
         self.timeouts = timeouts
         self.override_for = override_for
-        # Source version each inode had when the kernel last cached its pages.
-        self._versions: dict[int, SourceVersion] = {}
         #: Count of finished mutating requests (see `_MUTATING`).
         self.mutations = 0
         # Last attributes of objects whose last name went (unlink, rmdir,
@@ -110,6 +114,22 @@ class Operations(pyfuse3.Operations):
         # descriptor of a removed directory, or of an O_PATH descriptor of a
         # removed file, must still work. Dropped when the kernel forgets.
         self._removed: dict[int, Stat] = {}
+
+    # Answers that are ordinary outcomes, not failures: a missing name, a full
+    # directory listing probe, an unsupported optional call.
+    _EXPECTED = frozenset({errno.ENOENT, errno.ENODATA, errno.ENOSYS, errno.EEXIST,
+                           errno.ENOTEMPTY})
+
+    def count_error(self, op: str, err: int, cause: str | None = None) -> None:
+        """Count an error answer by operation and errno (and EIO by cause) for stats."""
+        if err in self._EXPECTED and cause is None:
+            return
+        stats = self.engine.stats
+        name = errno.errorcode.get(err, str(err))
+        stats.add(f"errors.{op}.{name}")
+        stats.add("errors.total")
+        if err == errno.EIO:
+            stats.add(f"errors.eio.{cause or 'tier'}")
 
     # -- helpers -----------------------------------------------------------
     def _entry(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
@@ -176,7 +196,6 @@ class Operations(pyfuse3.Operations):
             self.inodes.forget(ino, n)
             if ino not in self.inodes:
                 self._removed.pop(ino, None)
-                self._versions.pop(ino, None)
                 self.engine.forget(ino)
 
     @_translate
@@ -355,16 +374,13 @@ class Operations(pyfuse3.Operations):
                                    links=0 if replaced_st.is_dir else None)
 
     # -- files -----------------------------------------------------------------
-    def _apply_rule(self, h: FileHandle) -> None:
+    def _opened(self, h: FileHandle, st: Stat) -> pyfuse3.FileInfo:
+        """Tell the engine; the kernel keeps its cached pages only if the engine says the
+        source did not change (or the mount is immutable)."""
         found = self.override_for(h.path)
         if found is not None:
             h.rule, h.override = found
-
-    def _file_info(self, h: FileHandle, st: Stat) -> pyfuse3.FileInfo:
-        """Let the kernel keep its cached pages only if the source did not change."""
-        version = st.version()
-        keep = self.timeouts.immutable or self._versions.get(h.ino) == version
-        self._versions[h.ino] = version
+        keep = self.engine.opened(h, st)
         if self.engine.direct_io(h):
             return pyfuse3.FileInfo(fh=h.fh, direct_io=True)
         return pyfuse3.FileInfo(fh=h.fh, keep_cache=keep)
@@ -376,20 +392,17 @@ class Operations(pyfuse3.Operations):
         f = await self.capacity.open(path, flags)
         try:
             st = await f.fstat()
-            if st.version() != self._versions.get(inode):
-                self.engine.invalidate(inode)
             node = self.inodes.opened(inode)
         except BaseException:
             await f.close()
             raise
         h = self.handles.add_file(ino=node.ino, path=path, file=f, flags=flags,
-                                  pid=ctx.pid, file_id=node.ino, size=st.st_size)
-        self._apply_rule(h)
-        self.engine.opened(h, st)
+                                  pid=ctx.pid, size=st.st_size)
+        info = self._opened(h, st)
         if _writable(flags):
-            self.engine.writer_opened(h.file_id)
-            await self.engine.pushes_drained(h.file_id)
-        return self._file_info(h, st)
+            self.engine.writer_opened(h.ino)
+            await self.engine.pushes_drained(h.ino)
+        return info
 
     @_translate
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -410,16 +423,14 @@ class Operations(pyfuse3.Operations):
                 await f.close()
                 raise
         ino = self._remember(parent_inode, name, st)
-        self.engine.invalidate(ino)
+        self.engine.created(ino)
         self.inodes.opened(ino)
-        h = self.handles.add_file(ino=ino, path=path, file=f, flags=flags, pid=ctx.pid,
-                                  file_id=ino)
-        self._apply_rule(h)
-        self.engine.opened(h, st)
+        h = self.handles.add_file(ino=ino, path=path, file=f, flags=flags, pid=ctx.pid)
+        info = self._opened(h, st)
         if _writable(flags):
-            self.engine.writer_opened(h.file_id)
-            await self.engine.pushes_drained(h.file_id)
-        return self._file_info(h, st), self._entry(ino, st)
+            self.engine.writer_opened(h.ino)
+            await self.engine.pushes_drained(h.ino)
+        return info, self._entry(ino, st)
 
     @_translate
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -445,14 +456,15 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         h = self.handles.pop_file(fh)
         if _writable(h.flags):
-            self.engine.writer_closed(h.file_id)
+            self.engine.writer_closed(h.ino)
         try:
             if h.dirty:
                 # Our own writes went through the kernel's cache: it stays valid.
                 try:
-                    self._versions[h.ino] = (await h.file.fstat()).version()
+                    version = (await h.file.fstat()).version()
                 except OSError:
-                    self._versions.pop(h.ino, None)
+                    version = None
+                self.engine.consistency.written_version(h.ino, version)
             await self.engine.release(h, last=self.inodes.get(h.ino).open_handles <= 1)
         finally:
             self.inodes.closed(h.ino)

@@ -1,10 +1,18 @@
 """The Policy contract: what a tiering policy is told, what it decides, what it keeps.
 
 This module owns the interface between the engine (which moves bytes between tiers) and a
-policy (which decides). A policy manages the *cache objects* of one tier: keys of the form
-``(file_id, index)`` (1 MiB chunks on the fast tier, pages in DRAM), each with a size in
-bytes, within a capacity in bytes. It never does I/O and reads time only from the clock it is
-given.
+policy (which decides). A policy instance serves *one* tier and manages its cache objects,
+each with a size in bytes, within a capacity in bytes. In a mount the keys are typed
+(`fusefs.access`): `FastKey` (cache entry, extent start) for the fast tier, `DramKey`
+(inode, page) for DRAM admission; an instance built with ``key_type`` refuses any other
+key with `TypeError`, so one tier's key can never reach another tier's bookkeeping.
+Simulations (replay, tests) use plain ``(file_id, index)`` tuples. A policy never does I/O
+and reads time only from the clock it is given.
+
+Two name spaces, never mixed: a key's *owner* (`file_of`: the file of a tuple key, the
+entry of a `FastKey`) scopes :meth:`keys_of_file` and :meth:`invalidate_file`; the
+``file_id`` of an `AccessInfo` is the file as readers see it (the mount's inode) and scopes
+a policy's access history (:meth:`on_read`, :meth:`forget_history`).
 
 Division of labour, as in cachetools: :class:`Policy` keeps the bookkeeping (which keys are
 resident, their sizes, used bytes, pinned keys, keys per file, counters) and calls a handful
@@ -18,7 +26,8 @@ Two ways to drive a policy:
 * The engine, which owns the data: :meth:`lookup` (or :meth:`record_hit`) on every use,
   :meth:`should_admit` on a miss, :meth:`insert` (which returns the keys to drop),
   :meth:`victims` under space pressure, :meth:`remove` when data is gone,
-  :meth:`invalidate_file` when the source changed, :meth:`pin` / :meth:`unpin`, and
+  :meth:`invalidate_file` when an owner's data is gone, :meth:`forget_history` when a
+  file's source changed, :meth:`pin` / :meth:`unpin`, and
   :meth:`readahead` for sequential reads.
 
 ``docs/policies.md`` is the reference for the contract.
@@ -26,16 +35,18 @@ Two ways to drive a policy:
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from fusefs.classifier import Label
+from ..access import UNKNOWN_ACCESS, AccessInfo, DramKey, FastCandidate, FastKey, Label, Override
 
 __all__ = [
     "AccessInfo",
+    "DramKey",
+    "FastCandidate",
+    "FastKey",
     "Key",
     "Label",
     "Override",
@@ -63,74 +74,13 @@ class Tier(enum.StrEnum):
     FAST = "fast"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Override:
-    """What a per-path rule from the config imposes; it beats every policy decision.
-
-    Attributes:
-        pin: Keep the data resident on the tier (admitted always, never evicted).
-        access_class: ``"stream"`` (treat as sequential: not admitted on first pass, deep
-            read-ahead) or ``"random"`` (treat as random), or ``None`` to let the
-            classifier decide.
-        cache: ``False`` to never admit the data to this tier.
-    """
-
-    pin: bool = False
-    access_class: str | None = None
-    cache: bool = True
-
-    def __post_init__(self) -> None:
-        if self.access_class not in (None, "stream", "random"):
-            raise ValueError(f"access_class must be 'stream', 'random' or None, not {self.access_class!r}")
-
-    @classmethod
-    def from_rule(cls, rule: Mapping[str, Any]) -> Override:
-        """Build an override from a config rule (keys ``pin``, ``class``, ``cache``)."""
-        return cls(
-            pin=bool(rule.get("pin", False)),
-            access_class=rule.get("class"),
-            cache=bool(rule.get("cache", True)),
-        )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AccessInfo:
-    """What the engine knows about the request that touches a key.
-
-    Attributes:
-        label: The classifier's label (``Label`` or its string value).
-        file_id: The file the request reads; ``None`` if not known.
-        offset: Byte offset of the request in the file.
-        size: Bytes requested.
-        pid: The requesting process.
-        stream_id: The classifier's stream id, if any.
-        run_length: Bytes the stream has covered so far.
-        file_size: Size of the file if known (lets a policy admit a whole file).
-        op: ``"read"`` or ``"write"``.
-        override: A per-path rule, if one matched.
-    """
-
-    label: str = Label.UNKNOWN
-    file_id: int | None = None
-    offset: int = 0
-    size: int = 0
-    pid: int = 0
-    stream_id: int | None = None
-    run_length: int = 0
-    file_size: int | None = None
-    op: str = "read"
-    override: Override | None = None
-
-
-UNKNOWN_ACCESS = AccessInfo()
-"""The info used when a caller passes none."""
-
-
 def file_of(key: Key) -> int | None:
-    """The file id of a ``(file_id, index)`` key, or ``None`` for other keys."""
+    """The owner of a key: the file of a ``(file_id, index)`` tuple, the inode of a
+    `DramKey`, the cache entry of a `FastKey`; ``None`` for other keys."""
     if type(key) is tuple and key:
         return key[0]  # type: ignore[no-any-return]
-    return None
+    owner = getattr(key, "owner", None)
+    return owner if isinstance(owner, int) else None
 
 
 class Policy:
@@ -148,6 +98,8 @@ class Policy:
             count (sketches, ghosts) use it. The engine passes its page or chunk size.
         max_readahead: Upper bound of :meth:`readahead` in bytes.
         fill_max: Largest file :meth:`fill_whole` fetches whole (0: none).
+        key_type: If given, the only type of resident key this instance accepts
+            (`fusefs.access.FastKey` for the fast tier); any other raises `TypeError`.
     """
 
     name: ClassVar[str] = ""
@@ -162,6 +114,7 @@ class Policy:
         object_size: int = 4096,
         max_readahead: int = 8 * MiB,
         fill_max: int = 0,
+        key_type: type | None = None,
     ) -> None:
         if capacity < 0:
             raise ValueError("capacity must not be negative")
@@ -173,6 +126,7 @@ class Policy:
         self._object_size = int(object_size)
         self._max_readahead = int(max_readahead)
         self._fill_max = int(fill_max)
+        self._key_type = key_type
         self._sizes: dict[Key, int] = {}
         self._used = 0
         self._pinned: set[Key] = set()
@@ -266,6 +220,7 @@ class Policy:
         A hit updates the policy's ordering; a miss lets the policy note it (ghosts,
         frequencies). Use ``key in policy`` to ask without recording a use.
         """
+        self._check_key(key)
         if info is None:
             info = UNKNOWN_ACCESS
         if key in self._sizes:
@@ -282,7 +237,9 @@ class Policy:
 
         Raises:
             KeyError: If the key is not resident.
+            TypeError: If the key is not of this instance's ``key_type``.
         """
+        self._check_key(key)
         if key not in self._sizes:
             raise KeyError(key)
         self._hits += 1
@@ -338,6 +295,7 @@ class Policy:
         """
         if info is None:
             info = UNKNOWN_ACCESS
+        self._check_key(key)
         if size < 0:
             raise ValueError("size must not be negative")
         if key in self._sizes:
@@ -380,15 +338,19 @@ class Policy:
         Returns:
             Whether the key was resident.
         """
+        self._check_key(key)
         if key not in self._sizes:
             return False
         self._remove_resident(key)
         return True
 
     def invalidate_file(self, file_id: int) -> list[Key]:
-        """Forget every resident key of a file whose source changed.
+        """Forget every resident key owned by ``file_id`` and that file's access history.
 
-        Pins on the file's keys stay (they come from rules, not from the data).
+        For simulations, where a key's owner and the request's file are one id. A mount
+        drops a fast-tier entry's keys with :meth:`remove` and a changed file's history
+        with :meth:`forget_history`: an entry id is not an inode. Pins on the keys stay
+        (they come from rules, not from the data).
 
         Returns:
             The keys that were resident.
@@ -399,8 +361,14 @@ class Policy:
         self._on_invalidate_file(file_id)
         return keys
 
+    def forget_history(self, file_id: int) -> None:
+        """The file ``file_id`` (an `AccessInfo.file_id`) changed or is gone: what the
+        policy learnt about how it is read describes other bytes. Resident keys stay."""
+        self._on_invalidate_file(file_id)
+
     def pin(self, key: Key) -> None:
         """Pin a key: always admitted, never a victim. It may be resident or not yet."""
+        self._check_key(key)
         if key in self._pinned:
             return
         self._pinned.add(key)
@@ -531,6 +499,38 @@ class Policy:
         return bool(size) and size <= min(self._fill_max, self._capacity // 2)  # type: ignore[operator]
 
     # -- internals -------------------------------------------------------------------------
+
+    def _check_key(self, key: Key) -> None:
+        kt = self._key_type
+        if kt is not None and type(key) is not kt:
+            raise TypeError(f"{type(self).__name__} for the {self._tier} tier keeps "
+                            f"{kt.__name__} keys, not {type(key).__name__}: {key!r}")
+
+    def check(self, expected: Mapping[Key, int] | None = None) -> list[str]:
+        """Problems in the bookkeeping (empty if none), optionally against the tier's own
+        record of what it holds (``expected``: key -> size). For fsck and tests."""
+        problems: list[str] = []
+        total = sum(self._sizes.values())
+        if total != self._used:
+            problems.append(f"used {self._used} != sum of sizes {total}")
+        pinned = sum(size for key, size in self._sizes.items() if key in self._pinned)
+        if pinned != self._pinned_bytes:
+            problems.append(f"pinned_bytes {self._pinned_bytes} != {pinned}")
+        owned = sum(len(keys) for keys in self._by_file.values())
+        with_owner = sum(1 for key in self._sizes if file_of(key) is not None)
+        if owned != with_owner:
+            problems.append(f"{owned} keys indexed by owner, {with_owner} resident")
+        if expected is not None:
+            for key, size in expected.items():
+                have = self._sizes.get(key)
+                if have is None:
+                    problems.append(f"{key!r} held by the tier, unknown to the policy")
+                elif have != size:
+                    problems.append(f"{key!r}: tier holds {size} bytes, policy {have}")
+            for key in self._sizes:
+                if key not in expected:
+                    problems.append(f"{key!r} known to the policy, not held by the tier")
+        return problems
 
     def _make_room(self, limit: int, incoming: int) -> list[Key]:
         """Evict until ``used <= limit``; stops early if only pinned keys are left."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
 from typing import Callable, Iterator
 
@@ -11,6 +13,43 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mounting import Mounted  # noqa: E402
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_log_errors(*patterns): ERROR log records matching a pattern "
+                   "are expected by this test")
+
+
+@pytest.fixture(autouse=True)
+def no_logged_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In-process code under test must not log an ERROR (or a traceback) the test did not
+    declare with ``@pytest.mark.allow_log_errors(pattern)``; mounts check their daemon's log
+    in `mounting.Mounted`."""
+    handler = _Errors()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    allowed = [re.compile(p) for m in request.node.iter_markers("allow_log_errors")
+               for p in m.args]
+    bad = [r for r in handler.records
+           if not any(p.search(r.getMessage()) for p in allowed)]
+    if bad:
+        pytest.fail("unexpected ERROR log records:\n" + "\n".join(
+            f"  {r.name}: {r.getMessage()}" + (" (with traceback)" if r.exc_info else "")
+            for r in bad[:10]), pytrace=False)
 
 
 @pytest.fixture

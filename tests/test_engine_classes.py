@@ -40,7 +40,7 @@ def run_stream(src: str, pressure: int, body: object) -> None:
                 f = await tier.open(b"shard", os.O_RDONLY)
                 st = await f.fstat()
                 h = HandleTable().add_file(ino=2, path=b"shard", file=f, flags=os.O_RDONLY, pid=1,
-                                       file_id=2, size=st.st_size,
+                                       size=st.st_size,
                                        override=Override(access_class="stream"))
                 engine.opened(h, st)
                 try:
@@ -66,7 +66,7 @@ def test_read_ahead_yields_to_latency_reads(tmp_path: os.PathLike[str]) -> None:
         ahead = [c for c in chunks.values() if c.start > 0]
         assert ahead, "the stream scheduled read-ahead"
         # Each one is parked before the throughput limiter, none holds it.
-        assert engine.throughput.borrowed_tokens == 0
+        assert engine.sched.throughput.borrowed_tokens == 0
         assert all(not c.done.is_set() for c in ahead), "optional read-ahead went anyway"
         assert engine.stats.snapshot()["counters"]["readahead.yielded"] >= len(ahead)
         # A reader that needs a deferred chunk takes it at once.

@@ -65,7 +65,7 @@ def run(src: str, body: object) -> None:
                 f = await tier.open(b"f", os.O_RDONLY)
                 st = await f.fstat()
                 h = HandleTable().add_file(ino=2, path=b"f", file=f, flags=os.O_RDONLY, pid=1,
-                                           file_id=2, size=st.st_size)
+                                           size=st.st_size)
                 engine.opened(h, st)
                 try:
                     await body(engine, h, kernel)  # type: ignore[operator]

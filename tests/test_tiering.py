@@ -181,19 +181,26 @@ def test_pins_warm_at_mount_and_survive_remount(src: str, make_mount: Callable[.
     with make_mount(src, config=cfg, cache=cache) as m:
         wait_for(lambda: stats(m.mountpoint)["fast"]["pinned_bytes"] == len(want),
                  "pinned index warmed")
-    # Prove the second mount serves the cache, not the source: change the source's
-    # bytes but keep its size and mtime (its version), so only the cache has the old ones.
     p = os.path.join(src, "index", "a", "emb.f32")
-    st = os.stat(p)
-    with open(p, "r+b") as f:
-        f.write(b"\0" * len(want))
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
     with make_mount(src, config=cfg, cache=cache) as m:
+        # The second mount serves the pinned bytes from the fast tier, not the source.
         with open(os.path.join(m.mountpoint, "index", "a", "emb.f32"), "rb") as f:
             assert f.read() == want
         snap = stats(m.mountpoint)
         assert counter(snap, "read.bytes.capacity") == 0
         assert counter(snap, "read.bytes.fast") >= len(want)
+    # New bytes of the same size under the old mtime (what `cp -p` and `rsync -a`
+    # leave): the cached copy is of another version and must not be served.
+    st = os.stat(p)
+    new = write_random(p + ".new", len(want), 7)
+    os.utime(p + ".new", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(p, "r+b") as f:
+        f.write(new)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.unlink(p + ".new")
+    with make_mount(src, config=cfg, cache=cache) as m:
+        with open(os.path.join(m.mountpoint, "index", "a", "emb.f32"), "rb") as f:
+            assert f.read() == new
 
 
 def test_corrupted_cache_file_is_refetched(src: str, make_mount: Callable[..., Mounted],

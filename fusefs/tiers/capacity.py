@@ -83,15 +83,24 @@ class Stat:
         return stat_mod.S_ISREG(self.st_mode)
 
     def version(self) -> SourceVersion:
-        return SourceVersion(self.st_size, self.st_mtime_ns, self.etag)
+        # On a local source, what a user cannot set (device, inode number, ctime)
+        # joins size and mtime: `cp -p`, `rsync -a` and `touch -r` restore an old
+        # mtime on new bytes, but a replacement gets a new inode or a new ctime.
+        ident = f"{self.st_dev}:{self.st_ino}:{self.st_ctime_ns}" if self.st_ino else None
+        return SourceVersion(self.st_size, self.st_mtime_ns, self.etag, ident)
 
 
 class SourceVersion(NamedTuple):
-    """What a cached copy of a file is tied to; any change invalidates it."""
+    """What a cached copy of a file is tied to; any change invalidates it.
+
+    ``etag`` is the object store's entity tag (or version id) where it gives one;
+    ``ident`` is ``"dev:ino:ctime_ns"`` on a local source.
+    """
 
     size: int
     mtime_ns: int
     etag: str | None
+    ident: str | None = None
 
 
 class StatFs(NamedTuple):

@@ -1,33 +1,44 @@
 """The fast tier: sparse cache files on local NVMe, extent maps, a durable catalog.
 
-Each cached source file *version* (path, size, mtime, etag) has one sparse
-cache file under ``<cache dir>/data/``, named by its catalog id. What is
-present is an extent map per file (`sortedcontainers.SortedDict`: start ->
-`Extent`), kept in memory and mirrored in the sqlite catalog
-(`fusefs.catalog`), so a remount serves yesterday's warm data at once.
+Each cached source file *version* has one cache entry (`CacheEntry`): an id (never reused:
+allocated above every id the catalog or the data directory has seen), a sparse data file
+``<cache dir>/data/<id>``, and an extent map (`sortedcontainers.SortedDict`: start ->
+`Extent`), kept in memory and mirrored in the sqlite catalog (`fusefs.catalog`), so a
+remount serves yesterday's warm data at once. The tier's policy keys are `FastKey(entry,
+start)`: the entry id, never an inode.
 
-Writes into the tier (admissions) go to the cache file immediately and are
-readable at once; a background committer makes them durable (fdatasync of the
-touched files, in a worker thread) and only then records them in the catalog.
-Each extent carries a CRC32; an extent is verified on its first read after it
-was loaded from the catalog, so a cache file damaged while unmounted (or torn
-by a crash) is detected, dropped and refetched instead of served.
+Writes into the tier (admissions) go to the data file immediately and are readable at
+once; the committer makes them durable (fdatasync, in a worker thread) and only then records
+them in the catalog, together with new entry rows and the removal of dropped entries, in one
+transaction, also in a worker thread: no sqlite call runs on the event loop. Each extent
+carries a CRC32, verified on its first read after it was loaded from the catalog, so a data
+file damaged while unmounted (or torn by a crash) is detected, dropped and refetched.
 
-Space: the policy instance (tier ``fast``) holds one object per extent and
-chooses victims; above 95% of the size limit a batch is evicted down to 90%
-(high and low watermarks); eviction deletes the catalog row first, then
-punches the hole. A full disk (ENOSPC) triggers an eviction and a retry; if that fails
-too, the admission is skipped and the read still succeeds from the capacity
-tier.
+Space: the policy holds one object per extent and chooses victims; above 95% of the size
+limit a batch is evicted down to 90% (high and low watermarks). A full disk (ENOSPC)
+triggers an eviction and a retry; if that fails too, the admission is skipped and the read
+still succeeds from the capacity tier.
 
-Lock order: none inside the trio thread (one task runs at a time); the catalog
-has its own lock, taken only inside its methods.
+Where awaits interleave (one trio thread; a task runs until it awaits):
+
+* a pread or pwrite in a worker thread may overlap an eviction or a drop of the same entry.
+  A read re-checks after the await that its extent is still the same object (a removal
+  punches the hole at once, so bytes read across it may be zeros) and otherwise reports a
+  miss; an admission re-checks that its entry was not dropped.
+* admissions of one entry are serialised by the entry's lock: trimming against existing
+  extents, the write and the insert happen as one step, so extents never overlap.
+* a data file descriptor is closed only when no call is using it (``io`` count); a dropped
+  entry's file is unlinked by the committer after its row is gone.
+
+Lock order: an entry's admission lock, then the tier's I/O limiter; the catalog has its own
+lock, taken only inside its methods in worker threads.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import sqlite3
@@ -38,8 +49,9 @@ from typing import Any
 import trio
 from sortedcontainers import SortedDict
 
-from ..catalog import Catalog, ExtentRow
-from ..policies.base import AccessInfo, Policy, PolicyError
+from ..access import AccessInfo, FastKey
+from ..catalog import Catalog, ExtentRow, FileRow
+from ..policies.base import Policy, PolicyError
 from ..stats import Stats
 from .capacity import SourceVersion
 
@@ -48,7 +60,7 @@ log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-# Writes at least this large go to a worker thread.
+# Reads and writes at least this large go to a worker thread.
 _THREAD_IO = 256 * 1024
 
 
@@ -61,18 +73,40 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
             raise OSError(err, os.strerror(err))
 
 
+class CacheBusy(OSError):
+    """Another process (a mount, or `tierfs fsck --repair`) holds the cache directory."""
+
+
+def lock_cache_dir(root: str) -> int:
+    """Take the cache directory's lock (``<root>/lock``, flock); returns its descriptor.
+
+    Held for as long as the descriptor is open; the kernel releases it if the holder dies.
+    """
+    fd = os.open(os.path.join(root, "lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CacheBusy(errno.EBUSY, f"cache directory {root} is in use by another tierfs "
+                                     f"process (a mount, or fsck)") from None
+    return fd
+
+
 @dataclass(slots=True, eq=False)
 class Extent:
     start: int
     length: int
     crc: int
     pinned: bool = False
+    #: Its row is in the catalog as it is now (pin state included).
     committed: bool = False
+    #: Its bytes were checked against ``crc`` (or written by this mount).
     verified: bool = True
 
 
 @dataclass(slots=True, eq=False)
-class CachedFile:
+class CacheEntry:
     """One source file version in the fast tier."""
 
     id: int
@@ -80,10 +114,21 @@ class CachedFile:
     version: SourceVersion
     extents: SortedDict = field(default_factory=SortedDict)
     fd: int = -1
+    #: Calls using ``fd`` right now; the descriptor is closed only at zero.
+    io: int = 0
+    #: Gone from the tier: no new bytes, no reads; the committer removes row and file.
+    dropped: bool = False
+    #: Its catalog row exists (committed).
+    recorded: bool = False
+    lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
     def cached_bytes(self) -> int:
         return sum(e.length for e in self.extents.values())
+
+
+#: The name older code and tests know.
+CachedFile = CacheEntry
 
 
 class FastTier:
@@ -91,7 +136,8 @@ class FastTier:
 
     Args:
         root: the cache directory (already created 0700 by the mount).
-        policy: residency policy for this tier (its capacity is the size limit).
+        policy: residency policy for this tier (its capacity is the size limit); built
+            with ``key_type=FastKey`` by the mount.
         stats: counters go here.
         commit_interval: seconds between durability batches.
     """
@@ -107,54 +153,73 @@ class FastTier:
         self.high_watermark = high_watermark
         self.low_watermark = low_watermark
         self.catalog: Catalog | None = None
-        self._files: dict[int, CachedFile] = {}
-        self._by_path: dict[bytes, CachedFile] = {}
-        self._pending: list[tuple[CachedFile, Extent]] = []
+        self._files: dict[int, CacheEntry] = {}
+        self._by_path: dict[bytes, CacheEntry] = {}
+        self._next_id = 1
+        # Work for the committer: extents to record, extent rows to delete, entries
+        # to record, entries to remove (row, then data file).
+        self._pending: list[tuple[CacheEntry, Extent]] = []
         self._removed: list[tuple[int, int]] = []
+        self._new: list[CacheEntry] = []
+        self._dropped: list[CacheEntry] = []
+        self._commit_lock = trio.Lock()
+        self._catalog_failing = False
         self._wake = trio.Event()
         self._io = trio.CapacityLimiter(2)
         self.pinned_paths: set[bytes] = set()
+        self._lock_fd = -1
         stats.sources["fast"] = self.statistics
 
     # -- lifecycle -------------------------------------------------------------
     async def open(self) -> None:
-        """Load the catalog and rebuild the extent maps (mount time)."""
+        """Lock the cache directory, load the catalog, rebuild the extent maps (mount time).
+
+        Raises:
+            CacheBusy: another process holds the cache directory.
+        """
+        self._lock_fd = lock_cache_dir(self.root)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.catalog = await trio.to_thread.run_sync(
             Catalog, os.path.join(self.root, "catalog.db"))
         files = await trio.to_thread.run_sync(self.catalog.files)
         extents = await trio.to_thread.run_sync(self.catalog.extents)
         self.pinned_paths = set(await trio.to_thread.run_sync(self.catalog.pins))
+        names = await trio.to_thread.run_sync(os.listdir, self.data_dir)
+        ours = {int(n) for n in names if n.isdigit()}
+        self._next_id = max([0, *ours, *(r.id for r in files)]) + 1
         for row in files:
-            cf = CachedFile(row.id, row.path,
-                            SourceVersion(row.size, row.mtime_ns, row.etag or None))
+            cf = CacheEntry(row.id, row.path,
+                            SourceVersion(row.size, row.mtime_ns, row.etag or None,
+                                          row.ident or None), recorded=True)
+            old = self._by_path.get(cf.path)
             self._files[cf.id] = cf
-            self._by_path[cf.path] = cf
-        missing = []
+            if old is None or old.id < cf.id:
+                self._by_path[cf.path] = cf
         for e in extents:
             cf = self._files.get(e.file_id)
             if cf is None:
                 continue
-            ext = Extent(e.start, e.length, e.crc, e.pinned, committed=True, verified=False)
-            cf.extents[e.start] = ext
-            self._account(cf, ext)
-        for cf in self._files.values():
-            if cf.extents and not os.path.exists(self._data_path(cf)):
-                missing.append(cf)
-        for cf in missing:
-            log.warning("cache file of %r vanished; dropping its %d extents",
-                        cf.path, len(cf.extents))
-            await self.drop_file(cf)
-        # Files no catalog row points to are leftovers of a crash: remove them.
-        known = {str(i) for i in self._files}
-        for name in os.listdir(self.data_dir):
-            if name not in known:
-                os.unlink(os.path.join(self.data_dir, name))
+            cf.extents[e.start] = Extent(e.start, e.length, e.crc, e.pinned, committed=True,
+                                         verified=False)
+        for cf in list(self._files.values()):
+            if self._by_path.get(cf.path) is not cf:
+                self._drop_now(cf)  # an older entry of a path (renamed over): not served
+            elif cf.extents and cf.id not in ours:
+                log.warning("fast tier: data file of %r vanished; dropping its %d extents",
+                            cf.path, len(cf.extents))
+                self._drop_now(cf)
+            else:
+                for ext in list(cf.extents.values()):
+                    self._account(cf, ext)
+        # Data files no row names are leftovers of a crash before their first commit.
+        for i in ours - set(self._files):
+            await trio.to_thread.run_sync(self._unlink, i)
+        await self.commit()
 
-    def _account(self, cf: CachedFile, ext: Extent, info: AccessInfo | None = None) -> bool:
+    def _account(self, cf: CacheEntry, ext: Extent, info: AccessInfo | None = None) -> bool:
         """Tell the policy about a new extent; False if it had to be dropped."""
         try:
-            evicted = self.policy.insert((cf.id, ext.start), ext.length, info)
+            evicted = self.policy.insert(FastKey(cf.id, ext.start), ext.length, info)
         except PolicyError:  # no room beside pinned data: keep the bytes out
             self._remove_extent(cf, ext, notify_policy=False)
             self.stats.add("fast.no_room")
@@ -162,7 +227,7 @@ class FastTier:
         for victim in evicted:
             self._evict_key(victim)
         if ext.pinned:
-            self.policy.pin((cf.id, ext.start))
+            self.policy.pin(FastKey(cf.id, ext.start))
         # Above the high watermark, free a batch down to the low one, so the
         # tier does not evict one extent per admission at the edge.
         cap = self.policy.capacity
@@ -187,43 +252,95 @@ class FastTier:
     async def close(self) -> None:
         await self.commit()
         for cf in self._files.values():
-            if cf.fd >= 0:
-                os.close(cf.fd)
-                cf.fd = -1
+            self._close_fd(cf)
+        for cf in self._dropped:
+            self._close_fd(cf)
         if self.catalog is not None:
-            self.catalog.close()
+            await trio.to_thread.run_sync(self.catalog.close)
             self.catalog = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = -1
 
     async def commit(self) -> None:
-        """Make pending extents durable, then record them (and removals) in the catalog."""
-        if (not self._pending and not self._removed) or self.catalog is None:
+        """Make pending extents durable, then record them, new entries and removals in the
+        catalog (one transaction), then unlink the data files of removed entries."""
+        async with self._commit_lock:
+            await self._commit()
+
+    async def _commit(self) -> None:
+        if self.catalog is None or not (self._pending or self._removed or self._new
+                                        or self._dropped):
             return
         pending, self._pending = self._pending, []
         removed, self._removed = self._removed, []
-        fds = {cf.fd for cf, _ in pending if cf.fd >= 0}
+        new, self._new = self._new, []
+        dropped, self._dropped = self._dropped, []
+        syncing = {cf for cf, _ in pending if not cf.dropped and cf.fd >= 0}
+        for cf in syncing:
+            cf.io += 1
         try:
-            await trio.to_thread.run_sync(lambda: [os.fdatasync(fd) for fd in fds])
+            await trio.to_thread.run_sync(lambda: [os.fdatasync(cf.fd) for cf in syncing])
         except OSError as exc:
-            log.warning("fast tier: fdatasync failed (%s); these extents stay uncommitted",
-                        exc)
+            self._requeue(pending, removed, new, dropped)
+            self._commit_failed(f"fdatasync failed ({exc})")
             return
-        live = [(cf, e) for cf, e in pending if cf.extents.get(e.start) is e]
-        rows = [ExtentRow(cf.id, e.start, e.length, e.crc, e.pinned) for cf, e in live]
+        finally:
+            for cf in syncing:
+                self._io_done(cf)
+        # What is still true after the await: an extent evicted or an entry dropped
+        # meanwhile is not recorded (its removal is queued for the next commit).
+        live = [(cf, e) for cf, e in pending
+                if not cf.dropped and cf.extents.get(e.start) is e]
+        new_rows = [cf for cf in new if not cf.dropped]
+        gone = [cf for cf in dropped if cf.recorded]
         try:
-            await trio.to_thread.run_sync(self.catalog.apply, rows, removed)
+            await trio.to_thread.run_sync(lambda: self.catalog.apply(  # type: ignore[union-attr]
+                drop_files=[cf.id for cf in gone],
+                new_files=[FileRow(cf.id, cf.path, cf.version.size, cf.version.mtime_ns,
+                                   cf.version.etag or "", cf.version.ident or "")
+                           for cf in new_rows],
+                remove=[r for r in removed if r[0] not in {cf.id for cf in gone}],
+                add=[ExtentRow(cf.id, e.start, e.length, e.crc, e.pinned) for cf, e in live]))
         except (sqlite3.Error, OSError) as exc:
-            # A full or failing cache disk: these extents stay served from this
-            # mount's memory map but are forgotten at the next mount.
-            self.stats.add("fast.catalog_errors")
-            log.warning("fast tier: catalog update failed (%s); %d extents not recorded",
-                        exc, len(rows))
+            self._requeue(pending, removed, new, dropped)
+            self._commit_failed(f"catalog update failed ({exc})")
             return
-        for _, e in live:
+        if self._catalog_failing:
+            log.warning("fast tier: catalog updates work again")
+            self._catalog_failing = False
+        for cf in new_rows:
+            cf.recorded = True
+        for cf, e in live:
             e.committed = True
+        for cf in dropped:
+            cf.recorded = False
+        await trio.to_thread.run_sync(lambda: [self._unlink(cf.id) for cf in dropped])
         self.stats.add("fast.commits")
 
+    def _requeue(self, pending: list[tuple[CacheEntry, Extent]], removed: list[tuple[int, int]],
+                 new: list[CacheEntry], dropped: list[CacheEntry]) -> None:
+        self._pending[:0] = pending
+        self._removed[:0] = removed
+        self._new[:0] = new
+        self._dropped[:0] = dropped
+
+    def _commit_failed(self, why: str) -> None:
+        # A full or failing cache disk: the work stays queued and is retried; the
+        # extents stay served from this mount's memory map meanwhile.
+        self.stats.add("fast.catalog_errors")
+        if not self._catalog_failing:
+            log.warning("fast tier: %s; will retry", why)
+            self._catalog_failing = True
+
+    def _unlink(self, entry_id: int) -> None:
+        try:
+            os.unlink(os.path.join(self.data_dir, str(entry_id)))
+        except FileNotFoundError:
+            pass
+
     # -- lookups ---------------------------------------------------------------
-    def file_for(self, path: bytes, version: SourceVersion) -> CachedFile | None:
+    def file_for(self, path: bytes, version: SourceVersion) -> CacheEntry | None:
         """The cached copy of ``path`` at ``version``; an older version is dropped."""
         cf = self._by_path.get(path)
         if cf is None:
@@ -234,31 +351,44 @@ class FastTier:
             return None
         return cf
 
-    async def file_create(self, path: bytes, version: SourceVersion) -> CachedFile:
+    async def file_create(self, path: bytes, version: SourceVersion) -> CacheEntry:
+        """The entry of ``path`` at ``version``, made if there is none (recorded at the
+        next commit, before its extents)."""
         cf = self.file_for(path, version)
         if cf is not None:
             return cf
-        assert self.catalog is not None
-        try:
-            fid = await trio.to_thread.run_sync(self.catalog.add_file, path, version.size,
-                                                version.mtime_ns, version.etag)
-        except sqlite3.Error as exc:
-            self.stats.add("fast.catalog_errors")
-            raise OSError(errno.EIO, f"catalog: {exc}") from None
-        cf = CachedFile(fid, path, version)
-        self._files[fid] = cf
+        if self.catalog is None:
+            raise OSError(errno.EIO, "the fast tier is closed")
+        cf = CacheEntry(self._next_id, path, version)
+        self._next_id += 1
+        self._files[cf.id] = cf
         self._by_path[path] = cf
+        self._new.append(cf)
         return cf
 
-    def _data_path(self, cf: CachedFile) -> str:
+    def _data_path(self, cf: CacheEntry) -> str:
         return os.path.join(self.data_dir, str(cf.id))
 
-    def _fd(self, cf: CachedFile) -> int:
+    def _fd(self, cf: CacheEntry) -> int:
+        if cf.dropped:
+            raise OSError(errno.ESTALE, "cache entry dropped")
         if cf.fd < 0:
-            cf.fd = os.open(self._data_path(cf), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            cf.fd = os.open(self._data_path(cf),
+                            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         return cf.fd
 
-    def covering(self, cf: CachedFile, start: int, end: int) -> Extent | None:
+    def _io_done(self, cf: CacheEntry) -> None:
+        cf.io -= 1
+        if cf.dropped and cf.io == 0:
+            self._close_fd(cf)
+
+    @staticmethod
+    def _close_fd(cf: CacheEntry) -> None:
+        if cf.fd >= 0 and cf.io == 0:
+            os.close(cf.fd)
+            cf.fd = -1
+
+    def covering(self, cf: CacheEntry, start: int, end: int) -> Extent | None:
         """The extent holding all of [start, end), if one does."""
         idx = cf.extents.bisect_right(start) - 1
         if idx < 0:
@@ -266,12 +396,14 @@ class FastTier:
         ext: Extent = cf.extents.peekitem(idx)[1]
         return ext if ext.start + ext.length >= end else None
 
-    async def read(self, cf: CachedFile, start: int, length: int) -> bytes | None:
+    async def read(self, cf: CacheEntry, start: int, length: int) -> bytes | None:
         """Bytes [start, start+length) if present and intact, else None.
 
         A range across adjacent extents (a read over a chunk boundary of a file
         copied whole) is assembled from them.
         """
+        if cf.dropped:
+            return None
         end = start + length
         ext = self.covering(cf, start, end)
         if ext is not None:
@@ -290,34 +422,52 @@ class FastTier:
             pos = stop
         return b"".join(parts)
 
-    async def _read_extent(self, cf: CachedFile, ext: Extent, start: int,
+    async def _read_extent(self, cf: CacheEntry, ext: Extent, start: int,
                            length: int) -> bytes | None:
-        fd = self._fd(cf)
-        if not ext.verified:
-            whole = await self._pread(fd, ext.length, ext.start)
-            if len(whole) != ext.length or zlib.crc32(whole) != ext.crc:
+        verify = not ext.verified
+        off, n = (ext.start, ext.length) if verify else (start, length)
+        try:
+            fd = self._fd(cf)
+        except OSError:
+            return None
+        cf.io += 1
+        try:
+            if n >= _THREAD_IO:
+                async with self._io:
+                    data = await trio.to_thread.run_sync(os.pread, fd, n, off)
+            else:
+                data = os.pread(fd, n, off)
+        except OSError as exc:
+            self.stats.add("fast.read_errors")
+            log.warning("fast tier: read of %r failed (%s); served from below", cf.path, exc)
+            return None
+        finally:
+            self._io_done(cf)
+        if cf.dropped or cf.extents.get(ext.start) is not ext:
+            return None  # evicted or dropped while we read: its bytes may be a hole now
+        if verify:
+            if len(data) != ext.length or zlib.crc32(data) != ext.crc:
                 log.warning("fast tier: checksum mismatch in %r at %d+%d; refetching",
                             cf.path, ext.start, ext.length)
                 self.stats.add("fast.corrupt_extents")
                 self._remove_extent(cf, ext)
                 return None
             ext.verified = True
-            data = whole[start - ext.start:start - ext.start + length]
-        else:
-            data = await self._pread(fd, length, start)
-        self.policy.record_hit((cf.id, ext.start))
+            data = data[start - ext.start:start - ext.start + length]
+        self.policy.record_hit(FastKey(cf.id, ext.start))
         return data
 
-    async def _pread(self, fd: int, length: int, offset: int) -> bytes:
-        if length >= _THREAD_IO:
-            async with self._io:
-                return await trio.to_thread.run_sync(os.pread, fd, length, offset)
-        return os.pread(fd, length, offset)
-
     # -- admission ---------------------------------------------------------------
-    async def admit(self, cf: CachedFile, start: int, data: bytes, *,
+    async def admit(self, cf: CacheEntry, start: int, data: bytes, *,
                     pinned: bool = False, info: AccessInfo | None = None) -> bool:
         """Store ``data`` at ``start`` of ``cf``; False if it was skipped."""
+        async with cf.lock:
+            return await self._admit(cf, start, data, pinned=pinned, info=info)
+
+    async def _admit(self, cf: CacheEntry, start: int, data: bytes, *,
+                     pinned: bool, info: AccessInfo | None) -> bool:
+        if cf.dropped or not data:
+            return False
         end = start + len(data)
         # Fit between existing extents: drop those the new one covers, trim at the edges.
         s, e = start, end
@@ -344,18 +494,15 @@ class FastTier:
         # write would punch the new bytes too.
         for old in covered:
             self._remove_extent(cf, old)
-        fd = self._fd(cf)
         for attempt in (1, 2):
             try:
-                if len(data) >= _THREAD_IO:
-                    async with self._io:
-                        n = await trio.to_thread.run_sync(os.pwrite, fd, data, s)
-                else:
-                    n = os.pwrite(fd, data, s)
+                n = await self._pwrite(cf, data, s)
                 if n != len(data):  # a short write is how a full disk often shows
                     raise OSError(errno.ENOSPC, "short write to the cache file")
                 break
             except OSError as exc:
+                if cf.dropped:
+                    return False
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or attempt == 2:
                     self.stats.add("fast.write_failed")
                     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -363,6 +510,8 @@ class FastTier:
                     return False
                 self.stats.add("fast.enospc")
                 self._evict_bytes(max(len(data), self.policy.capacity // 10))
+        if cf.dropped:
+            return False  # dropped while we wrote: its file goes away with it
         ext = Extent(s, len(data), zlib.crc32(data), pinned=pinned)
         cf.extents[s] = ext
         if not self._account(cf, ext, info):
@@ -373,55 +522,61 @@ class FastTier:
         self.stats.add("fast.admitted_bytes", len(data))
         return True
 
+    async def _pwrite(self, cf: CacheEntry, data: bytes, offset: int) -> int:
+        fd = self._fd(cf)
+        cf.io += 1
+        try:
+            if len(data) >= _THREAD_IO:
+                async with self._io:
+                    return await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
+            return os.pwrite(fd, data, offset)
+        finally:
+            self._io_done(cf)
+
     # -- eviction ----------------------------------------------------------------
-    def _evict_key(self, key: tuple[int, int]) -> None:
-        cf = self._files.get(key[0])
-        ext = cf.extents.get(key[1]) if cf is not None else None
+    def _evict_key(self, key: FastKey) -> None:
+        cf = self._files.get(key.entry)
+        ext = cf.extents.get(key.start) if cf is not None else None
         if cf is not None and ext is not None:
             self.stats.add("fast.evictions")
             self._remove_extent(cf, ext, notify_policy=False)
 
     def _evict_bytes(self, nbytes: int) -> None:
         for key in self.policy.victims(nbytes):
-            self.policy.remove(key)
             self._evict_key(key)
 
-    def _remove_extent(self, cf: CachedFile, ext: Extent, *, notify_policy: bool = True) -> None:
+    def _remove_extent(self, cf: CacheEntry, ext: Extent, *, notify_policy: bool = True) -> None:
         if cf.extents.get(ext.start) is not ext:
             return
         del cf.extents[ext.start]
         if notify_policy:
-            self.policy.remove((cf.id, ext.start))
-        if ext.committed:
-            self._removed.append((cf.id, ext.start))
-        # The row goes first (next commit); punching now is safe because a crash
+            self.policy.remove(FastKey(cf.id, ext.start))
+        if cf.dropped:
+            return  # the whole entry goes: its row and file at the next commit
+        # Queued even if not recorded yet: a commit in flight may be recording it.
+        self._removed.append((cf.id, ext.start))
+        # The row goes at the next commit; punching now is safe because a crash
         # before that commit leaves a row whose CRC no longer matches: detected.
         try:
             _punch_hole(self._fd(cf), ext.start, ext.length)
         except OSError as exc:
             log.warning("fast tier: cannot punch hole in %r: %s", cf.path, exc)
 
-    def _drop_now(self, cf: CachedFile) -> None:
+    def _drop_now(self, cf: CacheEntry) -> None:
+        """Take ``cf`` out of the tier now; its row and data file go at the next commit."""
+        if cf.dropped:
+            return
+        cf.dropped = True
         for ext in list(cf.extents.values()):
             self._remove_extent(cf, ext)
         self._files.pop(cf.id, None)
         if self._by_path.get(cf.path) is cf:
             del self._by_path[cf.path]
-        if cf.fd >= 0:
-            os.close(cf.fd)
-            cf.fd = -1
-        try:
-            os.unlink(self._data_path(cf))
-        except FileNotFoundError:
-            pass
-        if self.catalog is not None:
-            try:
-                self.catalog.remove_files([cf.id])
-            except sqlite3.Error as exc:  # the next mount finds no data file and drops it
-                self.stats.add("fast.catalog_errors")
-                log.warning("fast tier: catalog update failed: %s", exc)
+        self._close_fd(cf)
+        self._dropped.append(cf)
+        self._wake.set()
 
-    async def drop_file(self, cf: CachedFile) -> None:
+    async def drop_file(self, cf: CacheEntry) -> None:
         self._drop_now(cf)
 
     def drop_path(self, path: bytes) -> int:
@@ -435,11 +590,12 @@ class FastTier:
 
     def rename_path(self, old: bytes, new: bytes) -> None:
         """Follow a rename through the mount (the version is unchanged)."""
-        cf = self._by_path.pop(old, None)
         self.drop_path(new)
+        cf = self._by_path.pop(old, None)
         if cf is not None:
-            # The catalog keeps the old path; the next remount re-validates by
-            # version and drops it. Simpler than a path update mid-flight.
+            # The row keeps the old path; at the next mount an entry whose path
+            # has a newer entry is dropped, and one whose source version changed
+            # is dropped at its first open.
             cf.path = new
             self._by_path[new] = cf
 
@@ -448,12 +604,12 @@ class FastTier:
         prefix = path + b"/"
         return [p for p in self._by_path if not path or p == path or p.startswith(prefix)]
 
-    def set_pinned(self, cf: CachedFile, ext: Extent, pinned: bool) -> None:
+    def set_pinned(self, cf: CacheEntry, ext: Extent, pinned: bool) -> None:
         """Pin or unpin one extent; the catalog learns it at the next commit."""
         if ext.pinned == pinned:
             return
         ext.pinned = pinned
-        key = (cf.id, ext.start)
+        key = FastKey(cf.id, ext.start)
         if pinned:
             self.policy.pin(key)
         else:
@@ -470,6 +626,69 @@ class FastTier:
         for ext in exts:
             self.set_pinned(cf, ext, False)
         return len(exts)
+
+    # -- checking ------------------------------------------------------------------
+    def entries(self) -> list[CacheEntry]:
+        """The live entries (for fsck and tests)."""
+        return list(self._files.values())
+
+    def check(self) -> list[str]:
+        """In-memory invariants (no I/O): extents do not overlap, every extent is known
+        to the policy with its size and nothing else is, paths map to live entries."""
+        problems: list[str] = []
+        expected: dict[FastKey, int] = {}
+        for cf in self._files.values():
+            if cf.dropped:
+                problems.append(f"entry {cf.id} ({cf.path!r}) dropped but listed")
+            if self._by_path.get(cf.path) is not cf:
+                problems.append(f"entry {cf.id}: path {cf.path!r} names another entry")
+            end = -1
+            for start, ext in cf.extents.items():
+                if start != ext.start or ext.length <= 0:
+                    problems.append(f"entry {cf.id}: bad extent at {start}")
+                if start < end:
+                    problems.append(f"entry {cf.id}: extents overlap at {start}")
+                end = start + ext.length
+                expected[FastKey(cf.id, ext.start)] = ext.length
+                if ext.pinned != self.policy.is_pinned(FastKey(cf.id, ext.start)):
+                    problems.append(f"entry {cf.id}: pin of extent {start} differs "
+                                    f"from the policy's")
+        for path, cf in self._by_path.items():
+            if self._files.get(cf.id) is not cf:
+                problems.append(f"path {path!r} names entry {cf.id}, not live")
+        problems += [f"policy: {p}" for p in self.policy.check(expected)]
+        return problems
+
+    async def check_catalog(self) -> list[str]:
+        """The catalog against memory, read-only: every committed extent has its row, and
+        every row is of a live extent or of one whose removal is queued."""
+        if self.catalog is None:
+            return []
+        async with self._commit_lock:  # not mid-commit: rows and flags agree
+            rows = await trio.to_thread.run_sync(self.catalog.extents)
+            files = {r.id for r in await trio.to_thread.run_sync(self.catalog.files)}
+        problems: list[str] = []
+        queued = set(self._removed)
+        dropped = {cf.id for cf in self._dropped}
+        seen: set[tuple[int, int]] = set()
+        for r in rows:
+            seen.add((r.file_id, r.start))
+            if r.file_id in dropped or (r.file_id, r.start) in queued:
+                continue
+            cf = self._files.get(r.file_id)
+            ext = cf.extents.get(r.start) if cf is not None else None
+            if ext is None:
+                problems.append(f"catalog row {r.file_id}+{r.start}: no such extent")
+            elif ext.committed and (ext.length, ext.crc, ext.pinned) != \
+                    (r.length, r.crc, r.pinned):
+                problems.append(f"catalog row {r.file_id}+{r.start} differs from memory")
+        for cf in self._files.values():
+            if cf.recorded and cf.id not in files:
+                problems.append(f"entry {cf.id} marked recorded, no catalog row")
+            for ext in cf.extents.values():
+                if ext.committed and (cf.id, ext.start) not in seen:
+                    problems.append(f"extent {cf.id}+{ext.start} committed, no catalog row")
+        return problems
 
     # -- reporting -----------------------------------------------------------------
     def statistics(self) -> dict[str, Any]:
