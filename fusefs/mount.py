@@ -34,7 +34,8 @@ from .pagecache import PageCache
 from .policies import get_policy
 from .policies.base import Override, Tier
 from .stats import Stats
-from .tiers.capacity import CapacityTier, open_capacity
+from .tiers import open_capacity
+from .tiers.capacity import CapacityTier
 from .tiers.fast import FastTier
 from .trace import TraceRecorder
 

@@ -3,9 +3,9 @@
 A capacity tier is the dataset as it already exists: a local directory
 (`fusefs.tiers.posix`) or an object store reached through `pyarrow.fs`
 (`fusefs.tiers.objectstore`). This module owns the interface both implement,
-the attribute record they return (`Stat`), the version a cached copy is tied to
-(`SourceVersion`), and the opening of a tier from a source string
-(`open_capacity`).
+the attribute record they return (`Stat`) and the version a cached copy is tied
+to (`SourceVersion`); it imports neither implementation (`fusefs.tiers.open_capacity`
+picks one for a source string).
 
 Paths are relative to the source root, as ``bytes`` with ``/`` separators and
 no leading slash (``b""`` is the root); the upper layers build them from the
@@ -281,22 +281,3 @@ def join(parent: bytes, name: bytes) -> bytes:
     """Join a relative directory path and one name."""
     return name if not parent else parent + b"/" + name
 
-
-def open_capacity(source: str, **options: Any) -> CapacityTier:
-    """Open the capacity tier for a source string.
-
-    A plain path or ``file://`` URI is a local directory; anything with another
-    scheme goes to `pyarrow.fs.FileSystem.from_uri`.
-
-    Raises:
-        OSError: the source does not exist or cannot be used, with a message
-            that names it.
-    """
-    if "://" not in source or source.startswith("file://"):
-        from .posix import PosixTier
-
-        path = source[len("file://") :] if source.startswith("file://") else source
-        return PosixTier(path)
-    from .objectstore import ObjectStoreTier  # pyarrow is only needed for stores
-
-    return ObjectStoreTier.from_uri(source, **options)
