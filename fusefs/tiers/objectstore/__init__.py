@@ -95,7 +95,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import trio
 
-from .capacity import CapacityFile, CapacityTier, Stat, StatFs, TierUnavailable
+from ..capacity import CapacityFile, CapacityTier, Stat, StatFs, TierUnavailable
 
 log = logging.getLogger(__name__)
 
