@@ -117,14 +117,6 @@ class CapacityFile(ABC):
     async def pread(self, offset: int, size: int) -> bytes:
         """Read up to ``size`` bytes at ``offset``; short only at end of file."""
 
-    async def pread_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Read several ``(offset, size)`` ranges, e.g. for read-ahead.
-
-        This default reads them one after another; tiers whose reads are
-        network requests override it to issue them concurrently.
-        """
-        return [await self.pread(offset, size) for offset, size in ranges]
-
     @abstractmethod
     async def pwrite(self, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset``; returns the bytes written."""
