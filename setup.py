@@ -13,7 +13,8 @@ setup(
     version="0.1.0",
     description="A tiering FUSE filesystem for AI datasets: DRAM, NVMe and capacity tiers",
     python_requires=">=3.11",
-    packages=["fusefs", "fusefs.engine", "fusefs.tiers", "fusefs.policies"],
+    packages=["fusefs", "fusefs.engine", "fusefs.tiers", "fusefs.tiers.objectstore",
+              "fusefs.policies"],
     package_dir={"fusefs.policies": "policies"},
     cffi_modules=["csrc/build_pagecache.py:ffibuilder"],
     install_requires=[

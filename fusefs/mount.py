@@ -35,7 +35,8 @@ from .policies import get_policy
 from .access import DramKey, FastKey, Override
 from .policies.base import Tier
 from .stats import Stats
-from .tiers.capacity import CapacityTier, open_capacity
+from .tiers import open_capacity
+from .tiers.capacity import CapacityTier
 from .tiers.fast import FastTier
 from .trace import TraceRecorder
 

@@ -3,9 +3,9 @@
 A capacity tier is the dataset as it already exists: a local directory
 (`fusefs.tiers.posix`) or an object store reached through `pyarrow.fs`
 (`fusefs.tiers.objectstore`). This module owns the interface both implement,
-the attribute record they return (`Stat`), the version a cached copy is tied to
-(`SourceVersion`), and the opening of a tier from a source string
-(`open_capacity`).
+the attribute record they return (`Stat`) and the version a cached copy is tied
+to (`SourceVersion`); it imports neither implementation (`fusefs.tiers.open_capacity`
+picks one for a source string).
 
 Paths are relative to the source root, as ``bytes`` with ``/`` separators and
 no leading slash (``b""`` is the root); the upper layers build them from the
@@ -125,14 +125,6 @@ class CapacityFile(ABC):
     @abstractmethod
     async def pread(self, offset: int, size: int) -> bytes:
         """Read up to ``size`` bytes at ``offset``; short only at end of file."""
-
-    async def pread_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Read several ``(offset, size)`` ranges, e.g. for read-ahead.
-
-        This default reads them one after another; tiers whose reads are
-        network requests override it to issue them concurrently.
-        """
-        return [await self.pread(offset, size) for offset, size in ranges]
 
     @abstractmethod
     async def pwrite(self, offset: int, data: bytes) -> int:
@@ -290,22 +282,3 @@ def join(parent: bytes, name: bytes) -> bytes:
     """Join a relative directory path and one name."""
     return name if not parent else parent + b"/" + name
 
-
-def open_capacity(source: str, **options: Any) -> CapacityTier:
-    """Open the capacity tier for a source string.
-
-    A plain path or ``file://`` URI is a local directory; anything with another
-    scheme goes to `pyarrow.fs.FileSystem.from_uri`.
-
-    Raises:
-        OSError: the source does not exist or cannot be used, with a message
-            that names it.
-    """
-    if "://" not in source or source.startswith("file://"):
-        from .posix import PosixTier
-
-        path = source[len("file://") :] if source.startswith("file://") else source
-        return PosixTier(path)
-    from .objectstore import ObjectStoreTier  # pyarrow is only needed for stores
-
-    return ObjectStoreTier.from_uri(source, **options)

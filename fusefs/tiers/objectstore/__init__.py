@@ -1,0 +1,274 @@
+"""The capacity tier over an object store (S3, GCS, HDFS, ...) through `pyarrow.fs`.
+
+`ObjectStoreTier` serves a bucket (or a prefix in it) as a directory tree. It
+is the `CapacityTier` facade: it builds one of each collaborator below, passes
+each the others it needs, and forwards the contract's calls to them.
+
+Modules (one concern each):
+
+- `options`: `ObjectStoreOptions` (the tier's settings) and `Attributes` (the
+  `Stat` an object or directory shows);
+- `store`: `Store`, the only user of `pyarrow.fs`: key mapping and name rules,
+  every request in a worker thread with retries and backoff, error
+  classification, request counters; `resolve_source` builds ``s3://`` file
+  systems;
+- `metacache`: `MetaCache`, TTL caches of stats, negative lookups and
+  listings, list-after, listing snapshots (Parquet);
+- `namespace`: `Namespace`, lookups and listings over cache + store,
+  directory markers and their emulation, ``unlink``, ``rmdir``, ``rename``
+  as copy + delete;
+- `file`: `ObjectFile` (ranged reads, write spool, upload on flush/close) and
+  `OpenFiles` (writable handles by path, spool directory, whole-object
+  transfer).
+
+Each module's docstring describes its part of the behaviour. What the facade
+adds: ``mknod`` of anything but a regular file is ``EPERM``; objects have no
+mode, owner or times of their own, so ``setattr`` of those is accepted and
+ignored (what ``cp -p``, ``rsync -a`` and ``tar`` need), or ``EPERM`` with
+``strict_setattr=True``; ``setattr(size=...)`` rewrites the object.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from ..capacity import CapacityFile, CapacityTier, Stat, StatFs
+from .file import ObjectFile, OpenFiles
+from .metacache import MetaCache
+from .namespace import Namespace
+from .options import S3_OPTIONS, Attributes, ObjectStoreOptions
+from .store import NAME_MAX, Store, err, resolve_source, show, split
+
+__all__ = ["ObjectFile", "ObjectStoreOptions", "ObjectStoreTier"]
+
+
+class ObjectStoreTier(CapacityTier):
+    """A bucket or prefix of an object store, served through `pyarrow.fs`."""
+
+    supports_links = False
+    supports_snapshots = True
+    remote = True  # every read is a ranged GET: a round trip costs more than 64 KiB
+
+    def __init__(
+        self,
+        fs: pafs.FileSystem | Callable[[], pafs.FileSystem],
+        root: str,
+        *,
+        description: str | None = None,
+        endpoint: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **options: Any,
+    ) -> None:
+        """Serve ``root`` (``bucket/prefix`` for S3/GCS, a path otherwise) of ``fs``.
+
+        Args:
+            fs: the file system, or a factory called in a thread by `start`
+                (so slow set-up such as region look-up stays off the loop).
+            root: the source root inside ``fs``, without trailing slash.
+            description: how logs and errors name the source.
+            endpoint: the address errors name when the store is unreachable.
+            clock: the time source for cache TTLs.
+            **options: see `ObjectStoreOptions`.
+        """
+        self.opts = ObjectStoreOptions.make(options)
+        self._attrs = Attributes(self.opts, time.time_ns())
+        self._store = Store(fs, root, description=description, endpoint=endpoint,
+                            opts=self.opts, attrs=self._attrs, clock=clock)
+        self._cache = MetaCache(self.opts, self._attrs, root=self._store.root, clock=clock,
+                                requests=self._store.requests, limiter=self._store.limiter)
+        self._files = OpenFiles(self._store, self._cache, self._attrs, self.opts)
+        self._ns = Namespace(self._store, self._cache, self._files, self._attrs, self.opts)
+        #: Requests sent to the store, by kind ("list", "stat", "get", "put", ...).
+        self.requests = self._store.requests
+        self.kind = self._store.type_name or "objectstore"
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def from_uri(cls, uri: str, **options: Any) -> ObjectStoreTier:
+        """Open a source URI that `pyarrow.fs.FileSystem.from_uri` understands.
+
+        ``s3://[ACCESS:SECRET@]bucket/prefix?endpoint_override=HOST:PORT&scheme=http``
+        is built here so that timeouts and retries are ours; the options
+        ``access_key``, ``secret_key``, ``session_token``, ``region``,
+        ``endpoint`` (``[http[s]://]host:port``), ``scheme``, ``anonymous``,
+        ``connect_timeout`` (s, default 1), ``request_timeout`` (s without a
+        byte from the server, default 10), ``sdk_max_attempts`` (the AWS SDK's
+        own tries, default 1: the tier retries), ``force_virtual_addressing``,
+        ``tls_ca_file_path`` and ``request_checksums`` override the URI.
+        Without credentials, pyarrow reads the standard AWS environment and
+        files. Other schemes (``gs://``, ``hdfs://``, ``file://``) go to
+        `pyarrow.fs.FileSystem.from_uri` as they are.
+
+        With a custom endpoint and ``request_checksums="auto"`` (the default),
+        ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` is set in the process
+        environment unless it is already set: the AWS SDK otherwise sends
+        uploads as ``aws-chunked`` with trailing checksums, which many
+        S3-compatible servers (rclone, older MinIO and Ceph) refuse.
+
+        Raises:
+            ValueError: an unknown option or URI parameter.
+        """
+        s3opts = {k: options.pop(k) for k in list(options) if k in S3_OPTIONS}
+        ObjectStoreOptions.make({k: v for k, v in options.items() if k != "clock"})  # fail early
+        src = resolve_source(uri, s3opts)
+        tier = cls(src.fs, src.root, description=src.description, endpoint=src.endpoint, **options)
+        if src.kind is not None:
+            tier.kind = src.kind
+        return tier
+
+    @property
+    def description(self) -> str:
+        return self._store.description
+
+    @property
+    def list_requests(self) -> int:
+        """Listing requests sent so far (each may be several pages)."""
+        return self.requests["list"]
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self.requests)
+
+    async def start(self) -> None:
+        if await self._store.connect():
+            self.kind = self._store.type_name or self.kind
+        if self.opts.spool_dir:
+            self._files.setup_spool()  # a bad spool directory should fail the mount, not a write
+        await self._store.check_root()
+        self._ns.root_stat = self._attrs.dir(time.time_ns())
+
+    async def close(self) -> None:
+        await self._files.close()
+
+    def invalidate(self, path: bytes | None = None) -> None:
+        """Drop cached metadata of ``path`` (and its listing), or all of it."""
+        self._cache.invalidate(path)
+
+    # -- metadata ----------------------------------------------------------
+    async def stat(self, path: bytes) -> Stat:
+        return await self._ns.stat(path)
+
+    def cached_listing(self, path: bytes) -> dict[bytes, Stat] | None:
+        return self._cache.cached_listing(path)
+
+    async def listdir(self, path: bytes) -> list[tuple[bytes, Stat]]:
+        return await self._ns.listdir(path)
+
+    async def readlink(self, path: bytes) -> bytes:
+        return await self._ns.readlink(path)
+
+    async def setattr(
+        self,
+        path: bytes,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: Any = None,
+        mtime_ns: Any = None,
+        file: CapacityFile | None = None,
+    ) -> Stat:
+        cur = await self.stat(path)
+        if self.opts.strict_setattr:
+            changes = (
+                (mode is not None and stat_mod.S_IMODE(mode) != stat_mod.S_IMODE(cur.st_mode))
+                or (uid is not None and uid != cur.st_uid)
+                or (gid is not None and gid != cur.st_gid)
+                or atime_ns is not None or mtime_ns is not None
+            )
+            if changes:
+                raise err(errno.EPERM, f"{show(path)}: objects have no mode, owner or times to change")
+        if size is not None:
+            if cur.is_dir:
+                raise err(errno.EISDIR, f"{show(path)}: is a directory")
+            target = file if isinstance(file, ObjectFile) and file.writable else None
+            if target is None:
+                target = self._files.latest(path)
+            if target is not None:
+                await target.truncate(size)
+            else:
+                f = await self.open(path, os.O_WRONLY | (os.O_TRUNC if size == 0 else 0))
+                try:
+                    await f.truncate(size)
+                    await f.flush()
+                finally:
+                    await f.close()
+        return await self.stat(path)
+
+    async def statfs(self) -> StatFs:
+        # A store has no capacity to report: large fixed numbers, as mountpoint-s3 does.
+        blocks = 1 << 50
+        files = 1 << 40
+        return StatFs(4096, 4096, blocks, blocks, blocks, files, files, files, NAME_MAX)
+
+    # -- namespace ---------------------------------------------------------
+    async def mkdir(self, path: bytes, mode: int, uid: int, gid: int) -> Stat:
+        return await self._ns.mkdir(path)
+
+    async def mknod(self, path: bytes, mode: int, rdev: int, uid: int, gid: int) -> Stat:
+        if not stat_mod.S_ISREG(mode):
+            raise err(errno.EPERM, "object stores hold only regular files and directories")
+        f, _ = await self.create(path, os.O_WRONLY, mode, uid, gid)
+        try:
+            await f.flush()
+        finally:
+            await f.close()
+        return await self.stat(path)
+
+    async def symlink(self, path: bytes, target: bytes, uid: int, gid: int) -> Stat:
+        self._store.key(path)
+        raise err(errno.EPERM, "object stores have no symbolic links")
+
+    async def link(self, path: bytes, new_path: bytes) -> Stat:
+        self._store.key(new_path)
+        raise err(errno.EPERM, "object stores have no hard links")
+
+    async def unlink(self, path: bytes) -> None:
+        await self._ns.unlink(path)
+
+    async def rmdir(self, path: bytes) -> None:
+        await self._ns.rmdir(path)
+
+    async def rename(self, old: bytes, new: bytes, flags: int = 0) -> None:
+        await self._ns.rename(old, new, flags)
+
+    # -- data --------------------------------------------------------------
+    async def open(self, path: bytes, flags: int) -> ObjectFile:
+        self._store.key(path)
+        st = await self._ns.stat(path)
+        if st.is_dir:
+            raise err(errno.EISDIR, f"{show(path)}: is a directory")
+        return await self._files.open(path, flags, st)
+
+    async def create(
+        self, path: bytes, flags: int, mode: int, uid: int, gid: int
+    ) -> tuple[ObjectFile, Stat]:
+        self._store.key(path)
+        await self._ns.require_dir(split(path)[0])
+        await self._ns.absent(path)
+        return self._files.create(path)
+
+    # -- whole-object transfer (the seam for the fast tier's destager) ----
+    async def put_object(self, path: bytes, fd: int) -> Stat:
+        """Upload the whole content of local descriptor ``fd`` as object ``path``."""
+        return await self._files.put_object(path, fd)
+
+    async def get_object_into(self, path: bytes, fd: int) -> int:
+        """Download object ``path`` into local descriptor ``fd``; returns its size."""
+        return await self._files.get_object_into(path, fd)
+
+    # -- listing snapshots -------------------------------------------------
+    async def save_snapshot(self, path: str | os.PathLike[str]) -> int:
+        """Write the cached listings to a Parquet file (see `MetaCache.save_snapshot`)."""
+        return await self._cache.save_snapshot(path)
+
+    async def load_snapshot(self, path: str | os.PathLike[str]) -> int:
+        """Serve listings saved by `save_snapshot` (see `MetaCache.load_snapshot`)."""
+        return await self._cache.load_snapshot(path)

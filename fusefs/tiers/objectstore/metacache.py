@@ -1,0 +1,344 @@
+"""The object-store tier's metadata cache: stats, listings, misses and their snapshots.
+
+`MetaCache` owns what the tier remembers of the store's namespace, and for
+how long (``clock`` is injectable):
+
+- positive stats, ``stat_ttl`` seconds;
+- failed lookups (negative entries), ``negative_ttl``;
+- directory listings (`Listing`), ``list_ttl``. A listing also answers
+  ``stat`` for every child (``ls -l`` costs one paged listing, not one request
+  per file) and is authoritative for names it lacks;
+- list-after: a lookup that misses in a directory with no listing is a HEAD;
+  the ``list_after``-th such miss in one directory lists it instead (one LIST
+  answers every later lookup there, as rclone's directory cache does; a
+  directory probed once, such as one of millions of keys, is never listed
+  for it). Concurrent lookups in one directory share one LIST.
+
+The mount's own writes update the entry and its parent's listing in place
+(`note_object`, `note_gone`). `save_snapshot` / `load_snapshot` keep the
+listings across a remount as a Parquet file. The cache sends no request
+itself: the listing a lookup needs comes from the ``listdir`` it is given.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+from collections.abc import Awaitable, Callable
+
+import pyarrow as pa
+import trio
+
+from ..capacity import Stat
+from .options import Attributes, ObjectStoreOptions
+from .store import err, short, show, split, under
+
+_SNAPSHOT_FORMAT = b"1"
+
+Lister = Callable[[bytes], Awaitable[object]]
+
+
+class Listing:
+    """One cached directory listing: child name -> Stat, with its two deadlines."""
+
+    __slots__ = ("entries", "list_expires", "stat_expires")
+
+    def __init__(self, entries: dict[bytes, Stat], list_expires: float, stat_expires: float) -> None:
+        self.entries = entries
+        self.list_expires = list_expires  # until then, a name it lacks does not exist
+        self.stat_expires = stat_expires  # until then, its Stats answer stat()
+
+
+class MetaCache:
+    """TTL caches of stats, negative lookups and listings of one store root."""
+
+    def __init__(
+        self,
+        opts: ObjectStoreOptions,
+        attrs: Attributes,
+        *,
+        root: str,
+        clock: Callable[[], float],
+        requests: collections.Counter[str],
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        """``requests`` counts lookups that listed ("lookup_lists"); ``limiter``
+        bounds the threads snapshot files are read and written in; ``root`` is
+        the source a snapshot belongs to."""
+        self._opts = opts
+        self._attrs = attrs
+        self._root = root
+        self._clock = clock
+        self._requests = requests
+        self._limiter = limiter
+        self._stats: dict[bytes, tuple[float, Stat]] = {}
+        self._negative: dict[bytes, float] = {}
+        # Lookups that missed per unlisted directory, and listings in flight
+        # (concurrent lookups in one directory share one LIST).
+        self._misses: dict[bytes, int] = {}
+        self._listing: dict[bytes, trio.Event] = {}
+        self._sweep_at = 4096
+        self._lists: dict[bytes, Listing] = {}
+
+    # -- lookups -----------------------------------------------------------
+    async def lookup(self, path: bytes, listdir: Lister) -> Stat | None:
+        """``path``'s cached Stat, or None when only the store can tell.
+
+        Raises `FileNotFoundError` for a fresh negative entry or a name a fresh
+        listing lacks. May list the parent through ``listdir`` (list-after).
+        """
+        now = self._clock()
+        hit = self._stats.get(path)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        neg = self._negative.get(path)
+        if neg is not None and neg > now:
+            raise err(errno.ENOENT, f"{show(path)}: no such object")
+        own = self._lists.get(path)
+        if own is not None and own.stat_expires > now:
+            # Its own listing is known (e.g. from a snapshot whose parent was
+            # never listed): only a directory has one.
+            return self._attrs.dir(0)
+        parent, name = split(path)
+        listing = self._lists.get(parent)
+        if listing is None or listing.list_expires <= now:
+            listing = await self._list_for_lookup(parent, listdir)
+        if listing is not None and listing.list_expires > now:
+            st = listing.entries.get(name)
+            if st is None:
+                raise err(errno.ENOENT, f"{show(path)}: no such object")
+            if listing.stat_expires > now:
+                return st
+        return None
+
+    async def _list_for_lookup(self, parent: bytes, listdir: Lister) -> Listing | None:
+        """The listing of ``parent`` if this lookup should list it (see the module docstring)."""
+        ev = self._listing.get(parent)
+        if ev is not None:
+            await ev.wait()  # another lookup is listing it
+            return self._lists.get(parent)
+        if self._opts.list_after <= 0:
+            return None
+        n = self._misses.get(parent, 0) + 1
+        if n < self._opts.list_after:
+            if len(self._misses) >= 10_000:
+                self._misses.clear()  # bounded; at worst a directory lists later
+            self._misses[parent] = n
+            return None
+        self._misses.pop(parent, None)
+        ev = self._listing[parent] = trio.Event()
+        try:
+            await listdir(parent)
+        except OSError:
+            return None  # not a directory, or the store failed: the HEAD decides
+        finally:
+            del self._listing[parent]
+            ev.set()
+        self._requests["lookup_lists"] += 1
+        return self._lists.get(parent)
+
+    def remember(self, path: bytes, st: Stat | None) -> None:
+        """What a HEAD of ``path`` answered: ``st``, or None for nothing there."""
+        self._sweep()
+        if st is None:
+            self._negative[path] = self._clock() + self._opts.negative_ttl
+        else:
+            self._stats[path] = (self._clock() + self._opts.stat_ttl, st)
+
+    def _sweep(self) -> None:
+        """Drop expired single-object entries once the tables have doubled since the last sweep."""
+        size = len(self._stats) + len(self._negative)
+        if size < self._sweep_at:
+            return
+        now = self._clock()
+        self._stats = {p: e for p, e in self._stats.items() if e[0] > now}
+        self._negative = {p: t for p, t in self._negative.items() if t > now}
+        self._sweep_at = max(4096, 2 * (len(self._stats) + len(self._negative)))
+
+    # -- listings ----------------------------------------------------------
+    def fresh_listing(self, path: bytes) -> Listing | None:
+        """The listing of ``path`` if it is still authoritative."""
+        listing = self._lists.get(path)
+        if listing is None or listing.list_expires <= self._clock():
+            return None
+        return listing
+
+    def put_listing(self, path: bytes, entries: dict[bytes, Stat]) -> Listing:
+        """Remember a listing just fetched; its children are no longer misses."""
+        now = self._clock()
+        listing = Listing(entries, now + self._opts.list_ttl, now + self._opts.stat_ttl)
+        self._lists[path] = listing
+        for name in entries:
+            self._negative.pop(path + b"/" + name if path else name, None)
+        return listing
+
+    def cached_listing(self, path: bytes) -> dict[bytes, Stat] | None:
+        """The children of ``path`` if its listing still answers stat()."""
+        listing = self._lists.get(path)
+        if listing is None or listing.stat_expires <= self._clock():
+            return None
+        return listing.entries
+
+    # -- the mount's own changes -------------------------------------------
+    def note_object(self, path: bytes, st: Stat) -> None:
+        """``path`` now exists as ``st`` (after the mount's own change)."""
+        self._stats[path] = (self._clock() + self._opts.stat_ttl, st)
+        self._negative.pop(path, None)
+        parent, name = split(path)
+        listing = self._lists.get(parent)
+        if listing is not None:
+            listing.entries[name] = st
+
+    def note_gone(self, path: bytes, *, tree: bool = True) -> None:
+        """``path`` (and, if ``tree``, everything below it) no longer exists."""
+        self._stats.pop(path, None)
+        self._lists.pop(path, None)
+        self._negative[path] = self._clock() + self._opts.negative_ttl
+        parent, name = split(path)
+        listing = self._lists.get(parent)
+        if listing is not None:
+            listing.entries.pop(name, None)
+        if not tree:
+            return
+        for table in (self._stats, self._negative, self._lists):
+            for p in [p for p in table if under(p, path)]:
+                del table[p]
+
+    def drop_stat(self, path: bytes) -> None:
+        self._stats.pop(path, None)
+
+    def drop_negative(self, path: bytes) -> None:
+        self._negative.pop(path, None)
+
+    def drop_file_stat(self, path: bytes) -> None:
+        """Forget ``path``'s Stat if it says file (a listing found a prefix there)."""
+        hit = self._stats.get(path)
+        if hit is not None and not hit[1].is_dir:
+            del self._stats[path]
+
+    def invalidate(self, path: bytes | None = None) -> None:
+        """Drop cached metadata of ``path`` (and its listing), or all of it."""
+        if path is None:
+            self._stats.clear()
+            self._negative.clear()
+            self._lists.clear()
+            return
+        self._stats.pop(path, None)
+        self._negative.pop(path, None)
+        self._lists.pop(path, None)
+
+    # -- listing snapshots -------------------------------------------------
+    async def save_snapshot(self, path: str | os.PathLike[str]) -> int:
+        """Write every cached directory listing to a Parquet file; returns the entries written.
+
+        Rows are ``(dir, name, is_dir, size, mtime_ns)``, plus one row with a
+        null name per listed directory (so empty directories are kept). The
+        file's metadata names the source root; it is written to a temporary
+        name, fsynced and renamed into place.
+        """
+        lists = [(d, list(lst.entries.items())) for d, lst in self._lists.items()]
+        return await trio.to_thread.run_sync(_write_snapshot, os.fspath(path), self._root, lists,
+                                             limiter=self._limiter)
+
+    async def load_snapshot(self, path: str | os.PathLike[str]) -> int:
+        """Load listings saved by `save_snapshot`, so a remount need not re-list the store.
+
+        Loaded listings count as fresh for ``snapshot_ttl`` seconds from now
+        (default: ``list_ttl``, and ``stat_ttl`` for the attributes in them);
+        after that they are fetched again as usual. The mount's own writes
+        update them like any cached listing. A snapshot of another source is
+        refused (``EINVAL``); a missing file raises `FileNotFoundError`.
+
+        Returns:
+            The number of entries loaded.
+        """
+        tables = await trio.to_thread.run_sync(_read_snapshot, os.fspath(path), self._root,
+                                               self._attrs, limiter=self._limiter)
+        now = self._clock()
+        ttl = self._opts.snapshot_ttl
+        list_exp = now + (self._opts.list_ttl if ttl is None else ttl)
+        stat_exp = now + (self._opts.stat_ttl if ttl is None else ttl)
+        count = 0
+        for d, entries in tables.items():
+            self._lists[d] = Listing(entries, list_exp, stat_exp)
+            count += len(entries)
+        return count
+
+
+def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[bytes, Stat]]]]) -> int:
+    import pyarrow.parquet as pq
+
+    dirs: list[bytes] = []
+    names: list[bytes | None] = []
+    is_dir: list[bool] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    count = 0
+    for d, entries in lists:
+        dirs.append(d)
+        names.append(None)
+        is_dir.append(True)
+        sizes.append(0)
+        mtimes.append(0)
+        for name, st in entries:
+            dirs.append(d)
+            names.append(name)
+            is_dir.append(st.is_dir)
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+            count += 1
+    table = pa.table(
+        {
+            "dir": pa.array(dirs, pa.binary()),
+            "name": pa.array(names, pa.binary()),
+            "is_dir": pa.array(is_dir, pa.bool_()),
+            "size": pa.array(sizes, pa.int64()),
+            "mtime_ns": pa.array(mtimes, pa.int64()),
+        }
+    ).replace_schema_metadata({b"tierfs.snapshot": _SNAPSHOT_FORMAT, b"tierfs.root": root.encode()})
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)  # the rename itself must survive a crash
+        finally:
+            os.close(dfd)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return count
+
+
+def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[bytes, Stat]]:
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(path):
+        raise err(errno.ENOENT, f"listing snapshot {path} does not exist")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
+    meta = table.schema.metadata or {}
+    if meta.get(b"tierfs.snapshot") != _SNAPSHOT_FORMAT:
+        raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot (format {meta.get(b'tierfs.snapshot')!r})")
+    saved_root = meta.get(b"tierfs.root", b"").decode()
+    if saved_root != root:
+        raise err(errno.EINVAL, f"{path}: snapshot of '{saved_root}', not of '{root}'")
+    out: dict[bytes, dict[bytes, Stat]] = {}
+    cols = [table.column(c).to_pylist() for c in ("dir", "name", "is_dir", "size", "mtime_ns")]
+    for d, name, isdir, size, mtime in zip(*cols):
+        entries = out.setdefault(d, {})
+        if name is not None:
+            entries[name] = attrs.dir(mtime) if isdir else attrs.file(size, mtime)
+    return out

@@ -1,0 +1,344 @@
+"""The tree an object store shows as a file system: lookups, listings, directories, renames.
+
+`Namespace` answers ``stat`` and ``listdir`` from the cache, the files this
+mount is writing and the store (in that order), and emulates what a key space
+lacks: directories, ``rename``, ``rmdir`` and the refusal of links.
+
+Directories
+    A directory is a key prefix, or a directory marker object (``dir/``, what
+    `pyarrow.fs.FileSystem.create_dir` writes). With ``dir_markers=True`` (the
+    default, right for S3, MinIO, Ceph and GCS) ``mkdir`` writes a marker, and
+    pyarrow writes one for a directory whose last object is deleted, so empty
+    directories persist as on a local disk. Some S3 servers map keys onto a
+    file system and cannot hold a marker next to a folder of the same name
+    (``rclone serve s3`` over a local disk stores ``dir/`` as an empty *file*
+    ``dir``): use ``dir_markers=False`` there. Then ``mkdir`` creates the
+    directory in this mount only (it becomes real in the store when a file is
+    written below it, and is gone after a remount if it stays empty), and the
+    zero-byte stand-ins such a server leaves behind after pyarrow's parent
+    markers are deleted again. In marker mode the first ``mkdir`` checks for
+    that behaviour and switches to ``dir_markers=False`` with one warning.
+
+Namespace operations
+    ``rename`` of a file is copy + delete (not atomic); of a directory, copy +
+    delete of every key below it, refused with ``EXDEV`` above
+    ``max_dir_rename_keys`` keys (``mv`` then falls back to copying).
+    ``RENAME_NOREPLACE`` is checked before copying (a race with another client
+    is possible); ``RENAME_EXCHANGE`` is ``EINVAL``. ``symlink`` and ``link``
+    are ``EPERM`` (the errno POSIX gives for a file system without that kind
+    of node).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+
+from ..capacity import Stat, TierUnavailable
+from .file import OpenFiles
+from .metacache import MetaCache
+from .options import Attributes, ObjectStoreOptions
+from .store import Store, concurrently, err, show, split, under
+
+log = logging.getLogger(__name__)
+
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+class Namespace:
+    """Lookups, listings and namespace changes of one store root."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: MetaCache,
+        files: OpenFiles,
+        attrs: Attributes,
+        opts: ObjectStoreOptions,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._files = files
+        self._attrs = attrs
+        self._opts = opts
+        self._markers = opts.dir_markers
+        self._markers_checked = False
+        #: Directories that exist in this mount only (no markers): path -> Stat.
+        self._local_dirs: dict[bytes, Stat] = {}
+        #: The root's attributes (its mtime is when the tier started).
+        self.root_stat = attrs.dir(attrs.started_ns)
+
+    # -- lookups -----------------------------------------------------------
+    async def stat(self, path: bytes) -> Stat:
+        if not path:
+            return self.root_stat
+        key = self._store.key(path)
+        st = self._files.writer_stat(path) or self._local_dirs.get(path)
+        if st is not None:
+            return st
+        st = await self._cache.lookup(path, self.listdir)
+        if st is not None:
+            return st
+        st = await self._store.head(key, f"stat {show(path)}")
+        self._cache.remember(path, st)
+        if st is None:
+            raise err(errno.ENOENT, f"{show(path)}: no such object")
+        return st
+
+    async def listdir(self, path: bytes) -> list[tuple[bytes, Stat]]:
+        key = self._store.key(path)
+        listing = self._cache.fresh_listing(path)
+        if listing is None:
+            infos = await self._list(path)
+            if not infos and path:
+                # An empty answer: an empty directory, or nothing at all.
+                if not (await self.stat(path)).is_dir:
+                    raise err(errno.ENOTDIR, f"{show(path)}: not a directory")
+            elif path:
+                self._cache.drop_file_stat(path)  # was a file, now a prefix
+            cut = len(key) + 1 if key else 0
+            entries: dict[bytes, Stat] = {}
+            for child_key, st in infos:
+                child = child_key[cut:]
+                if not child or "/" in child or st is None:
+                    continue
+                bname = child.encode("utf-8")
+                if bname in entries and not st.is_dir:
+                    continue  # a key that is both an object and a prefix: the directory wins
+                entries[bname] = st
+            listing = self._cache.put_listing(path, entries)
+        out = dict(listing.entries)
+        for p, st in self._local_dirs.items():
+            parent, name = split(p)
+            if parent == path:
+                out.setdefault(name, st)
+        out.update(self._files.child_stats(path))
+        return list(out.items())
+
+    async def _list(self, path: bytes, *, recursive: bool = False) -> list[tuple[str, Stat | None]]:
+        key = self._store.key(path)
+        return await self._store.list_keys(key, f"list {show(path)}", recursive=recursive)
+
+    async def require_dir(self, path: bytes) -> None:
+        if path and not (await self.stat(path)).is_dir:
+            raise err(errno.ENOTDIR, f"{show(path)}: not a directory")
+
+    async def absent(self, path: bytes) -> None:
+        try:
+            await self.stat(path)
+        except FileNotFoundError:
+            return
+        raise err(errno.EEXIST, f"{show(path)}: already exists")
+
+    async def readlink(self, path: bytes) -> bytes:
+        await self.stat(path)
+        raise err(errno.EINVAL, f"{show(path)}: not a symbolic link (object stores have none)")
+
+    def _gone(self, path: bytes, *, tree: bool = True) -> None:
+        """``path`` (and, if ``tree``, everything below it) no longer exists."""
+        self._cache.note_gone(path, tree=tree)
+        self._local_dirs.pop(path, None)
+        if tree:
+            for p in [p for p in self._local_dirs if under(p, path)]:
+                del self._local_dirs[p]
+
+    # -- directories and markers -------------------------------------------
+    async def mkdir(self, path: bytes) -> Stat:
+        if not path:
+            raise err(errno.EEXIST, "the root exists")
+        key = self._store.key(path)
+        await self.require_dir(split(path)[0])
+        await self.absent(path)
+        st = self._attrs.dir(time.time_ns())
+        if self._markers:
+            await self._store.create_dir(key, f"mkdir {show(path)}")
+            if not self._markers_checked:
+                await self._check_markers(path, key)
+        if self._markers:
+            self._cache.note_object(path, st)
+        else:
+            self._cache.drop_negative(path)
+            self._local_dirs[path] = st
+        return st
+
+    async def _check_markers(self, path: bytes, key: str) -> None:
+        """After the first marker: does the store keep it, or turn it into a plain object?"""
+        self._markers_checked = True
+        if self._store.type_name != "s3":
+            return
+        if await self._store.stand_in_size(key) != 0:
+            return
+        log.warning("%s stores directory markers as plain objects (rclone serve s3 does): "
+                    "switching to dir_markers=false, new empty directories live in this mount only",
+                    self._store.description)
+        self._markers = False
+        await self._remove_stand_ins(path)
+
+    async def _remove_stand_ins(self, path: bytes) -> None:
+        """Without markers: remove the zero-byte objects left where directories were.
+
+        pyarrow writes a marker ``d/`` when the last object below ``d`` is deleted;
+        a store that maps keys onto files keeps it as an empty file ``d``, which
+        would hide the directory. Delete it (one level up may follow), and keep
+        the directory in this mount, as a local one.
+        """
+        p: bytes | None = path
+        while p is not None:
+            if not p and not self._store.prefix:
+                return  # a bucket needs no marker
+            key = self._store.key(p)
+            if await self._store.stand_in_size(key) != 0:
+                return
+            await self._delete_key(p, key)
+            if p:
+                self._local_dirs.setdefault(p, self._attrs.dir(time.time_ns()))
+                self._cache.drop_stat(p)
+                p = split(p)[0]
+            else:
+                p = None
+
+    async def _delete_key(self, path: bytes, key: str) -> None:
+        """Delete object ``key``; tolerate pyarrow failing to write a parent marker after it."""
+        try:
+            await self._store.delete_file(key, f"delete {show(path)}")
+        except TierUnavailable:
+            raise
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if self._markers or await self._store.stand_in_size(key) is not None:
+                raise
+            # Deleted; only the parent marker that pyarrow adds failed: not wanted here.
+
+    # -- removal -----------------------------------------------------------
+    async def unlink(self, path: bytes) -> None:
+        key = self._store.key(path)
+        st = await self.stat(path)
+        if st.is_dir:
+            raise err(errno.EISDIR, f"{show(path)}: is a directory")
+        pending = self._files.unlinked(path)
+        try:
+            await self._delete_key(path, key)
+        except FileNotFoundError:
+            if not pending:
+                self._gone(path, tree=False)
+                raise
+        self._gone(path, tree=False)
+        if not self._markers:
+            await self._remove_stand_ins(split(path)[0])
+
+    async def rmdir(self, path: bytes) -> None:
+        if not path:
+            raise err(errno.EBUSY, "cannot remove the root")
+        key = self._store.key(path)
+        if not (await self.stat(path)).is_dir:
+            raise err(errno.ENOTDIR, f"{show(path)}: not a directory")
+        await self._require_empty(path)
+        if path not in self._local_dirs and self._markers:
+            try:
+                await self._store.delete_dir(key, f"rmdir {show(path)}")
+            except FileNotFoundError:
+                pass  # no marker: the directory was only implied
+        self._gone(path)
+        if not self._markers:
+            await self._remove_stand_ins(split(path)[0])
+
+    async def _require_empty(self, path: bytes) -> None:
+        busy = self._files.any_under(path) or any(under(p, path) for p in self._local_dirs)
+        if not busy:
+            busy = bool(await self._list(path))
+        if busy:
+            raise err(errno.ENOTEMPTY, f"{show(path)}: directory not empty")
+
+    # -- rename ------------------------------------------------------------
+    async def rename(self, old: bytes, new: bytes, flags: int = 0) -> None:
+        if flags & _RENAME_EXCHANGE:
+            raise err(errno.EINVAL, "RENAME_EXCHANGE is not possible on an object store")
+        if flags & ~_RENAME_NOREPLACE:
+            raise err(errno.EINVAL, f"unsupported rename flags {flags:#x}")
+        if not old or not new:
+            raise err(errno.EBUSY, "cannot rename the root")
+        okey, nkey = self._store.key(old), self._store.key(new)
+        src = await self.stat(old)
+        if old == new:
+            return
+        if under(new, old):
+            raise err(errno.EINVAL, f"cannot move {show(old)} into itself")
+        await self.require_dir(split(new)[0])
+        try:
+            dst: Stat | None = await self.stat(new)
+        except FileNotFoundError:
+            dst = None
+        if dst is not None:
+            if flags & _RENAME_NOREPLACE:
+                raise err(errno.EEXIST, f"{show(new)}: already exists")
+            if src.is_dir and not dst.is_dir:
+                raise err(errno.ENOTDIR, f"{show(new)}: not a directory")
+            if not src.is_dir and dst.is_dir:
+                raise err(errno.EISDIR, f"{show(new)}: is a directory")
+            if dst.is_dir:
+                await self.rmdir(new)
+        if src.is_dir:
+            await self._rename_dir(old, new, okey, nkey, src)
+        else:
+            await self._rename_file(old, new, okey, nkey)
+
+    async def _rename_file(self, old: bytes, new: bytes, okey: str, nkey: str) -> None:
+        await self._files.flush(old)  # the object must exist before it can be copied
+        await self._store.copy(okey, nkey, f"rename {show(old)}")
+        try:
+            await self._delete_key(old, okey)
+        except FileNotFoundError:
+            pass
+        self._files.move(old, new)
+        self._gone(old, tree=False)
+        self._cache.drop_stat(new)
+        self._cache.drop_negative(new)
+        st = await self._store.head(nkey, f"stat {show(new)}")
+        if st is not None:
+            self._cache.note_object(new, st)
+        if not self._markers:
+            await self._remove_stand_ins(split(old)[0])
+
+    async def _rename_dir(self, old: bytes, new: bytes, okey: str, nkey: str, src: Stat) -> None:
+        await self._files.flush_under(old)
+        infos = await self._list(old, recursive=True)
+        limit = self._opts.max_dir_rename_keys
+        if len(infos) > limit:
+            raise err(errno.EXDEV, f"{show(old)} holds more than {limit} keys; an object store "
+                                   "renames a directory key by key (raise max_dir_rename_keys, or copy)")
+        cut = len(okey)
+        files = [k for k, st in infos if st is not None and st.is_reg]
+        dirs = [k for k, st in infos if st is not None and st.is_dir]
+
+        async def copy(src_key: str) -> None:
+            await self._store.copy(src_key, nkey + src_key[cut:], f"rename {src_key}")
+
+        if self._markers:  # first, so that stores with real directories have the parents
+            for d in [okey, *dirs]:
+                await self._store.create_dir(nkey + d[cut:], f"mkdir {nkey + d[cut:]}")
+        await concurrently([(copy, k) for k in files])
+        if infos or (self._markers and old not in self._local_dirs):
+            try:
+                await self._store.delete_dir(okey, f"delete {show(old)}")
+            except FileNotFoundError:
+                pass
+            except OSError:
+                if self._markers or await self._list(old):
+                    raise
+        # Move what lives in this mount only (local directories, open writers).
+        moved_local = {new + p[len(old):]: st for p, st in self._local_dirs.items() if p == old or under(p, old)}
+        self._gone(old)
+        self._files.move_under(old, new)
+        self._cache.invalidate(new)
+        if self._markers or infos:
+            self._cache.note_object(new, self._attrs.dir(src.st_mtime_ns))
+        if not self._markers:
+            self._local_dirs.update(moved_local)
+            if not infos:
+                self._local_dirs[new] = self._attrs.dir(src.st_mtime_ns)
+            # Empty directories below ``old`` that the store knew of are not carried over
+            # here: a store without markers cannot hold them.
+            await self._remove_stand_ins(split(old)[0])

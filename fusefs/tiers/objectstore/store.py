@@ -1,0 +1,506 @@
+"""Requests to the object store: the only module that calls `pyarrow.fs`.
+
+`Store` owns the file system (or the factory that builds it in a thread), the
+mapping of tier paths to keys, the retry loop around every request, the
+request counters and the translation of pyarrow's answers into `Stat` records
+and errnos. `resolve_source` turns a source URI into a file system (building
+``s3://`` ones here, so that timeouts and retries are ours).
+
+Keys and names
+    A tier path ``a/b`` is the key ``<prefix>/a/b``. Names must be valid UTF-8
+    (object keys are Unicode; anything else is ``EINVAL``), components at most
+    255 bytes and the key below the bucket at most 1024 bytes (S3's limit;
+    ``ENAMETOOLONG``); empty, ``.`` and ``..`` components are ``EINVAL``.
+
+Failures
+    Connection failures, throttling and 5xx answers are retried ``retries``
+    times with jittered exponential backoff (``retry_base`` to ``retry_max``
+    seconds); a store that still does not answer raises `TierUnavailable`
+    (``EIO``) and logs one warning per ``warn_interval``. Nothing is
+    remembered: the next request tries again, so the tier recovers by itself.
+    Not found is ``ENOENT``, denied is ``EACCES``, anything else ``EIO``.
+    The error classification reads pyarrow's S3 messages; other stores get
+    ``ENOENT``/``EACCES`` where pyarrow raises the matching Python exception
+    and ``EIO`` otherwise.
+
+Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
+(``max_threads``), so the event loop never waits on the network.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import random
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeAlias
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import trio
+
+from ..capacity import Stat, TierUnavailable
+from .options import Attributes, ObjectStoreOptions
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+KEY_MAX = 1024
+CHUNK = 8 * 1024 * 1024  # upload/download copy unit
+
+# Fragments of pyarrow's S3 error messages (the AWS SDK error name or HTTP status).
+_UNREACHABLE = (
+    "NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused",
+    "Couldn't resolve", "Timeout was reached", "Connection reset", "connect failed",
+)
+_DENIED = (
+    "ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "AccessDenied",
+    "HTTP status 403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+)
+_MISSING = ("NO_SUCH_KEY", "NO_SUCH_BUCKET", "RESOURCE_NOT_FOUND", "HTTP status 404", "NoSuchKey")
+_BUSY = (
+    "SLOW_DOWN", "SlowDown", "THROTTL", "Throttl", "SERVICE_UNAVAILABLE", "HTTP status 500",
+    "HTTP status 502", "HTTP status 503", "HTTP status 504", "REQUEST_TIME_TOO_SKEWED",
+)
+
+# Query keys of an s3:// URI and the option each sets.
+_S3_QUERY = {
+    "region": "region", "scheme": "scheme", "endpoint_override": "endpoint",
+    "endpoint": "endpoint", "anonymous": "anonymous", "connect_timeout": "connect_timeout",
+    "request_timeout": "request_timeout", "force_virtual_addressing": "force_virtual_addressing",
+    "tls_ca_file_path": "tls_ca_file_path",
+}
+
+FileSystemSpec: TypeAlias = pafs.FileSystem | Callable[[], pafs.FileSystem]
+
+
+# -- paths and errors (shared by the whole package) ---------------------------
+def show(path: bytes) -> str:
+    """A tier path as logs and error messages print it."""
+    return path.decode("utf-8", "backslashreplace") or "/"
+
+
+def split(path: bytes) -> tuple[bytes, bytes]:
+    """``(parent, name)`` of a tier path."""
+    head, _, name = path.rpartition(b"/")
+    return head, name
+
+
+def under(path: bytes, top: bytes) -> bool:
+    """Whether ``path`` is strictly below directory ``top``."""
+    return path.startswith(top + b"/") if top else bool(path)
+
+
+def err(code: int, message: str) -> OSError:
+    return OSError(code, message)  # OSError picks the subclass (FileNotFoundError, ...)
+
+
+def short(exc: BaseException) -> str:
+    """The first line of a failure, without Python's ``[Errno N]`` prefix."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        return reason
+    raw = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    text = str(raw).strip().splitlines()
+    msg = text[0] if text else type(exc).__name__
+    return msg if len(msg) <= 300 else msg[:297] + "..."
+
+
+def _classify(exc: BaseException) -> tuple[str, int]:
+    """Sort a pyarrow failure: ("retry"|"unreachable"|"fail", errno)."""
+    if isinstance(exc, FileNotFoundError):
+        return "fail", errno.ENOENT
+    if isinstance(exc, pa.ArrowNotImplementedError):
+        return "fail", errno.ENOTSUP
+    if isinstance(exc, pa.ArrowInvalid):
+        return "fail", errno.EINVAL
+    msg = str(exc)
+    if any(s in msg for s in _UNREACHABLE):
+        return "unreachable", errno.EIO
+    if any(s in msg for s in _DENIED) or isinstance(exc, PermissionError):
+        return "fail", errno.EACCES
+    if any(s in msg for s in _MISSING):
+        return "fail", errno.ENOENT
+    if any(s in msg for s in _BUSY):
+        return "retry", errno.EIO
+    code = getattr(exc, "errno", None)
+    return "fail", code if isinstance(code, int) and code > 0 else errno.EIO
+
+
+async def concurrently(jobs: list[tuple[Any, ...]]) -> None:
+    """Run ``fn(*args)`` for every ``(fn, *args)`` at once; re-raise a failure as itself."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for fn, *args in jobs:
+                nursery.start_soon(fn, *args)
+    except BaseExceptionGroup as group:
+        leaves: list[BaseException] = []
+        stack: list[BaseException] = [group]
+        while stack:
+            exc = stack.pop()
+            if isinstance(exc, BaseExceptionGroup):
+                stack.extend(exc.exceptions)
+            else:
+                leaves.append(exc)
+        if leaves and all(isinstance(e, OSError) for e in leaves):
+            raise leaves[-1] from None
+        raise
+
+
+class Store:
+    """One bucket or prefix of a `pyarrow.fs` file system, with retries and counters.
+
+    Each request method takes the key (see `key`) and ``what``, the words a
+    failure names, and counts itself in `requests` under its kind.
+    """
+
+    def __init__(
+        self,
+        fs: FileSystemSpec,
+        root: str,
+        *,
+        description: str | None,
+        endpoint: str | None,
+        opts: ObjectStoreOptions,
+        attrs: Attributes,
+        clock: Callable[[], float],
+    ) -> None:
+        if callable(fs) and not isinstance(fs, pafs.FileSystem):
+            self._fs_factory: Callable[[], pafs.FileSystem] | None = fs
+            self._fs: Any = None
+        else:
+            self._fs_factory = None
+            self._fs = fs
+        self.root = root.rstrip("/")
+        self.description = description or root
+        self.endpoint = endpoint or self.description
+        self._opts = opts
+        self._attrs = attrs
+        self._clock = clock
+        #: Bounds the worker threads that pyarrow calls (and snapshot I/O) run in.
+        self.limiter = trio.CapacityLimiter(opts.max_threads)
+        bucket, _, prefix = self.root.partition("/")
+        self.bucket, self.prefix = bucket, prefix
+        self._key_base = len(prefix.encode()) + 1 if prefix else 0
+        self._warned_at = -1e18
+        self._suppressed = 0
+        #: Requests sent to the store, by kind ("list", "stat", "get", "put", ...).
+        self.requests: collections.Counter[str] = collections.Counter()
+
+    @property
+    def type_name(self) -> str | None:
+        """pyarrow's name of the file system ("s3", "gcs", "local", ...), once it exists."""
+        return None if self._fs is None else str(self._fs.type_name)
+
+    # -- start -------------------------------------------------------------
+    async def connect(self) -> bool:
+        """Build the file system if a factory was given; returns whether it did."""
+        if self._fs is not None:
+            return False
+        assert self._fs_factory is not None
+        try:
+            self._fs = await trio.to_thread.run_sync(self._fs_factory, limiter=self.limiter)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._start_error(exc) from None
+        return True
+
+    async def check_root(self) -> None:
+        """Check that the bucket and the prefix (or the source directory) exist."""
+        object_store = self._fs.type_name in ("s3", "gcs")
+        checks = [(self.bucket, "bucket")] if object_store else []
+        if not object_store or self.prefix:
+            checks.append((self.root, "prefix" if object_store else "source directory"))
+        for path, what in checks:
+            try:
+                info = await self._run(f"check {what}", self._fs.get_file_info, path, quiet=True)
+            except OSError as exc:
+                raise self._start_error(exc) from None
+            if info.type == pafs.FileType.Directory:
+                continue
+            if what == "bucket":
+                raise err(errno.ENOENT, f"bucket '{self.bucket}' does not exist at {self.endpoint}")
+            if info.type == pafs.FileType.File:
+                raise err(errno.ENOTDIR, f"{self.description} is an object, not a directory")
+            raise err(errno.ENOENT, f"{self.description}: {what} '{path}' not found")
+
+    def _start_error(self, exc: BaseException) -> OSError:
+        if isinstance(exc, TierUnavailable):
+            return TierUnavailable(f"cannot reach the object store at {self.endpoint} "
+                                   f"({self.description}): {short(exc)}")
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else _classify(exc)[1]
+        if code == errno.EACCES:
+            return err(errno.EACCES, f"access denied to {self.description} at {self.endpoint}: "
+                                     "check the credentials (access_key/secret_key or the AWS environment)")
+        if code == errno.ENOENT:
+            return err(errno.ENOENT, f"{self.description} not found at {self.endpoint}")
+        return err(code, f"{self.description}: {short(exc)}")
+
+    # -- plumbing ----------------------------------------------------------
+    def key(self, path: bytes) -> str:
+        """The store key of ``path``; raises for names a store cannot hold."""
+        if not path:
+            return self.root
+        if len(path) + self._key_base > KEY_MAX:
+            raise err(errno.ENAMETOOLONG, f"key longer than {KEY_MAX} bytes: {show(path)[:80]}...")
+        try:
+            text = path.decode("utf-8")
+        except UnicodeDecodeError:
+            raise err(errno.EINVAL, f"name is not valid UTF-8: {path!r}") from None
+        for comp in path.split(b"/"):
+            if len(comp) > NAME_MAX:
+                raise err(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes: {comp[:40]!r}...")
+            if not comp or comp in (b".", b".."):
+                raise err(errno.EINVAL, f"empty, '.' or '..' component in {show(path)!r}")
+        if "\0" in text:
+            raise err(errno.EINVAL, "NUL in name")
+        return f"{self.root}/{text}" if self.root else text
+
+    async def _run(self, what: str, fn: Callable[..., Any], *args: Any, quiet: bool = False) -> Any:
+        """Call ``fn(*args)`` in a worker thread, retrying transient failures.
+
+        Raises `TierUnavailable` when the store did not answer after
+        ``retries`` tries, else `OSError` with the errno the failure maps to.
+        """
+        opts = self._opts
+        delay = opts.retry_base
+        for attempt in range(opts.retries):
+            try:
+                return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            except (OSError, pa.ArrowException) as exc:
+                kind, code = _classify(exc)
+                if kind != "fail" and attempt + 1 < opts.retries:
+                    await trio.sleep(min(delay, opts.retry_max) * random.uniform(0.5, 1.0))
+                    delay *= 2
+                    continue
+                if kind == "unreachable":
+                    self._warn(f"object store {self.endpoint} is not answering ({what}): {short(exc)}",
+                               quiet)
+                    down = TierUnavailable(f"{self.description}: {what}: store not answering: "
+                                           f"{short(exc)}")
+                    down.reason = short(exc)  # type: ignore[attr-defined]
+                    raise down from None
+                raise err(code, f"{self.description}: {what}: {short(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def _warn(self, message: str, quiet: bool) -> None:
+        """Log that the store is down, at most once per ``warn_interval``."""
+        if quiet:
+            return
+        now = self._clock()
+        if now - self._warned_at < self._opts.warn_interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" ({self._suppressed} similar failures not logged)"
+        self._warned_at, self._suppressed = now, 0
+        log.warning("%s", message)
+
+    def _stat_of(self, info: Any) -> Stat | None:
+        # pyarrow's FileInfo carries no ETag, so a version is size + mtime. Implicit
+        # directories have no mtime, and rclone's listings now and then give the epoch:
+        # take those as unknown and show the mount's start time.
+        mtime = info.mtime_ns if info.mtime_ns else self._attrs.started_ns
+        if info.type == pafs.FileType.File:
+            return self._attrs.file(info.size or 0, mtime)
+        if info.type == pafs.FileType.Directory:
+            return self._attrs.dir(mtime)
+        return None
+
+    # -- metadata requests -------------------------------------------------
+    async def head(self, key: str, what: str) -> Stat | None:
+        """The object or directory at ``key``, or None if there is none ("stat")."""
+        self.requests["stat"] += 1
+        return self._stat_of(await self._run(what, self._fs.get_file_info, key))
+
+    async def list_keys(
+        self, key: str, what: str, *, recursive: bool = False
+    ) -> list[tuple[str, Stat | None]]:
+        """``(key, stat)`` of what lies below ``key`` ("list"); stat is None for other kinds of entry."""
+        self.requests["list"] += 1
+        sel = pafs.FileSelector(key, recursive=recursive, allow_not_found=True)
+        infos = await self._run(what, self._fs.get_file_info, sel)
+        return [(info.path, self._stat_of(info)) for info in infos]
+
+    async def stand_in_size(self, key: str) -> int | None:
+        """Size of an object stored at exactly ``key`` (no slash), or None ("stat")."""
+        def probe() -> int:
+            with self._fs.open_input_file(key) as f:
+                return int(f.size())
+        self.requests["stat"] += 1
+        try:
+            return int(await self._run(f"check {key}", probe))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if isinstance(exc, TierUnavailable):
+                raise
+            return None
+
+    # -- namespace requests ------------------------------------------------
+    async def create_dir(self, key: str, what: str) -> None:
+        """Write the directory marker of ``key`` (and its parents'; "put")."""
+        def create() -> None:
+            self._fs.create_dir(key, recursive=True)
+        self.requests["put"] += 1
+        await self._run(what, create)
+
+    async def delete_file(self, key: str, what: str) -> None:
+        """Delete the object ``key`` ("delete")."""
+        self.requests["delete"] += 1
+        await self._run(what, self._fs.delete_file, key)
+
+    async def delete_dir(self, key: str, what: str) -> None:
+        """Delete ``key`` and everything below it ("delete")."""
+        self.requests["delete"] += 1
+        await self._run(what, self._fs.delete_dir, key)
+
+    async def copy(self, src: str, dst: str, what: str) -> None:
+        """Copy object ``src`` to ``dst`` in the store ("copy")."""
+        self.requests["copy"] += 1
+        await self._run(what, self._fs.copy_file, src, dst)
+
+    # -- data requests -----------------------------------------------------
+    async def open_input(self, key: str, what: str) -> tuple[Any, int]:
+        """Open ``key`` for ranged reads (a HEAD, not counted): the file and its size."""
+        f = await self._run(what, self._fs.open_input_file, key)
+        return f, f.size()
+
+    async def read_at(self, f: Any, size: int, offset: int, what: str) -> bytes:
+        """One ranged GET on a file from `open_input` ("get")."""
+        self.requests["get"] += 1
+        data: bytes = await self._run(what, f.read_at, size, offset)
+        return data
+
+    async def upload(self, key: str, fd: int, what: str) -> None:
+        """Write the whole content of local descriptor ``fd`` as object ``key`` ("put")."""
+        def upload() -> None:
+            with self._fs.open_output_stream(key) as out:
+                off = 0
+                while chunk := os.pread(fd, CHUNK, off):
+                    out.write(chunk)
+                    off += len(chunk)
+
+        self.requests["put"] += 1
+        await self._run(what, upload)
+
+    async def download(self, key: str, fd: int, what: str) -> int:
+        """Copy object ``key`` into local descriptor ``fd``; returns its size ("get")."""
+        def download() -> int:
+            off = 0
+            with self._fs.open_input_stream(key) as src:
+                while chunk := src.read(CHUNK):
+                    os.pwrite(fd, chunk, off)
+                    off += len(chunk)
+            os.ftruncate(fd, off)
+            return off
+
+        self.requests["get"] += 1
+        size: int = await self._run(what, download)
+        return size
+
+
+# -- sources ------------------------------------------------------------------
+class Source(NamedTuple):
+    """What `resolve_source` makes of a URI."""
+
+    fs: FileSystemSpec
+    root: str
+    description: str
+    endpoint: str | None
+    kind: str | None
+
+
+def resolve_source(uri: str, s3opts: dict[str, Any]) -> Source:
+    """The file system (or its factory), root and names of a source URI.
+
+    ``s3://`` URIs are built here (see `ObjectStoreTier.from_uri`); other
+    schemes go to `pyarrow.fs.FileSystem.from_uri` as they are.
+
+    Raises:
+        ValueError: an unknown option or URI parameter, or a URI pyarrow refuses.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme.lower() == "s3":
+        factory, root, desc, endpoint = _s3_factory(parts, s3opts)
+        return Source(factory, root, desc, endpoint, "s3")
+    if s3opts:
+        raise ValueError(f"options {', '.join(sorted(s3opts))} apply to s3:// sources only")
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ValueError(f"cannot use source {uri}: {short(exc)}") from None
+    return Source(fs, root, uri, None, None)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _s3_factory(parts: SplitResult, opts: dict[str, Any]) -> tuple[Callable[[], pafs.FileSystem], str, str, str]:
+    """Build the S3 file system factory, root, description and endpoint of an s3:// URI."""
+    netloc = parts.netloc
+    conf: dict[str, Any] = {}
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        access, _, secret = userinfo.partition(":")
+        conf["access_key"], conf["secret_key"] = unquote(access), unquote(secret)
+    bucket = netloc
+    if not bucket:
+        raise ValueError(f"s3 source {parts.geturl()} names no bucket")
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _S3_QUERY:
+            raise ValueError(f"unknown parameter '{name}' in s3 URI; allowed: {', '.join(sorted(_S3_QUERY))}")
+        conf[_S3_QUERY[name]] = value
+    conf.update(opts)
+    prefix = unquote(parts.path).strip("/")
+    root = f"{bucket}/{prefix}" if prefix else bucket
+
+    endpoint = conf.pop("endpoint", None)
+    scheme = conf.pop("scheme", None)
+    if endpoint and "://" in endpoint:
+        scheme, _, endpoint = endpoint.partition("://")
+    endpoint = endpoint.rstrip("/") if endpoint else None
+    scheme = scheme or "https"
+    region = conf.pop("region", None) or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region and endpoint:
+        region = "us-east-1"  # what S3-compatible servers expect when they ignore regions
+    checksums = conf.pop("request_checksums", "auto")
+    kwargs: dict[str, Any] = {
+        "scheme": scheme,
+        "connect_timeout": float(conf.pop("connect_timeout", 1.0)),
+        "request_timeout": float(conf.pop("request_timeout", 10.0)),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(conf.pop("sdk_max_attempts", 1))),
+    }
+    for name in ("access_key", "secret_key", "session_token", "tls_ca_file_path"):
+        if conf.get(name):
+            kwargs[name] = conf.pop(name)
+        conf.pop(name, None)
+    for name in ("anonymous", "force_virtual_addressing"):
+        if name in conf:
+            kwargs[name] = _bool(conf.pop(name))
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+    if ("access_key" in kwargs) != ("secret_key" in kwargs):
+        raise ValueError("access_key and secret_key go together")
+    shown = f"{scheme}://{endpoint}" if endpoint else "AWS S3"
+    desc = f"s3://{root}"
+
+    def factory() -> pafs.FileSystem:
+        if checksums != "auto" and checksums:
+            os.environ["AWS_REQUEST_CHECKSUM_CALCULATION"] = str(checksums)
+        elif endpoint and "AWS_REQUEST_CHECKSUM_CALCULATION" not in os.environ:
+            os.environ["AWS_REQUEST_CHECKSUM_CALCULATION"] = "when_required"
+        reg = region or pafs.resolve_s3_region(bucket)
+        return pafs.S3FileSystem(region=reg, **kwargs)
+
+    return factory, root, desc, shown
