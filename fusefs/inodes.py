@@ -113,7 +113,15 @@ class InodeTable:
                 self._by_identity[node.identity] = node.ino
         if loc not in self._by_loc or self._by_loc[loc] != node.ino:
             self._by_loc[loc] = node.ino
-            node.locations.append(loc)
+        # A lookup just proved this name: it goes first, so `path` uses it. Another
+        # known name may be gone behind our back (deleted, its inode number reused
+        # by the file found here).
+        if node.locations and node.locations[0] == loc:
+            pass
+        else:
+            if loc in node.locations:
+                node.locations.remove(loc)
+            node.locations.insert(0, loc)
         node.lookups += count
         return node
 

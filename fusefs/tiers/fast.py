@@ -265,8 +265,11 @@ class FastTier:
     async def commit(self) -> None:
         """Make pending extents durable, then record them, new entries and removals in the
         catalog (one transaction), then unlink the data files of removed entries."""
-        async with self._commit_lock:
-            await self._commit()
+        # Shielded: a batch is taken off the queues before its awaits, and a
+        # cancellation in the middle (an unmount) would lose it.
+        with trio.CancelScope(shield=True):
+            async with self._commit_lock:
+                await self._commit()
 
     async def _commit(self) -> None:
         if self.catalog is None or not (self._pending or self._removed or self._new
