@@ -338,10 +338,19 @@ def render_stats(snap: dict[str, Any]) -> str:
             lines.append(f"{t:<10}" + "".join(f"{format_size(by[t, k]):>14}" for k in classes)
                          + f"{format_size(row):>14}{100 * row / total:>7.1f}%")
         hits = {k: sum(by[t, k] for t in ("dram", "fast")) for k in classes}
+        failed = sum(v for k, v in c.items() if k.startswith("errors.read."))
+        if failed:
+            lines.append(f"{'':<10}{failed} read requests FAILED (not in the ratios below)")
         lines.append(f"{'hit ratio':<10}" + "".join(
             f"{(100 * hits[k] / s if (s := sum(by[t, k] for t in ('dram', 'fast', 'capacity'))) else 0):>13.1f}%"
             for k in classes))
-    others = {k: v for k, v in c.items() if not k.startswith("read.bytes.")}
+    errors = {k: v for k, v in c.items() if k.startswith("errors.")}
+    if errors:
+        lines += ["", f"errors answered: {errors.get('errors.total', 0)} "
+                  "(by operation and errno; EIO by cause)"]
+        lines += [f"  {k[7:]:<38}{v:>14}" for k, v in errors.items() if k != "errors.total"]
+    others = {k: v for k, v in c.items()
+              if not k.startswith("read.bytes.") and not k.startswith("errors.")}
     if others:
         lines.append("")
         lines.append(f"{'counter':<40}{'value':>14}")

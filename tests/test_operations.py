@@ -83,9 +83,13 @@ def test_errors_become_fuse_errors(src: str) -> None:
         with pytest.raises(pyfuse3.FUSEError) as exc:
             await ops.getattr(999, CTX)
         assert exc.value.errno == errno.ESTALE
+        c = ops.engine.stats.counters
+        assert c["errors.read.EBADF"] == 1 and c["errors.mkdir.ENAMETOOLONG"] == 1
+        assert c["errors.getattr.ESTALE"] == 1 and c["errors.total"] == 3
     run(src, body)
 
 
+@pytest.mark.allow_log_errors("read failed; answering EIO")
 def test_a_bug_is_eio_and_logged_not_fatal(src: str, caplog: pytest.LogCaptureFixture) -> None:
     with open(os.path.join(src, "f"), "wb") as f:
         f.write(b"data")
@@ -101,6 +105,7 @@ def test_a_bug_is_eio_and_logged_not_fatal(src: str, caplog: pytest.LogCaptureFi
             await ops.read(fi.fh, 0, 4)
         assert exc.value.errno == errno.EIO
         assert "boom" in caplog.text
+        assert ops.engine.stats.counters["errors.eio.bug"] == 1
         await ops.release(fi.fh)
     run(src, body)
 
