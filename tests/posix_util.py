@@ -56,12 +56,29 @@ def err(fn: Callable[..., Any], *args: Any, **kw: Any) -> str | None:
     return None
 
 
-def same_on_both(plain: str, mnt: str, fn: Callable[[str], Any]) -> Any:
-    """Run ``fn(root)`` on the plain directory and the mount; assert equal outcomes."""
+def same_on_both(plain: str, mnt: str, fn: Callable[[str], Any], *,
+                 fails: str | Iterable[str] = ()) -> Any:
+    """Run ``fn(root)`` on the plain directory and the mount; assert equal outcomes.
+
+    A failure (an errno name as the outcome) counts as agreement only if it is
+    one the caller expects, named in ``fails``: the same unexpected failure on
+    both sides (a broken helper, a missing fixture, an errno neither should
+    give) fails the test instead of passing as "both agree". With ``fails``
+    given, the operation must fail with one of those errnos.
+    """
+    expected = {fails} if isinstance(fails, str) else set(fails)
     want = outcome(fn, plain)
     got = outcome(fn, mnt)
     assert got == want, f"mount gave {got!r}, a plain directory gave {want!r}"
+    if expected:
+        assert got in expected, f"both gave {got!r}, expected a failure with {sorted(expected)}"
+    else:
+        assert not _is_errno_name(got), f"both failed with {got}, which the test does not expect"
     return got
+
+
+def _is_errno_name(value: Any) -> bool:
+    return isinstance(value, str) and value in errno.errorcode.values()
 
 
 def _check(ret: int, what: str) -> None:

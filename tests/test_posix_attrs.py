@@ -29,8 +29,8 @@ def _mkfile(path: str, data: bytes = b"") -> None:
         f.write(data)
 
 
-def _both(p: Pair, fn: Any) -> Any:
-    return same_on_both(p.plain, p.mnt, fn)
+def _both(p: Pair, fn: Any, **kw: Any) -> Any:
+    return same_on_both(p.plain, p.mnt, fn, **kw)
 
 
 def _attrs(path: str) -> tuple[int, ...]:
