@@ -9,6 +9,7 @@ the syscalls Python does not wrap (``renameat2``, ``utimensat`` with
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -271,13 +272,27 @@ def pair(shared_mount: Mounted, tmp_path: "os.PathLike[str]") -> Iterator[Pair]:
     assert not new, "the daemon logged unexpected errors:\n" + "\n".join(new)
 
 
+@contextlib.contextmanager
+def private_tmpfs(path: str, size: str = "64m") -> Iterator[str]:
+    """A tmpfs of its own at ``path``: a source whose free space nobody else
+    changes, so a test can assert exact ``f_bfree`` counts through a mount."""
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", path],
+                   check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
 def open_dir_fd(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 __all__ = [
     "AT_FDCWD", "DirStream", "NOBODY", "RENAME_EXCHANGE", "RENAME_NOREPLACE", "UTIME_NOW",
-    "UTIME_OMIT", "Pair", "err", "open_dir_fd", "outcome", "pair", "plain", "renameat2",
+    "UTIME_OMIT", "Pair", "err", "open_dir_fd", "outcome", "pair", "plain", "private_tmpfs",
+    "renameat2",
     "run_as", "same_on_both", "shared_mount",
     "utimensat",
 ]
