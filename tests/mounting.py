@@ -5,6 +5,14 @@ fusefs.cli`` (so it works from a checkout and from an install), waits for the
 mount to appear, and on exit unmounts, waits for the daemon, kills it and
 aborts its FUSE connection if it hangs, then fails the test if the daemon
 logged an error or a traceback that the test did not expect.
+
+The daemon's stderr goes to a file next to its log (``<log>.stderr``), never
+to a pipe: a pipe nobody reads loses what Python prints outside the log (an
+uncaught exception in a thread, an unraisable exception, a warning) and, once
+full, blocks the daemon. Both files are checked, also when the test body
+itself failed (then both failures are reported). Daemonized mounts (the CLI
+without ``-f``) log to ``<cache>/tierfs.log``: :func:`assert_clean_log`
+checks such a file.
 """
 
 from __future__ import annotations
@@ -55,6 +63,35 @@ def force_unmount(path: str) -> None:
 
 BENIGN_RELEASE = r"ERROR pyfuse3: fuse_release\(\): fuse_reply_\* failed with No such file"
 
+_BAD = re.compile(r"\bERROR\b|\bCRITICAL\b|Traceback")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def bad_lines(text: str, allowed: Iterable[str | re.Pattern[str]] = ()) -> list[str]:
+    """Lines of a log (or of stderr) that report an error or a traceback not allowed."""
+    pats = [re.compile(p) if isinstance(p, str) else p for p in (*allowed, BENIGN_RELEASE)]
+    return [line for line in text.splitlines()
+            if _BAD.search(line) and not any(p.search(line) for p in pats)]
+
+
+def assert_clean_log(path: str, allowed: Iterable[str] = ()) -> None:
+    """Fail if the log file of a (daemonized) mount holds an unexpected error.
+
+    A missing log file fails too: the daemon always writes one.
+    """
+    assert os.path.exists(path), f"the daemon wrote no log at {path}"
+    text = _read(path)
+    bad = bad_lines(text, allowed)
+    assert not bad, (f"the daemon logged unexpected errors in {path}:\n" + "\n".join(bad)
+                     + "\n--- full log ---\n" + text)
+
 
 class Mounted:
     """A live tierfs mount for the duration of a ``with`` block."""
@@ -72,6 +109,7 @@ class Mounted:
         # pyfuse3 logs at ERROR when the kernel no longer waits for a reply;
         # for release (no result to deliver) that loses nothing.
         self.allowed = [re.compile(p) for p in (*allowed_errors, BENIGN_RELEASE)]
+        self.stderr_path = log + ".stderr"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def allow_error(self, pattern: str) -> None:
@@ -86,14 +124,15 @@ class Mounted:
         for o in self.options:
             args += ["-o", o]
         args += self.extra
-        self.proc = subprocess.Popen(tierfs_cmd(*args), env=env(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        # Appended to, so a remount of the same log keeps the first daemon's output.
+        with open(self.stderr_path, "ab") as err_file:
+            self.proc = subprocess.Popen(tierfs_cmd(*args), env=env(), stdout=subprocess.DEVNULL,
+                                         stderr=err_file)
         deadline = time.monotonic() + 30
         while not is_mounted(self.mountpoint):
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"tierfs exited with {self.proc.returncode}: {err}"
-                                   f"{self.read_log()}")
+                raise RuntimeError(f"tierfs exited with {self.proc.returncode}: "
+                                   f"{self.read_stderr()}{self.read_log()}")
             if time.monotonic() > deadline:
                 self._stop()
                 raise RuntimeError(f"mount did not appear: {self.read_log()}")
@@ -102,11 +141,10 @@ class Mounted:
         return self
 
     def read_log(self) -> str:
-        try:
-            with open(self.log, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return _read(self.log)
+
+    def read_stderr(self) -> str:
+        return _read(self.stderr_path)
 
     def _stop(self) -> None:
         proc = self.proc
@@ -126,8 +164,6 @@ class Mounted:
                 proc.wait(timeout=10)
         if is_mounted(self.mountpoint):
             force_unmount(self.mountpoint)
-        if proc.stderr:
-            proc.stderr.close()
         self.proc = None
 
     def unmount(self) -> None:
@@ -135,19 +171,21 @@ class Mounted:
         self._stop()
 
     def errors(self) -> list[str]:
-        bad = []
-        for line in self.read_log().splitlines():
-            if (" ERROR " in line or "Traceback" in line or " CRITICAL " in line) and \
-                    not any(p.search(line) for p in self.allowed):
-                bad.append(line)
-        return bad
+        """Unexpected error and traceback lines of the log, then of the daemon's stderr.
 
-    def __exit__(self, *exc: object) -> None:
+        Only appended to while the daemon runs, so ``errors()[n:]`` are the new ones.
+        """
+        return (bad_lines(self.read_log(), self.allowed)
+                + ["stderr: " + line for line in bad_lines(self.read_stderr(), self.allowed)])
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self._stop()
         bad = self.errors()
-        if bad and exc[0] is None:
+        if bad:
+            # Raised from the body's exception (if any): pytest reports both.
             raise AssertionError("the daemon logged unexpected errors:\n" + "\n".join(bad)
-                                 + "\n--- full log ---\n" + self.read_log())
+                                 + "\n--- full log ---\n" + self.read_log()
+                                 + "\n--- stderr ---\n" + self.read_stderr()) from exc
 
 
 def cleanup_stale(prefix: str) -> None:
@@ -162,4 +200,4 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
-__all__ = ["Mounted", "cleanup_stale", "force_unmount", "have", "is_mounted", "tierfs_cmd"]
+__all__ = ["Mounted", "assert_clean_log", "bad_lines", "cleanup_stale", "force_unmount", "have", "is_mounted", "tierfs_cmd"]

@@ -31,7 +31,8 @@ class FakeClock:
 def check_invariants(p: Policy) -> None:
     keys = list(p)
     assert p.used == sum(p.size_of(k) for k in keys)  # type: ignore[misc]
-    assert p.used <= p.capacity or p.used == p.pinned_bytes
+    # docs/policies.md: never above capacity unless the pinned bytes alone are
+    assert p.used <= p.capacity or p.pinned_bytes > p.capacity
     assert p.pinned_bytes == sum(p.size_of(k) for k in keys if p.is_pinned(k))  # type: ignore[misc]
     assert len(p) == len(keys)
 
@@ -54,8 +55,11 @@ class PolicyContract:
 
     def test_accepts_the_base_options(self) -> None:
         clock = FakeClock()
-        p = self.make_policy(4096 * 4, tier=Tier.DRAM, clock=clock, object_size=4096, max_readahead=1 << 20)
+        p = self.make_policy(4096 * 4, tier="dram", clock=clock, object_size=4096, max_readahead=1 << 20)
         assert p.tier is Tier.DRAM
+        assert self.make_policy(4096, object_size=4096).tier is Tier.FAST
+        seq = AccessInfo(label=Label.SEQUENTIAL, size=131072, run_length=64 << 20)
+        assert 0 < p.readahead(seq) <= 1 << 20  # max_readahead is honoured
 
     # -- the simulation entry point --------------------------------------------------------
 
@@ -266,23 +270,55 @@ class PolicyContract:
         )
     )
     def test_model_based(self, ops: list[tuple[str, int, int, int]]) -> None:
-        p = self.make_policy(12, object_size=1)
+        """The policy against a model the test keeps itself.
+
+        The model holds every resident key with the size the test gave it, and
+        the pinned keys; it is never read back from the policy. What the model
+        cannot know is the policy's own choice on a missed ``access`` (admit or
+        not, which keys to evict, neither of which ``access`` returns): that is
+        learned from membership only (``key in p``), and checked against the
+        contract (only the accessed key may appear, only unpinned keys may go,
+        a pinned key that fits is admitted). Sizes and byte counts always come
+        from the model.
+        """
+        cap = 12
+        p = self.make_policy(cap, object_size=1)
         model: dict[object, int] = {}
         pinned: set[object] = set()
+
+        def pinned_bytes(exclude: object = None) -> int:
+            return sum(model[k] for k in pinned if k in model and k != exclude)
+
         for op, fid, idx, size in ops:
             key = (fid, idx)
             if op == "access":
+                room = cap - pinned_bytes()
                 hit = p.access(key, size)
                 assert hit is (key in model)
+                if not hit:
+                    admitted = key in p
+                    if admitted:
+                        assert size <= room, "admitted an object that cannot fit beside the pins"
+                    elif key in pinned:
+                        assert size > room, "a pinned key that fits was not admitted"
+                    gone = [k for k in model if k not in p]
+                    assert not (set(gone) & pinned), "access evicted a pinned key"
+                    if gone:
+                        assert admitted, "access evicted keys without admitting one"
+                    for k in gone:
+                        del model[k]
+                    if admitted:
+                        model[key] = size
             elif op == "insert":
-                pinned_bytes = sum(model[k] for k in pinned if k in model and k != key)
-                if size > p.capacity - pinned_bytes:
+                if size > cap - pinned_bytes(exclude=key):
                     with pytest.raises(PolicyError):
                         p.insert(key, size)
                     model.pop(key, None)
                 else:
                     evicted = p.insert(key, size)
+                    assert len(set(evicted)) == len(evicted)
                     assert not (set(evicted) & pinned)
+                    assert set(evicted) <= set(model) - {key}, "evicted a key that was not resident"
                     model[key] = size
                     for k in evicted:
                         del model[k]
@@ -301,15 +337,21 @@ class PolicyContract:
                 for k in gone:
                     del model[k]
             else:
-                before = p.used
+                before = sum(model.values())
                 evicted = p.victims(size)
+                assert len(set(evicted)) == len(evicted)
+                assert set(evicted) <= set(model), "evicted a key that was not resident"
                 assert not (set(evicted) & pinned)
                 for k in evicted:
                     del model[k]
-                unpinned = sum(v for k, v in model.items() if k not in pinned)
-                assert before - p.used >= size or unpinned == 0
-            # Sync the model with the policy's own choices on access (admission, evictions).
-            model = {k: p.size_of(k) for k in p}  # type: ignore[misc]
-            check_invariants(p)
+                freed = before - sum(model.values())
+                if freed < size:  # fewer bytes than asked only when nothing unpinned is left
+                    assert all(k in pinned for k in model), (freed, size, model, pinned)
+            # The policy agrees with the model, byte for byte.
+            assert {k: p.size_of(k) for k in p} == model  # type: ignore[misc]
+            assert len(p) == len(model)
+            assert p.used == sum(model.values())
+            assert p.pinned_bytes == pinned_bytes()
+            assert p.used <= cap
             for k in pinned:
                 assert p.is_pinned(k)

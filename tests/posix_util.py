@@ -9,6 +9,7 @@ the syscalls Python does not wrap (``renameat2``, ``utimensat`` with
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -56,12 +57,29 @@ def err(fn: Callable[..., Any], *args: Any, **kw: Any) -> str | None:
     return None
 
 
-def same_on_both(plain: str, mnt: str, fn: Callable[[str], Any]) -> Any:
-    """Run ``fn(root)`` on the plain directory and the mount; assert equal outcomes."""
+def same_on_both(plain: str, mnt: str, fn: Callable[[str], Any], *,
+                 fails: str | Iterable[str] = ()) -> Any:
+    """Run ``fn(root)`` on the plain directory and the mount; assert equal outcomes.
+
+    A failure (an errno name as the outcome) counts as agreement only if it is
+    one the caller expects, named in ``fails``: the same unexpected failure on
+    both sides (a broken helper, a missing fixture, an errno neither should
+    give) fails the test instead of passing as "both agree". With ``fails``
+    given, the operation must fail with one of those errnos.
+    """
+    expected = {fails} if isinstance(fails, str) else set(fails)
     want = outcome(fn, plain)
     got = outcome(fn, mnt)
     assert got == want, f"mount gave {got!r}, a plain directory gave {want!r}"
+    if expected:
+        assert got in expected, f"both gave {got!r}, expected a failure with {sorted(expected)}"
+    else:
+        assert not _is_errno_name(got), f"both failed with {got}, which the test does not expect"
     return got
+
+
+def _is_errno_name(value: Any) -> bool:
+    return isinstance(value, str) and value in errno.errorcode.values()
 
 
 def _check(ret: int, what: str) -> None:
@@ -254,13 +272,27 @@ def pair(shared_mount: Mounted, tmp_path: "os.PathLike[str]") -> Iterator[Pair]:
     assert not new, "the daemon logged unexpected errors:\n" + "\n".join(new)
 
 
+@contextlib.contextmanager
+def private_tmpfs(path: str, size: str = "64m") -> Iterator[str]:
+    """A tmpfs of its own at ``path``: a source whose free space nobody else
+    changes, so a test can assert exact ``f_bfree`` counts through a mount."""
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", path],
+                   check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
 def open_dir_fd(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 __all__ = [
     "AT_FDCWD", "DirStream", "NOBODY", "RENAME_EXCHANGE", "RENAME_NOREPLACE", "UTIME_NOW",
-    "UTIME_OMIT", "Pair", "err", "open_dir_fd", "outcome", "pair", "plain", "renameat2",
+    "UTIME_OMIT", "Pair", "err", "open_dir_fd", "outcome", "pair", "plain", "private_tmpfs",
+    "renameat2",
     "run_as", "same_on_both", "shared_mount",
     "utimensat",
 ]

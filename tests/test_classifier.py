@@ -29,8 +29,18 @@ def stream(c: Classifier, file_id: int, pid: int, start: int, size: int, n: int)
     return [c.classify(file_id, pid, start + i * size, size) for i in range(n)]
 
 
-def test_label_values_are_strings() -> None:
-    assert Label.SEQUENTIAL == "sequential" and Label.RANDOM == "random" and Label.UNKNOWN == "unknown"
+def test_policies_take_a_label_or_its_string_value() -> None:
+    """Traces store labels as strings; a policy given the string decides as for the label."""
+    from fusefs.policies import AccessInfo, get_policy
+
+    for name in ("lru", "workload_aware"):
+        p = get_policy(name)(1 << 30, object_size=4096, max_readahead=4 << 20)
+        for label, text in ((Label.SEQUENTIAL, "sequential"), (Label.RANDOM, "random"),
+                            (Label.UNKNOWN, "unknown")):
+            enum_info = AccessInfo(label=label, size=128 * KiB, run_length=1 << 20)
+            str_info = AccessInfo(label=text, size=128 * KiB, run_length=1 << 20)
+            assert p.readahead(str_info) == p.readahead(enum_info), (name, text)
+        assert p.readahead(AccessInfo(label="sequential", size=128 * KiB, run_length=1 << 20)) > 0
 
 
 def test_single_stream_becomes_sequential_at_the_cutoff() -> None:

@@ -6,15 +6,16 @@ what they saw is checked against what every outcome allows.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import threading
+import time
 import traceback
 from typing import Any, Callable
 
 from posix_util import Pair, pair, shared_mount  # noqa: F401  (fixtures)
 
-REGION = 256 * 1024
 WRITERS = 4
 ROUNDS = 12
 
@@ -38,48 +39,113 @@ def _run_threads(targets: list[Callable[[], None]]) -> None:
     assert not errors, "\n".join(errors)
 
 
+# Regions are not page-aligned: neighbouring writers share the pages at their borders.
+REGION = 64 * 1024 + 1000
+READERS = 2
+MIN_READS = 50
+
+
+def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.0005)
+
+
 def test_threads_write_distinct_regions_while_others_read(pair: Pair) -> None:
+    """Every read of a region shows only versions that may be there, never a stale one.
+
+    Writer ``t`` writes each version ``r`` of its region (every byte ``t*32 + r``)
+    with one pwrite, announcing ``started[t] = r`` before and ``completed[t] = r``
+    after. A read that began after version ``lo`` completed and ended before
+    version ``hi`` started may show only versions ``lo..hi`` (bytes of two
+    versions at once only if a write overlapped it: Linux does not make a read
+    atomic against a concurrent write). A read no write overlapped (``hi == lo``,
+    or taken under the writer's lock) must be exactly version ``lo``, whole.
+    Writers wait, after each version, for every reader to make two passes, so
+    readers run all through the writing; each reader asserts how often it ran.
+    """
     path = f"{pair.mnt}/shared"
-    # Every byte of region t is always in thread t's range: t*32 + round.
     with open(path, "wb") as f:
         for t in range(WRITERS):
             f.write(bytes([t * 32]) * REGION)
+    started = [0] * WRITERS
+    completed = [0] * WRITERS
+    locks = [threading.Lock() for _ in range(WRITERS)]
+    passes = [0] * READERS
+    stats = [{"reads": 0, "quiet": 0, "locked": 0, "overlapped": 0} for _ in range(READERS)]
     done = threading.Event()
+    failed = threading.Event()
+
+    def version(t: int, r: int) -> bytes:
+        return bytes([t * 32 + r]) * REGION
 
     def writer(t: int) -> Callable[[], None]:
         def run() -> None:
             fd = os.open(path, os.O_WRONLY)
             try:
                 for r in range(1, ROUNDS + 1):
-                    chunk = 4096 + 1000 * t  # unaligned chunks cross pages
-                    for off in range(0, REGION, chunk):
-                        n = min(chunk, REGION - off)
-                        os.pwrite(fd, bytes([t * 32 + r]) * n, t * REGION + off)
+                    with locks[t]:
+                        started[t] = r
+                        assert os.pwrite(fd, version(t, r), t * REGION) == REGION
+                        completed[t] = r
+                    marks = list(passes)
+                    _wait_for(lambda: failed.is_set()
+                              or all(p >= m + 2 for p, m in zip(passes, marks)),
+                              "readers to catch up")
             finally:
                 os.close(fd)
         return run
 
-    def reader() -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            while not done.is_set():
-                for t in range(WRITERS):
-                    data = os.pread(fd, REGION, t * REGION)
-                    assert len(data) == REGION
-                    bad = set(data) - {t * 32 + r for r in range(ROUNDS + 1)}
-                    assert not bad, f"region {t} holds bytes {sorted(bad)[:5]}"
-        finally:
-            os.close(fd)
+    def reader(i: int) -> Callable[[], None]:
+        def run() -> None:
+            st = stats[i]
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                while not done.is_set() or st["reads"] < MIN_READS:
+                    for t in range(WRITERS):
+                        if st["reads"] % 5 == 0:
+                            with locks[t]:  # no write in flight: exactly the last version
+                                data = os.pread(fd, REGION, t * REGION)
+                                assert data == version(t, completed[t]), \
+                                    f"region {t}: {sorted(set(data))[:8]} under the lock, " \
+                                    f"want only {completed[t]}"
+                            st["locked"] += 1
+                        else:
+                            lo = completed[t]
+                            data = os.pread(fd, REGION, t * REGION)
+                            hi = started[t]
+                            assert len(data) == REGION
+                            if hi == lo:
+                                assert data == version(t, lo), \
+                                    f"region {t}: {sorted(set(data))[:8]}, want only {lo}"
+                                st["quiet"] += 1
+                            else:
+                                allowed = {t * 32 + r for r in range(lo, hi + 1)}
+                                bad = set(data) - allowed
+                                assert not bad, f"region {t} holds {sorted(bad)[:5]}, " \
+                                    f"want versions {lo}..{hi} (older ones are stale)"
+                                st["overlapped"] += 1
+                        st["reads"] += 1
+                    passes[i] += 1
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                os.close(fd)
+        return run
 
     reader_errors: list[str] = []
 
-    def guarded_reader() -> None:
-        try:
-            reader()
-        except BaseException:
-            reader_errors.append(traceback.format_exc())
+    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException:
+                reader_errors.append(traceback.format_exc())
+        return run
 
-    readers = [threading.Thread(target=guarded_reader) for _ in range(2)]
+    readers = [threading.Thread(target=guarded(reader(i))) for i in range(READERS)]
     for th in readers:
         th.start()
     try:
@@ -89,9 +155,14 @@ def test_threads_write_distinct_regions_while_others_read(pair: Pair) -> None:
         for th in readers:
             th.join()
     assert not reader_errors, "\n".join(reader_errors)
+    for st in stats:
+        # every reader made two passes per version of every writer, and checked
+        # whole versions both under the lock and without it
+        assert st["reads"] >= 2 * ROUNDS * WRITERS and st["locked"] >= ROUNDS, st
+    assert sum(st["quiet"] for st in stats) >= ROUNDS, stats
     with open(path, "rb") as f:
         final = f.read()
-    want = b"".join(bytes([t * 32 + ROUNDS]) * REGION for t in range(WRITERS))
+    want = b"".join(version(t, ROUNDS) for t in range(WRITERS))
     assert final == want
     assert open(f"{pair.src}/shared", "rb").read() == want
 
@@ -216,29 +287,87 @@ def test_processes_create_rename_unlink_in_one_directory(pair: Pair) -> None:
             assert st.st_nlink == 1 and st.st_size == len(f"{me}:{j}:") * (1 + j % 50)
 
 
-def test_processes_read_while_one_truncates_and_rewrites(pair: Pair) -> None:
+GENS = 40
+BLOCKS = 16
+
+
+def test_processes_read_while_one_truncates_and_rewrites(pair: Pair, tmp_path: Any) -> None:
+    """Readers in other processes see no stale generation and no foreign bytes.
+
+    The rewriter makes generation ``g`` (``BLOCKS`` blocks of byte ``g``) by
+    truncating to 0 and writing the blocks in order, publishing ``started = g``
+    before and ``completed = g`` after in shared memory. A read that began after
+    generation ``lo`` completed and ended before ``hi`` started may show bytes of
+    ``lo..hi`` only (and zeros, shorter data, only if a truncate overlapped it);
+    a read nothing overlapped (``hi == lo``, or taken under the rewriter's lock)
+    must be generation ``lo``, whole. The rewriter waits after each generation
+    for every reader to make two reads, so the readers run all through it.
+    """
     path = f"{pair.mnt}/f"
     block = 8192
+    lockfile = os.path.join(tmp_path, "lock")  # on a local file system, not the mount
+    open(lockfile, "w").close()
+    # shared counters: [started, completed, done, reads of reader 0..2, locked reads 0..2]
+    shared = mmap.mmap(-1, 8 * 16)
+    counters = memoryview(shared).cast("q")
+    readers = 3
+
+    def whole(g: int) -> bytes:
+        return bytes([g]) * BLOCKS * block
 
     def rewriter() -> None:
         fd = os.open(path, os.O_RDWR)
-        for g in range(1, 60):
+        lk = os.open(lockfile, os.O_RDWR)
+        for g in range(1, GENS + 1):
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            counters[0] = g
             os.ftruncate(fd, 0)
-            for b in range(16):
+            for b in range(BLOCKS):
                 os.pwrite(fd, bytes([g]) * block, b * block)
+            counters[1] = g
+            fcntl.flock(lk, fcntl.LOCK_UN)
+            marks = [counters[3 + i] for i in range(readers)]
+            deadline = time.monotonic() + 60
+            while any(counters[3 + i] < m + 2 for i, m in enumerate(marks)):
+                assert time.monotonic() < deadline, "readers did not catch up"
+                time.sleep(0.0005)
+        counters[2] = 1
         os.close(fd)
+        os.close(lk)
 
-    def reader() -> None:
+    def reader(i: int) -> None:
         fd = os.open(path, os.O_RDONLY)
-        for _ in range(200):
-            data = os.pread(fd, 16 * block, 0)
-            assert len(data) <= 16 * block
-            # a truncate may zero-fill or shorten, never show foreign bytes
-            assert set(data) <= set(range(60)), set(data)
+        lk = os.open(lockfile, os.O_RDWR)
+        n = 0
+        while not counters[2] or n < MIN_READS:
+            if n % 4 == 0:
+                fcntl.flock(lk, fcntl.LOCK_SH)
+                data = os.pread(fd, BLOCKS * block, 0)
+                g = counters[1]
+                fcntl.flock(lk, fcntl.LOCK_UN)
+                assert data == whole(g), (g, len(data), sorted(set(data)))
+                counters[6 + i] += 1
+            else:
+                lo = counters[1]
+                data = os.pread(fd, BLOCKS * block, 0)
+                hi = counters[0]
+                if hi == lo:
+                    assert data == whole(lo), (lo, len(data), sorted(set(data)))
+                else:
+                    assert len(data) <= BLOCKS * block
+                    bad = set(data) - {0, *range(lo, hi + 1)}
+                    assert not bad, f"bytes {sorted(bad)} outside generations {lo}..{hi}"
+            n += 1
+            counters[3 + i] = n
         os.close(fd)
+        os.close(lk)
 
     with open(path, "wb") as f:
-        f.write(b"\0" * 16 * block)
-    pids = [_fork(rewriter)] + [_fork(reader) for _ in range(3)]
-    assert [os.waitpid(pid, 0)[1] for pid in pids] == [0] * 4
-    assert open(path, "rb").read() == bytes([59]) * 16 * block
+        f.write(whole(0))
+    pids = [_fork(reader, i) for i in range(readers)] + [_fork(rewriter)]
+    assert [os.waitpid(pid, 0)[1] for pid in pids] == [0] * (readers + 1)
+    for i in range(readers):
+        assert counters[3 + i] >= 2 * GENS and counters[6 + i] >= GENS // 2, list(counters)
+    assert open(path, "rb").read() == whole(GENS)
+    del counters
+    shared.close()

@@ -71,6 +71,10 @@ def test_broken_plugins_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_real_entry_points_call_works() -> None:
-    # Whatever is installed, the lookup goes through importlib.metadata without error.
-    metadata.entry_points(group="tierfs.policies")
-    assert set(available_policies()) >= SHIPPED
+    """The installed distribution's entry points name the shipped policies, and
+    each loads to the class that get_policy returns for that name."""
+    eps = {ep.name: ep for ep in metadata.entry_points(group="tierfs.policies")}
+    assert set(eps) >= SHIPPED, sorted(eps)
+    for name in SHIPPED:
+        assert eps[name].load() is get_policy(name), name
+    assert set(available_policies()) >= set(eps)

@@ -85,7 +85,8 @@ def test_scan_reorder_swaps_neighbours_only() -> None:
     s = tracegen.scan_trace(n_requests=2000, request_size=PAGE, file_size=10_000 * PAGE, workers=1, reorder=0.2, seed=2)
     offs = s["offset"].to_pylist()
     assert offs != sorted(offs)
-    assert sorted(offs) == [i * PAGE for i in range(len(offs))] or len(set(offs)) == len(offs)
+    # a permutation of the in-order offsets: nothing lost, nothing read twice
+    assert sorted(offs) == [i * PAGE for i in range(len(offs))]
     assert all(abs(o - i * PAGE) <= PAGE for i, o in enumerate(offs))
 
 
