@@ -12,6 +12,7 @@
  *   -EBUSY    no page can be evicted: every page is pinned or being filled
  *   -ENOBUFS  the caller's buffer is smaller than the cached page
  *   -EOVERFLOW a page's pin count would overflow
+ *   -EIO      pagecache_debug_check() found an inconsistency (a bug)
  * The handle is opaque and internally locked: all functions except
  * pagecache_destroy() may be called from any number of threads at once.
  * Nothing here calls back into the caller.
