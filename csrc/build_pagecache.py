@@ -86,6 +86,7 @@ void pagecache_struct_sizes(size_t *page_desc, size_t *ghost_node,
 int pagecache_debug_entry(pagecache_t *pc, uint64_t file_id, uint64_t page,
                           int *queue, int *freq, int *pins);
 int pagecache_debug_in_ghost(pagecache_t *pc, uint64_t file_id, uint64_t page);
+int pagecache_debug_check(pagecache_t *pc);
 """
 
 # Relative paths: setuptools runs the builder from the project root and

@@ -12,6 +12,7 @@
  *   -EBUSY    no page can be evicted: every page is pinned or being filled
  *   -ENOBUFS  the caller's buffer is smaller than the cached page
  *   -EOVERFLOW a page's pin count would overflow
+ *   -EIO      pagecache_debug_check() found an inconsistency (a bug)
  * The handle is opaque and internally locked: all functions except
  * pagecache_destroy() may be called from any number of threads at once.
  * Nothing here calls back into the caller.
@@ -128,7 +129,9 @@ int pagecache_unpin(pagecache_t *pc, uint64_t file_id, uint64_t page);
  * Drop cached pages, pinned or not (a changed source wins over a pin).
  * Return the number of pages dropped (>= 0). Ghost entries are kept: they
  * hold no data. _range drops first <= page < end; _file drops every page of
- * the file by scanning the page descriptors (O(capacity), see pagecache.c).
+ * the file. A per-file index makes both O(1) for a file with no page cached;
+ * otherwise _file costs O(pages of the file), and _range O(end - first) up to
+ * a span of capacity pages, O(pages of the file) beyond (see pagecache.c).
  */
 int64_t pagecache_invalidate_page(pagecache_t *pc, uint64_t file_id,
                                   uint64_t page);
@@ -158,6 +161,15 @@ void pagecache_struct_sizes(size_t *page_desc, size_t *ghost_node,
 int pagecache_debug_entry(pagecache_t *pc, uint64_t file_id, uint64_t page,
                           int *queue, int *freq, int *pins);
 int pagecache_debug_in_ghost(pagecache_t *pc, uint64_t file_id, uint64_t page);
+
+/*
+ * Test hook: verify the internal structures against one another (free list,
+ * queues, pins, byte count, hash, ghost, and the file index: every cached
+ * page on exactly its file's list). O(capacity); takes the queue lock, and
+ * each shard lock in turn, so it may run alongside other calls. Returns 0,
+ * or -EIO if an invariant does not hold.
+ */
+int pagecache_debug_check(pagecache_t *pc);
 
 #ifdef __cplusplus
 }

@@ -172,6 +172,120 @@ static int test_invalidate(void)
     return 0;
 }
 
+/* Pages of file f held, among pages 0..FI_PAGES-1 and FI_FAR. */
+#define FI_FILES 9
+#define FI_PAGES 24
+#define FI_FAR (UINT64_MAX - 1)
+
+static uint64_t fi_file(unsigned i)
+{
+    return i + 1 == FI_FILES ? UINT64_MAX : i; /* an extreme id too */
+}
+
+static uint64_t fi_page(unsigned j)
+{
+    return j == FI_PAGES ? FI_FAR : j;
+}
+
+static int64_t fi_held(pagecache_t *pc, uint64_t f, uint64_t first,
+                       uint64_t end)
+{
+    unsigned char out[PS];
+    int64_t n = 0;
+    for (unsigned j = 0; j <= FI_PAGES; j++) {
+        uint64_t p = fi_page(j);
+        if (p >= first && p < end && pagecache_peek(pc, f, p, out, PS) >= 0)
+            n++;
+    }
+    return n;
+}
+
+/*
+ * The per-file index under random puts (with evictions), pins, unpins and
+ * invalidations: every invalidation drops exactly the pages of its file in
+ * its range, the other files keep theirs, and pagecache_debug_check() holds
+ * after every call.
+ */
+static int test_file_index(void)
+{
+    unsigned char in[PS];
+    memset(in, 0x5a, sizeof(in));
+    uint64_t caps[] = {1, 2, 7, 32, 100};
+    unsigned seed = 12345;
+    for (size_t c = 0; c < 2 * sizeof(caps) / sizeof(caps[0]); c++) {
+        pagecache_config_t cfg;
+        pagecache_config_default(&cfg);
+        cfg.policy = c % 2 ? PAGECACHE_POLICY_CLOCK : PAGECACHE_POLICY_S3FIFO;
+        pagecache_t *pc;
+        CHECK(pagecache_create(&pc, caps[c / 2] * PS, PS, &cfg) == 0);
+        CHECK(pagecache_debug_check(pc) == 0);
+        CHECK(pagecache_invalidate_file(pc, 3) == 0);
+        for (int i = 0; i < 4000; i++) {
+            seed = seed * 1103515245u + 12345u;
+            unsigned r = seed >> 8;
+            uint64_t f = fi_file(r % FI_FILES);
+            uint64_t p = fi_page((r / FI_FILES) % (FI_PAGES + 1));
+            unsigned op = (r / 1024) % 100;
+            if (op < 55) {
+                int rc = pagecache_put(pc, f, p, in, 1 + r % PS,
+                                       op < 5 ? PAGECACHE_HINT_PIN
+                                              : PAGECACHE_HINT_NORMAL);
+                CHECK(rc == 0 || rc == -EBUSY);
+            } else if (op < 65) {
+                int rc = pagecache_unpin(pc, f, p);
+                CHECK(rc == 0 || rc == -EINVAL || rc == -ENOENT);
+            } else if (op < 70) {
+                int rc = pagecache_pin(pc, f, p);
+                CHECK(rc == 0 || rc == -ENOENT);
+            } else if (op < 80) {
+                int64_t want = fi_held(pc, f, p, p + 1);
+                CHECK(pagecache_invalidate_page(pc, f, p) == want);
+            } else if (op < 90) {
+                /* Narrow (probed), wide (listed) and open-ended ranges. */
+                uint64_t first = p == FI_FAR ? FI_FAR : p / 2;
+                uint64_t end = op < 84   ? first + 1 + r % 6
+                               : op < 87 ? first + caps[c / 2] + 1 + r % 4
+                                         : UINT64_MAX;
+                if (end < first)
+                    end = UINT64_MAX;
+                pagecache_stats_t before, after;
+                CHECK(pagecache_stats(pc, &before) == 0);
+                int64_t want = fi_held(pc, f, first, end);
+                CHECK(pagecache_invalidate_range(pc, f, first, end) == want);
+                CHECK(fi_held(pc, f, first, end) == 0);
+                CHECK(pagecache_stats(pc, &after) == 0);
+                CHECK(after.pages_used + (uint64_t)want == before.pages_used);
+            } else {
+                int64_t others[FI_FILES];
+                for (unsigned k = 0; k < FI_FILES; k++)
+                    others[k] = fi_held(pc, fi_file(k), 0, UINT64_MAX);
+                int64_t want = fi_held(pc, f, 0, UINT64_MAX);
+                CHECK(pagecache_invalidate_file(pc, f) == want);
+                for (unsigned k = 0; k < FI_FILES; k++)
+                    CHECK(fi_held(pc, fi_file(k), 0, UINT64_MAX) ==
+                          (fi_file(k) == f ? 0 : others[k]));
+            }
+            CHECK(pagecache_debug_check(pc) == 0);
+        }
+        pagecache_stats_t s;
+        CHECK(pagecache_stats(pc, &s) == 0);
+        int64_t held = 0;
+        for (unsigned k = 0; k < FI_FILES; k++)
+            held += fi_held(pc, fi_file(k), 0, UINT64_MAX);
+        CHECK((uint64_t)held == s.pages_used);
+        for (unsigned k = 0; k < FI_FILES; k++) {
+            int64_t want = fi_held(pc, fi_file(k), 0, UINT64_MAX);
+            CHECK(pagecache_invalidate_file(pc, fi_file(k)) == want);
+        }
+        CHECK(pagecache_stats(pc, &s) == 0);
+        CHECK(s.pages_used == 0 && s.bytes_used == 0 && s.pinned_pages == 0);
+        CHECK(pagecache_debug_check(pc) == 0);
+        pagecache_destroy(pc);
+    }
+    CHECK(pagecache_debug_check(NULL) == -EINVAL);
+    return 0;
+}
+
 static int test_scan_resistance(void)
 {
     pagecache_t *pc;
@@ -192,13 +306,15 @@ static int test_scan_resistance(void)
 
 static int test_meta_budget(void)
 {
-    CHECK(pagecache_meta_bytes_per_page(0.9) <= 64.0);
+    /* 64 before the per-file index (8 bytes of list links a descriptor, 6
+     * of file slots a page). */
+    CHECK(pagecache_meta_bytes_per_page(0.9) <= 75.0);
     uint64_t sizes[] = {1, 20, 1000, 4096, 100000};
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         pagecache_t *pc;
         CHECK(pagecache_create(&pc, sizes[i] * PS, PS, NULL) == 0);
         if (sizes[i] >= 1000)
-            CHECK(pagecache_meta_bytes(pc) <= 64 * sizes[i]);
+            CHECK(pagecache_meta_bytes(pc) <= 78 * sizes[i]);
         pagecache_destroy(pc);
     }
     return 0;
@@ -260,7 +376,9 @@ static void *stress_worker(void *argp)
             if (pagecache_invalidate_page(a->pc, f, p) < 0)
                 a->bad++;
         } else if (op < 88) {
-            if (pagecache_invalidate_range(a->pc, f, p, p + 8) < 0)
+            /* Mostly probed ranges; one in three walks the file's list. */
+            uint64_t end = op == 87 ? UINT64_MAX : p + 8;
+            if (pagecache_invalidate_range(a->pc, f, p, end) < 0)
                 a->bad++;
         } else if (op < 89) {
             if (pagecache_invalidate_file(a->pc, f) < 0)
@@ -274,6 +392,8 @@ static void *stress_worker(void *argp)
         } else {
             pagecache_stats_t s;
             if (pagecache_stats(a->pc, &s) != 0 || s.pages_used > s.capacity_pages)
+                a->bad++;
+            if (op == 99 && pagecache_debug_check(a->pc) != 0)
                 a->bad++;
         }
     }
@@ -299,6 +419,7 @@ static int test_stress(long ops, uint32_t ps)
         bad += args[t].bad;
     }
     CHECK(bad == 0);
+    CHECK(pagecache_debug_check(pc) == 0);
     pagecache_stats_t s;
     CHECK(pagecache_stats(pc, &s) == 0);
     CHECK(s.pages_used == s.small_pages + s.main_pages + s.pinned_pages);
@@ -338,6 +459,7 @@ int main(int argc, char **argv)
         {"get_range", test_get_range},
         {"eviction_and_pins", test_eviction_and_pins},
         {"invalidate", test_invalidate},
+        {"file_index", test_file_index},
         {"scan_resistance", test_scan_resistance},
         {"meta_budget", test_meta_budget},
     };

@@ -287,9 +287,10 @@ class PageCache:
     def invalidate(self, file_id: int, page: int | None = None, *, end: int | None = None) -> int:
         """Drop cached pages, pinned or not.
 
-        ``invalidate(f)`` drops the whole file (a scan of all page
-        descriptors), ``invalidate(f, p)`` one page, ``invalidate(f, p,
-        end=e)`` pages ``p <= page < e``.
+        ``invalidate(f)`` drops the whole file, ``invalidate(f, p)`` one
+        page, ``invalidate(f, p, end=e)`` pages ``p <= page < e``. A per-file
+        index finds the pages: a file with none cached costs O(1), one with
+        some O(its pages), never a scan of the whole cache.
 
         Returns:
             The number of pages dropped.
@@ -332,6 +333,24 @@ class PageCache:
     def in_ghost(self, file_id: int, page: int) -> bool:
         """Whether a key is remembered in the ghost FIFO. For tests."""
         return lib.pagecache_debug_in_ghost(self._handle(), file_id, page) == 1
+
+    def check(self) -> int:
+        """Verify the C structures against one another. For tests.
+
+        Checks the free list, queues, pins, byte count, hash, ghost and the
+        per-file index (every cached page on exactly its file's list), under
+        the cache's own locks, so other threads may keep calling. O(capacity).
+
+        Returns:
+            0 when every invariant holds.
+
+        Raises:
+            OSError: ``EIO`` if one does not.
+        """
+        rc = lib.pagecache_debug_check(self._handle())
+        if rc < 0:
+            _raise(rc, "check")
+        return rc
 
     def meta_bytes(self) -> int:
         """Metadata bytes this cache allocated, the page arena excluded."""

@@ -267,12 +267,15 @@ def test_context_manager_closes() -> None:
 
 
 def test_metadata_per_page_within_budget() -> None:
-    assert PageCache.meta_bytes_per_page() <= 64
+    # 64 bytes a page before the per-file index, which adds 8 to each
+    # descriptor (its list links) and 6 of file slots: 74.3 from the structs,
+    # up to 77.4 as allocated for mid-sized caches (per-shard slack).
+    assert PageCache.meta_bytes_per_page() <= 75
     sizes = PageCache.struct_sizes()
-    assert sizes["page_desc"] == 32
-    for pages in (1000, 5000, 100_000):
+    assert sizes["page_desc"] == 40
+    for pages in (1000, 4096, 5000, 100_000):
         with PageCache(pages * PS, PS) as pc:
-            assert pc.meta_bytes() / pages <= 64
+            assert pc.meta_bytes() / pages <= 78
 
 
 def test_s3fifo_resists_a_scan() -> None:

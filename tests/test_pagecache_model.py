@@ -2,7 +2,10 @@
 
 Any sequence of put/get/invalidate/pin/unpin must give the same hits, misses
 and counters, the same contents (bytes per key), the same queue, frequency
-and pin count per key, and the same ghost entries.
+and pin count per key, and the same ghost entries. Invalidations must drop
+exactly the pages of their file and range, seen from the C cache alone, and
+``PageCache.check()`` (the C structures, the per-file index among them)
+must hold after every step.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ from fusefs.pagecache import Hint, PageCache
 from s3fifo_model import MAIN, PINNED, SMALL, ModelError, S3FIFOModel
 
 PS = 4096
-FILES = st.integers(min_value=0, max_value=2)
-PAGES = st.integers(min_value=0, max_value=15)
+U64_MAX = 2**64 - 1
+FILE_IDS = (0, 1, 2, U64_MAX)
+PAGE_NUMS = tuple(range(16)) + (2**40, 2**63)
+ALL_KEYS = tuple((f, p) for f in FILE_IDS for p in PAGE_NUMS)
+FILES = st.sampled_from(FILE_IDS)
+PAGES = st.sampled_from(PAGE_NUMS)
 LENGTHS = st.sampled_from([1, 7, 1000, PS])
 HINTS = st.sampled_from([Hint.NORMAL, Hint.NORMAL, Hint.NORMAL, Hint.DONT_ADMIT, Hint.PIN])
 QUEUE_NAMES = {SMALL: "small", MAIN: "main", PINNED: "pinned"}
@@ -62,6 +69,7 @@ class PageCacheMachine(RuleBasedStateMachine):
         policy=st.sampled_from(["s3fifo", "s3fifo", "clock"]),
     )
     def create(self, pages: int, threshold: int, ghost_ratio: float, policy: str) -> None:
+        self.pages = pages
         self.pc = PageCache(
             pages * PS,
             PS,
@@ -143,22 +151,61 @@ class PageCacheMachine(RuleBasedStateMachine):
             lambda: self.model.unpin((file_id, page)),
         )
 
+    def _held(self) -> set[tuple[int, int]]:
+        """Keys the C cache holds, from the C cache alone."""
+        return {k for k in ALL_KEYS if self.pc.peek(*k) is not None}
+
+    def _drops_exactly(self, file_id: int, first: int, end: int, call) -> int:
+        """Run an invalidation; check that it dropped every page of file_id
+        in [first, end) and nothing else, and return its count."""
+        before = self._held()
+        n = call()
+        after = self._held()
+        want = {k for k in before if k[0] == file_id and first <= k[1] < end}
+        assert before - after == want
+        assert after == before - want
+        assert n == len(want)
+        return n
+
     @rule(file_id=FILES, page=PAGES)
     def invalidate_page(self, file_id: int, page: int) -> None:
-        assert self.pc.invalidate(file_id, page) == int(
-            self.model.invalidate((file_id, page))
+        n = self._drops_exactly(
+            file_id, page, page + 1, lambda: self.pc.invalidate(file_id, page)
         )
+        assert n == int(self.model.invalidate((file_id, page)))
 
     @rule(file_id=FILES, first=PAGES, span=st.integers(min_value=0, max_value=6))
     def invalidate_range(self, file_id: int, first: int, span: int) -> None:
-        assert self.pc.invalidate(file_id, first, end=first + span) == (
-            self.model.invalidate_range(file_id, first, first + span)
+        """Spans within the cache's size: probed page by page."""
+        end = min(first + span, U64_MAX)
+        n = self._drops_exactly(
+            file_id, first, end, lambda: self.pc.invalidate(file_id, first, end=end)
         )
+        assert n == self.model.invalidate_range(file_id, first, end)
+
+    @rule(
+        file_id=FILES,
+        first=st.sampled_from((0, 3, 9, 2**40, 2**63)),
+        extra=st.sampled_from((1, 2, 100, None)),
+    )
+    def invalidate_range_wide(self, file_id: int, first: int, extra: int | None) -> None:
+        """Spans wider than the cache: the file's list is walked."""
+        end = U64_MAX if extra is None else first + self.pages + extra
+        n = self._drops_exactly(
+            file_id, first, end, lambda: self.pc.invalidate(file_id, first, end=end)
+        )
+        assert n == self.model.invalidate_range(file_id, first, end)
 
     @precondition(lambda self: self.version % 7 == 0)
     @rule(file_id=FILES)
     def invalidate_file(self, file_id: int) -> None:
-        assert self.pc.invalidate(file_id) == self.model.invalidate_file(file_id)
+        n = self._drops_exactly(file_id, 0, 2**64, lambda: self.pc.invalidate(file_id))
+        assert n == self.model.invalidate_file(file_id)
+
+    @invariant()
+    def structures_consistent(self) -> None:
+        if self.pc is not None:
+            assert self.pc.check() == 0
 
     @invariant()
     def same_state(self) -> None:
@@ -174,20 +221,19 @@ class PageCacheMachine(RuleBasedStateMachine):
         assert s["main_pages"] == len(m.main)
         assert s["ghost_entries"] == len(m.ghost)
         assert s["bytes_used"] == sum(len(e.data) for e in m.entries.values())
-        for f in range(3):
-            for p in range(16):
-                key = (f, p)
-                entry = m.entries.get(key)
-                assert self.pc.peek(f, p) == m.peek(key)
-                if entry is None:
-                    assert self.pc.entry(f, p) is None
-                else:
-                    assert self.pc.entry(f, p) == (
-                        QUEUE_NAMES[entry.queue],
-                        entry.freq,
-                        entry.pins,
-                    )
-                assert self.pc.in_ghost(f, p) == (key in m.ghost)
+        for key in ALL_KEYS:
+            f, p = key
+            entry = m.entries.get(key)
+            assert self.pc.peek(f, p) == m.peek(key)
+            if entry is None:
+                assert self.pc.entry(f, p) is None
+            else:
+                assert self.pc.entry(f, p) == (
+                    QUEUE_NAMES[entry.queue],
+                    entry.freq,
+                    entry.pins,
+                )
+            assert self.pc.in_ghost(f, p) == (key in m.ghost)
 
 
 PageCacheMachine.TestCase.settings = settings(
@@ -210,6 +256,8 @@ def test_long_random_sequence_matches_model(pages: int, policy: str) -> None:
     with PageCache(pages * PS, PS, policy=policy) as pc:
         buf = bytearray(PS)
         for i in range(20_000):
+            if i % 1000 == 0:
+                assert pc.check() == 0
             key = (rng.randrange(3), int(rng.paretovariate(1.0)) % (pages * 3))
             op = rng.random()
             if op < 0.7:
@@ -225,14 +273,23 @@ def test_long_random_sequence_matches_model(pages: int, policy: str) -> None:
                 hint = rng.choice([Hint.NORMAL, Hint.DONT_ADMIT])
                 pc.put(*key, data, hint=hint)
                 model.put(key, data, int(hint))
-            elif op < 0.9:
+            elif op < 0.88:
                 assert pc.invalidate(*key) == int(model.invalidate(key))
+            elif op < 0.89:
+                first = key[1]
+                end = first + rng.choice([1, 5, pages + 1, 2**40])
+                assert pc.invalidate(key[0], first, end=end) == model.invalidate_range(
+                    key[0], first, end
+                )
+            elif op < 0.9:
+                assert pc.invalidate(key[0]) == model.invalidate_file(key[0])
             elif op < 0.95 and key in model.entries and model.pinned() < pages // 2:
                 pc.pin(*key)
                 model.pin(key)
             elif key in model.entries and model.entries[key].pins:
                 pc.unpin(*key)
                 model.unpin(key)
+        assert pc.check() == 0
         s = pc.stats()
         for name in COUNTERS:
             assert s[name] == model.stats[name], name
