@@ -82,7 +82,9 @@ class Migrator:
         return {"files": files, "bytes": copied}
 
     async def _warm_file(self, path: bytes, st: Any, *, pinned: bool) -> int:
-        copied = await self.engine.copy_to_fast(path, st.version(), st.st_size, pinned=pinned)
+        # The version the copy finds when it opens the file, not the listing's: a
+        # listing may not state it (and the file may have changed since).
+        copied = await self.engine.copy_to_fast(path, pinned=pinned)
         self.engine.stats.add("warm.bytes", copied)
         return copied
 

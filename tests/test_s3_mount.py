@@ -789,9 +789,6 @@ def test_immutable_mount_pushes_the_rest_of_a_block_to_the_kernel(
 
 
 # -- the warm cache survives a remount and serves with the store gone --------------------
-@pytest.mark.xfail(reason="open issue 11/16: after the engine split this remount answers EIO with the "
-                   "store stopped; under investigation (suspect: a version differing between "
-                   "mounts, e.g. an object whose listing mtime is unknown)", strict=False)
 def test_remount_serves_warm_cache_with_the_store_stopped(
         restartable_s3: S3Server, mount_s3: Callable[..., Mounted], tmp_path: Path) -> None:
     """Warm, unmount, remount, stop the server: the fast tier and the listing

@@ -27,6 +27,7 @@ policy instance: ``dram_policy`` (DRAM admission, `DramKey`) and ``policy`` (the
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from typing import Any, Callable
@@ -383,15 +384,16 @@ class Engine:
         if self.filler is None or not self._fast_ok(h):
             return
         ino = h.ino
-        self.filler.maybe_fill(h.path, h.version, h.size, info,  # type: ignore[arg-type]
+        self.filler.maybe_fill(h.path, h.version, info,  # type: ignore[arg-type]
                                lambda: self.consistency.is_current(ino, gen))
 
-    async def copy_to_fast(self, path: bytes, version: SourceVersion, size: int, *,
+    async def copy_to_fast(self, path: bytes, version: SourceVersion | None = None, *,
                            pinned: bool = False, info: AccessInfo | None = None) -> int:
-        """Copy a whole file version into the fast tier (`tierfs warm`, pins)."""
+        """Copy a whole file into the fast tier (`tierfs warm`, pins): of ``version``,
+        or (None) of the version the source has when the copy opens it."""
         if self.filler is None:
-            raise OSError(95, "no fast tier")
-        return await self.filler.copy(path, version, size, pinned=pinned, info=info)
+            raise OSError(errno.ENOTSUP, "no fast tier")
+        return await self.filler.copy(path, version, pinned=pinned, info=info)
 
     def _record(self, h: FileHandle, op: str, offset: int, size: int, label: str) -> None:
         assert self.trace is not None

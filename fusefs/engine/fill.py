@@ -54,7 +54,7 @@ class Filler:
         # so a tier too small to keep a file cannot loop refetching it.
         self._started: set[tuple[bytes, SourceVersion]] = set()
 
-    def maybe_fill(self, path: bytes, version: SourceVersion, size: int, info: AccessInfo,
+    def maybe_fill(self, path: bytes, version: SourceVersion, info: AccessInfo,
                    still_wanted: Callable[[], bool]) -> None:
         """After a remote random miss: start a background fill if the policy wants one."""
         if self.nursery is None or not self.capacity.remote:
@@ -66,12 +66,12 @@ class Filler:
             self._started.clear()  # bounded memory; at worst a version is filled twice
         self._started.add(key)
         self.stats.add("fill.started")
-        self.nursery.start_soon(self._fill, path, version, size, info, still_wanted)
+        self.nursery.start_soon(self._fill, path, version, info, still_wanted)
 
-    async def _fill(self, path: bytes, version: SourceVersion, size: int, info: AccessInfo,
+    async def _fill(self, path: bytes, version: SourceVersion, info: AccessInfo,
                     still_wanted: Callable[[], bool]) -> None:
         try:
-            n = await self.copy(path, version, size, info=info, parallel=self.parallel,
+            n = await self.copy(path, version, info=info, parallel=self.parallel,
                                 background=True, still_wanted=still_wanted)
             self.stats.add("fill.bytes", n)
             self.stats.add("fill.done")
@@ -82,12 +82,13 @@ class Filler:
             self.stats.add("fill.failed")
             log.exception("fill of %r failed", path)
 
-    async def copy(self, path: bytes, version: SourceVersion, size: int, *,
+    async def copy(self, path: bytes, version: SourceVersion | None = None, *,
                    pinned: bool = False, info: AccessInfo | None = None,
                    parallel: int = 1, background: bool = False,
                    still_wanted: Callable[[], bool] | None = None,
                    batch: int = 4) -> int:
-        """Copy ``path`` (of ``version``, ``size`` bytes) into the fast tier.
+        """Copy ``path`` (of ``version``) into the fast tier; with
+        ``version`` None, of the version the source has now (warming).
 
         Reads cover up to ``batch`` chunks (fewer, larger requests), stored as chunk-sized
         extents. Chunks already present are skipped (so an interrupted copy resumes), and
@@ -97,14 +98,26 @@ class Filler:
         fails or is not at ``version`` any more.
         """
         fast = self.fast
-        cf = await fast.file_create(path, version)
+        f = await self.capacity.open(path, os.O_RDONLY)
+        try:
+            # The source must be the version the entry names: a copy of other
+            # bytes under this version's name would be served as it.
+            now = (await f.fstat()).version()
+            if version is None:
+                version = now
+            elif now != version:
+                raise OSError(errno.ESTALE, f"{path!r} changed before it was copied")
+            cf = await fast.file_create(path, version)
+        except BaseException:
+            await f.close()
+            raise
+        size = version.size
         cs = self.chunk_size
         step = cs * max(1, batch)
         offsets = iter(range(0, size, step))
         limiter = self.sched.fills if background else self.sched.throughput
         copied = 0
         failed: list[OSError] = []
-        f = await self.capacity.open(path, os.O_RDONLY)
 
         def missing(lo: int, hi: int) -> list[int]:
             out = []
@@ -154,10 +167,6 @@ class Filler:
                     copied += len(piece)
 
         try:
-            # The source must still be the version the entry names: a copy of
-            # other bytes under this version's name would be served as it.
-            if (await f.fstat()).version() != version:
-                raise OSError(errno.ESTALE, f"{path!r} changed before it was copied")
             async with trio.open_nursery() as nursery:
                 for _ in range(max(1, parallel)):
                     nursery.start_soon(worker)

@@ -55,6 +55,10 @@ class Stat:
     st_mtime_ns: int = 0
     st_ctime_ns: int = 0
     etag: str | None = field(default=None)
+    #: False where the source did not say when the object last changed (some S3
+    #: servers' listings give no mtime): the mtime shown is a stand-in, and a
+    #: version needs a request that states it (`open` asks one).
+    mtime_known: bool = True
 
     @classmethod
     def from_os(cls, st: os.stat_result) -> Stat:

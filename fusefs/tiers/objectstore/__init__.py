@@ -242,7 +242,7 @@ class ObjectStoreTier(CapacityTier):
     # -- data --------------------------------------------------------------
     async def open(self, path: bytes, flags: int) -> ObjectFile:
         self._store.key(path)
-        st = await self._ns.stat(path)
+        st = await self._ns.stat(path, exact=True)  # the open's version must be real
         if st.is_dir:
             raise err(errno.EISDIR, f"{show(path)}: is a directory")
         return await self._files.open(path, flags, st)

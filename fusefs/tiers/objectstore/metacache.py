@@ -145,6 +145,13 @@ class MetaCache:
             self._negative[path] = self._clock() + self._opts.negative_ttl
         else:
             self._stats[path] = (self._clock() + self._opts.stat_ttl, st)
+            # A listing that could not say when this object changed takes the
+            # HEAD's answer: both then describe one version (a snapshot keeps it).
+            parent, name = split(path)
+            listing = self._lists.get(parent)
+            old = listing.entries.get(name) if listing is not None else None
+            if old is not None and _same_object_better(old, st):
+                listing.entries[name] = st  # type: ignore[union-attr]
 
     def _sweep(self) -> None:
         """Drop expired single-object entries once the tables have doubled since the last sweep."""
@@ -167,6 +174,17 @@ class MetaCache:
     def put_listing(self, path: bytes, entries: dict[bytes, Stat]) -> Listing:
         """Remember a listing just fetched; its children are no longer misses."""
         now = self._clock()
+        # Where the listing gives no mtime, keep the one a HEAD or an earlier listing
+        # stated for the same object: one object shows one version within a mount.
+        old = self._lists.get(path)
+        for name, st in entries.items():
+            if st.mtime_known or not st.is_reg:
+                continue
+            hit = self._stats.get(path + b"/" + name if path else name)
+            known = hit[1] if hit is not None else \
+                old.entries.get(name) if old is not None else None
+            if known is not None and _same_object_better(st, known):
+                entries[name] = known
         listing = Listing(entries, now + self._opts.list_ttl, now + self._opts.stat_ttl)
         self._lists[path] = listing
         for name in entries:
@@ -286,7 +304,7 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
             names.append(name)
             is_dir.append(st.is_dir)
             sizes.append(st.st_size)
-            mtimes.append(st.st_mtime_ns)
+            mtimes.append(st.st_mtime_ns if st.mtime_known else 0)  # 0: not stated
             count += 1
     table = pa.table(
         {
@@ -340,5 +358,16 @@ def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[
     for d, name, isdir, size, mtime in zip(*cols):
         entries = out.setdefault(d, {})
         if name is not None:
-            entries[name] = attrs.dir(mtime) if isdir else attrs.file(size, mtime)
+            if isdir:
+                entries[name] = attrs.dir(mtime)
+            else:
+                entries[name] = attrs.file(size, mtime or attrs.started_ns)
+                entries[name].mtime_known = bool(mtime)
     return out
+
+
+def _same_object_better(old: Stat, new: Stat) -> bool:
+    """``new`` describes the object ``old`` described (a file of the same size), and
+    states the mtime ``old`` could not."""
+    return (old.is_reg and new.is_reg and not old.mtime_known and new.mtime_known
+            and old.st_size == new.st_size)

@@ -71,7 +71,9 @@ class Namespace:
         self.root_stat = attrs.dir(attrs.started_ns)
 
     # -- lookups -----------------------------------------------------------
-    async def stat(self, path: bytes) -> Stat:
+    async def stat(self, path: bytes, *, exact: bool = False) -> Stat:
+        """Attributes of ``path``; ``exact``: a file's version must be stated by the
+        store (a listing that gave no mtime is asked again with a HEAD)."""
         if not path:
             return self.root_stat
         key = self._store.key(path)
@@ -79,6 +81,15 @@ class Namespace:
         if st is not None:
             return st
         st = await self._cache.lookup(path, self.listdir)
+        if st is not None and exact and st.is_reg and not st.mtime_known:
+            try:
+                head = await self._store.head(key, f"stat {show(path)}")
+            except TierUnavailable:
+                return st  # stale-if-error: what the listing said
+            self._cache.remember(path, head)
+            if head is None:
+                raise err(errno.ENOENT, f"{show(path)}: no such object")
+            return head
         if st is not None:
             return st
         st = await self._store.head(key, f"stat {show(path)}")

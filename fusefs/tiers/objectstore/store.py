@@ -304,7 +304,9 @@ class Store:
         # take those as unknown and show the mount's start time.
         mtime = info.mtime_ns if info.mtime_ns else self._attrs.started_ns
         if info.type == pafs.FileType.File:
-            return self._attrs.file(info.size or 0, mtime)
+            st = self._attrs.file(info.size or 0, mtime)
+            st.mtime_known = bool(info.mtime_ns)
+            return st
         if info.type == pafs.FileType.Directory:
             return self._attrs.dir(mtime)
         return None
