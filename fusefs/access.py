@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["AccessInfo", "DramKey", "FastCandidate", "FastKey", "Label", "Override",
-           "UNKNOWN_ACCESS"]
+           "UNKNOWN_ACCESS", "effective_label"]
 
 
 class Label(enum.StrEnum):
@@ -71,9 +71,7 @@ class Override:
 
     def label(self, seen: Label) -> Label:
         """The label a request gets: the rule's class if it has one, else what was seen."""
-        if self.access_class is None:
-            return seen
-        return Label.SEQUENTIAL if self.access_class == "stream" else Label.RANDOM
+        return Label(effective_label(AccessInfo(label=seen, override=self)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,6 +106,15 @@ class AccessInfo:
 
 UNKNOWN_ACCESS = AccessInfo()
 """The info used when a caller passes none."""
+
+
+def effective_label(info: AccessInfo) -> str:
+    """The access class a request is treated as: its rule's ``class`` if the rule sets
+    one, else its label. The one place a rule's class is read as a label."""
+    ov = info.override
+    if ov is None or ov.access_class is None:
+        return info.label
+    return Label.SEQUENTIAL if ov.access_class == "stream" else Label.RANDOM
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -40,7 +40,8 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import ClassVar
 
-from ..access import UNKNOWN_ACCESS, AccessInfo, DramKey, FastCandidate, FastKey, Label, Override
+from ..access import (UNKNOWN_ACCESS, AccessInfo, DramKey, FastCandidate, FastKey, Label,
+                      Override, effective_label)
 
 __all__ = [
     "AccessInfo",
@@ -482,18 +483,18 @@ class Policy:
 
     def _readahead(self, info: AccessInfo) -> int:
         override = info.override
-        if override is not None and override.access_class == "stream":
+        if override is not None and override.stream:
             return self._max_readahead
-        if info.label != Label.SEQUENTIAL or (override is not None and override.access_class == "random"):
+        if effective_label(info) != Label.SEQUENTIAL:
             return 0
         want = max(info.run_length, 128 * KiB)
         return min(want, self._max_readahead)
 
     def _fill_whole(self, info: AccessInfo) -> bool:
         override = info.override
-        if override is not None and (not override.cache or override.access_class == "stream"):
+        if override is not None and not override.cache:
             return False
-        if info.label != Label.RANDOM and (override is None or override.access_class != "random"):
+        if effective_label(info) != Label.RANDOM:
             return False  # a file's first read is 'unknown': it may yet turn into a stream
         size = info.file_size
         return bool(size) and size <= min(self._fill_max, self._capacity // 2)  # type: ignore[operator]

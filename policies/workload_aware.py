@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from ..access import effective_label
 from .base import AccessInfo, Key, Label, Tier
 from .wtinylfu import WTinyLFUPolicy
 
@@ -80,10 +81,7 @@ class WorkloadAwarePolicy(WTinyLFUPolicy):
 
     @staticmethod
     def _is_stream(info: AccessInfo) -> bool:
-        override = info.override
-        if override is not None and override.access_class is not None:
-            return override.access_class == "stream"
-        return info.label == Label.SEQUENTIAL
+        return effective_label(info) == Label.SEQUENTIAL
 
     def _counts(self, info: AccessInfo) -> bool:
         return not self._is_stream(info)

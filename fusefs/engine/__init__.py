@@ -446,6 +446,9 @@ class Engine:
         """The handle is closed; ``last`` if no other handle of its inode is open."""
         if last:
             self.consistency.closed_last(h.ino)
+        for p in (self.policy, self.dram_policy):
+            if p is not None:
+                p.on_close(h.ino)
         st = h.stream
         if st is not None:
             self.stream.release(h)
