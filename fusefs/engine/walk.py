@@ -89,7 +89,11 @@ class WalkAhead:
                     data = await f.pread(0, st.st_size + 1)
                 finally:
                     await f.close()
-            if (version == st.version() and len(data) == st.st_size
+            # The object as listed (a listing that gave no mtime names no version:
+            # then the one the open found, of the listed size).
+            listed = version == st.version() or (not st.mtime_known
+                                                 and version.size == st.st_size)
+            if (listed and len(data) == st.st_size
                     and self._flight.get(path) is mine):  # not dropped meanwhile
                 while self._buf and self._bytes + len(data) > self.budget:
                     _, (_, old) = self._buf.popitem(last=False)
