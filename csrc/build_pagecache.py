@@ -87,19 +87,26 @@ int pagecache_debug_entry(pagecache_t *pc, uint64_t file_id, uint64_t page,
                           int *queue, int *freq, int *pins);
 int pagecache_debug_in_ghost(pagecache_t *pc, uint64_t file_id, uint64_t page);
 int pagecache_debug_check(pagecache_t *pc);
+
+uint32_t tierfs_crc32c(uint32_t crc, const void *buf, size_t len);
+uint32_t tierfs_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+int tierfs_crc32c_hw(void);
+void tierfs_crc32c_blocks(const void *buf, size_t len, size_t block, unsigned char *out);
+int64_t tierfs_crc32c_verify(const void *buf, size_t len, size_t block,
+                             const unsigned char *want);
 """
 
 # Relative paths: setuptools runs the builder from the project root and
 # refuses absolute source paths in an sdist build.
-_SRC = os.path.relpath(HERE / "pagecache.c")
+_SRC = [os.path.relpath(HERE / "pagecache.c"), os.path.relpath(HERE / "crc32c.c")]
 _INC = os.path.relpath(HERE)
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "fusefs._pagecache",
-    '#include "pagecache.h"\n',
-    sources=[_SRC],
+    '#include "pagecache.h"\n#include "crc32c.h"\n',
+    sources=_SRC,
     include_dirs=[_INC],
     extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-O2"]
     + shlex.split(os.environ.get("TIERFS_PAGECACHE_CFLAGS", "")),

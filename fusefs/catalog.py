@@ -2,7 +2,8 @@
 
 One sqlite database (WAL mode) in the cache directory records the fast tier's cache
 entries (one per cached source file *version*, named by an id that is also the name of its
-data file) and which extents of each are present, each with a CRC32 of its bytes. The fast
+data file) and which extents of each are present, each with the CRC-32C of every 16 KiB
+piece of its bytes (`fusefs.checksums`). The fast
 tier loads it whole at mount and afterwards only writes to it, in batches, from its
 committer, always in a worker thread: no query runs on the event loop.
 
@@ -10,11 +11,15 @@ Invariant, kept by the caller (`fusefs.tiers.fast`): an extent row is inserted o
 its bytes are durable in the data file, and deleted before the bytes are punched out; an
 entry's row is deleted before its data file is unlinked. A crash can therefore lose cached
 data but never make the catalog promise bytes that are not there; a torn or tampered data
-file is caught by the CRC.
+file is caught by the checksums.
 
-Schema 2 (this version) dropped schema 1's uniqueness of (path, version): entries are
-identified by their id alone, so a new entry of a path can be recorded while an older one
-of the same version is still waiting for its removal. Schema 1 catalogs are migrated.
+Schema 2 dropped schema 1's uniqueness of (path, version): entries are identified by their
+id alone, so a new entry of a path can be recorded while an older one of the same version
+is still waiting for its removal. Schema 3 (this version) replaced one CRC32 per extent,
+which could only be checked by reading the whole extent, with per-piece CRC-32Cs, checked
+on every read. Older catalogs are migrated; a schema 2 catalog's entries and extents are
+dropped in the migration (pins are kept): its checksums cannot check pieces, and the
+cache refetches what is read again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,7 +46,7 @@ CREATE TABLE IF NOT EXISTS extents (
     file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
     start   INTEGER NOT NULL,
     length  INTEGER NOT NULL,
-    crc     INTEGER NOT NULL,
+    crcs    BLOB    NOT NULL,
     pinned  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (file_id, start)
 );
@@ -60,6 +65,13 @@ CREATE TABLE files_v2 (
 INSERT INTO files_v2 (id, path, size, mtime_ns, etag) SELECT id, path, size, mtime_ns, etag FROM files;
 DROP TABLE files;
 ALTER TABLE files_v2 RENAME TO files;
+"""
+
+# Whole-extent CRC32s cannot check a piece: the cached entries go (their data files are
+# removed as unnamed leftovers when the fast tier opens), the pins stay.
+_MIGRATE_2_TO_3 = """
+DROP TABLE extents;
+DELETE FROM files;
 """
 
 
@@ -84,7 +96,8 @@ class ExtentRow:
     file_id: int
     start: int
     length: int
-    crc: int
+    #: `fusefs.checksums.block_crcs` of the extent's bytes.
+    crcs: bytes
     pinned: bool
 
 
@@ -94,6 +107,8 @@ class Catalog:
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
+        #: The schema this catalog had before it was opened, if it was migrated.
+        self.migrated_from: int | None = None
         try:
             if readonly:
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
@@ -115,11 +130,17 @@ class Catalog:
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise CatalogError(f"{path}: written by a newer tierfs (schema {row[0]})")
+            if row is not None and int(row[0]) < SCHEMA_VERSION:
+                self.migrated_from = int(row[0])
             if row is not None and int(row[0]) == 1:
                 # foreign_keys is still off here: dropping the old table must not
                 # cascade into the extents.
                 self._db.executescript("BEGIN;" + _MIGRATE_1_TO_2 +
                                        "UPDATE meta SET value='2' WHERE key='schema'; COMMIT;")
+                row = ("2",)
+            if row is not None and int(row[0]) == 2:
+                self._db.executescript("BEGIN;" + _MIGRATE_2_TO_3 +
+                                       "UPDATE meta SET value='3' WHERE key='schema'; COMMIT;")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             if row is None:
@@ -140,7 +161,7 @@ class Catalog:
     def extents(self) -> list[ExtentRow]:
         with self._lock:
             return [ExtentRow(r[0], r[1], r[2], r[3], bool(r[4])) for r in self._db.execute(
-                "SELECT file_id, start, length, crc, pinned FROM extents ORDER BY file_id, start")]
+                "SELECT file_id, start, length, crcs, pinned FROM extents ORDER BY file_id, start")]
 
     def pins(self) -> list[bytes]:
         with self._lock:
@@ -168,7 +189,7 @@ class Catalog:
                                      list(remove))
                 self._db.executemany(
                     "INSERT OR REPLACE INTO extents VALUES (?, ?, ?, ?, ?)",
-                    [(e.file_id, e.start, e.length, e.crc, int(e.pinned)) for e in add])
+                    [(e.file_id, e.start, e.length, e.crcs, int(e.pinned)) for e in add])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -4,10 +4,12 @@ Offline (`check_cache_dir`), on a cache directory no mount holds (its lock is ta
 whole run), a sequence of small ``check_*`` passes, each reporting what it found and, with
 ``repair``, what it fixed:
 
-* layout: the catalog and ``data/`` exist; what tierfs created is not group/world accessible;
+* layout: the catalog and ``data/`` exist; what tierfs created inside is not group/world
+  accessible, and the directory itself is not writable by others (tierfs never changes
+  the mode of a directory it may not have created: it is reported, not repaired);
 * catalog: it opens and is of a schema this tierfs reads;
 * entries: every entry with extents has its data file; extents of an entry do not overlap;
-* bytes: every extent's bytes are in its data file and match their CRC32;
+* bytes: every extent's bytes are in its data file and match their checksums;
 * orphans: data files no catalog row names (only numeric names: tierfs's own; anything
   else in ``data/`` is reported, never deleted).
 
@@ -26,9 +28,9 @@ from __future__ import annotations
 
 import os
 import stat
-import zlib
 from dataclasses import dataclass, field
 
+from . import checksums
 from .catalog import Catalog, CatalogError, ExtentRow, FileRow
 from .tiers.fast import CacheBusy, FastTier, lock_cache_dir
 
@@ -109,8 +111,18 @@ def _check_layout(root: str, report: Report, repair: bool) -> None:
         if repair:
             os.mkdir(data, 0o700)
             report.fixed.append("created data/")
-    for path in [root, data, *(os.path.join(root, n) for n in os.listdir(root)
-                               if n.startswith("catalog.db") or n == "lock")]:
+    if not os.path.isfile(os.path.join(root, "TIERFS-CACHE")):
+        report.notes.append("no TIERFS-CACHE marker (a cache of an older tierfs): the next "
+                            "mount adds it")
+    try:
+        st = os.lstat(root)
+        if st.st_mode & 0o022:
+            report.errors.append(f"{root} can be written by other users (mode "
+                                 f"{stat.S_IMODE(st.st_mode):o}); a mount refuses it")
+    except OSError as exc:
+        report.errors.append(f"{root}: {exc.strerror}")
+    for path in [data, *(os.path.join(root, n) for n in os.listdir(root)
+                         if n.startswith("catalog.db") or n in ("lock", "TIERFS-CACHE"))]:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -180,9 +192,10 @@ def _check_bytes(root: str, files: dict[int, FileRow], extents: list[ExtentRow],
                                      f"{files[e.file_id].path!r}: {len(data)} of {e.length} "
                                      f"bytes present")
                 drop_extents.append((e.file_id, e.start))
-            elif zlib.crc32(data) != e.crc:
+            elif (piece := checksums.first_bad(data, e.crcs)) is not None:
                 report.errors.append(f"extent {e.file_id}+{e.start} of "
-                                     f"{files[e.file_id].path!r}: checksum mismatch")
+                                     f"{files[e.file_id].path!r}: checksum mismatch at "
+                                     f"{e.start + piece * checksums.BLOCK}")
                 drop_extents.append((e.file_id, e.start))
     finally:
         for fd in fds.values():

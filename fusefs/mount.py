@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import stat
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
@@ -70,21 +71,57 @@ def default_cache_dir(mountpoint: str) -> str:
     return os.path.join(base, key)
 
 
+#: The file that makes a directory a tierfs cache; tierfs writes into no other directory.
+CACHE_MARKER = "TIERFS-CACHE"
+_MARKER_TEXT = b"tierfs cache directory (format 1): managed by tierfs; see tierfs(8), fsck\n"
+#: What caches of tierfs versions before the marker held (they are adopted).
+_LEGACY_NAMES = frozenset({"catalog.db", "catalog.db-wal", "catalog.db-shm", "data", "lock",
+                           "tierfs.log"})
+
+
 def prepare_cache_dir(path: str) -> str:
-    """Create the fast-tier directory 0700, or check an existing one is ours."""
+    """Make ``path`` a tierfs cache directory, or check that it already is one.
+
+    A new directory is created 0700 with the marker file. An existing directory is used
+    only if it holds the marker (or is a cache of an older tierfs, which gets one), or is
+    empty; anything else is refused, so a mistyped ``--cache`` never makes tierfs delete or
+    chmod what it did not write. The mode of a directory tierfs did not create is never
+    changed: one that other users can write to is refused instead.
+    """
     path = os.path.abspath(path)
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path, 0o700)
         st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise MountError(f"cache directory {path} is not a directory", EXIT_USAGE)
+        if st.st_uid != os.geteuid():
+            raise MountError(f"cache directory {path} belongs to uid {st.st_uid}, not to you",
+                             EXIT_USAGE)
+        if st.st_mode & 0o022:
+            raise MountError(f"cache directory {path} can be written by other users (mode "
+                             f"{stat.S_IMODE(st.st_mode):04o}); give a directory of your own "
+                             f"(tierfs creates a new one 0700)", EXIT_USAGE)
+        names = set(os.listdir(path))
+        if CACHE_MARKER in names:
+            return path
+        if names and not ("catalog.db" in names and names <= _LEGACY_NAMES):
+            raise MountError(f"cache directory {path} is not empty and is not a tierfs cache "
+                             f"(no {CACHE_MARKER} file); give a new or empty directory",
+                             EXIT_USAGE)
+        fd = os.open(os.path.join(path, CACHE_MARKER),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, _MARKER_TEXT)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise MountError(f"cache directory {path}: {exc.strerror}", EXIT_USAGE) from None
-    if not os.path.isdir(path) or os.path.islink(path):
-        raise MountError(f"cache directory {path} is not a directory", EXIT_USAGE)
-    if st.st_uid != os.geteuid():
-        raise MountError(f"cache directory {path} belongs to uid {st.st_uid}, not to you",
-                         EXIT_USAGE)
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
     return path
 
 

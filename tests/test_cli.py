@@ -143,3 +143,59 @@ def test_fstab_helper(src: str, mnt_dir: str, tmp_path: Any) -> None:
         run("umount", mnt_dir)
     assert not is_mounted(mnt_dir)
     assert_clean_log(os.path.join(cache, "tierfs.log"))
+
+
+def test_a_cache_directory_is_ours_alone(src: str, mnt_dir: str, tmp_path: Any) -> None:
+    """--cache on a directory that is not a tierfs cache is refused, and nothing in it is
+    deleted or chmodded; a second mount on a live cache is refused with a clear message."""
+    other = os.path.join(tmp_path, "other")
+    os.makedirs(os.path.join(other, "data"))
+    for name in ("data/1", "data/notes", "photo.jpg"):
+        with open(os.path.join(other, name), "w") as f:
+            f.write(name)
+    os.chmod(other, 0o755)
+    res = run("mount", src, mnt_dir, "--cache", other)
+    assert res.returncode == 2, res.stderr
+    assert "is not a tierfs cache" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(os.listdir(other)) == ["data", "photo.jpg"]
+    assert sorted(os.listdir(os.path.join(other, "data"))) == ["1", "notes"]
+    assert os.stat(other).st_mode & 0o7777 == 0o755
+    shared = os.path.join(tmp_path, "shared")  # empty, but anyone may write there
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    res = run("mount", src, mnt_dir, "--cache", shared)
+    assert res.returncode == 2 and "can be written by other users" in res.stderr
+    assert os.stat(shared).st_mode & 0o7777 == 0o1777 and os.listdir(shared) == []
+    assert not is_mounted(mnt_dir)
+    # An empty directory of ours is adopted (its mode kept); a second mount on it is refused.
+    mine = os.path.join(tmp_path, "mine")
+    os.mkdir(mine)
+    os.chmod(mine, 0o750)
+    res = run("mount", src, mnt_dir, "--cache", mine)
+    try:
+        assert res.returncode == 0, res.stderr
+        assert os.path.isfile(os.path.join(mine, "TIERFS-CACHE"))
+        assert os.stat(mine).st_mode & 0o7777 == 0o750
+        mnt2 = os.path.join(tmp_path, "m2")
+        os.mkdir(mnt2)
+        res2 = run("mount", src, mnt2, "--cache", mine)
+        assert res2.returncode != 0 and "in use by another tierfs process" in res2.stderr
+        assert not is_mounted(mnt2)
+    finally:
+        run("umount", mnt_dir)
+    assert not is_mounted(mnt_dir)
+    res = run("fsck", mine)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_cache_of_an_older_tierfs_is_adopted(src: str, mnt_dir: str, tmp_path: Any) -> None:
+    """Caches written before the marker existed (catalog.db, data/, lock) keep working."""
+    cache = os.path.join(tmp_path, "cache")
+    res = run("mount", src, mnt_dir, "--cache", cache)
+    assert res.returncode == 0, res.stderr
+    run("umount", mnt_dir)
+    os.unlink(os.path.join(cache, "TIERFS-CACHE"))
+    res = run("mount", src, mnt_dir, "--cache", cache)
+    assert res.returncode == 0, res.stderr
+    run("umount", mnt_dir)
+    assert os.path.isfile(os.path.join(cache, "TIERFS-CACHE"))

@@ -95,3 +95,71 @@ def test_admit_fits_between_existing_extents(tmp_path: Any) -> None:
         assert not await fast.admit(cf, 0, b"d" * CHUNK)  # fully present already
         await fast.close()
     trio.run(main)
+
+
+def test_damage_while_open_is_caught_on_the_next_read(tmp_path: Any) -> None:
+    """Every read checks its pieces: bytes damaged after they were admitted (this mount)
+    are never returned, only the damaged extent goes, its neighbours stay."""
+    async def main() -> None:
+        fast = make(str(tmp_path), 100 * CHUNK)
+        await fast.open()
+        cf = await fast.file_create(b"f", V)
+        for i in range(3):
+            assert await fast.admit(cf, i * CHUNK, bytes([i + 1]) * CHUNK)
+        assert await fast.read(cf, CHUNK + 5000, 100) == bytes([2]) * 100
+        with open(os.path.join(str(tmp_path), "data", str(cf.id)), "r+b") as f:
+            f.seek(CHUNK + 40000)  # a different 16 KiB piece of extent 1 than read above
+            f.write(b"X")
+        assert await fast.read(cf, CHUNK + 5000, 100) == bytes([2]) * 100, \
+            "an undamaged piece still reads"
+        assert await fast.read(cf, CHUNK + 39990, 20) is None
+        assert fast.stats.counters["fast.corrupt_extents"] == 1
+        assert await fast.read(cf, CHUNK, 10) is None, "the damaged extent is gone whole"
+        assert await fast.read(cf, 0, CHUNK) == bytes([1]) * CHUNK
+        assert await fast.read(cf, 2 * CHUNK, CHUNK) == bytes([3]) * CHUNK
+        assert fast.check() == []
+        await fast.close()
+    trio.run(main)
+
+
+def test_a_schema_2_catalog_is_migrated_and_its_unchecked_entries_dropped(
+        tmp_path: Any) -> None:
+    import sqlite3
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "data"), mode=0o700)
+    db = sqlite3.connect(os.path.join(root, "catalog.db"))
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '2');
+        CREATE TABLE files (id INTEGER PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, etag TEXT NOT NULL DEFAULT '',
+            ident TEXT NOT NULL DEFAULT '');
+        CREATE TABLE extents (file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+            start INTEGER NOT NULL, length INTEGER NOT NULL, crc INTEGER NOT NULL,
+            pinned INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (file_id, start));
+        CREATE TABLE pins (path BLOB PRIMARY KEY);
+        INSERT INTO files VALUES (7, X'66', 655360, 123, '', '');
+        INSERT INTO extents VALUES (7, 0, 65536, 42, 0);
+        INSERT INTO pins VALUES (X'646f6373');
+    """)
+    db.commit()
+    db.close()
+    with open(os.path.join(root, "data", "7"), "wb") as f:
+        f.write(b"x" * CHUNK)
+
+    async def main() -> None:
+        fast = make(root, 100 * CHUNK)
+        await fast.open()
+        assert fast.file_for(b"f", V) is None
+        assert fast.pinned_paths == {b"docs"}
+        assert not os.path.exists(os.path.join(root, "data", "7"))
+        cf = await fast.file_create(b"f", V)
+        assert cf.id > 7, "ids are never reused"
+        assert await fast.admit(cf, 0, b"y" * CHUNK)
+        await fast.close()
+        fast = make(root, 100 * CHUNK)
+        await fast.open()
+        cf = fast.file_for(b"f", V)
+        assert cf is not None and await fast.read(cf, 0, CHUNK) == b"y" * CHUNK
+        await fast.close()
+    trio.run(main)

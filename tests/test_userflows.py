@@ -149,6 +149,41 @@ def test_warm_pin_evict_over_many_small_documents(
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def _damage_cache_files(cache: str) -> int:
+    """Flip one byte in every 4 KiB of every fast-tier data file; returns files damaged."""
+    data = os.path.join(cache, "data")
+    n = 0
+    for name in os.listdir(data):
+        with open(os.path.join(data, name), "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            for off in range(0, size, 4 * KiB):
+                b = os.pread(f.fileno(), 1, off + 100)
+                if b:
+                    os.pwrite(f.fileno(), bytes([b[0] ^ 0xFF]), off + 100)
+        n += 1
+    return n
+
+
+def test_cache_files_damaged_while_mounted_are_never_served(
+        src: str, make_mount: Callable[..., Mounted], tmp_path: Any) -> None:
+    files = make_tree(src, shards=6, docs=60)
+    names = sorted(files)
+    cache = os.path.join(tmp_path, "cache")
+    with make_mount(src, cache=cache) as m:
+        warm(m.mountpoint, "shards", "docs")
+        assert _damage_cache_files(cache) > 0
+        assert read_all(m.mountpoint, files, names) == []
+        snap = stats(m.mountpoint)
+        assert counter(snap, "fast.corrupt_extents") > 0, "the damage was not even seen"
+        assert counter(snap, "errors.total") == 0
+        res = subprocess.run(tierfs_cmd("fsck", m.mountpoint), capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "checksum mismatch" in m.read_log()  # a WARNING, one per damaged extent
+    res = subprocess.run(tierfs_cmd("fsck", cache), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 @pytest.mark.s3
 def test_random_reads_over_many_s3_files_then_remount_reversed(
         s3: S3Server, mount_s3: Callable[..., Mounted], tmp_path: Path) -> None:

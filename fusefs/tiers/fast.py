@@ -11,8 +11,9 @@ Writes into the tier (admissions) go to the data file immediately and are readab
 once; the committer makes them durable (fdatasync, in a worker thread) and only then records
 them in the catalog, together with new entry rows and the removal of dropped entries, in one
 transaction, also in a worker thread: no sqlite call runs on the event loop. Each extent
-carries a CRC32, verified on its first read after it was loaded from the catalog, so a data
-file damaged while unmounted (or torn by a crash) is detected, dropped and refetched.
+carries the CRC-32C of every 16 KiB piece (`fusefs.checksums`), and every read checks the
+pieces it reads, so a data file damaged while mounted or unmounted (or torn by a crash) is
+detected, the extent dropped and the bytes refetched; a read never returns unchecked bytes.
 
 Space: the policy holds one object per extent and chooses victims; above 95% of the size
 limit a batch is evicted down to 90% (high and low watermarks). A full disk (ENOSPC)
@@ -42,13 +43,13 @@ import fcntl
 import logging
 import os
 import sqlite3
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 from sortedcontainers import SortedDict
 
+from .. import checksums
 from ..access import AccessInfo, FastKey
 from ..catalog import Catalog, ExtentRow, FileRow
 from ..policies.base import Policy, PolicyError
@@ -97,12 +98,11 @@ def lock_cache_dir(root: str) -> int:
 class Extent:
     start: int
     length: int
-    crc: int
+    #: `checksums.block_crcs` of its bytes: pieces counted from ``start``.
+    crcs: bytes
     pinned: bool = False
     #: Its row is in the catalog as it is now (pin state included).
     committed: bool = False
-    #: Its bytes were checked against ``crc`` (or written by this mount).
-    verified: bool = True
 
 
 @dataclass(slots=True, eq=False)
@@ -179,8 +179,12 @@ class FastTier:
         """
         self._lock_fd = lock_cache_dir(self.root)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        had_catalog = os.path.exists(os.path.join(self.root, "catalog.db"))
         self.catalog = await trio.to_thread.run_sync(
             Catalog, os.path.join(self.root, "catalog.db"))
+        if self.catalog.migrated_from == 2:
+            log.warning("fast tier: catalog of an older tierfs (schema 2) migrated: its cached "
+                        "data had whole-extent checksums and is refetched as it is read")
         files = await trio.to_thread.run_sync(self.catalog.files)
         extents = await trio.to_thread.run_sync(self.catalog.extents)
         self.pinned_paths = set(await trio.to_thread.run_sync(self.catalog.pins))
@@ -199,8 +203,7 @@ class FastTier:
             cf = self._files.get(e.file_id)
             if cf is None:
                 continue
-            cf.extents[e.start] = Extent(e.start, e.length, e.crc, e.pinned, committed=True,
-                                         verified=False)
+            cf.extents[e.start] = Extent(e.start, e.length, e.crcs, e.pinned, committed=True)
         for cf in list(self._files.values()):
             if self._by_path.get(cf.path) is not cf:
                 self._drop_now(cf)  # an older entry of a path (renamed over): not served
@@ -212,7 +215,11 @@ class FastTier:
                 for ext in list(cf.extents.values()):
                     self._account(cf, ext)
         # Data files no row names are leftovers of a crash before their first commit.
-        for i in ours - set(self._files):
+        orphans = ours - set(self._files)
+        if orphans and not had_catalog:
+            log.warning("fast tier: %s/catalog.db is missing; the %d cached files it "
+                        "described are removed and refetched on use", self.root, len(orphans))
+        for i in orphans:
             await trio.to_thread.run_sync(self._unlink, i)
         await self.commit()
 
@@ -304,7 +311,7 @@ class FastTier:
                                    cf.version.etag or "", cf.version.ident or "")
                            for cf in new_rows],
                 remove=[r for r in removed if r[0] not in {cf.id for cf in gone}],
-                add=[ExtentRow(cf.id, e.start, e.length, e.crc, e.pinned) for cf, e in live]))
+                add=[ExtentRow(cf.id, e.start, e.length, e.crcs, e.pinned) for cf, e in live]))
         except (sqlite3.Error, OSError) as exc:
             self._requeue(pending, removed, new, dropped)
             self._commit_failed(f"catalog update failed ({exc})")
@@ -427,8 +434,11 @@ class FastTier:
 
     async def _read_extent(self, cf: CacheEntry, ext: Extent, start: int,
                            length: int) -> bytes | None:
-        verify = not ext.verified
-        off, n = (ext.start, ext.length) if verify else (start, length)
+        # Read the whole checksum pieces around the range and check each of them.
+        B = checksums.BLOCK
+        first = (start - ext.start) // B
+        off = ext.start + first * B
+        n = min(ext.start + ext.length, start + length + (-(start + length - ext.start) % B)) - off
         try:
             fd = self._fd(cf)
         except OSError:
@@ -448,17 +458,18 @@ class FastTier:
             self._io_done(cf)
         if cf.dropped or cf.extents.get(ext.start) is not ext:
             return None  # evicted or dropped while we read: its bytes may be a hole now
-        if verify:
-            if len(data) != ext.length or zlib.crc32(data) != ext.crc:
-                log.warning("fast tier: checksum mismatch in %r at %d+%d; refetching",
-                            cf.path, ext.start, ext.length)
-                self.stats.add("fast.corrupt_extents")
-                self._remove_extent(cf, ext)
-                return None
-            ext.verified = True
-            data = data[start - ext.start:start - ext.start + length]
+        bad = first if len(data) != n else checksums.first_bad(data, ext.crcs, first)
+        if bad is not None:
+            log.warning("fast tier: checksum mismatch in %r at %d (extent %d+%d); "
+                        "dropped, refetching", cf.path, ext.start + bad * B,
+                        ext.start, ext.length)
+            self.stats.add("fast.corrupt_extents")
+            self._remove_extent(cf, ext)
+            return None
         self.policy.record_hit(FastKey(cf.id, ext.start))
-        return data
+        if off == start and n == length:
+            return data
+        return data[start - off:start - off + length]
 
     # -- admission ---------------------------------------------------------------
     async def admit(self, cf: CacheEntry, start: int, data: bytes, *,
@@ -515,7 +526,7 @@ class FastTier:
                 self._evict_bytes(max(len(data), self.policy.capacity // 10))
         if cf.dropped:
             return False  # dropped while we wrote: its file goes away with it
-        ext = Extent(s, len(data), zlib.crc32(data), pinned=pinned)
+        ext = Extent(s, len(data), checksums.block_crcs(data), pinned=pinned)
         cf.extents[s] = ext
         if not self._account(cf, ext, info):
             return False
@@ -649,6 +660,9 @@ class FastTier:
             for start, ext in cf.extents.items():
                 if start != ext.start or ext.length <= 0:
                     problems.append(f"entry {cf.id}: bad extent at {start}")
+                if len(ext.crcs) != 4 * -(-ext.length // checksums.BLOCK):
+                    problems.append(f"entry {cf.id}: extent {start} has {len(ext.crcs) // 4} "
+                                    f"checksums for {ext.length} bytes")
                 if start < end:
                     problems.append(f"entry {cf.id}: extents overlap at {start}")
                 end = start + ext.length
@@ -682,8 +696,8 @@ class FastTier:
             ext = cf.extents.get(r.start) if cf is not None else None
             if ext is None:
                 problems.append(f"catalog row {r.file_id}+{r.start}: no such extent")
-            elif ext.committed and (ext.length, ext.crc, ext.pinned) != \
-                    (r.length, r.crc, r.pinned):
+            elif ext.committed and (ext.length, ext.crcs, ext.pinned) != \
+                    (r.length, r.crcs, r.pinned):
                 problems.append(f"catalog row {r.file_id}+{r.start} differs from memory")
         for cf in self._files.values():
             if cf.recorded and cf.id not in files:
