@@ -89,6 +89,11 @@ class ObjectFile(CapacityFile):
                 return b""
             size = min(size, self._input_size - offset)
             return await self._store.read_at(f, size, offset, f"read {show(self.path)}")
+        except FileNotFoundError:
+            # Deleted by another client since the open: the handle is stale, as on NFS
+            # (a name that is gone is ENOENT at lookup, not on an open file's read).
+            raise err(errno.ESTALE, f"{show(self.path)}: the object was deleted after "
+                                    f"it was opened") from None
         finally:
             self._reads -= 1
             if self._closed and not self._reads:
