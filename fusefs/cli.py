@@ -463,6 +463,10 @@ COMMANDS = {"replay": cmd_replay, "mount": cmd_mount, "umount": cmd_umount, "sta
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw and not raw[0].startswith("-") and raw[0] not in COMMANDS:
+        # `tierfs SOURCE MOUNTPOINT -o OPTS`: what mount.fuse3 runs for a `fuse.tierfs`
+        # fstab entry or `mount -t fuse.tierfs`.
+        return mount_helper(raw)
     args = parser.parse_args(raw)
     args.raw_argv = raw[raw.index("replay"):] if args.command == "replay" else raw
     try:

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import stat
+import sys
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
@@ -453,6 +454,15 @@ def check_mountpoint(mountpoint: str) -> str:
                          EXIT_MOUNTPOINT)
     if not os.access(path, os.W_OK) and os.geteuid() != 0:
         raise MountError(f"mount point {path} is not writable by you", EXIT_MOUNTPOINT)
+    try:
+        with os.scandir(path) as it:
+            hidden = next(it, None) is not None
+    except OSError:
+        hidden = False
+    if hidden:
+        # As mount(8) does, but said: what is there is hidden until the unmount.
+        print(f"tierfs: warning: mount point {path} is not empty: its contents are hidden "
+              f"while mounted", file=sys.stderr)
     return path
 
 
