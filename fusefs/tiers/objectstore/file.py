@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from ..capacity import CapacityFile, Stat
+from ..capacity import CapacityFile, Stat, TierUnavailable
 from .metacache import MetaCache
 from .options import Attributes, ObjectStoreOptions
 from .store import CHUNK, Store, concurrently, err, show, split, under
@@ -89,6 +89,13 @@ class ObjectFile(CapacityFile):
                 return b""
             size = min(size, self._input_size - offset)
             return await self._store.read_at(f, size, offset, f"read {show(self.path)}")
+        except TierUnavailable:
+            # A read abandoned at its bound may still run in its thread: closing the
+            # input under it is unsafe. Drop it instead (it closes when that read
+            # ends and lets go of it); the next read opens a new one.
+            if self._input is not None:
+                self._input = None
+            raise
         finally:
             self._reads -= 1
             if self._closed and not self._reads:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import errno
 import os
+import tempfile
 from collections.abc import Awaitable, Callable
 
 import pyarrow as pa
@@ -42,12 +43,16 @@ Lister = Callable[[bytes], Awaitable[object]]
 class Listing:
     """One cached directory listing: child name -> Stat, with its two deadlines."""
 
-    __slots__ = ("entries", "list_expires", "stat_expires")
+    __slots__ = ("entries", "list_expires", "stale_only", "stat_expires")
 
-    def __init__(self, entries: dict[bytes, Stat], list_expires: float, stat_expires: float) -> None:
+    def __init__(self, entries: dict[bytes, Stat], list_expires: float, stat_expires: float,
+                 *, stale_only: bool = False) -> None:
         self.entries = entries
         self.list_expires = list_expires  # until then, a name it lacks does not exist
         self.stat_expires = stat_expires  # until then, its Stats answer stat()
+        #: Loaded for outages only (`load_snapshot(fresh=False)`): no version is taken
+        #: from it while the store answers.
+        self.stale_only = stale_only
 
 
 class MetaCache:
@@ -80,6 +85,8 @@ class MetaCache:
         self._listing: dict[bytes, trio.Event] = {}
         self._sweep_at = 4096
         self._lists: dict[bytes, Listing] = {}
+        #: Bumped by every change to the listings (what a snapshot holds).
+        self.generation = 0
 
     # -- lookups -----------------------------------------------------------
     async def lookup(self, path: bytes, listdir: Lister) -> Stat | None:
@@ -177,6 +184,8 @@ class MetaCache:
         # Where the listing gives no mtime, keep the one a HEAD or an earlier listing
         # stated for the same object: one object shows one version within a mount.
         old = self._lists.get(path)
+        if old is not None and old.stale_only:
+            old = None  # from before this mount: the object may have changed since
         for name, st in entries.items():
             if st.mtime_known or not st.is_reg:
                 continue
@@ -187,6 +196,7 @@ class MetaCache:
                 entries[name] = known
         listing = Listing(entries, now + self._opts.list_ttl, now + self._opts.stat_ttl)
         self._lists[path] = listing
+        self.generation += 1
         for name in entries:
             self._negative.pop(path + b"/" + name if path else name, None)
         return listing
@@ -198,6 +208,33 @@ class MetaCache:
             return None
         return listing.entries
 
+    # -- stale-if-error ----------------------------------------------------
+    def stale_lookup(self, path: bytes) -> Stat | None:
+        """What the cache last knew of ``path``, however old (the store is down).
+
+        Raises `FileNotFoundError` where the last listing of the parent lacks
+        the name (or a negative entry says so); None where nothing is known.
+        """
+        hit = self._stats.get(path)
+        if hit is not None:
+            return hit[1]
+        if path in self._lists:
+            return self._attrs.dir(0)
+        parent, name = split(path)
+        listing = self._lists.get(parent)
+        if listing is not None:
+            st = listing.entries.get(name)
+            if st is None:
+                raise err(errno.ENOENT, f"{show(path)}: no such object (last listing)")
+            return st
+        if path in self._negative:
+            raise err(errno.ENOENT, f"{show(path)}: no such object")
+        return None
+
+    def stale_listing(self, path: bytes) -> Listing | None:
+        """The last listing of ``path``, however old (the store is down)."""
+        return self._lists.get(path)
+
     # -- the mount's own changes -------------------------------------------
     def note_object(self, path: bytes, st: Stat) -> None:
         """``path`` now exists as ``st`` (after the mount's own change)."""
@@ -207,9 +244,11 @@ class MetaCache:
         listing = self._lists.get(parent)
         if listing is not None:
             listing.entries[name] = st
+            self.generation += 1
 
     def note_gone(self, path: bytes, *, tree: bool = True) -> None:
         """``path`` (and, if ``tree``, everything below it) no longer exists."""
+        self.generation += 1
         self._stats.pop(path, None)
         self._lists.pop(path, None)
         self._negative[path] = self._clock() + self._opts.negative_ttl
@@ -259,14 +298,17 @@ class MetaCache:
         return await trio.to_thread.run_sync(_write_snapshot, os.fspath(path), self._root, lists,
                                              limiter=self._limiter)
 
-    async def load_snapshot(self, path: str | os.PathLike[str]) -> int:
+    async def load_snapshot(self, path: str | os.PathLike[str], *, fresh: bool = True) -> int:
         """Load listings saved by `save_snapshot`, so a remount need not re-list the store.
 
         Loaded listings count as fresh for ``snapshot_ttl`` seconds from now
         (default: ``list_ttl``, and ``stat_ttl`` for the attributes in them);
-        after that they are fetched again as usual. The mount's own writes
-        update them like any cached listing. A snapshot of another source is
-        refused (``EINVAL``); a missing file raises `FileNotFoundError`.
+        after that they are fetched again as usual. ``fresh=False`` loads them
+        already expired: they answer only while the store is down
+        (stale-if-error). The mount's own writes update them like any cached
+        listing. A snapshot of another source is refused (``EINVAL``); a
+        missing file raises `FileNotFoundError`; a symbolic link is not followed
+        (``ELOOP``).
 
         Returns:
             The number of entries loaded.
@@ -275,12 +317,13 @@ class MetaCache:
                                                self._attrs, limiter=self._limiter)
         now = self._clock()
         ttl = self._opts.snapshot_ttl
-        list_exp = now + (self._opts.list_ttl if ttl is None else ttl)
-        stat_exp = now + (self._opts.stat_ttl if ttl is None else ttl)
+        list_exp = now + (self._opts.list_ttl if ttl is None else ttl) if fresh else now
+        stat_exp = now + (self._opts.stat_ttl if ttl is None else ttl) if fresh else now
         count = 0
         for d, entries in tables.items():
-            self._lists[d] = Listing(entries, list_exp, stat_exp)
-            count += len(entries)
+            if d not in self._lists:  # what this mount listed already is newer
+                self._lists[d] = Listing(entries, list_exp, stat_exp, stale_only=not fresh)
+                count += len(entries)
         return count
 
 
@@ -315,16 +358,17 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
             "mtime_ns": pa.array(mtimes, pa.int64()),
         }
     ).replace_schema_metadata({b"tierfs.snapshot": _SNAPSHOT_FORMAT, b"tierfs.root": root.encode()})
-    tmp = f"{path}.tmp.{os.getpid()}"
+    # A private temporary file (mkstemp: 0600, O_EXCL, never a symbolic link) in the
+    # target's directory, renamed over the target: readers see the old or the new file.
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".listing-", suffix=".tmp", dir=directory)
     try:
-        pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with os.fdopen(fd, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)  # the rename itself must survive a crash
         finally:
@@ -341,10 +385,15 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
 def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[bytes, Stat]]:
     import pyarrow.parquet as pq
 
-    if not os.path.exists(path):
-        raise err(errno.ENOENT, f"listing snapshot {path} does not exist")
     try:
-        table = pq.read_table(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise err(errno.ENOENT, f"listing snapshot {path} does not exist") from None
+    except OSError as exc:
+        raise err(exc.errno or errno.EIO, f"listing snapshot {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            table = pq.read_table(f)
     except (pa.ArrowException, OSError) as exc:
         raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
     meta = table.schema.metadata or {}
