@@ -9,11 +9,12 @@ Modules (one concern each):
 - `options`: `ObjectStoreOptions` (the tier's settings) and `Attributes` (the
   `Stat` an object or directory shows);
 - `store`: `Store`, the only user of `pyarrow.fs`: key mapping and name rules,
-  every request in a worker thread with retries and backoff, error
+  every request in a worker thread with retries and backoff, bounds
+  (``read_timeout``, ``retry_budget``) and down mode (outages), error
   classification, request counters; `resolve_source` builds ``s3://`` file
   systems;
 - `metacache`: `MetaCache`, TTL caches of stats, negative lookups and
-  listings, list-after, listing snapshots (Parquet);
+  listings, list-after, stale lookups for outages, listing snapshots (Parquet);
 - `namespace`: `Namespace`, lookups and listings over cache + store,
   directory markers and their emulation, ``unlink``, ``rmdir``, ``rename``
   as copy + delete;

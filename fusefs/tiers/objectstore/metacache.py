@@ -14,6 +14,8 @@ how long (``clock`` is injectable):
   directory probed once, such as one of millions of keys, is never listed
   for it). Concurrent lookups in one directory share one LIST.
 
+While the store is down, `stale_lookup` and `stale_listing` answer from
+whatever is cached, however old (stale-if-error; the namespace decides when).
 The mount's own writes update the entry and its parent's listing in place
 (`note_object`, `note_gone`). `save_snapshot` / `load_snapshot` keep the
 listings across a remount as a Parquet file. The cache sends no request

@@ -32,16 +32,24 @@ Bounds
     its ``max_threads`` token until then, so abandoned calls cannot pile up
     past the limiter). Other requests (listings, uploads, copies) may take
     long while they make progress, so they are not cut: no new attempt starts
-    once ``retry_budget`` seconds have passed since the first.
+    once ``retry_budget`` seconds have passed since the first, nor does their
+    wait for a thread last longer.
 
 Down mode
-    A request that ends unanswered marks the store *down* (one warning); the
-    namespace then serves what the metadata cache last knew, expired or not
-    (stale-if-error), and a background probe asks the store every
-    ``probe_interval`` seconds. The first request that gets an answer ends the
-    mode (one log line). `requests` counts ``unavailable`` (requests given
-    up), ``timeouts`` (attempts abandoned at the bound) and, from the
-    namespace, ``stale_served``.
+    A request that ends unanswered marks the store *down* (one warning, at
+    most one per ``warn_interval`` if it flaps); the namespace then serves
+    what the metadata cache last knew, expired or not (stale-if-error), every
+    request but uploads and downloads (whose threads use the caller's
+    descriptors, so must not outlive the call) is bounded by
+    ``read_timeout``, and a background probe (a trio system task) asks the
+    store every ``probe_interval`` seconds. The first request that gets an
+    answer ends the mode (one log line). `requests` counts ``unavailable``
+    (requests given up), ``timeouts`` (calls abandoned at the bound),
+    ``outages``, ``probe`` and, from the namespace, ``stale_served``.
+
+    pyarrow builds no new S3 client while any request is in flight (a lock
+    every request holds shared): a tier builds its one client at start, so
+    this only matters to code that builds several.
 
 Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 (``max_threads``), so the event loop never waits on the network.
