@@ -152,12 +152,19 @@ def test_remount_with_the_store_down_serves_names_and_warm_data(
     st = os.lstat(snapshot)
     assert stat_mod.S_ISREG(st.st_mode) and stat_mod.S_IMODE(st.st_mode) == 0o600
     assert not [p for p in os.listdir(cache) if p.endswith(".tmp")]
+    # With the store up, the default snapshot answers nothing: a change behind the
+    # mount is seen at once (the store is listed as if nothing were cached).
+    put(server, "idx/new.bin", b"new")
+    with mount_s3(server, source=src, cache=cache) as m:
+        idx = os.path.join(m.mountpoint, "idx")
+        assert sorted(os.listdir(idx)) == ["a.bin", "b.bin", "cold.bin", "new.bin", "sub"]
+        assert stats(m.mountpoint)["capacity"]["list"] >= 1
 
     server.stop()
     try:
         with mount_s3(server, source=src, cache=cache) as m:
             idx = os.path.join(m.mountpoint, "idx")
-            assert sorted(os.listdir(idx)) == ["a.bin", "b.bin", "cold.bin", "sub"]
+            assert sorted(os.listdir(idx)) == ["a.bin", "b.bin", "cold.bin", "new.bin", "sub"]
             assert os.listdir(os.path.join(idx, "sub")) == ["c.bin"]
             for rel, data in files.items():
                 p = os.path.join(m.mountpoint, rel)

@@ -45,16 +45,12 @@ Lister = Callable[[bytes], Awaitable[object]]
 class Listing:
     """One cached directory listing: child name -> Stat, with its two deadlines."""
 
-    __slots__ = ("entries", "list_expires", "stale_only", "stat_expires")
+    __slots__ = ("entries", "list_expires", "stat_expires")
 
-    def __init__(self, entries: dict[bytes, Stat], list_expires: float, stat_expires: float,
-                 *, stale_only: bool = False) -> None:
+    def __init__(self, entries: dict[bytes, Stat], list_expires: float, stat_expires: float) -> None:
         self.entries = entries
         self.list_expires = list_expires  # until then, a name it lacks does not exist
         self.stat_expires = stat_expires  # until then, its Stats answer stat()
-        #: Loaded for outages only (`load_snapshot(fresh=False)`): no version is taken
-        #: from it while the store answers.
-        self.stale_only = stale_only
 
 
 class MetaCache:
@@ -185,9 +181,9 @@ class MetaCache:
         now = self._clock()
         # Where the listing gives no mtime, keep the one a HEAD or an earlier listing
         # stated for the same object: one object shows one version within a mount.
+        # (Also from a listing kept for outages only: one object, one version across
+        # mounts, as with a configured snapshot.)
         old = self._lists.get(path)
-        if old is not None and old.stale_only:
-            old = None  # from before this mount: the object may have changed since
         for name, st in entries.items():
             if st.mtime_known or not st.is_reg:
                 continue
@@ -324,7 +320,7 @@ class MetaCache:
         count = 0
         for d, entries in tables.items():
             if d not in self._lists:  # what this mount listed already is newer
-                self._lists[d] = Listing(entries, list_exp, stat_exp, stale_only=not fresh)
+                self._lists[d] = Listing(entries, list_exp, stat_exp)
                 count += len(entries)
         return count
 
