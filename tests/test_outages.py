@@ -212,3 +212,34 @@ def test_mount_with_the_store_down_and_no_snapshot_fails_clearly(
     assert "no listing snapshot" in lines[0] and "Traceback" not in res.stderr
     assert took < 60, took
     assert not is_mounted(str(mnt))
+
+
+# -- the default snapshot is saved now and then, when the listings changed ------------
+def test_periodic_snapshot_saves_only_after_changes() -> None:
+    import trio
+    import trio.testing
+
+    from fusefs.mount import save_snapshots_periodically
+
+    class Tier:  # what save_snapshots_periodically uses of a CapacityTier
+        snapshot_generation = 0
+        saved: list[str] = []
+
+        async def save_snapshot(self, path: str) -> int:
+            self.saved.append(path)
+            return 0
+
+    async def main() -> None:
+        tier = Tier()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(save_snapshots_periodically, tier, "snap", 300.0)
+            await trio.sleep(1000)
+            assert tier.saved == []  # nothing changed: nothing written
+            tier.snapshot_generation = 3
+            await trio.sleep(301)
+            assert tier.saved == ["snap"]
+            await trio.sleep(1000)
+            assert tier.saved == ["snap"]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
