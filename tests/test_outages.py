@@ -222,8 +222,9 @@ def test_periodic_snapshot_saves_only_after_changes() -> None:
     from fusefs.mount import save_snapshots_periodically
 
     class Tier:  # what save_snapshots_periodically uses of a CapacityTier
-        snapshot_generation = 0
-        saved: list[str] = []
+        def __init__(self) -> None:
+            self.snapshot_generation = 0
+            self.saved: list[str] = []
 
         async def save_snapshot(self, path: str) -> int:
             self.saved.append(path)
