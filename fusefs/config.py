@@ -123,13 +123,18 @@ class SourceConfig:
         "retries and the wait for a worker thread included. Then the reader gets EIO (one "
         "rate-limited warning in the log; 'unavailable' and 'timeouts' in the [capacity] "
         "stats) while the call, which cannot be interrupted, finishes in its thread; "
-        "read-ahead waits no longer for a chunk. Cached data and listings keep being "
-        "served meanwhile (stale-if-error: see listing_snapshot).")
+        "read-ahead waits no longer for a chunk. While the store does not answer "
+        "(stale-if-error), lookups and listings answer from what the mount last knew (after "
+        "a remount: from the listing snapshot), files whose data the fast tier holds keep "
+        "reading, new files are refused, the rest gets EIO; one warning when this starts "
+        "and one when the store answers again ('down', 'stale_served' in the [capacity] "
+        "stats).")
     retry_budget: float = _opt(
         30.0, "duration",
         "Object stores: requests that may take long while they make progress (listings, "
-        "uploads, copies, deletes) are not cut, but no retry of one starts after this "
-        "long since its first attempt.")
+        "uploads, copies, deletes) are not cut while the store answers, but no retry of "
+        "one starts after this long since its first attempt, nor does its wait for a "
+        "worker thread last longer.")
     dir_markers: bool = _opt(True, "bool",
                              "Write 'dir/' marker objects so that empty directories persist. "
                              "Set false for servers that store a marker as a file and then "

@@ -374,9 +374,9 @@ class Store:
 
     def _unavailable(self, what: str, why: str, quiet: bool) -> TierUnavailable:
         """Count, log (rate-limited) and build the failure of a request the store did not answer."""
-        self.requests["unavailable"] += 1
         self._warn(f"object store {self.endpoint} is not answering ({what}): {why}", quiet)
-        if not quiet:
+        if not quiet:  # a probe or the mount's first check: the caller decides
+            self.requests["unavailable"] += 1
             self.mark_down(why)
         down = TierUnavailable(f"{self.description}: {what}: store not answering: {why}")
         down.reason = why  # type: ignore[attr-defined]
