@@ -104,7 +104,37 @@ class SourceConfig:
         "bucket with millions of keys does not list it again. Loaded listings answer for "
         "list_ttl (their attributes for stat_ttl) from the load, then are fetched again; "
         "the mount's own changes update them. A missing, unreadable or foreign file is "
-        "ignored with a warning.")
+        "ignored with a warning; a symbolic link is not followed. Default: with a fast tier, "
+        "'listing.parquet' in the cache directory, saved at unmount and every 5 minutes "
+        "when the listings changed, and loaded only for when the store does not answer "
+        "(stale-if-error): the mount still lists the store as if nothing were cached.")
+    connect_timeout: float | None = _opt(
+        None, "duration",
+        "Object stores (s3://): how long one connection attempt may take before it counts "
+        "as failed and is retried. Default: the source URI's connect_timeout, else 2s.")
+    request_timeout: float | None = _opt(
+        None, "duration",
+        "Object stores (s3://): a request that receives no byte for this long fails and is "
+        "retried (the S3 client's own timeout; it also ends a call abandoned at "
+        "read_timeout). Default: the source URI's request_timeout, else 10s.")
+    read_timeout: float = _opt(
+        15.0, "duration",
+        "Object stores: the longest a stat (HEAD) or a ranged read of the store may take, "
+        "retries and the wait for a worker thread included. Then the reader gets EIO (one "
+        "rate-limited warning in the log; 'unavailable' and 'timeouts' in the [capacity] "
+        "stats) while the call, which cannot be interrupted, finishes in its thread; "
+        "read-ahead waits no longer for a chunk. While the store does not answer "
+        "(stale-if-error), lookups and listings answer from what the mount last knew (after "
+        "a remount: from the listing snapshot), files whose data the fast tier holds keep "
+        "reading, new files are refused, the rest gets EIO; one warning when this starts "
+        "and one when the store answers again ('down', 'stale_served' in the [capacity] "
+        "stats).")
+    retry_budget: float = _opt(
+        30.0, "duration",
+        "Object stores: requests that may take long while they make progress (listings, "
+        "uploads, copies, deletes) are not cut while the store answers, but no retry of "
+        "one starts after this long since its first attempt, nor does its wait for a "
+        "worker thread last longer.")
     dir_markers: bool = _opt(True, "bool",
                              "Write 'dir/' marker objects so that empty directories persist. "
                              "Set false for servers that store a marker as a file and then "

@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from ..capacity import CapacityFile, Stat
+from ..capacity import CapacityFile, Stat, TierUnavailable
 from .metacache import MetaCache
 from .options import Attributes, ObjectStoreOptions
 from .store import CHUNK, Store, concurrently, err, show, split, under
@@ -94,6 +94,13 @@ class ObjectFile(CapacityFile):
             # (a name that is gone is ENOENT at lookup, not on an open file's read).
             raise err(errno.ESTALE, f"{show(self.path)}: the object was deleted after "
                                     f"it was opened") from None
+        except TierUnavailable:
+            # A read abandoned at its bound may still run in its thread: closing the
+            # input under it is unsafe. Drop it instead (it closes when that read
+            # ends and lets go of it); the next read opens a new one.
+            if self._input is not None:
+                self._input = None
+            raise
         finally:
             self._reads -= 1
             if self._closed and not self._reads:
