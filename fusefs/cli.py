@@ -36,6 +36,7 @@ from .mount import (
     prepare_cache_dir,
     serve,
 )
+from .safefiles import open_private_log
 from .units import format_size
 
 log = logging.getLogger("fusefs")
@@ -159,10 +160,18 @@ def parse_mount_options(opts: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+class _PrivateFileHandler(logging.FileHandler):
+    """A log file created 0600 (it names paths and errors of the mount)."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        return os.fdopen(open_private_log(self.baseFilename), "a", encoding=self.encoding,
+                         errors=self.errors)
+
+
 def _setup_logging(log_file: str | None, debug: bool) -> None:
     handler: logging.Handler
     if log_file:
-        handler = logging.FileHandler(log_file)
+        handler = _PrivateFileHandler(log_file)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(

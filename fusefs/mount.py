@@ -128,7 +128,10 @@ async def open_source(source: str, cfg: Config) -> CapacityTier:
 async def serve(source: str, mountpoint: str, cfg: Config, *,
                 ready: Callable[[], None] | None = None) -> None:
     """Mount ``source`` at ``mountpoint`` and serve until unmounted or signalled."""
-    os.umask(0)  # the kernel applied the caller's umask already
+    # What the daemon writes for itself (catalog, logs, snapshots, traces) is the
+    # mounting user's alone; files made in the source get their requested mode
+    # explicitly (tiers/posix.py), since the kernel applied the caller's umask already.
+    os.umask(0o077)
     async with AsyncExitStack() as stack:
         capacity = await open_source(source, cfg)
         stack.push_async_callback(capacity.close)

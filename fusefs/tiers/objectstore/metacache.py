@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 import pyarrow as pa
 import trio
 
+from ...safefiles import trusted_path, write_atomic
 from ..capacity import Stat
 from .options import Attributes, ObjectStoreOptions
 from .store import err, short, show, split, under
@@ -315,26 +316,9 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
             "mtime_ns": pa.array(mtimes, pa.int64()),
         }
     ).replace_schema_metadata({b"tierfs.snapshot": _SNAPSHOT_FORMAT, b"tierfs.root": root.encode()})
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)  # the rename itself must survive a crash
-        finally:
-            os.close(dfd)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # A private temporary file of a random name beside the snapshot, renamed over it:
+    # a symlink planted at a predictable name cannot redirect the write.
+    write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
     return count
 
 
@@ -343,10 +327,13 @@ def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[
 
     if not os.path.exists(path):
         raise err(errno.ENOENT, f"listing snapshot {path} does not exist")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
+    # Listings from a file someone else could have written would show a tree
+    # the store does not hold: only the user's own, unshared file is read.
+    with trusted_path(path, "listing snapshot") as checked:
+        try:
+            table = pq.read_table(checked)
+        except (pa.ArrowException, OSError) as exc:
+            raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
     meta = table.schema.metadata or {}
     if meta.get(b"tierfs.snapshot") != _SNAPSHOT_FORMAT:
         raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot (format {meta.get(b'tierfs.snapshot')!r})")
