@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import trio
 
-from . import __version__
+from . import __version__, credentials
 from .config import Config, ConfigError, load_config, with_overrides
 from .control import ControlError, call
 from .policies import get_policy
@@ -176,6 +176,7 @@ def _setup_logging(log_file: str | None, debug: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(credentials.RedactFilter())  # on the handler: every logger's records
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -183,7 +184,38 @@ def _setup_logging(log_file: str | None, debug: bool) -> None:
         logging.getLogger("pyfuse3").setLevel(logging.WARNING)
 
 
+def _source_with_credentials(source: str) -> str:
+    """``source`` with its credentials, which this process's command line no longer shows.
+
+    A URI holding ``user:secret@`` re-executes this process (same pid, so a caller
+    waiting for it is not fooled) with the bare URI in its arguments and the
+    credentials in the environment (`credentials.ENV`, private to the user); the new
+    image takes them back out of its environment, so no child inherits them.
+    """
+    hidden = os.environ.get(credentials.ENV)
+    if hidden is not None:
+        credentials.scrub_environ()
+        return credentials.merge(source, hidden)
+    bare, userinfo = credentials.split(source)
+    if userinfo is None:
+        return source
+    argv = list(sys.orig_argv)
+    if source not in argv[1:]:
+        if any(userinfo in a for a in argv):
+            raise UsageError("the source URI's credentials would stay visible in this "
+                             "process's command line: give them in the environment "
+                             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or in the config "
+                             "([source] access_key, secret_key)")
+        return source  # called with arguments of its own: ps shows none of them
+    argv = [sys.executable] + [bare if a == source else a for a in argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, {**os.environ, credentials.ENV: userinfo})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
+    source = _source_with_credentials(args.source)
     opts = parse_mount_options(args.options)
     config_file = args.config or opts.get("config")
     cfg: Config = load_config(config_file)
@@ -195,7 +227,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cfg = with_overrides(cfg, "mount", allow_other=True)
     if opts.get("immutable"):
         cfg = with_overrides(cfg, "mount", consistency="immutable")
-    source = args.source
     if "://" not in source:
         if not os.path.isdir(source):
             what = "does not exist" if not os.path.exists(source) else "is not a directory"
@@ -233,7 +264,8 @@ def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str, debug: 
         if msg.startswith("ok"):
             return 0
         code, _, text = msg.partition(" ")
-        print(f"tierfs: {text.strip() or 'the daemon exited before mounting'}", file=sys.stderr)
+        text = credentials.redact(text.strip())
+        print(f"tierfs: {text or 'the daemon exited before mounting'}", file=sys.stderr)
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
@@ -264,12 +296,12 @@ def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str, debug: 
         log.error("%s", exc)
         code = exc.code if isinstance(exc, MountError) else EXIT_CONFIG
         if wfd >= 0:
-            os.write(wfd, f"{code} {exc}".encode())
+            os.write(wfd, credentials.redact(f"{code} {exc}").encode())
     except BaseException as exc:  # report, then exit non-zero
         log.exception("daemon failed")
         code = EXIT_FAILURE
         if wfd >= 0:
-            os.write(wfd, f"{EXIT_FAILURE} daemon failed: {exc}".encode())
+            os.write(wfd, credentials.redact(f"{EXIT_FAILURE} daemon failed: {exc}").encode())
     finally:
         if wfd >= 0:
             os.close(wfd)

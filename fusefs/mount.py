@@ -25,6 +25,7 @@ import trio
 from .catalog import CatalogError
 from .classifier import Classifier
 from .config import Config, ConfigError
+from .credentials import redact
 from .control import ControlServer
 from . import prometheus
 from .engine import Engine
@@ -53,10 +54,13 @@ EXIT_FUSE = 6
 
 
 class MountError(Exception):
-    """A mount that cannot proceed; ``code`` is the process exit code."""
+    """A mount that cannot proceed; ``code`` is the process exit code.
+
+    The message never shows a source URI's credentials.
+    """
 
     def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.code = code
 
 
