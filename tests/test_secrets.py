@@ -12,13 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fusefs.credentials import merge, redact, split
 from mounting import Mounted, is_mounted, tierfs_cmd
 from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
 
+from fusefs.credentials import merge, redact, split
+
 
 def run(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(tierfs_cmd(*args), capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run(tierfs_cmd(*args), check=False, capture_output=True, text=True,
+                          timeout=120, **kw)
 
 
 def uri_with_keys(server: S3Server, bucket: str | None = None) -> str:
@@ -95,8 +97,8 @@ def test_credentials_that_cannot_leave_argv_are_refused(tmp_path: Path) -> None:
     uri = "s3://KEY:SECRETVALUE@bucket"
     code = ("import sys; from fusefs.cli import main; "
             f"sys.exit(main(['mount', {uri!r}, {str(tmp_path)!r}]))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                         text=True, timeout=60)
     assert res.returncode == 2
     assert "AWS_SECRET_ACCESS_KEY" in res.stderr and "SECRETVALUE" not in res.stderr
     assert "Traceback" not in res.stderr
