@@ -98,7 +98,10 @@ class ControlServer:
                     reply = {"ok": False, "error": f"unknown request; known: "
                                                   f"{', '.join(sorted(self.handlers))}"}
                 else:
-                    reply = {"ok": True, **(await handler(req))}
+                    try:
+                        reply = {"ok": True, **(await handler(req))}
+                    except BaseExceptionGroup as group:
+                        raise _leaf(group) from None
             except OSError as exc:
                 reply = {"ok": False, "error": exc.strerror or str(exc)}
             except (ValueError, KeyError) as exc:
@@ -110,6 +113,25 @@ class ControlServer:
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first exception in a (nested) group: a task's failure, as the user should
+    read it (not "Exceptions from Trio nursery")."""
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    for exc in _leaves(group):
+        if isinstance(exc, OSError):
+            return exc  # an OSError explains itself best
+    return first
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
 
 
 def call(mountpoint: str, op: str, *, timeout: float = 30.0, **args: Any) -> dict[str, Any]:

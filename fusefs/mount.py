@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import tempfile
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
@@ -75,20 +76,25 @@ def default_cache_dir(mountpoint: str) -> str:
 
 
 def prepare_cache_dir(path: str) -> str:
-    """Create the fast-tier directory 0700, or check an existing one is ours."""
+    """Create the fast-tier directory 0700, or check an existing one is ours and writable."""
     path = os.path.abspath(path)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise MountError(f"cache directory {path} is not a directory", EXIT_USAGE)
+        if st.st_uid != os.geteuid():
+            raise MountError(f"cache directory {path} belongs to uid {st.st_uid}, not to you",
+                             EXIT_USAGE)
+        if st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+        # A directory we cannot write (read-only file system, no permission) fails
+        # here, with the reason, not later in the daemon.
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise MountError(f"cache directory {path}: {exc.strerror}", EXIT_USAGE) from None
-    if not os.path.isdir(path) or os.path.islink(path):
-        raise MountError(f"cache directory {path} is not a directory", EXIT_USAGE)
-    if st.st_uid != os.geteuid():
-        raise MountError(f"cache directory {path} belongs to uid {st.st_uid}, not to you",
-                         EXIT_USAGE)
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
     return path
 
 
@@ -106,6 +112,9 @@ def source_options(cfg: Config) -> dict[str, Any]:
     for key in ("endpoint", "region", "access_key", "secret_key"):
         if getattr(s, key) is not None:
             opts[key] = getattr(s, key)
+    if cfg.cache.dir:
+        # Write spools beside the cache (private, one mount per cache dir), not in /tmp.
+        opts["spool_dir"] = os.path.join(cfg.cache.dir, "spool")
     return opts
 
 
@@ -334,7 +343,11 @@ def register_migrator(control: ControlServer, migrator: Migrator, engine: Engine
     async def on_unpin(req: dict[str, Any]) -> dict[str, Any]:
         return await migrator.unpin(clean_path(req["path"]))
 
+    async def on_cached(req: dict[str, Any]) -> dict[str, Any]:
+        return migrator.cached(clean_path(req["path"]))
+
     control.register("warm", on_warm)
+    control.register("cached", on_cached)
     control.register("evict", on_evict)
     control.register("pin", on_pin)
     control.register("unpin", on_unpin)
