@@ -203,6 +203,10 @@ def _source_with_credentials(source: str) -> str:
         return credentials.merge(source, hidden)
     bare, userinfo = credentials.split(source)
     if userinfo is None:
+        if credentials.redact(source) != source:  # user:se/cret@: the URI ends at the '/'
+            raise UsageError(f"source {credentials.redact(source)}: a '/' in the credentials "
+                             f"must be written %2F (or give them in the environment: "
+                             f"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
         return source
     argv = list(sys.orig_argv)
     if source not in argv[1:]:

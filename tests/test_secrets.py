@@ -102,3 +102,11 @@ def test_credentials_that_cannot_leave_argv_are_refused(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "AWS_SECRET_ACCESS_KEY" in res.stderr and "SECRETVALUE" not in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_slash_in_the_secret_is_refused_not_leaked(tmp_path: Path) -> None:
+    # Unencoded, the '/' would end the URI's authority: the secret would be read as a
+    # path and stay in the daemon's command line.
+    res = run("mount", "s3://KEY:SEC/RET@bucket/p", str(tmp_path))
+    assert res.returncode == 2
+    assert "%2F" in res.stderr and "SEC/RET" not in res.stderr and "Traceback" not in res.stderr
