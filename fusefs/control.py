@@ -26,7 +26,12 @@ _MAX_REQUEST = 1 << 20
 
 
 class ControlError(Exception):
-    """The mount could not be reached or refused a request."""
+    """The mount could not be reached or refused a request; ``errno`` is the daemon's
+    errno for a refusal that had one (e.g. ``ENOENT``: the path is gone)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 def runtime_dir() -> str:
@@ -103,7 +108,7 @@ class ControlServer:
                     except BaseExceptionGroup as group:
                         raise _leaf(group) from None
             except OSError as exc:
-                reply = {"ok": False, "error": exc.strerror or str(exc)}
+                reply = {"ok": False, "error": exc.strerror or str(exc), "errno": exc.errno}
             except (ValueError, KeyError) as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
             except Exception as exc:  # a bad request must not kill the daemon
@@ -156,5 +161,7 @@ def call(mountpoint: str, op: str, *, timeout: float = 30.0, **args: Any) -> dic
     except ValueError:
         raise ControlError(f"{mountpoint}: the daemon closed the connection") from None
     if not reply.get("ok"):
-        raise ControlError(f"{mountpoint}: {reply.get('error', 'request failed')}")
+        code = reply.get("errno")
+        raise ControlError(f"{mountpoint}: {reply.get('error', 'request failed')}",
+                           code if isinstance(code, int) else None)
     return reply

@@ -10,6 +10,7 @@ is covered at once) with its output piped to ``head -1`` or to a closed pipe.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -21,6 +22,8 @@ from typing import Any
 
 import pytest
 from mounting import Mounted, force_unmount, is_mounted, tierfs_cmd
+from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
+from test_s3_mount import config as s3_config
 
 from fusefs.cli import build_parser
 from fusefs.memory import MemoryDomain
@@ -128,8 +131,32 @@ def test_warm_says_what_the_fast_tier_kept(src: str, make_mount: Callable[..., M
         os.unlink(os.path.join(src, "d", "small"))
         from fusefs.control import ControlError, call
 
-        with pytest.raises(ControlError, match=r"No such file or directory$"):
+        with pytest.raises(ControlError, match=r"No such file or directory$") as info:
             call(m.mountpoint, "warm", path="d/small")
+        assert info.value.errno == errno.ENOENT
+
+
+def test_warm_skips_objects_gone_behind_the_mount(s3: S3Server, tmp_path: Path) -> None:
+    for rel in ("d1/a", "d1/b", "d2/c"):
+        (s3.bucket_dir / rel).parent.mkdir(exist_ok=True)
+        (s3.bucket_dir / rel).write_bytes(b"x" * 1000)
+    cfg = s3_config(tmp_path, s3, source={"dir_markers": False, "list_ttl": "1h",
+                                         "stat_ttl": "1h"})
+    with Mounted(s3.uri() + "&request_timeout=60", str(tmp_path / "m"),
+                 cache=str(tmp_path / "c"), log=str(tmp_path / "log"), config=cfg) as m:
+        # Listed, so the mount knows them; then gone behind its back.
+        assert sorted(os.listdir(f"{m.mountpoint}/d1")) == ["a", "b"]
+        assert os.listdir(f"{m.mountpoint}/d2") == ["c"]
+        (s3.bucket_dir / "d1" / "a").unlink()
+        (s3.bucket_dir / "d2" / "c").unlink()
+        res = run("warm", f"{m.mountpoint}/d1")
+        assert res.returncode == 0, res.stderr
+        assert "warmed 1 file: 1000B of 1000B kept" in res.stdout
+        assert "1 vanished while warming" in res.stdout
+        res = run("warm", f"{m.mountpoint}/d2/c")
+        assert res.returncode == 2
+        assert one_line_error(res) == (f"tierfs: {m.mountpoint}/d2/c: no such file in the "
+                                       f"source (removed since the mount listed it)")
 
 
 def test_commands_on_a_mount_whose_daemon_died(src: str, tmp_path: Path) -> None:
