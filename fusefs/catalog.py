@@ -20,8 +20,8 @@ of the same version is still waiting for its removal. Schema 1 catalogs are migr
 from __future__ import annotations
 
 import os
-import stat
 import sqlite3
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Iterable

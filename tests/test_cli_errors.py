@@ -287,7 +287,8 @@ def test_every_subcommand_piped_never_a_traceback(src: str, make_mount: Callable
     seen: list[tuple[str, str, int]] = []
 
     def check(case: str, name: str, args: list[str]) -> None:
-        for closed in (False, True):
+        # Bad arguments print nothing to stdout: one pipe is enough for them.
+        for closed in (False,) if case == "bad args" else (False, True):
             rc, err = piped(args, tmp_path, closed=closed)
             seen.append((case, name, rc))
             assert "Traceback" not in err, (case, args, err)
