@@ -306,7 +306,13 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     fast = None
     if cfg.cache.size > 0 and cfg.cache.dir:
         fast = FastTier(cfg.cache.dir, policy=policy, stats=stats)
-    trace = TraceRecorder(cfg.stats.trace) if cfg.stats.trace else None
+    trace = None
+    if cfg.stats.trace:
+        try:
+            trace = TraceRecorder(cfg.stats.trace)
+        except OSError as exc:  # e.g. its directory is not writable by us
+            raise MountError(f"trace file {cfg.stats.trace}: {exc.strerror or exc}",
+                             EXIT_USAGE) from None
     return Engine(capacity, stats=stats, trace=trace,
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
                   policy=policy, dram_policy=dram_policy, pagecache=pagecache, fast=fast,

@@ -94,6 +94,16 @@ def test_impossible_config_values_exit_3(src: str, tmp_path: Path, text: str, wh
     assert not is_mounted(str(mnt))
 
 
+def test_unwritable_trace_file_is_a_one_line_error(src: str, tmp_path: Path) -> None:
+    cfg = write(tmp_path / "t.toml", f'[stats]\ntrace = "{tmp_path}/no/such/dir/t.parquet"\n')
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    res = run("mount", src, str(mnt), "--cache", str(tmp_path / "c"), "--config", cfg)
+    assert res.returncode == 2, res.stderr
+    assert one_line_error(res) == (f"tierfs: trace file {tmp_path}/no/such/dir/t.parquet: "
+                                   f"No such file or directory")
+
+
 def test_glob_sets_match_one_character() -> None:
     from fusefs.config import parse_config
 
