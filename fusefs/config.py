@@ -150,8 +150,11 @@ class StatsConfig:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    path: str = _opt("**", "str", "Glob over paths in the mount ('**' crosses directories).")
-    pin: bool = _opt(False, "bool", "Keep on the fast tier and warm at mount.")
+    path: str = _opt("**", "str", "Glob over paths in the mount: '*' and '?' stay within a "
+                     "directory, '**' crosses directories, '[abc]' and '[!abc]' match one "
+                     "character of (or not of) a set.")
+    pin: bool = _opt(False, "bool", "Keep on the fast tier and warm at mount (needs "
+                     "cache = true).")
     cls: str | None = _opt(None, "enum", "Force the access class.", ("stream", "random"))
     cache: bool = _opt(True, "bool", "Whether the caches may hold this data at all.")
 
@@ -209,6 +212,22 @@ def _glob_re(pattern: str) -> re.Pattern[str]:
             elif pattern[i] == "?":
                 out.append("[^/]")
                 i += 1
+            elif pattern[i] == "[":
+                j = i + 1
+                if j < len(pattern) and pattern[j] == "!":
+                    j += 1
+                if j < len(pattern) and pattern[j] == "]":
+                    j += 1  # a ']' first in a set is a member
+                end = pattern.find("]", j)
+                if end < 0:
+                    raise ValueError(f"unclosed '[' at character {i + 1} of {pattern!r}; a "
+                                     f"set is [abc] or [!abc] (a literal '[' is [[])")
+                body = pattern[i + 1:end]
+                neg = body.startswith("!")
+                body = body[1:] if neg else body
+                members = "".join("\\" + c if c in "\\^[&~|" else c for c in body)
+                out.append(f"(?!/)[{'^' if neg else ''}{members}]")
+                i = end + 1
             else:
                 out.append(re.escape(pattern[i]))
                 i += 1
@@ -313,12 +332,26 @@ def _check(obj: Any) -> None:
     if isinstance(obj, StatsConfig) and obj.prometheus is not None and \
             not re.fullmatch(r"[\w.\-\[\]:]*:\d{1,5}", obj.prometheus):
         raise ValueError("prometheus: expected host:port, e.g. \"127.0.0.1:9100\"")
-    if isinstance(obj, Rule) and not obj.path:
-        raise ValueError("path: must not be empty")
+    if isinstance(obj, CacheConfig) and obj.size < obj.chunk_size:
+        raise ValueError("size: must be at least chunk_size "
+                         f"({obj.chunk_size} bytes), e.g. \"10GiB\"")
+    if isinstance(obj, PolicyConfig) and obj.sequential_cutoff <= 0:
+        raise ValueError("sequential_cutoff: must be positive, e.g. \"256KiB\"")
+    if isinstance(obj, Rule):
+        if not obj.path:
+            raise ValueError("path: must not be empty")
+        try:
+            _glob_re(obj.path)
+        except (ValueError, re.error) as exc:
+            raise ValueError(f"path: not a valid glob: {exc}") from None
+        if obj.pin and not obj.cache:
+            raise ValueError("pin: a pinned rule keeps its files in the fast tier; "
+                             "cache = false forbids that (drop one of them)")
 
 
-def parse_config(text: str, fname: str = "<config>") -> Config:
-    """Validate TOML text into a `Config`.
+def parse_config(text: str, fname: str = "<config>", *, machine: bool = False) -> Config:
+    """Validate TOML text into a `Config`; with ``machine``, also against this machine
+    (a ``dram`` larger than its memory).
 
     Raises:
         ConfigError: the text is not valid TOML or not a valid configuration.
@@ -346,7 +379,17 @@ def parse_config(text: str, fname: str = "<config>") -> Config:
             line = loc.line(table) or loc.line("", table)
             raise ConfigError(f"{fname}:{line}: unknown table [{table}]; allowed: "
                               f"{', '.join(allowed)}")
-    return Config(**parts)
+    cfg = Config(**parts)
+    if machine and "dram" in data.get("cache", {}):
+        from .memory import MemoryDomain
+        from .units import format_size
+
+        have = MemoryDomain().bytes()
+        if cfg.cache.dram > have:
+            raise ConfigError(f"{fname}:{loc.line('cache', 'dram')}: cache.dram: "
+                              f"{format_size(cfg.cache.dram)} is more than the memory of this "
+                              f"machine (or cgroup), {format_size(have)}")
+    return cfg
 
 
 def load_config(path: str | None) -> Config:
@@ -360,7 +403,7 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
-    return parse_config(text, path)
+    return parse_config(text, path, machine=True)
 
 
 def with_overrides(cfg: Config, section: str, **values: Any) -> Config:

@@ -83,7 +83,21 @@ def tierfs_1() -> str:
     out += [".SH EXIT STATUS",
             "0 mounted; 1 other failure; 2 bad arguments or mount options; 3 invalid config; "
             "4 source missing or unreachable; 5 mount point missing, not a directory or busy; "
-            "6 FUSE unavailable.",
+            "6 FUSE unavailable. Every command: 1 the mount (or its daemon) cannot be "
+            "reached, 2 bad arguments, 130 interrupted, 141 its output pipe was closed "
+            "(as when killed by SIGPIPE); fsck as fsck(8). Failures are one line on stderr.",
+            ".SH ENVIRONMENT",
+            ".TP", ".B TIERFS_TRACEBACK",
+            "Set: an unexpected error shows its Python traceback, not one line.",
+            ".SH SECURITY",
+            _esc("Credentials in a source URI (s3://KEY:SECRET@bucket/prefix) never stay in "
+                 "the daemon's command line: tierfs mount re-executes itself without them "
+                 "and hands them over in its (private) environment; logs and messages show "
+                 "s3://***@. The environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or "
+                 "the config ([source] access_key, secret_key) keep them out of the shell "
+                 "history too. Files tierfs writes for itself (cache, log, trace, listing "
+                 "snapshot) are 0600 in 0700 directories; a snapshot or trace that is not "
+                 "the user's own, or that others may write, is not read."),
             ".SH SEE ALSO", "tierfs.toml(5)"]
     return "\n".join(out) + "\n"
 

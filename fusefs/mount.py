@@ -18,6 +18,7 @@ import re
 import signal
 import stat
 import sys
+import tempfile
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ import trio
 from .catalog import CatalogError
 from .classifier import Classifier
 from .config import Config, ConfigError
+from .credentials import redact
 from .control import ControlServer
 from . import prometheus
 from .engine import Engine
@@ -60,10 +62,13 @@ SNAPSHOT_INTERVAL = 300.0
 
 
 class MountError(Exception):
-    """A mount that cannot proceed; ``code`` is the process exit code."""
+    """A mount that cannot proceed; ``code`` is the process exit code.
+
+    The message never shows a source URI's credentials.
+    """
 
     def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.code = code
 
 
@@ -114,12 +119,18 @@ def prepare_cache_dir(path: str) -> str:
                              f"{stat.S_IMODE(st.st_mode):04o}); give a directory of your own "
                              f"(tierfs creates a new one 0700)", EXIT_USAGE)
         names = set(os.listdir(path))
-        if CACHE_MARKER in names:
-            return path
-        if names and not ("catalog.db" in names and names <= _LEGACY_NAMES):
+        if names and CACHE_MARKER not in names and not (
+                "catalog.db" in names and names <= _LEGACY_NAMES):
             raise MountError(f"cache directory {path} is not empty and is not a tierfs cache "
                              f"(no {CACHE_MARKER} file); give a new or empty directory",
                              EXIT_USAGE)
+        # A directory we cannot write (read-only file system, no permission) fails
+        # here, with the reason, not later in the daemon.
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+        if CACHE_MARKER in names:
+            return path
         fd = os.open(os.path.join(path, CACHE_MARKER),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -148,6 +159,9 @@ def source_options(cfg: Config) -> dict[str, Any]:
                 "request_timeout"):
         if getattr(s, key) is not None:
             opts[key] = getattr(s, key)
+    if cfg.cache.dir:
+        # Write spools beside the cache (private, one mount per cache dir), not in /tmp.
+        opts["spool_dir"] = os.path.join(cfg.cache.dir, "spool")
     return opts
 
 
@@ -218,7 +232,10 @@ def snapshot_file(cfg: Config) -> tuple[str | None, bool]:
 async def serve(source: str, mountpoint: str, cfg: Config, *,
                 ready: Callable[[], None] | None = None) -> None:
     """Mount ``source`` at ``mountpoint`` and serve until unmounted or signalled."""
-    os.umask(0)  # the kernel applied the caller's umask already
+    # What the daemon writes for itself (catalog, logs, snapshots, traces) is the
+    # mounting user's alone; files made in the source get their requested mode
+    # explicitly (tiers/posix.py), since the kernel applied the caller's umask already.
+    os.umask(0o077)
     async with AsyncExitStack() as stack:
         snapshot, configured = snapshot_file(cfg)
         capacity = await open_source(source, cfg, snapshot)
@@ -410,7 +427,13 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     fast = None
     if cfg.cache.size > 0 and cfg.cache.dir:
         fast = FastTier(cfg.cache.dir, policy=policy, stats=stats)
-    trace = TraceRecorder(cfg.stats.trace) if cfg.stats.trace else None
+    trace = None
+    if cfg.stats.trace:
+        try:
+            trace = TraceRecorder(cfg.stats.trace)
+        except OSError as exc:  # e.g. its directory is not writable by us
+            raise MountError(f"trace file {cfg.stats.trace}: {exc.strerror or exc}",
+                             EXIT_USAGE) from None
     return Engine(capacity, stats=stats, trace=trace,
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
                   policy=policy, dram_policy=dram_policy, pagecache=pagecache, fast=fast,
@@ -447,7 +470,11 @@ def register_migrator(control: ControlServer, migrator: Migrator, engine: Engine
     async def on_unpin(req: dict[str, Any]) -> dict[str, Any]:
         return await migrator.unpin(clean_path(req["path"]))
 
+    async def on_cached(req: dict[str, Any]) -> dict[str, Any]:
+        return migrator.cached(clean_path(req["path"]))
+
     control.register("warm", on_warm)
+    control.register("cached", on_cached)
     control.register("evict", on_evict)
     control.register("pin", on_pin)
     control.register("unpin", on_unpin)

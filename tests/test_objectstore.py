@@ -429,6 +429,32 @@ def test_setattr_and_spool(s3: S3Server, tmp_path: Path) -> None:
     run(main)
 
 
+def test_spool_dirs_of_dead_daemons_are_removed(s3: S3Server, tmp_path: Path) -> None:
+    """Without a configured spool directory the tier makes one per pid in $TMPDIR;
+    the empty ones of processes that are gone (killed daemons) go at the next start,
+    and a normal close removes its own."""
+    put_file(s3, "s/f", b"data")
+    spools = tmp_path / "tmp"  # tempfile.tempdir here (the autouse fixture)
+    dead = spools / "tierfs-spool-999999999-abc"  # above pid_max: never a live process
+    alive = spools / f"tierfs-spool-{os.getppid()}-abc"
+    busy = spools / "tierfs-spool-999999998-abc"
+    for d in (dead, alive, busy):
+        d.mkdir()
+    (busy / "kept").write_bytes(b"")  # not empty: not ours to judge
+
+    async def main() -> None:
+        tier = await started(s3)
+        f = await tier.open(b"s/f", os.O_WRONLY)
+        mine = [p for p in spools.iterdir() if p.name.startswith(f"tierfs-spool-{os.getpid()}-")]
+        assert len(mine) == 1 and stat_mod.S_IMODE(mine[0].stat().st_mode) == 0o700
+        assert not dead.exists() and alive.exists() and busy.exists()
+        await f.close()
+        await tier.close()
+        assert not mine[0].exists()
+
+    run(main)
+
+
 # -- namespace ---------------------------------------------------------------
 def test_mkdir_rmdir_unlink(s3: S3Server) -> None:
     async def main() -> None:

@@ -625,6 +625,10 @@ class FastTier:
         prefix = path + b"/"
         return [p for p in self._by_path if not path or p == path or p.startswith(prefix)]
 
+    def cached_bytes_under(self, path: bytes) -> int:
+        """Bytes the tier holds now of files at or below ``path`` (``b""``: all)."""
+        return sum(self._by_path[p].cached_bytes for p in self.paths_under(path))
+
     def set_pinned(self, cf: CacheEntry, ext: Extent, pinned: bool) -> None:
         """Pin or unpin one extent; the catalog learns it at the next commit."""
         if ext.pinned == pinned:

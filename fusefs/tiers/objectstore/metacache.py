@@ -27,12 +27,12 @@ from __future__ import annotations
 import collections
 import errno
 import os
-import tempfile
 from collections.abc import Awaitable, Callable
 
 import pyarrow as pa
 import trio
 
+from ...safefiles import trusted_path, write_atomic
 from ..capacity import Stat
 from .options import Attributes, ObjectStoreOptions
 from .store import err, short, show, split, under
@@ -356,44 +356,24 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
             "mtime_ns": pa.array(mtimes, pa.int64()),
         }
     ).replace_schema_metadata({b"tierfs.snapshot": _SNAPSHOT_FORMAT, b"tierfs.root": root.encode()})
-    # A private temporary file (mkstemp: 0600, O_EXCL, never a symbolic link) in the
-    # target's directory, renamed over the target: readers see the old or the new file.
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".listing-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)  # the rename itself must survive a crash
-        finally:
-            os.close(dfd)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # A private temporary file of a random name beside the snapshot, renamed over it:
+    # a symlink planted at a predictable name cannot redirect the write.
+    write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
     return count
 
 
 def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[bytes, Stat]]:
     import pyarrow.parquet as pq
 
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise err(errno.ENOENT, f"listing snapshot {path} does not exist") from None
-    except OSError as exc:
-        raise err(exc.errno or errno.EIO, f"listing snapshot {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            table = pq.read_table(f)
-    except (pa.ArrowException, OSError) as exc:
-        raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
+    if not os.path.exists(path):
+        raise err(errno.ENOENT, f"listing snapshot {path} does not exist")
+    # Listings from a file someone else could have written would show a tree
+    # the store does not hold: only the user's own, unshared file is read.
+    with trusted_path(path, "listing snapshot") as checked:
+        try:
+            table = pq.read_table(checked)
+        except (pa.ArrowException, OSError) as exc:
+            raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
     meta = table.schema.metadata or {}
     if meta.get(b"tierfs.snapshot") != _SNAPSHOT_FORMAT:
         raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot (format {meta.get(b'tierfs.snapshot')!r})")
