@@ -10,7 +10,9 @@ What it decides, in order:
    miniature simulations either, so a scan neither ages the random readers' frequencies nor
    sways the choice of expert.
 3. A file read as a stream again (a second epoch: more bytes streamed than the file holds)
-   is admitted whole if it fits in ``whole_file_ratio`` of the capacity; its keys go
+   is admitted whole if it fits, beside the other files admitted so, in ``whole_file_ratio``
+   of the capacity (a budget: shards re-read in turn, each small but together as large as
+   the cache, would churn through it and push the random readers out); its keys go
    straight to the main cache's probation segment, since the next use of a page streamed
    once per epoch is a whole epoch away and the window would drop it first.
 4. Random (and not yet classified) data is admitted to DRAM at once; to the fast tier only
@@ -62,12 +64,13 @@ class _FrequencyExpert(WTinyLFUPolicy):
 class _FileEpoch:
     """How much of one file has been streamed."""
 
-    __slots__ = ("streamed", "extent", "rereading")
+    __slots__ = ("streamed", "extent", "rereading", "granted")
 
     def __init__(self) -> None:
         self.streamed = 0
         self.extent = 0
         self.rereading = False
+        self.granted = 0  # bytes of the whole-file budget this file holds
 
 
 class WorkloadAwarePolicy(Policy):
@@ -78,8 +81,8 @@ class WorkloadAwarePolicy(Policy):
         capacity: Bytes the tier may hold.
         ghost_ratio: Bytes of rejected keys remembered for reject-first, as a share of the
             capacity.
-        whole_file_ratio: A re-streamed file is admitted whole if it is at most this share
-            of the capacity.
+        whole_file_ratio: Re-streamed files are admitted whole while all of them together
+            are at most this share of the capacity.
         max_files: Files whose streaming history is kept (least recently streamed dropped).
         sketch_factor: Frequency-sketch counters per row per cached object.
         window_ratio: The W-TinyLFU expert's window share.
@@ -101,7 +104,7 @@ class WorkloadAwarePolicy(Policy):
         capacity: int,
         *,
         ghost_ratio: float = 1.0,
-        whole_file_ratio: float = 0.5,
+        whole_file_ratio: float = 0.25,
         max_files: int = 4096,
         sketch_factor: int = 8,
         window_ratio: float = 0.01,
@@ -145,6 +148,7 @@ class WorkloadAwarePolicy(Policy):
         self._ghost: OrderedDict[Key, int] = OrderedDict()
         self._ghost_bytes = 0
         self._whole_limit = int(self.capacity * whole_file_ratio)
+        self._whole_granted = 0
         self._max_files = max_files
         self._files: OrderedDict[int, _FileEpoch] = OrderedDict()
         self._whole_admitted = 0
@@ -230,7 +234,7 @@ class WorkloadAwarePolicy(Policy):
             st = _FileEpoch()
             files[fid] = st
             if len(files) > self._max_files:
-                files.popitem(last=False)
+                self._whole_granted -= files.popitem(last=False)[1].granted
         else:
             files.move_to_end(fid)
         size_known = info.file_size is not None
@@ -240,7 +244,13 @@ class WorkloadAwarePolicy(Policy):
             # known size, only a request behind the furthest byte seen counts as a re-read
             # (during a first pass the stream is always at the edge).
             if size_known or info.offset < st.extent:
-                st.rereading = extent <= self._whole_limit
+                # The budget bounds all re-read files together: shards re-read in turn,
+                # each small but together as large as the cache, would churn through it
+                # and push the random readers out (measured on the scan family).
+                if self._whole_granted + extent <= self._whole_limit:
+                    st.rereading = True
+                    st.granted = extent
+                    self._whole_granted += extent
         st.streamed += info.size
         end = info.offset + info.size
         if end > st.extent:
@@ -267,7 +277,9 @@ class WorkloadAwarePolicy(Policy):
 
     def _on_invalidate_file(self, file_id: int) -> None:
         # The file changed: its streaming history describes other bytes.
-        self._files.pop(file_id, None)
+        st = self._files.pop(file_id, None)
+        if st is not None:
+            self._whole_granted -= st.granted
 
     def statistics(self) -> dict[str, int]:
         """Base counters plus ``whole_file_admitted``, ``ghost_bytes``, ``leader_recency``
