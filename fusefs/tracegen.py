@@ -446,7 +446,8 @@ def family_trace(name: str, *, n_objects: int, n_requests: int, seed: int = 0, o
       of the index) twice: issue 18's trace, scaled.
     * ``loop``: all ``n_objects`` read over and over in one scattered order.
     * ``scan``: Zipf(0.9) beside two streams reading four small shards (each 2.5% of the
-      index) epoch after epoch; a shard's second epoch fits a 10% cache.
+      index) epoch after epoch, as many pages as the random reads; a shard fits in half of
+      a 10% cache, so its second epoch is admitted there.
     * ``tenants``: three tenants: 15% of the objects at Zipf(1.2) with half the requests,
       60% at Zipf(0.8) with 35%, 25% at Zipf(0.5) with 15%.
 
@@ -472,11 +473,11 @@ def family_trace(name: str, *, n_objects: int, n_requests: int, seed: int = 0, o
         else:
             rand = zipf_trace(n_objects=n, n_requests=r, alpha=0.9, object_size=page, seed=seed)
             shard_pages, epochs = max(n // 40, 16), 0
-        request = 16 * page
-        shard_pages = -(-shard_pages // 16) * 16
-        per_epoch = 4 * shard_pages // 16  # requests of one pass over the four shards
-        # Streams take a third of the requests, capped at `epochs` passes when given.
-        n_scan = r // 2 if not epochs else epochs * per_epoch
+        request = 4 * page  # 16 KiB reads, as a loader's
+        shard_pages = -(-shard_pages // 4) * 4
+        per_epoch = 4 * shard_pages // 4  # requests of one pass over the four shards
+        # Endless epochs take a fifth of the requests (as many pages as the random reads).
+        n_scan = r // 4 if not epochs else epochs * per_epoch
         scans = scan_trace(
             n_requests=n_scan, request_size=request, file_size=shard_pages * page, workers=2, n_files=4,
             reorder=0.05, seed=seed + 1,
