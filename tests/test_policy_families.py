@@ -118,3 +118,18 @@ def test_frequency_expert_keeps_the_lead_on_a_stationary_skew() -> None:
     _feed(p, [o // PAGE for o in offs.to_pylist()])
     assert p.leader == "frequency"
     assert not p.check()
+
+
+def test_wtinylfu_hill_climber_moves_the_window() -> None:
+    from fusefs.policies import get_policy
+
+    offs = tracegen.drifting_zipf_trace(n_objects=4000, n_requests=40_000, drift_every=2400, seed=1)["offset"]
+    fixed = get_policy("wtinylfu")(400 * PAGE, object_size=PAGE)
+    climbing = get_policy("wtinylfu")(400 * PAGE, object_size=PAGE, adaptive=True)
+    for o in offs.to_pylist():
+        fixed.access((1, o // PAGE), PAGE)
+        climbing.access((1, o // PAGE), PAGE)
+    assert fixed.statistics()["window_adjustments"] == 0
+    assert climbing.statistics()["window_adjustments"] > 0
+    assert climbing.statistics()["window_bytes"] != fixed.statistics()["window_bytes"]
+    assert not climbing.check()
