@@ -38,6 +38,7 @@ from collections import OrderedDict
 from ..access import UNKNOWN_ACCESS, effective_label
 from .arc import ARCPolicy
 from .base import AccessInfo, Key, Label, Policy, Tier
+from .mrc import ShadowMRC
 from .wtinylfu import _M1, _MASK64, WTinyLFUPolicy
 
 __all__ = ["WorkloadAwarePolicy"]
@@ -94,6 +95,10 @@ class WorkloadAwarePolicy(Policy):
             miniature (at least 512).
         experts: ``"adaptive"`` (the choice above), or ``"frequency"`` / ``"recency"`` to
             keep one expert (for measurements).
+        mrc: Keep live miss-ratio curves of LRU, S3-FIFO and ARC at 0.25x to 4x this tier's
+            size (:class:`~fusefs.policies.mrc.ShadowMRC`, on the non-stream uses), shown
+            by :meth:`statistics` and so by ``tierfs stats``. Off by default: it costs 15
+            shadow accesses per sampled use.
         **options: Passed to :class:`~fusefs.policies.base.Policy`.
     """
 
@@ -113,6 +118,7 @@ class WorkloadAwarePolicy(Policy):
         mini_objects: int = 2048,
         period_factor: int = 2,
         experts: str = "adaptive",
+        mrc: bool = False,
         **options: object,
     ) -> None:
         super().__init__(capacity, **options)  # type: ignore[arg-type]
@@ -144,6 +150,7 @@ class WorkloadAwarePolicy(Policy):
         self._miss_freq = 0.0  # decayed misses of each miniature
         self._miss_rec = 0.0
         self._switches = 0
+        self._mrc = ShadowMRC(items) if mrc else None
         self._ghost_cap = int(self.capacity * ghost_ratio)
         self._ghost: OrderedDict[Key, int] = OrderedDict()
         self._ghost_bytes = 0
@@ -160,8 +167,12 @@ class WorkloadAwarePolicy(Policy):
     def _simulate(self, key: Key, info: AccessInfo) -> None:
         """Feed one non-stream use to the miniatures if its key is sampled; choose the
         leader at the end of a period."""
+        if self._is_stream(info):
+            return
+        if self._mrc is not None:
+            self._mrc.record(key)
         mini_f = self._mini_freq
-        if mini_f is None or self._is_stream(info):
+        if mini_f is None:
             return
         if (((hash(key) & _MASK64) * _M1) & _MASK64) >> (64 - _SAMPLE_BITS) >= self._sample_below:
             return
@@ -291,4 +302,6 @@ class WorkloadAwarePolicy(Policy):
         out["leader_switches"] = self._switches
         out["mini_misses_frequency"] = int(self._miss_freq)
         out["mini_misses_recency"] = int(self._miss_rec)
+        if self._mrc is not None:
+            out.update(self._mrc.statistics())
         return out

@@ -133,3 +133,39 @@ def test_wtinylfu_hill_climber_moves_the_window() -> None:
     assert climbing.statistics()["window_adjustments"] > 0
     assert climbing.statistics()["window_bytes"] != fixed.statistics()["window_bytes"]
     assert not climbing.check()
+
+
+def test_shadow_mrc_matches_the_policies_and_samples_faithfully() -> None:
+    from fusefs.policies.lru import LRUPolicy
+    from fusefs.policies.mrc import ShadowMRC
+
+    keys = [(1, o // PAGE) for o in tracegen.zipf_trace(n_objects=5000, n_requests=40_000, seed=4)["offset"].to_pylist()]
+    full = ShadowMRC(500, policies=("lru", "arc"), sample_objects=10**9)
+    sampled = ShadowMRC(500, policies=("lru", "arc"), sample_objects=125)
+    lru = LRUPolicy(500, object_size=1)
+    misses = 0
+    for k in keys:
+        full.record(k)
+        sampled.record(k)
+        misses += not lru.access(k, 1)
+    assert full.rate == 1.0 and full.sampled == len(keys)
+    assert dict(full.curves()["lru"])[1.0] == misses / len(keys)  # a shadow is the policy itself
+    ratios = [r for _, r in full.curves()["lru"]]
+    assert ratios == sorted(ratios, reverse=True)  # LRU: a larger cache never misses more
+    assert 0 < sampled.sampled < len(keys) / 2
+    for name in ("lru", "arc"):
+        for (m, exact), (_, approx) in zip(full.curves()[name], sampled.curves()[name]):
+            assert abs(exact - approx) < 0.05, (name, m, exact, approx)
+
+
+def test_workload_aware_shows_live_curves_when_asked() -> None:
+    p = WorkloadAwarePolicy(100 * PAGE, tier="dram", object_size=PAGE, mrc=True)
+    _feed(p, [o // PAGE for o in tracegen.zipf_trace(n_objects=1000, n_requests=3000, seed=2)["offset"].to_pylist()])
+    stats = p.statistics()
+    assert stats["mrc.sampled"] == 3000
+    assert 0 < stats["mrc.lru@1x"] <= 1000 and stats["mrc.arc@4x"] < stats["mrc.arc@0.25x"]
+    assert "mrc.sampled" not in WorkloadAwarePolicy(100 * PAGE, object_size=PAGE).statistics()
+    with pytest.raises(ValueError, match="no shadow"):
+        from fusefs.policies.mrc import ShadowMRC
+
+        ShadowMRC(10, policies=("belady",))
