@@ -169,3 +169,17 @@ def test_workload_aware_shows_live_curves_when_asked() -> None:
         from fusefs.policies.mrc import ShadowMRC
 
         ShadowMRC(10, policies=("belady",))
+
+
+def test_the_mrc_option_reaches_both_policy_instances(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fusefs.config import ConfigError, parse_config
+    from fusefs.mount import build_engine
+    from fusefs.stats import Stats
+    from fusefs.tiers.posix import PosixTier
+
+    cfg = parse_config('[policy]\nmrc = true\n[cache]\ndram = "4MiB"\n')
+    engine = build_engine(PosixTier(str(tmp_path)), cfg, Stats())
+    assert engine.dram_policy is not None and "mrc.sampled" in engine.dram_policy.statistics()
+    assert engine.policy is not None and "mrc.sampled" in engine.policy.statistics()
+    with pytest.raises(ConfigError, match="only workload_aware"):
+        build_engine(PosixTier(str(tmp_path)), parse_config('[policy]\nname = "lru"\nmrc = true\n'), Stats())
