@@ -61,6 +61,10 @@ class PolicyConfig:
                                 "the fast tier in the background, in large ranged GETs at "
                                 "throughput priority, as rclone's full VFS cache and s3fs do; "
                                 "later misses are then local reads. 0 turns it off.")
+    mrc: bool = _opt(False, "bool",
+                     "workload_aware only: keep live miss-ratio curves (shadow LRU, S3-FIFO "
+                     "and ARC at 0.25x to 4x each tier's size, on a sample of the keys), "
+                     "shown by tierfs stats.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from .engine import Engine
 from .migrator import Migrator, clean_path
 from .operations import Operations, Timeouts
 from .pagecache import PageCache
-from .policies import get_policy
+from .policies import WorkloadAwarePolicy, get_policy
 from .access import DramKey, FastKey, Override
 from .policies.base import Tier
 from .stats import Stats
@@ -410,11 +410,16 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
         policy_cls = get_policy(cfg.policy.name)
     except LookupError as exc:
         raise ConfigError(f"policy.name: {exc}") from None
+    extra: dict[str, bool] = {}
+    if cfg.policy.mrc:
+        if not issubclass(policy_cls, WorkloadAwarePolicy):
+            raise ConfigError(f"policy.mrc: only workload_aware keeps miss-ratio curves, not {cfg.policy.name}")
+        extra["mrc"] = True
     # One instance per tier, each with its own key type: a key of one tier can
     # never reach the other's bookkeeping.
     policy = policy_cls(cfg.cache.size, tier=Tier.FAST, object_size=cfg.cache.chunk_size,
                         max_readahead=cfg.policy.readahead_max,
-                        fill_max=cfg.policy.fill_random_max, key_type=FastKey)
+                        fill_max=cfg.policy.fill_random_max, key_type=FastKey, **extra)
     pagecache = None
     dram_policy = None
     if cfg.cache.dram >= cfg.cache.page_size:
@@ -423,7 +428,7 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
         # once per fetched block.
         dram_policy = policy_cls(cfg.cache.dram, tier=Tier.DRAM,
                                  object_size=max(cfg.cache.remote_block, cfg.cache.page_size),
-                                 max_readahead=cfg.policy.readahead_max, key_type=DramKey)
+                                 max_readahead=cfg.policy.readahead_max, key_type=DramKey, **extra)
     fast = None
     if cfg.cache.size > 0 and cfg.cache.dir:
         fast = FastTier(cfg.cache.dir, policy=policy, stats=stats)

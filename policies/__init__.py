@@ -27,6 +27,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Tier",
+    "WorkloadAwarePolicy",
     "available_policies",
     "builtin_policies",
     "get_policy",

@@ -1,6 +1,6 @@
-"""W-TinyLFU: a small LRU window in front of a segmented LRU, gated by a frequency sketch.
+"""W-TinyLFU: an LRU window in front of a segmented LRU, gated by a frequency sketch.
 
-New keys enter the window (1% of the capacity), which absorbs bursts. When room is needed
+New keys enter the window (1% of the capacity at first), which absorbs bursts. When room is needed
 and the window is full, its oldest key (the candidate) duels with the main cache's victim
 (the oldest key of the probation segment): the one the sketch says was used more often
 stays. The main cache is a segmented LRU: keys arrive in probation (20%) and move to
@@ -12,6 +12,14 @@ something about long-term popularity: an insertion, a hit in the main cache, and
 candidate leaving the window; hits inside the window are recency, not frequency, and are
 not counted. Every counter is halved after ``sample_factor`` increments per object the main
 cache holds, so the frequencies follow a changing workload.
+
+The window adapts (``adaptive=True``, as in Caffeine): a hill climber measures the hit ratio
+over samples of ``climb_factor`` uses per cached object, and moves the window's share by a
+step (6.25% of the capacity, decaying by 2% a sample) in the direction that last improved it,
+reversing when the hit ratio fell. A workload where recency pays (a drifting hot set) grows
+the window towards LRU; a stationary skewed one shrinks it towards pure LFU admission. A
+larger window fills lazily (the main cache gives up victims without a duel while the window
+is under its share); a smaller one hands its oldest keys to probation at once.
 """
 
 from __future__ import annotations
@@ -92,6 +100,10 @@ class WTinyLFUPolicy(Policy):
             holds.
         sketch_factor: Sketch counters per row, per object the main cache holds (rounded
             up to a power of two).
+        adaptive: Let the hill climber move the window's share (``window_ratio`` is then
+            the starting point).
+        climb_factor: Uses per cached object in one hill-climbing sample.
+        max_window_ratio: Largest share of the capacity the window may reach.
         **options: Passed to :class:`~fusefs.policies.base.Policy` (``object_size`` turns
             bytes into object counts for the sketch).
     """
@@ -106,14 +118,29 @@ class WTinyLFUPolicy(Policy):
         protected_ratio: float = 0.8,
         sample_factor: int = 32,
         sketch_factor: int = 1,
+        adaptive: bool = False,
+        climb_factor: int = 10,
+        max_window_ratio: float = 0.8,
         **options: object,
     ) -> None:
         super().__init__(capacity, **options)  # type: ignore[arg-type]
         self._window_cap = int(self.capacity * window_ratio)
+        self._protected_ratio = protected_ratio
         main_cap = self.capacity - self._window_cap
         self._protected_cap = int(main_cap * protected_ratio)
         main_items = max(main_cap // self._object_size, 1)
         self._sketch = FrequencySketch(main_items * sketch_factor, period=sample_factor * main_items)
+        # Hill climbing of the window's share (Caffeine's simple climber).
+        self._adaptive = adaptive
+        items = max(self.capacity // self._object_size, 1)
+        self._climb_period = max(climb_factor * items, 256)
+        self._climb_hits = 0
+        self._climb_uses = 0
+        self._prev_hit_ratio: float | None = None
+        self._step_unit = self.capacity * 0.0625
+        self._step = self._step_unit
+        self._max_window = int(self.capacity * max_window_ratio)
+        self._window_adjustments = 0
         self._window: OrderedDict[Key, int] = OrderedDict()
         self._probation: OrderedDict[Key, int] = OrderedDict()
         self._protected: OrderedDict[Key, int] = OrderedDict()
@@ -136,7 +163,56 @@ class WTinyLFUPolicy(Policy):
             self._window_bytes -= s
             self._probation[k] = s
 
+    def _on_miss(self, key: Key, info: AccessInfo) -> None:
+        if self._adaptive and self._counts(info):
+            self._climb_uses += 1
+            if self._climb_uses >= self._climb_period:
+                self._climb()
+
+    def _climb(self) -> None:
+        """End of a sample: step the window's share towards a higher hit ratio."""
+        ratio = self._climb_hits / self._climb_uses
+        self._climb_hits = self._climb_uses = 0
+        prev = self._prev_hit_ratio
+        self._prev_hit_ratio = ratio
+        if prev is None:
+            step = self._step  # no baseline yet: try the first step
+        else:
+            change = ratio - prev
+            step = self._step if change >= 0 else -self._step
+            # A large change means the workload moved: restart with a full step.
+            if abs(change) >= 0.05:
+                self._step = self._step_unit if step >= 0 else -self._step_unit
+            else:
+                self._step = step * 0.98
+        self._resize_window(int(self._window_cap + step))
+
+    def _resize_window(self, window_cap: int) -> None:
+        window_cap = min(max(window_cap, 0), self._max_window)
+        if window_cap == self._window_cap:
+            return
+        self._window_adjustments += 1
+        self._window_cap = window_cap
+        self._protected_cap = int((self.capacity - window_cap) * self._protected_ratio)
+        # A smaller window hands its oldest keys to probation now; a larger one fills as
+        # new keys arrive (eviction takes from main while the window is under its share).
+        window = self._window
+        while self._window_bytes > window_cap and window:
+            k, s = window.popitem(last=False)
+            self._window_bytes -= s
+            self._probation[k] = s
+        protected = self._protected
+        while self._protected_bytes > self._protected_cap and protected:
+            k, s = protected.popitem(last=False)
+            self._protected_bytes -= s
+            self._probation[k] = s
+
     def _on_hit(self, key: Key, info: AccessInfo) -> None:
+        if self._adaptive and self._counts(info):
+            self._climb_hits += 1
+            self._climb_uses += 1
+            if self._climb_uses >= self._climb_period:
+                self._climb()
         if key in self._window:
             self._window.move_to_end(key)
             return
@@ -197,3 +273,11 @@ class WTinyLFUPolicy(Policy):
             self._window_bytes -= size
             return
         self._pop_main(key)
+
+    def statistics(self) -> dict[str, int]:
+        """Base counters plus ``window_bytes`` (the window's current share, in bytes) and
+        ``window_adjustments`` (steps of the hill climber)."""
+        out = super().statistics()
+        out["window_bytes"] = self._window_cap
+        out["window_adjustments"] = self._window_adjustments
+        return out

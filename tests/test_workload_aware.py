@@ -58,7 +58,7 @@ def test_should_admit_answers_per_tier() -> None:
 
 
 def test_second_epoch_of_a_file_that_fits_is_admitted_whole() -> None:
-    p = make(capacity_pages=100)
+    p = make(capacity_pages=160)
     fsize = 40 * PAGE
     for off in range(0, fsize, 8 * PAGE):  # epoch 1: nothing admitted
         read(p, 3, off, 8 * PAGE, Label.SEQUENTIAL, file_size=fsize)
@@ -74,7 +74,7 @@ def test_second_epoch_of_a_file_that_fits_is_admitted_whole() -> None:
 
 
 def test_second_epoch_without_known_size() -> None:
-    p = make(capacity_pages=100)
+    p = make(capacity_pages=160)
     for _ in range(2):
         for off in range(0, 40 * PAGE, 8 * PAGE):
             read(p, 3, off, 8 * PAGE, Label.SEQUENTIAL)
@@ -91,9 +91,25 @@ def test_interleaved_workers_of_one_epoch_are_not_a_second_epoch() -> None:
     assert len(p) == 0
 
 
+def test_re_read_files_share_one_budget() -> None:
+    p = make(capacity_pages=160)  # budget: 40 pages
+    fsize = 24 * PAGE
+    for _ in range(2):  # two files re-read in turn: only the first fits the budget
+        for fid in (3, 4):
+            for off in range(0, fsize, 8 * PAGE):
+                read(p, fid, off, 8 * PAGE, Label.SEQUENTIAL, file_size=fsize)
+    assert len(p.keys_of_file(3)) == 24
+    assert len(p.keys_of_file(4)) == 0
+    p.invalidate_file(3)  # the budget it held is free again
+    for _ in range(2):
+        for off in range(0, fsize, 8 * PAGE):
+            read(p, 5, off, 8 * PAGE, Label.SEQUENTIAL, file_size=fsize)
+    assert len(p.keys_of_file(5)) == 24
+
+
 def test_a_file_too_big_to_fit_is_not_admitted_on_reread() -> None:
     p = make(capacity_pages=100)
-    fsize = 80 * PAGE  # more than half the capacity
+    fsize = 30 * PAGE  # more than the budget (a quarter of the capacity)
     for _ in range(2):
         for off in range(0, fsize, 8 * PAGE):
             read(p, 3, off, 8 * PAGE, Label.SEQUENTIAL, file_size=fsize)
@@ -131,7 +147,7 @@ def test_readahead_for_streams() -> None:
 
 
 def test_invalidate_forgets_the_epoch_history() -> None:
-    p = make(capacity_pages=100)
+    p = make(capacity_pages=160)
     fsize = 40 * PAGE
     for off in range(0, fsize, 8 * PAGE):
         read(p, 3, off, 8 * PAGE, Label.SEQUENTIAL, file_size=fsize)
