@@ -19,7 +19,10 @@ Modules (one concern each):
   as copy + delete;
 - `file`: `ObjectFile` (ranged reads, write spool, upload on flush/close) and
   `OpenFiles` (writable handles by path, spool directory, whole-object
-  transfer).
+  transfer);
+- `writeback`: `WriteBack`, durable write-back through the cache directory
+  (named spools, the journal, the destager, recovery, the drain at unmount),
+  attached by `start_writeback`.
 
 Each module's docstring describes its part of the behaviour. What the facade
 adds: ``mknod`` of anything but a regular file is ``EPERM``; objects have no
@@ -38,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow.fs as pafs
+import trio
 
 from ..capacity import CapacityFile, CapacityTier, Stat, StatFs
 from .file import ObjectFile, OpenFiles
@@ -45,6 +49,7 @@ from .metacache import MetaCache
 from .namespace import Namespace
 from .options import S3_OPTIONS, Attributes, ObjectStoreOptions
 from .store import NAME_MAX, Store, err, resolve_source, show, split
+from .writeback import WriteBack
 
 __all__ = ["ObjectFile", "ObjectStoreOptions", "ObjectStoreTier"]
 
@@ -55,6 +60,7 @@ class ObjectStoreTier(CapacityTier):
     supports_links = False
     supports_snapshots = True
     remote = True  # every read is a ranged GET: a round trip costs more than 64 KiB
+    supports_writeback = True
 
     def __init__(
         self,
@@ -145,6 +151,34 @@ class ObjectStoreTier(CapacityTier):
 
     async def close(self) -> None:
         await self._files.close()
+
+    # -- write-back --------------------------------------------------------
+    async def start_writeback(self, cache_dir: str, *, durability: str, stats: Any,
+                              take_lock: bool, calm: Any = None) -> None:
+        wb = WriteBack(cache_dir, self._files, durability=durability, stats=stats, calm=calm)
+        await wb.open(take_lock=take_lock)
+        self._files.writeback = wb
+
+    @property
+    def writeback(self) -> WriteBack | None:
+        return self._files.writeback
+
+    async def run_writeback(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        wb = self._files.writeback
+        if wb is None:
+            task_status.started()
+            return
+        await wb.run(task_status=task_status)
+
+    async def stop_writeback(self) -> None:
+        wb = self._files.writeback
+        if wb is None:
+            return
+        try:
+            await wb.drain()
+        finally:
+            self._files.writeback = None  # writers from now on: none (the mount is gone)
+            await wb.close()
 
     def invalidate(self, path: bytes | None = None) -> None:
         """Drop cached metadata of ``path`` (and its listing), or all of it."""
