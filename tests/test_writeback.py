@@ -56,7 +56,9 @@ def store_or_none(server: S3Server, rel: str) -> bytes | None:
 
 
 def pending(m: Mounted) -> int:
-    return stats(m.mountpoint)["writeback"]["pending_files"]
+    wb = stats(m.mountpoint)["writeback"]
+    assert "pending_files" in wb, wb
+    return wb["pending_files"]
 
 
 def destaged(m: Mounted, timeout: float = 120.0) -> None:

@@ -453,7 +453,7 @@ class WriteBack:
     async def wait_uploads(self, path: bytes) -> None:
         """Return once no upload of ``path`` is in flight."""
         while True:
-            busy = [s.uploading for s in self.pending.get(path, []) if s.uploading]
+            busy = [s.uploading for s in self.pending.get(path, []) if s.uploading is not None]
             if not busy:
                 return
             await busy[0].wait()
@@ -521,7 +521,7 @@ class WriteBack:
             "durability": self.durability,
             "pending_files": n,
             "pending_bytes": size,
-            "uploading": sum(1 for lst in self.pending.values() for s in lst if s.uploading),
+            "uploading": sum(1 for lst in self.pending.values() for s in lst if s.uploading is not None),
             "damaged_rows": len(self.damaged),
             "store_failing": self._failing,
             "retry_in_s": max(0.0, self._retry_at - trio.current_time())
