@@ -330,3 +330,74 @@ def test_umount_drains_the_queue(restartable_s3: S3Server, mount_s3: Callable[..
         destaged(m)
         for rel, data in {**files, **later}.items():
             assert store_read(server, rel) == data
+
+
+# -- recovery and fsck of a damaged journal (in-process, no mount) ----------------------
+def _journal_with_damage(root: Path) -> None:
+    from fusefs.catalog import Journal, JournalRow
+
+    (root / "writeback").mkdir(mode=0o700)
+    (root / "data").mkdir(mode=0o700)
+    (root / "writeback" / "1").write_bytes(b"x" * 100)  # whole
+    (root / "writeback" / "3").write_bytes(b"y" * 10)  # short: its row says 50
+    (root / "writeback" / "4").write_bytes(b"z")  # no row: never flushed
+    j = Journal(str(root / "catalog.db"))
+    j.apply(put=[JournalRow(1, b"ok", 100, "ready", 1, 1, 1),
+                 JournalRow(2, b"missing", 20, "open", 2, 2, 2),
+                 JournalRow(3, b"short", 50, "ready", 3, 3, 3)])
+    j.close()
+
+
+@pytest.mark.allow_log_errors(r"write-back: the spool file")
+def test_recovery_keeps_damaged_rows_and_fsck_reports_them(tmp_path: Path) -> None:
+    import trio
+
+    from fusefs.catalog import Journal
+    from fusefs.fsck import check_cache_dir
+    from fusefs.tiers.objectstore.writeback import WriteBack
+
+    _journal_with_damage(tmp_path)
+
+    async def recover() -> WriteBack:
+        wb = WriteBack(str(tmp_path), None, durability="fast")  # type: ignore[arg-type]
+        await wb.open(take_lock=True)
+        await wb.close()
+        return wb
+
+    wb = trio.run(recover)
+    assert list(wb.pending) == [b"ok"] and wb.pending[b"ok"][0].size == 100
+    assert sorted(r.path for r in wb.damaged) == [b"missing", b"short"]
+    report = check_cache_dir(str(tmp_path))
+    assert len(report.errors) == 2, report.errors
+    assert any("missing" in e and "writeback/2" in e for e in report.errors)
+    assert any("10 of 50" in e for e in report.errors)
+    assert any("b'ok'" in n and "next mount" in n for n in report.notes)
+    assert any("writeback/4" in n for n in report.notes)
+    report = check_cache_dir(str(tmp_path), repair=True)
+    assert report.fixed == ["dropped the journal row of the missing spool writeback/2"]
+    j = Journal(str(tmp_path / "catalog.db"))
+    assert sorted(r.id for r in j.rows()) == [1, 3]
+    j.close()
+    # No spool file was ever deleted.
+    assert sorted(os.listdir(tmp_path / "writeback")) == ["1", "3", "4"]
+
+
+def test_a_schema_3_catalog_gains_the_journal(tmp_path: Path) -> None:
+    import sqlite3
+
+    from fusefs.catalog import Catalog, FileRow, Journal
+
+    path = str(tmp_path / "catalog.db")
+    c = Catalog(path)
+    c.apply(new_files=[FileRow(5, b"f", 10, 1, "")])
+    c.close()
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE pending_writes; UPDATE meta SET value='3' WHERE key='schema';")
+    db.commit()
+    db.close()
+    c = Catalog(path)
+    assert c.migrated_from == 3 and [f.id for f in c.files()] == [5]
+    c.close()
+    j = Journal(path)
+    assert j.rows() == []
+    j.close()
