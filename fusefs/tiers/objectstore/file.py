@@ -215,6 +215,7 @@ class ObjectFile(CapacityFile):
                 # for a close of an O_TRUNC open in which nothing was written yet.
                 if wb.durability == "capacity" and sp.changed \
                         and sp.uploaded_gen != sp.gen and (explicit or not self._trunc_only):
+                    await wb.wait_uploads(self.path)  # an older spool's upload first
                     gen = sp.gen
                     self._stat = await self._files.put_object(self.path, self._fd)
                     sp.uploaded_gen = gen
@@ -245,6 +246,7 @@ class ObjectFile(CapacityFile):
                 return
             if sp.synced_gen != sp.gen:
                 await wb.record(sp, "open")
+            await wb.wait_uploads(self.path)
             gen = sp.gen
             self._stat = await self._files.put_object(self.path, self._fd)
             sp.uploaded_gen = gen
@@ -258,8 +260,10 @@ class ObjectFile(CapacityFile):
         try:
             if sp is not None and wb is not None and sp.id:
                 self._closed = True
-                self._files.forget(self)
                 async with self._lock:
+                    # Under the lock, with no await before the spool is pending: the
+                    # path never shows an older version in between.
+                    self._files.forget(self)
                     if self._unlinked:
                         await wb.drop(sp)
                     else:

@@ -331,8 +331,11 @@ class WriteBack:
     async def release(self, sp: Spool) -> None:
         """The last descriptor of a writable open is gone: the spool becomes pending."""
         sp.released = True
-        if sp.gone or not sp.changed or sp.uploaded_gen == sp.gen:
-            await self._forget(sp)  # nothing the store lacks
+        uploaded = sp.uploaded_gen == sp.gen and not self.pending.get(sp.path)
+        if sp.gone or not sp.changed or uploaded:
+            # Nothing the store lacks (with an older write of the path still pending, an
+            # upload of this one may have been overtaken by it: uploaded again, last).
+            await self._forget(sp)
             return
         sp.size = sp.current_size()
         lst = self.pending.setdefault(sp.path, [])
