@@ -349,6 +349,15 @@ def render_stats(snap: dict[str, Any]) -> str:
         lines += ["", f"errors answered: {errors.get('errors.total', 0)} "
                   "(by operation and errno; EIO by cause)"]
         lines += [f"  {k[7:]:<38}{v:>14}" for k, v in errors.items() if k != "errors.total"]
+    wb = snap.get("writeback")
+    if isinstance(wb, dict) and "pending_files" in wb:
+        lines += ["", f"write-back ({wb.get('durability')}): {wb['pending_files']} files "
+                  f"({format_size(wb.get('pending_bytes', 0))}) waiting for their upload; "
+                  f"{format_size(c.get('writeback.uploaded_bytes', 0))} uploaded, "
+                  f"{c.get('writeback.upload_failures', 0)} failed uploads (retried)"]
+        if wb.get("damaged_rows"):
+            lines.append(f"  {wb['damaged_rows']} pending writes have a missing or short "
+                         f"spool: see tierfs fsck")
     others = {k: v for k, v in c.items()
               if not k.startswith("read.bytes.") and not k.startswith("errors.")}
     if others:
