@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
@@ -240,15 +240,27 @@ def test_pending_files_rename_unlink_reopen(restartable_s3: S3Server,
         os.rename(j("a"), j("a2"))  # pending: the journal row follows the name
         os.unlink(j("b"))  # pending: dropped, never uploaded
         os.truncate(j("c"), 4)
-        assert sorted(os.listdir(root)) == ["a2", "c", "old"]
         assert os.stat(j("c")).st_size == 4
+        with open(j("e"), "wb") as f:
+            f.write(b"EEE")
+        os.rename(j("e"), j("e2"))
+        os.rename(j("e2"), j("c2"))
+        with open(j("c2"), "rb") as f:
+            assert f.read() == b"EEE"
+        with open(j("g"), "wb") as f:
+            f.write(b"GG")
+        os.rename(j("g"), j("c2"))  # over a pending file: that one is never uploaded
+        with open(j("c2"), "rb") as f:
+            assert f.read() == b"GG"
+        assert sorted(os.listdir(root)) == ["a2", "c", "c2", "old"]
         server.start()
         os.rename(j("old"), j("old2"))  # not pending: copy + delete in the store
         destaged(m)
         assert store_read(server, "a2") == a
         assert store_read(server, "c") == b"CCCC"
+        assert store_read(server, "c2") == b"GG"
         assert store_read(server, "old2") == b"store copy"
-        for gone in ("a", "b", "old"):
+        for gone in ("a", "b", "old", "e", "e2", "g"):
             assert not exists_in_store(server, gone), gone
 
 
@@ -401,3 +413,25 @@ def test_a_schema_3_catalog_gains_the_journal(tmp_path: Path) -> None:
     j = Journal(path)
     assert j.rows() == []
     j.close()
+
+
+# -- durability "capacity": close returns once the store holds the file -----------------
+def test_capacity_durability_uploads_before_close_returns(
+        s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    put(s3, "c", b"old object")
+    with mount_s3(s3, extra='[write]\ndurability = "capacity"\n') as m:
+        p = os.path.join(m.mountpoint, "c")
+        fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+        os.close(os.dup(fd))  # a close before any write: the object is not emptied
+        assert store_read(s3, "c") == b"old object"
+        os.write(fd, b"first")
+        os.fsync(fd)
+        assert store_read(s3, "c") == b"first"
+        os.write(fd, b" second")
+        os.close(fd)
+        assert store_read(s3, "c") == b"first second"
+        with open(os.path.join(m.mountpoint, "n"), "wb") as f:
+            f.write(b"new")
+        assert store_read(s3, "n") == b"new"
+        destaged(m)
+        assert store_read(s3, "c") == b"first second"

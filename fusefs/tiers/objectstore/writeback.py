@@ -52,6 +52,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat as stat_mod
 import time
 from dataclasses import dataclass, field
@@ -308,8 +309,11 @@ class WriteBack:
 
             await trio.to_thread.run_sync(sync)
             sp.recorded = True  # before the commit: a drop racing it deletes the row
-            await trio.to_thread.run_sync(
-                lambda: self.journal.apply(put=[self._row(sp, size, state)]))  # type: ignore[union-attr]
+            try:
+                await trio.to_thread.run_sync(
+                    lambda: self.journal.apply(put=[self._row(sp, size, state)]))  # type: ignore[union-attr]
+            except sqlite3.Error as exc:
+                raise OSError(errno.EIO, f"write-back journal {self.journal.path}: {exc}") from None
             self.stats.add("writeback.journal_commits")
             if sp.gone:  # dropped while we wrote: the row must not outlive it
                 await trio.to_thread.run_sync(lambda: self.journal.apply(delete=[sp.id]))  # type: ignore[union-attr]
@@ -342,7 +346,12 @@ class WriteBack:
         lst.append(sp)  # shown as the file from now on
         try:
             await self.record(sp, "ready")
+        except (OSError, sqlite3.Error) as exc:
+            # Its last flush was journaled (or answered with an error): upload it anyway.
+            log.warning("write-back: the release of %s was not journaled (%s); it is "
+                        "uploaded all the same", show(sp.path), exc)
         finally:
+            sp.ready = True
             if sp.fd >= 0:
                 os.close(sp.fd)
                 sp.fd = -1
