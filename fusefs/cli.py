@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--log", metavar="FILE", help="daemon log file (default: in the cache dir)")
     m.add_argument("--debug", action="store_true", help="log at DEBUG level")
 
-    u = sub.add_parser("umount", help="unmount and wait for the daemon to finish")
+    u = sub.add_parser("umount", help="unmount and wait for the daemon to finish (it "
+                       "uploads the writes still pending for an object store first)")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds to wait for the daemon (default 120)")
+                   help="seconds to wait for the daemon (default 120; a daemon still "
+                        "uploading pending writes goes on after it)")
 
     for name, text in (("warm", "copy files into the fast tier (resumable)"),
                        ("evict", "drop files from the caches"),
