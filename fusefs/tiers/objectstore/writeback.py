@@ -165,6 +165,11 @@ class WriteBack:
             st = os.lstat(self.dir)
             if not stat_mod.S_ISDIR(st.st_mode):
                 raise OSError(errno.ENOTDIR, f"{self.dir} is not a directory") from None
+            # Spools are the user's data: a directory others can reach is refused, not
+            # chmod'ed (tierfs never changes the mode of what it may not have created).
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise OSError(errno.EPERM, f"{self.dir} must be a directory of yours with "
+                                           f"mode 0700 (it is {stat_mod.S_IMODE(st.st_mode):04o})")
         self._dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                                | os.O_CLOEXEC)
         self.journal = await trio.to_thread.run_sync(
