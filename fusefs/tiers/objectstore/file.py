@@ -209,7 +209,10 @@ class ObjectFile(CapacityFile):
             async with self._lock:
                 if sp.gone:
                     return
-                if sp.changed and sp.synced_gen != sp.gen:
+                # Not for a close of an O_TRUNC open before its first write (a dup, as
+                # dd and a shell's > do): a crash before the last close must leave the
+                # object as it was, not empty.
+                if sp.changed and sp.synced_gen != sp.gen and (explicit or not self._trunc_only):
                     await wb.record(sp, "open")
                 # "capacity": the store holds it before close or fsync returns; not
                 # for a close of an O_TRUNC open in which nothing was written yet.

@@ -36,8 +36,12 @@ Decisions:
 * unlink drops a path's spools and rows (after any upload in flight), never uploading
   them; a rename moves them (rows follow the new name) after any upload in flight; a
   directory rename first uploads what is pending below it (the store copies keys).
+* A close of an ``O_TRUNC`` open before its first write (``dd of=`` and a shell's ``>``
+  close a dup first) writes no row: a crash before the next close leaves the object as
+  it was, never empty.
 * Recovery: every row becomes a pending spool before the mount serves (in the order of
-  its last update, so the last flush of a path wins) and is queued. A row whose spool is
+  its last update, so the last flush of a path wins) and is queued; the spool is uploaded
+  as it is (bytes written after its last flush, never acknowledged, included). A row whose spool is
   missing or shorter than the row says is logged as an ERROR and kept, neither served
   nor uploaded (`tierfs fsck` reports it; nothing is deleted). Spool files without a row
   were written but never flushed: nothing was acknowledged, they are left alone (a
