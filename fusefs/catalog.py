@@ -283,6 +283,18 @@ class Journal:
                     return []  # an older catalog (read-only): no journal yet
                 raise
 
+    def source(self) -> str | None:
+        """The source the rows are of (set while rows exist), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key='writeback_source'").fetchone()
+            return row[0] if row else None
+
+    def set_source(self, source: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('writeback_source', ?)",
+                             (source,))
+
     def apply(self, *, put: Iterable[JournalRow] = (), delete: Iterable[int] = ()) -> None:
         """One transaction: write (insert or replace) rows, then delete rows by id."""
         with self._lock:

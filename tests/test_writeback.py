@@ -402,6 +402,15 @@ def test_recovery_keeps_damaged_rows_and_fsck_reports_them(tmp_path: Path) -> No
 
     wb = trio.run(recover)
     assert list(wb.pending) == [b"ok"] and wb.pending[b"ok"][0].size == 100
+
+    async def other_source(source: str) -> None:
+        w = WriteBack(str(tmp_path), None, durability="fast")  # type: ignore[arg-type]
+        await w.open(take_lock=True, source=source)
+        await w.close()
+
+    trio.run(other_source, "s3://one")  # the rows are of s3://one from now on
+    with pytest.raises(OSError, match="pending writes of s3://one, not of s3://two"):
+        trio.run(other_source, "s3://two")
     assert sorted(r.path for r in wb.damaged) == [b"missing", b"short"]
     report = check_cache_dir(str(tmp_path))
     assert len(report.errors) == 2, report.errors
@@ -459,3 +468,42 @@ def test_capacity_durability_uploads_before_close_returns(
         assert store_read(s3, "n") == b"new"
         destaged(m)
         assert store_read(s3, "c") == b"first second"
+
+
+# -- in-process: the tier with write-back (no destager running: everything stays pending) --
+def test_tier_pending_writes_follow_renames_in_the_journal(s3: S3Server, tmp_path: Path) -> None:
+    import trio
+
+    from fusefs.catalog import Journal
+    from test_objectstore import started, write_file
+
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+
+    async def main() -> None:
+        tier = await started(s3)
+        await tier.start_writeback(str(cache), durability="fast", stats=None, take_lock=True)
+        await tier.mkdir(b"d", 0o755, 0, 0)
+        await write_file(tier, b"d/a", b"AAAA")
+        await write_file(tier, b"top", b"T")
+        assert (await tier.stat(b"d/a")).st_size == 4
+        assert not exists_in_store(s3, "d/a")  # pending: nobody uploads it here
+        await tier.rename(b"top", b"top2")
+        rows = {r.path: r for r in Journal(str(cache / "catalog.db")).rows()}
+        assert set(rows) == {b"d/a", b"top2"} and rows[b"top2"].state == "ready"
+        # A directory rename copies keys in the store: what is pending below goes first.
+        await tier.rename(b"d", b"e")
+        assert store_read(s3, "e/a") == b"AAAA" and not exists_in_store(s3, "d/a")
+        rows = {r.path for r in Journal(str(cache / "catalog.db")).rows()}
+        assert rows == {b"top2"}
+        f = await tier.open(b"top2", os.O_RDONLY)
+        assert await f.pread(0, 10) == b"T"
+        await f.close()
+        await tier.unlink(b"top2")
+        assert Journal(str(cache / "catalog.db")).rows() == []
+        assert os.listdir(cache / "writeback") == []
+        await tier.stop_writeback()
+        await tier.close()
+        assert not exists_in_store(s3, "top2") and not exists_in_store(s3, "top")
+
+    trio.run(main)

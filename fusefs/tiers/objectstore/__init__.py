@@ -156,7 +156,7 @@ class ObjectStoreTier(CapacityTier):
     async def start_writeback(self, cache_dir: str, *, durability: str, stats: Any,
                               take_lock: bool, calm: Any = None) -> None:
         wb = WriteBack(cache_dir, self._files, durability=durability, stats=stats, calm=calm)
-        await wb.open(take_lock=take_lock)
+        await wb.open(take_lock=take_lock, source=self.description)
         self._files.writeback = wb
 
     @property

@@ -46,6 +46,9 @@ Decisions:
   nor uploaded (`tierfs fsck` reports it; nothing is deleted). Spool files without a row
   were written but never flushed: nothing was acknowledged, they are left alone (a
   WARNING).
+* The journal remembers the source its rows are of (the catalog's ``meta`` table); a mount
+  of another source on a cache directory with pending writes is refused: they are never
+  uploaded anywhere but where they were written.
 * Unmount closes writers that are still open (their spools become pending), then waits
   for the queue to drain, logging progress every 5 s; the first failed upload ends the
   wait, logging what stays pending for the next mount.
@@ -154,10 +157,12 @@ class WriteBack:
         self.stats.sources["writeback"] = self.statistics
 
     # -- lifecycle -------------------------------------------------------------
-    async def open(self, *, take_lock: bool = False) -> None:
+    async def open(self, *, take_lock: bool = False, source: str | None = None) -> None:
         """Create the spool directory, open the journal and recover its rows (mount time).
 
         ``take_lock``: no fast tier holds the cache directory's lock; take it here.
+        ``source``: what the rows are uploaded to; rows written for another source are
+        refused (`OSError`), never uploaded to this one.
         """
         if take_lock:
             from ..fast import lock_cache_dir
@@ -179,6 +184,16 @@ class WriteBack:
         self.journal = await trio.to_thread.run_sync(
             Journal, os.path.join(self.root, "catalog.db"))
         rows = await trio.to_thread.run_sync(self.journal.rows)
+        if source is not None:
+            theirs = await trio.to_thread.run_sync(self.journal.source)
+            if rows and theirs is not None and theirs != source:
+                await self.close()
+                raise OSError(errno.EBUSY, f"the cache directory holds {len(rows)} pending "
+                                           f"writes of {theirs}, not of {source}: mount "
+                                           f"{theirs} with it to upload them, or use another "
+                                           f"cache directory")
+            if theirs != source:
+                await trio.to_thread.run_sync(self.journal.set_source, source)
         names = await trio.to_thread.run_sync(os.listdir, self.dir)
         ids = {int(n) for n in names if n.isdigit()}
         self._next_id = max([0, *ids, *(r.id for r in rows)]) + 1
