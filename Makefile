@@ -5,14 +5,15 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv stress-ng
 BENCH_PACKAGES := fio bindfs mergerfs s3fs
 
-.PHONY: setup system-deps demo test test-fast bench sanitize man clean
+.PHONY: setup system-deps demo test test-fast bench sanitize man install clean
 
 system-deps:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT); do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	    apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; fi; \
 	fi
 
 $(PY):
@@ -34,6 +35,16 @@ bench:
 
 man: setup
 	$(PY) -m fusefs.manpages man/
+
+# Put this checkout's tierfs where mount(8), mount.fuse3 and man(1) look (as root):
+# `mount -t fuse.tierfs`, fstab lines and `man tierfs` then work.
+PREFIX ?= /usr/local
+install: setup
+	ln -sf $(abspath $(VENV))/bin/tierfs $(PREFIX)/bin/tierfs
+	ln -sf $(abspath $(VENV))/bin/mount.tierfs /sbin/mount.tierfs
+	install -D -m 0644 man/tierfs.1 $(PREFIX)/share/man/man1/tierfs.1
+	install -D -m 0644 man/tierfs.toml.5 $(PREFIX)/share/man/man5/tierfs.toml.5
+	-mandb -q >/dev/null 2>&1
 
 clean:
 	rm -rf build dist *.egg-info fusefs/_pagecache*.so

@@ -40,5 +40,7 @@ setup(
             "workload_aware = fusefs.policies.workload_aware:WorkloadAwarePolicy",
         ],
     },
+    # Man pages go with a (non-editable) install; `make install` links them for a checkout.
+    data_files=[("share/man/man1", ["man/tierfs.1"]), ("share/man/man5", ["man/tierfs.toml.5"])],
     zip_safe=False,
 )

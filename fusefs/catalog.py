@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Iterable
@@ -119,6 +120,12 @@ class ExtentRow:
     pinned: bool
 
 
+def _make_private(fd: int) -> None:
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+
+
 class Catalog:
     """The sqlite catalog at ``path``; every method is thread-safe and blocking."""
 
@@ -136,8 +143,22 @@ class Catalog:
                     raise CatalogError(f"{path}: schema {row[0] if row else '?'}, "
                                        f"this tierfs reads {SCHEMA_VERSION} (mount once to migrate)")
                 return
+            # sqlite creates -wal and -shm with the database's mode: it must be
+            # 0600 before sqlite opens it (and so must those of an older mount).
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            os.close(fd)
+            try:
+                _make_private(fd)
+            finally:
+                os.close(fd)
+            for extra in ("-wal", "-shm"):
+                try:
+                    fd = os.open(path + extra, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    _make_private(fd)
+                finally:
+                    os.close(fd)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a commit survives a process crash; an OS crash may lose

@@ -14,13 +14,17 @@ times the stream's largest request, capped).
 
 Why processes: a training loader that streamed its last shard will stream the next one. A
 running average of run lengths per process lets its first request on a new file be labelled
-``sequential`` instead of waiting for the run to build up.
+``sequential`` instead of waiting for the run to build up. Only runs of two requests or
+more count as runs there (a lone read-around window is evidence of nothing).
 
 The labels:
 
-* ``sequential``: the request continues (or starts) a stream whose run covers at least
+* ``sequential``: the request continues a stream whose run covers at least
   ``sequential_cutoff`` bytes, or it comes from a process recognised as a streamer. Once
-  sequential, a stream stays so for its life.
+  sequential, a stream stays so for its life. One request, however large, is not a
+  stream: random page faults on an ``mmap``-ed file (a FAISS index, an embedding table)
+  arrive as the kernel's read-around windows, one large request each (up to the mount's
+  read-ahead, 1 MiB) at a random place, and continued by nothing.
 * ``unknown``: too few requests yet: the first request on a file nobody has read yet, or a
   stream still growing below the cutoff.
 * ``random``: a request that continues no stream of a file already being read, or that
@@ -62,7 +66,8 @@ class Access(NamedTuple):
 class _Stream:
     """One run of contiguous reads on one file."""
 
-    __slots__ = ("id", "pid", "start", "next", "max_size", "last", "sequential", "sampled")
+    __slots__ = ("id", "pid", "start", "next", "max_size", "last", "sequential", "sampled",
+                 "continued", "holes")
 
     def __init__(self, stream_id: int, pid: int, offset: int, size: int, now: float) -> None:
         self.id = stream_id
@@ -74,16 +79,30 @@ class _Stream:
         self.sequential = False
         # Set once the run has been reported to its process's average at the cutoff.
         self.sampled = False
+        # A later request advanced it: a run, not one lone request.
+        self.continued = False
+        # Gaps [start, end) skipped ahead and not yet filled by the late piece that
+        # starts exactly there: a stream with a gap is not (yet) sequential; random windows
+        # that happen to land ahead leave gaps that nothing fills.
+        self.holes: list[list[int]] = []
 
 
 class _PidStats:
     """Running average of the run lengths one process produced."""
 
-    __slots__ = ("avg", "runs")
+    __slots__ = ("avg", "long", "runs")
 
     def __init__(self) -> None:
         self.avg = 0.0
+        # Running share of its runs that reached the cutoff: one lucky long run among
+        # many lone requests (random mmap faults) does not make a streamer.
+        self.long = 0.0
         self.runs = 0
+
+    def streams(self, cutoff: int) -> bool:
+        # Two runs at least: one long run may be the kernel reading ahead of a random
+        # reader's mmap fault; a loader's second shard is where the saving starts anyway.
+        return self.runs > 1 and self.avg >= cutoff and self.long >= 0.5
 
 
 class Classifier:
@@ -184,7 +203,7 @@ class Classifier:
                 self._pids.popitem(last=False)
         else:
             self._pids.move_to_end(pid)
-        streamer = pstats.runs > 0 and pstats.avg >= self._cutoff
+        streamer = pstats.streams(self._cutoff)
 
         # One pass over the (few) streams: drop the idle ones, find the closest match.
         best: _Stream | None = None
@@ -198,7 +217,11 @@ class Classifier:
             allowance = s.max_size * self._reorder_factor
             if allowance > self._reorder_max:
                 allowance = self._reorder_max
-            if -allowance <= delta <= allowance:
+            # Ahead: at most one request may be missing (delivered late). Behind: a late
+            # piece lies wholly behind; one that overlaps the covered bytes and runs past
+            # them is how the kernel's read-around windows of random mmap faults look.
+            if (0 <= delta <= min(allowance, s.max_size)
+                    or (-allowance <= delta < 0 and offset + size <= s.next)):
                 dist = delta if delta >= 0 else -delta
                 if best is None or dist < best_dist:
                     best = s
@@ -216,15 +239,25 @@ class Classifier:
             s = best
             end = offset + size
             advanced = end > s.next
+            if offset > s.next:
+                s.holes.append([s.next, offset])
+            elif s.holes and end <= s.next:
+                for gap in s.holes:
+                    if gap[0] == offset:  # the late piece: it starts where the gap does
+                        gap[0] = end
+                        if end >= gap[1]:
+                            s.holes.remove(gap)
+                        break
             if advanced:
                 s.next = end
+                s.continued = True
             if size > s.max_size:
                 s.max_size = size
             s.last = now
             run = s.next - s.start
             if s.sequential:
                 label = Label.SEQUENTIAL
-            elif run >= self._cutoff or streamer:
+            elif (run >= self._cutoff and not s.holes) or streamer:
                 s.sequential = True
                 label = Label.SEQUENTIAL
                 self._sample_crossing(s, run)
@@ -245,13 +278,10 @@ class Classifier:
             self._streams_created += 1
             streams.append(s)
             run = size
-            if streamer or size >= self._cutoff:
+            if streamer:
                 s.sequential = True
                 label = Label.SEQUENTIAL
-                if streamer and size < self._cutoff:
-                    self._pid_recognised += 1
-                if size >= self._cutoff:
-                    self._sample_crossing(s, run)
+                self._pid_recognised += 1
             elif new_file:
                 label = Label.UNKNOWN
             else:
@@ -275,7 +305,7 @@ class Classifier:
     def is_streamer(self, pid: int) -> bool:
         """Whether a process is currently recognised as streaming (for stats and tests)."""
         pstats = self._pids.get(pid)
-        return pstats is not None and pstats.runs > 0 and pstats.avg >= self._cutoff
+        return pstats is not None and pstats.streams(self._cutoff)
 
     def stats(self) -> dict[str, int]:
         """Counters by label and the sizes of the tracked state.
@@ -327,7 +357,7 @@ class Classifier:
             self._streams_dropped += 1
         pstats = self._pids.get(s.pid)
         if pstats is not None:
-            self._add_sample(pstats, s.next - s.start)
+            self._add_sample(pstats, s.next - s.start if s.continued and not s.holes else 0)
 
     def _sample_crossing(self, s: _Stream, run: int) -> None:
         # A long run is reported when it becomes sequential, so its process is recognised
@@ -340,8 +370,11 @@ class Classifier:
                 self._add_sample(pstats, run)
 
     def _add_sample(self, pstats: _PidStats, run: int) -> None:
+        is_long = 1.0 if run >= self._cutoff else 0.0
         if pstats.runs == 0:
             pstats.avg = float(run)
+            pstats.long = is_long
         else:
             pstats.avg += self._alpha * (run - pstats.avg)
+            pstats.long += self._alpha * (is_long - pstats.long)
         pstats.runs += 1

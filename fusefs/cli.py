@@ -9,10 +9,12 @@ the reason it failed.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from typing import Any, Sequence
 
 import trio
 
-from . import __version__
+from . import __version__, credentials
 from .config import Config, ConfigError, load_config, with_overrides
 from .control import ControlError, call
 from .policies import get_policy
@@ -36,9 +38,13 @@ from .mount import (
     prepare_cache_dir,
     serve,
 )
+from .safefiles import open_private_log
 from .units import format_size
 
 log = logging.getLogger("fusefs")
+
+# `tierfs` exit status when its output pipe was closed (as a process killed by SIGPIPE).
+EXIT_PIPE = 141
 
 # -o options accepted by `tierfs mount` and mount.tierfs (fstab).
 MOUNT_OPTIONS = {
@@ -161,14 +167,23 @@ def parse_mount_options(opts: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+class _PrivateFileHandler(logging.FileHandler):
+    """A log file created 0600 (it names paths and errors of the mount)."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        return os.fdopen(open_private_log(self.baseFilename), "a", encoding=self.encoding,
+                         errors=self.errors)
+
+
 def _setup_logging(log_file: str | None, debug: bool) -> None:
     handler: logging.Handler
     if log_file:
-        handler = logging.FileHandler(log_file)
+        handler = _PrivateFileHandler(log_file)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(credentials.RedactFilter())  # on the handler: every logger's records
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -176,7 +191,42 @@ def _setup_logging(log_file: str | None, debug: bool) -> None:
         logging.getLogger("pyfuse3").setLevel(logging.WARNING)
 
 
+def _source_with_credentials(source: str) -> str:
+    """``source`` with its credentials, which this process's command line no longer shows.
+
+    A URI holding ``user:secret@`` re-executes this process (same pid, so a caller
+    waiting for it is not fooled) with the bare URI in its arguments and the
+    credentials in the environment (`credentials.ENV`, private to the user); the new
+    image takes them back out of its environment, so no child inherits them.
+    """
+    hidden = os.environ.get(credentials.ENV)
+    if hidden is not None:
+        credentials.scrub_environ()
+        return credentials.merge(source, hidden)
+    bare, userinfo = credentials.split(source)
+    if userinfo is None:
+        if credentials.redact(source) != source:  # user:se/cret@: the URI ends at the '/'
+            raise UsageError(f"source {credentials.redact(source)}: a '/' in the credentials "
+                             f"must be written %2F (or give them in the environment: "
+                             f"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+        return source
+    argv = list(sys.orig_argv)
+    if source not in argv[1:]:
+        if any(userinfo in a for a in argv):
+            raise UsageError("the source URI's credentials would stay visible in this "
+                             "process's command line: give them in the environment "
+                             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or in the config "
+                             "([source] access_key, secret_key)")
+        return source  # called with arguments of its own: ps shows none of them
+    argv = [sys.executable] + [bare if a == source else a for a in argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, {**os.environ, credentials.ENV: userinfo})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
+    source = _source_with_credentials(args.source)
     opts = parse_mount_options(args.options)
     config_file = args.config or opts.get("config")
     cfg: Config = load_config(config_file)
@@ -188,7 +238,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cfg = with_overrides(cfg, "mount", allow_other=True)
     if opts.get("immutable"):
         cfg = with_overrides(cfg, "mount", consistency="immutable")
-    source = args.source
     if "://" not in source:
         if not os.path.isdir(source):
             what = "does not exist" if not os.path.exists(source) else "is not a directory"
@@ -207,15 +256,25 @@ def cmd_mount(args: argparse.Namespace) -> int:
                                   or default_cache_dir(mountpoint))
     cfg = with_overrides(cfg, "cache", dir=cache_dir)
     debug = args.debug or bool(opts.get("debug"))
+    log_file = args.log or opts.get("log")
+    if not args.foreground:
+        log_file = log_file or os.path.join(cache_dir, "tierfs.log")
+    if log_file:
+        # Opened here too, so that a log the daemon could not write is reported
+        # on the terminal, not lost with the daemon's stderr.
+        try:
+            os.close(open_private_log(log_file))
+        except OSError as exc:
+            raise MountError(f"log file {log_file}: {exc.strerror}", EXIT_USAGE) from None
     if args.foreground:
-        _setup_logging(args.log or opts.get("log"), debug)
+        _setup_logging(log_file, debug)
         trio.run(serve, source, mountpoint, cfg)
         return 0
-    return _daemonize(source, mountpoint, cfg,
-                      args.log or opts.get("log") or os.path.join(cache_dir, "tierfs.log"), debug)
+    return _daemonize(source, mountpoint, cfg, log_file, debug)
 
 
-def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str, debug: bool) -> int:
+def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str | None,
+               debug: bool) -> int:
     """Fork a daemon; return once it reports that the mount is live (or why not)."""
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -226,7 +285,8 @@ def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str, debug: 
         if msg.startswith("ok"):
             return 0
         code, _, text = msg.partition(" ")
-        print(f"tierfs: {text.strip() or 'the daemon exited before mounting'}", file=sys.stderr)
+        text = credentials.redact(text.strip())
+        print(f"tierfs: {text or 'the daemon exited before mounting'}", file=sys.stderr)
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
@@ -241,7 +301,6 @@ def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str, debug: 
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    _setup_logging(log_file, debug)
 
     def ready() -> None:
         nonlocal wfd
@@ -252,17 +311,19 @@ def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str, debug: 
 
     code = 0
     try:
+        # Inside the try: whatever fails here reaches the waiting parent's terminal.
+        _setup_logging(log_file, debug)
         trio.run(functools.partial(serve, source, mountpoint, cfg, ready=ready))
     except (MountError, ConfigError) as exc:
         log.error("%s", exc)
         code = exc.code if isinstance(exc, MountError) else EXIT_CONFIG
         if wfd >= 0:
-            os.write(wfd, f"{code} {exc}".encode())
+            os.write(wfd, credentials.redact(f"{code} {exc}").encode())
     except BaseException as exc:  # report, then exit non-zero
         log.exception("daemon failed")
         code = EXIT_FAILURE
         if wfd >= 0:
-            os.write(wfd, f"{EXIT_FAILURE} daemon failed: {exc}".encode())
+            os.write(wfd, credentials.redact(f"{EXIT_FAILURE} daemon failed: {exc}").encode())
     finally:
         if wfd >= 0:
             os.close(wfd)
@@ -274,9 +335,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     try:
         pid = call(mountpoint, "ping", timeout=5)["pid"]
-    except ControlError:
+    except (ControlError, OSError):
         pid = None
-    if not os.path.ismount(mountpoint):
+    if not _listed_mount(mountpoint):
         raise UsageError(f"{mountpoint} is not mounted")
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = [tool, "-u", "--", mountpoint] if tool else ["umount", "--", mountpoint]
@@ -293,6 +354,21 @@ def cmd_umount(args: argparse.Namespace) -> int:
                 return EXIT_FAILURE
             time.sleep(0.05)
     return 0
+
+
+def _listed_mount(path: str) -> bool:
+    """Something is mounted at ``path`` (also a mount whose daemon died, which
+    `os.path.ismount` cannot stat)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1] for line in f]
+    except OSError:
+        return False
+    # /proc/self/mounts escapes space, tab, newline and backslash as \\ooo.
+    unescape = functools.partial(re.sub, r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)))
+    return any(unescape(p) == path for p in points)
 
 
 def _alive(pid: int) -> bool:
@@ -384,11 +460,23 @@ def render_stats(snap: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_reachable(path: str, full: str) -> None:
+    """A one-line reason why ``path`` cannot be used, as a `UsageError`/`ControlError`."""
+    try:
+        os.stat(full)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise ControlError(f"{path}: the daemon of this mount is gone ({exc.strerror}); "
+                               f"unmount it with 'tierfs umount' and mount again") from None
+        raise UsageError(f"{path}: {exc.strerror}") from None
+
+
 def _in_mount(path: str) -> tuple[str, str]:
     """(mount point, path relative to it) of a path inside a mount."""
     full = os.path.abspath(path)
-    if not os.path.exists(full):
-        raise UsageError(f"{path}: no such file or directory")
+    _check_reachable(path, full)
     mnt = full
     while not os.path.ismount(mnt):
         mnt = os.path.dirname(mnt)
@@ -404,26 +492,61 @@ def cmd_move(args: argparse.Namespace) -> int:
         if args.command != "warm":
             res = call(mnt, args.command, path=rel, timeout=3600)
             res.pop("ok", None)
+            if "kept" in res:  # pin warms: say what the fast tier holds, as warm does
+                print(f"{path}: pinned {res['files']} files: {format_size(res['kept'])} kept "
+                      f"in the fast tier, {format_size(res['bytes'])} copied now")
+                continue
             print(f"{path}: {args.command} " +
                   ", ".join(f"{v} {k}" for k, v in res.items()))
             continue
-        # warm file by file, so progress shows and an interrupted warm resumes
-        files = [os.path.join(mnt, rel)] if os.path.isfile(os.path.join(mnt, rel)) else [
-            os.path.join(d, f) for d, _, fs in os.walk(os.path.join(mnt, rel)) for f in fs]
-        total = sum(os.path.getsize(f) for f in files) or 1
-        done = copied = 0
-        show = not args.quiet and sys.stderr.isatty()
-        for i, f in enumerate(files, 1):
-            res = call(mnt, "warm", path=os.path.relpath(f, mnt), timeout=3600)
-            copied += res["bytes"]
-            done += os.path.getsize(f)
-            if show:
-                print(f"\rwarming {path}: {i}/{len(files)} files, "
-                      f"{100 * done / total:5.1f}%", end="", file=sys.stderr, flush=True)
-        if show:
-            print(file=sys.stderr)
-        print(f"{path}: warmed {len(files)} files, {format_size(copied)} copied")
+        _warm(path, mnt, rel, quiet=args.quiet)
     return 0
+
+
+def _warm(path: str, mnt: str, rel: str, *, quiet: bool) -> None:
+    """Warm file by file, so progress shows and an interrupted warm resumes."""
+    top = os.path.join(mnt, rel)
+    files = [top] if not os.path.isdir(top) else [
+        os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs]
+    sizes = {}
+    for f in files:
+        try:
+            sizes[f] = os.path.getsize(f)
+        except OSError:
+            pass  # gone since the walk: counted below
+    total = sum(sizes.values())
+    done = copied = vanished = 0
+    show = not quiet and sys.stderr.isatty()
+    for i, f in enumerate(files, 1):
+        try:
+            if f not in sizes:
+                raise FileNotFoundError
+            copied += call(mnt, "warm", path=os.path.relpath(f, mnt), timeout=3600)["bytes"]
+        except (FileNotFoundError, ControlError) as exc:
+            if isinstance(exc, ControlError) and (exc.errno != errno.ENOENT or len(files) == 1
+                                                  and not os.path.isdir(top)):
+                if exc.errno == errno.ENOENT:  # the one file named is gone from the source
+                    raise UsageError(f"{path}: no such file in the source (removed since "
+                                     f"the mount listed it)") from None
+                raise
+            vanished += 1  # removed while we warmed: nothing to keep
+            sizes.pop(f, None)
+        done += sizes.get(f, 0)
+        if show:
+            print(f"\rwarming {path}: {i}/{len(files)} files, "
+                  f"{100 * done / (total or 1):5.1f}%", end="", file=sys.stderr, flush=True)
+    if show:
+        print(file=sys.stderr)
+    # What the fast tier holds now, not what passed through it: a tier too small
+    # for the files keeps less than it was given.
+    kept = call(mnt, "cached", path=rel)["bytes"]
+    total = sum(sizes.values())
+    n = len(files) - vanished
+    note = f", {vanished} vanished while warming" if vanished else ""
+    short = " (the fast tier is too small to keep them all)" if kept < total else ""
+    print(f"{path}: warmed {n} file{'' if n == 1 else 's'}: {format_size(kept)} of "
+          f"{format_size(total)} kept in the fast tier{short}, {format_size(copied)} "
+          f"copied now{note}")
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -471,24 +594,59 @@ COMMANDS = {"replay": cmd_replay, "mount": cmd_mount, "umount": cmd_umount, "sta
             "warm": cmd_move, "evict": cmd_move, "pin": cmd_move, "unpin": cmd_move}
 
 
+def _fail(message: str) -> None:
+    print(f"tierfs: {credentials.redact(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure is one line on stderr and a documented exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # now, inside the try: a closed pipe must not fail at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`tierfs stats | head -1`): stop quietly, as a
+        # process killed by SIGPIPE would, and keep the exit-time flush from failing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw and not raw[0].startswith("-") and raw[0] not in COMMANDS:
+        # `tierfs SOURCE MOUNTPOINT -o OPTS`: what mount.fuse3 runs for a `fuse.tierfs`
+        # fstab entry or `mount -t fuse.tierfs`.
+        return mount_helper(raw)
     args = parser.parse_args(raw)
     args.raw_argv = raw[raw.index("replay"):] if args.command == "replay" else raw
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"tierfs: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return EXIT_CONFIG
     except MountError as exc:
-        print(f"tierfs: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return exc.code
     except (UsageError, ControlError) as exc:
-        print(f"tierfs: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        _fail(f"{exc.filename + ': ' if isinstance(exc.filename, str) else ''}"
+              f"{exc.strerror or exc}")
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("TIERFS_TRACEBACK"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} "
+              f"(TIERFS_TRACEBACK=1 shows where)")
+        return EXIT_FAILURE
 
 
 def mount_helper(argv: Sequence[str] | None = None) -> int:

@@ -104,7 +104,37 @@ class SourceConfig:
         "bucket with millions of keys does not list it again. Loaded listings answer for "
         "list_ttl (their attributes for stat_ttl) from the load, then are fetched again; "
         "the mount's own changes update them. A missing, unreadable or foreign file is "
-        "ignored with a warning.")
+        "ignored with a warning; a symbolic link is not followed. Default: with a fast tier, "
+        "'listing.parquet' in the cache directory, saved at unmount and every 5 minutes "
+        "when the listings changed, and loaded only for when the store does not answer "
+        "(stale-if-error): the mount still lists the store as if nothing were cached.")
+    connect_timeout: float | None = _opt(
+        None, "duration",
+        "Object stores (s3://): how long one connection attempt may take before it counts "
+        "as failed and is retried. Default: the source URI's connect_timeout, else 2s.")
+    request_timeout: float | None = _opt(
+        None, "duration",
+        "Object stores (s3://): a request that receives no byte for this long fails and is "
+        "retried (the S3 client's own timeout; it also ends a call abandoned at "
+        "read_timeout). Default: the source URI's request_timeout, else 10s.")
+    read_timeout: float = _opt(
+        15.0, "duration",
+        "Object stores: the longest a stat (HEAD) or a ranged read of the store may take, "
+        "retries and the wait for a worker thread included. Then the reader gets EIO (one "
+        "rate-limited warning in the log; 'unavailable' and 'timeouts' in the [capacity] "
+        "stats) while the call, which cannot be interrupted, finishes in its thread; "
+        "read-ahead waits no longer for a chunk. While the store does not answer "
+        "(stale-if-error), lookups and listings answer from what the mount last knew (after "
+        "a remount: from the listing snapshot), files whose data the fast tier holds keep "
+        "reading, new files are refused, the rest gets EIO; one warning when this starts "
+        "and one when the store answers again ('down', 'stale_served' in the [capacity] "
+        "stats).")
+    retry_budget: float = _opt(
+        30.0, "duration",
+        "Object stores: requests that may take long while they make progress (listings, "
+        "uploads, copies, deletes) are not cut while the store answers, but no retry of "
+        "one starts after this long since its first attempt, nor does its wait for a "
+        "worker thread last longer.")
     dir_markers: bool = _opt(True, "bool",
                              "Write 'dir/' marker objects so that empty directories persist. "
                              "Set false for servers that store a marker as a file and then "
@@ -141,8 +171,11 @@ class StatsConfig:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    path: str = _opt("**", "str", "Glob over paths in the mount ('**' crosses directories).")
-    pin: bool = _opt(False, "bool", "Keep on the fast tier and warm at mount.")
+    path: str = _opt("**", "str", "Glob over paths in the mount: '*' and '?' stay within a "
+                     "directory, '**' crosses directories, '[abc]' and '[!abc]' match one "
+                     "character of (or not of) a set.")
+    pin: bool = _opt(False, "bool", "Keep on the fast tier and warm at mount (needs "
+                     "cache = true).")
     cls: str | None = _opt(None, "enum", "Force the access class.", ("stream", "random"))
     cache: bool = _opt(True, "bool", "Whether the caches may hold this data at all.")
 
@@ -202,6 +235,22 @@ def _glob_re(pattern: str) -> re.Pattern[str]:
             elif pattern[i] == "?":
                 out.append("[^/]")
                 i += 1
+            elif pattern[i] == "[":
+                j = i + 1
+                if j < len(pattern) and pattern[j] == "!":
+                    j += 1
+                if j < len(pattern) and pattern[j] == "]":
+                    j += 1  # a ']' first in a set is a member
+                end = pattern.find("]", j)
+                if end < 0:
+                    raise ValueError(f"unclosed '[' at character {i + 1} of {pattern!r}; a "
+                                     f"set is [abc] or [!abc] (a literal '[' is [[])")
+                body = pattern[i + 1:end]
+                neg = body.startswith("!")
+                body = body[1:] if neg else body
+                members = "".join("\\" + c if c in "\\^[&~|" else c for c in body)
+                out.append(f"(?!/)[{'^' if neg else ''}{members}]")
+                i = end + 1
             else:
                 out.append(re.escape(pattern[i]))
                 i += 1
@@ -306,12 +355,26 @@ def _check(obj: Any) -> None:
     if isinstance(obj, StatsConfig) and obj.prometheus is not None and \
             not re.fullmatch(r"[\w.\-\[\]:]*:\d{1,5}", obj.prometheus):
         raise ValueError("prometheus: expected host:port, e.g. \"127.0.0.1:9100\"")
-    if isinstance(obj, Rule) and not obj.path:
-        raise ValueError("path: must not be empty")
+    if isinstance(obj, CacheConfig) and obj.size < obj.chunk_size:
+        raise ValueError("size: must be at least chunk_size "
+                         f"({obj.chunk_size} bytes), e.g. \"10GiB\"")
+    if isinstance(obj, PolicyConfig) and obj.sequential_cutoff <= 0:
+        raise ValueError("sequential_cutoff: must be positive, e.g. \"256KiB\"")
+    if isinstance(obj, Rule):
+        if not obj.path:
+            raise ValueError("path: must not be empty")
+        try:
+            _glob_re(obj.path)
+        except (ValueError, re.error) as exc:
+            raise ValueError(f"path: not a valid glob: {exc}") from None
+        if obj.pin and not obj.cache:
+            raise ValueError("pin: a pinned rule keeps its files in the fast tier; "
+                             "cache = false forbids that (drop one of them)")
 
 
-def parse_config(text: str, fname: str = "<config>") -> Config:
-    """Validate TOML text into a `Config`.
+def parse_config(text: str, fname: str = "<config>", *, machine: bool = False) -> Config:
+    """Validate TOML text into a `Config`; with ``machine``, also against this machine
+    (a ``dram`` larger than its memory).
 
     Raises:
         ConfigError: the text is not valid TOML or not a valid configuration.
@@ -339,7 +402,17 @@ def parse_config(text: str, fname: str = "<config>") -> Config:
             line = loc.line(table) or loc.line("", table)
             raise ConfigError(f"{fname}:{line}: unknown table [{table}]; allowed: "
                               f"{', '.join(allowed)}")
-    return Config(**parts)
+    cfg = Config(**parts)
+    if machine and "dram" in data.get("cache", {}):
+        from .memory import MemoryDomain
+        from .units import format_size
+
+        have = MemoryDomain().bytes()
+        if cfg.cache.dram > have:
+            raise ConfigError(f"{fname}:{loc.line('cache', 'dram')}: cache.dram: "
+                              f"{format_size(cfg.cache.dram)} is more than the memory of this "
+                              f"machine (or cgroup), {format_size(have)}")
+    return cfg
 
 
 def load_config(path: str | None) -> Config:
@@ -353,7 +426,7 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
-    return parse_config(text, path)
+    return parse_config(text, path, machine=True)
 
 
 def with_overrides(cfg: Config, section: str, **values: Any) -> Config:

@@ -26,7 +26,12 @@ _MAX_REQUEST = 1 << 20
 
 
 class ControlError(Exception):
-    """The mount could not be reached or refused a request."""
+    """The mount could not be reached or refused a request; ``errno`` is the daemon's
+    errno for a refusal that had one (e.g. ``ENOENT``: the path is gone)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 def runtime_dir() -> str:
@@ -98,9 +103,12 @@ class ControlServer:
                     reply = {"ok": False, "error": f"unknown request; known: "
                                                   f"{', '.join(sorted(self.handlers))}"}
                 else:
-                    reply = {"ok": True, **(await handler(req))}
+                    try:
+                        reply = {"ok": True, **(await handler(req))}
+                    except BaseExceptionGroup as group:
+                        raise _leaf(group) from None
             except OSError as exc:
-                reply = {"ok": False, "error": exc.strerror or str(exc)}
+                reply = {"ok": False, "error": exc.strerror or str(exc), "errno": exc.errno}
             except (ValueError, KeyError) as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
             except Exception as exc:  # a bad request must not kill the daemon
@@ -110,6 +118,25 @@ class ControlServer:
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first exception in a (nested) group: a task's failure, as the user should
+    read it (not "Exceptions from Trio nursery")."""
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    for exc in _leaves(group):
+        if isinstance(exc, OSError):
+            return exc  # an OSError explains itself best
+    return first
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
 
 
 def call(mountpoint: str, op: str, *, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
@@ -134,5 +161,7 @@ def call(mountpoint: str, op: str, *, timeout: float = 30.0, **args: Any) -> dic
     except ValueError:
         raise ControlError(f"{mountpoint}: the daemon closed the connection") from None
     if not reply.get("ok"):
-        raise ControlError(f"{mountpoint}: {reply.get('error', 'request failed')}")
+        code = reply.get("errno")
+        raise ControlError(f"{mountpoint}: {reply.get('error', 'request failed')}",
+                           code if isinstance(code, int) else None)
     return reply

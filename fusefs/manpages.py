@@ -29,6 +29,24 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
+_EXAMPLES = [
+    ("Mount a local dataset and read it through the tiers:",
+     "tierfs mount /data/imagenet /mnt/imagenet\n"
+     "python train.py --data /mnt/imagenet\ntierfs stats /mnt/imagenet\n"
+     "tierfs umount /mnt/imagenet"),
+    ("Mount an S3 prefix with a 200 GiB NVMe cache and a config file (credentials come "
+     "from the environment, never the URI):",
+     "tierfs mount 's3://bucket/corpus?region=us-east-1' /mnt/corpus \\\n"
+     "    --cache /nvme/tierfs-corpus --config serving.toml"),
+    ("Copy a RAG index into the fast tier before traffic arrives, and keep it there:",
+     "tierfs pin /mnt/corpus/index"),
+    ("Check a cache directory after a crash (offline), or a live mount (read-only):",
+     "tierfs fsck /nvme/tierfs-corpus\ntierfs fsck /mnt/corpus"),
+    ("An /etc/fstab line (after `make install`, which puts tierfs where mount(8) looks):",
+     "/data/imagenet  /mnt/imagenet  fuse.tierfs  cache=/nvme/tierfs,nofail  0 0"),
+]
+
+
 def tierfs_1() -> str:
     os.environ["COLUMNS"] = "80"  # argparse wraps usage lines to the terminal's width
     parser = build_parser()
@@ -52,10 +70,34 @@ def tierfs_1() -> str:
     out += [".SH MOUNT OPTIONS", "Given with \\-o, comma-separated, or in /etc/fstab."]
     for opt, doc in MOUNT_OPTIONS.items():
         out += [".TP", f".B {_esc(opt)}", _esc(doc)]
+    out += [".SH EXAMPLES"]
+    for text, cmd in _EXAMPLES:
+        out += [".PP", _esc(text), ".PP", ".RS", ".nf", _esc(cmd), ".fi", ".RE"]
+    out += [".SH FILES",
+            ".TP", ".B <cache>/TIERFS\-CACHE",
+            "Marks a directory as a tierfs cache; tierfs uses no other non-empty directory.",
+            ".TP", ".B <cache>/catalog.db, <cache>/data/",
+            "The fast tier's catalog (sqlite) and cached bytes, checked by tierfs fsck.",
+            ".TP", ".B <cache>/tierfs.log",
+            "The daemon's log when it runs in the background."]
     out += [".SH EXIT STATUS",
             "0 mounted; 1 other failure; 2 bad arguments or mount options; 3 invalid config; "
             "4 source missing or unreachable; 5 mount point missing, not a directory or busy; "
-            "6 FUSE unavailable.",
+            "6 FUSE unavailable. Every command: 1 the mount (or its daemon) cannot be "
+            "reached, 2 bad arguments, 130 interrupted, 141 its output pipe was closed "
+            "(as when killed by SIGPIPE); fsck as fsck(8). Failures are one line on stderr.",
+            ".SH ENVIRONMENT",
+            ".TP", ".B TIERFS_TRACEBACK",
+            "Set: an unexpected error shows its Python traceback, not one line.",
+            ".SH SECURITY",
+            _esc("Credentials in a source URI (s3://KEY:SECRET@bucket/prefix) never stay in "
+                 "the daemon's command line: tierfs mount re-executes itself without them "
+                 "and hands them over in its (private) environment; logs and messages show "
+                 "s3://***@. The environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or "
+                 "the config ([source] access_key, secret_key) keep them out of the shell "
+                 "history too. Files tierfs writes for itself (cache, log, trace, listing "
+                 "snapshot) are 0600 in 0700 directories; a snapshot or trace that is not "
+                 "the user's own, or that others may write, is not read."),
             ".SH SEE ALSO", "tierfs.toml(5)"]
     return "\n".join(out) + "\n"
 

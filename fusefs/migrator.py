@@ -74,12 +74,23 @@ class Migrator:
         return out
 
     async def warm(self, path: bytes, *, pinned: bool = False) -> dict[str, int]:
-        """Copy every file at or below ``path`` into the fast tier."""
+        """Copy every file at or below ``path`` into the fast tier.
+
+        Returns the files, the bytes copied now (``bytes``) and the bytes of them the
+        tier holds afterwards (``kept``): a tier too small for them all keeps less than
+        it was given.
+        """
         copied = files = 0
-        for fpath, st in await self.files_under(path):
+        found = await self.files_under(path)
+        for fpath, st in found:
             copied += await self._warm_file(fpath, st, pinned=pinned)
             files += 1
-        return {"files": files, "bytes": copied}
+        kept = sum(self.fast.cached_bytes_under(p) for p, _ in found)
+        return {"files": files, "bytes": copied, "kept": kept}
+
+    def cached(self, path: bytes) -> dict[str, int]:
+        """Bytes the fast tier holds of files at or below ``path``."""
+        return {"bytes": self.fast.cached_bytes_under(path)}
 
     async def _warm_file(self, path: bytes, st: Any, *, pinned: bool) -> int:
         # The version the copy finds when it opens the file, not the listing's: a

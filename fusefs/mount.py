@@ -17,6 +17,8 @@ import os
 import re
 import signal
 import stat
+import sys
+import tempfile
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
@@ -26,6 +28,7 @@ import trio
 from .catalog import CatalogError
 from .classifier import Classifier
 from .config import Config, ConfigError
+from .credentials import redact
 from .control import ControlServer
 from . import prometheus
 from .engine import Engine
@@ -37,7 +40,7 @@ from .access import DramKey, FastKey, Override
 from .policies.base import Tier
 from .stats import Stats
 from .tiers import open_capacity
-from .tiers.capacity import CapacityTier
+from .tiers.capacity import CapacityTier, TierUnavailable
 from .tiers.fast import FastTier
 from .trace import TraceRecorder
 
@@ -52,12 +55,20 @@ EXIT_SOURCE = 4
 EXIT_MOUNTPOINT = 5
 EXIT_FUSE = 6
 
+#: The listing snapshot of a mount with a fast tier and no [source] listing_snapshot.
+DEFAULT_SNAPSHOT = "listing.parquet"
+#: How often a changed listing cache is saved to the snapshot while mounted, in seconds.
+SNAPSHOT_INTERVAL = 300.0
+
 
 class MountError(Exception):
-    """A mount that cannot proceed; ``code`` is the process exit code."""
+    """A mount that cannot proceed; ``code`` is the process exit code.
+
+    The message never shows a source URI's credentials.
+    """
 
     def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.code = code
 
 
@@ -108,12 +119,18 @@ def prepare_cache_dir(path: str) -> str:
                              f"{stat.S_IMODE(st.st_mode):04o}); give a directory of your own "
                              f"(tierfs creates a new one 0700)", EXIT_USAGE)
         names = set(os.listdir(path))
-        if CACHE_MARKER in names:
-            return path
-        if names and not ("catalog.db" in names and names <= _LEGACY_NAMES):
+        if names and CACHE_MARKER not in names and not (
+                "catalog.db" in names and names <= _LEGACY_NAMES):
             raise MountError(f"cache directory {path} is not empty and is not a tierfs cache "
                              f"(no {CACHE_MARKER} file); give a new or empty directory",
                              EXIT_USAGE)
+        # A directory we cannot write (read-only file system, no permission) fails
+        # here, with the reason, not later in the daemon.
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+        if CACHE_MARKER in names:
+            return path
         fd = os.open(os.path.join(path, CACHE_MARKER),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -135,10 +152,16 @@ def source_options(cfg: Config) -> dict[str, Any]:
         "list_after": s.list_after,
         "max_dir_rename_keys": s.max_dir_rename_keys,
         "dir_markers": s.dir_markers,
+        "read_timeout": s.read_timeout,
+        "retry_budget": s.retry_budget,
     }
-    for key in ("endpoint", "region", "access_key", "secret_key"):
+    for key in ("endpoint", "region", "access_key", "secret_key", "connect_timeout",
+                "request_timeout"):
         if getattr(s, key) is not None:
             opts[key] = getattr(s, key)
+    if cfg.cache.dir:
+        # Write spools beside the cache (private, one mount per cache dir), not in /tmp.
+        opts["spool_dir"] = os.path.join(cfg.cache.dir, "spool")
     return opts
 
 
@@ -151,30 +174,85 @@ def fuse_options(cfg: Config, mountpoint: str, source: str) -> set[str]:
     return opts
 
 
-async def open_source(source: str, cfg: Config) -> CapacityTier:
+async def open_source(source: str, cfg: Config, snapshot: str | None = None) -> CapacityTier:
+    """Build and start the capacity tier.
+
+    A store that does not answer is served from its listing ``snapshot`` if one
+    exists (stale-if-error from the start, one warning); without one the mount
+    fails with `EXIT_SOURCE`.
+    """
     try:
         tier = open_capacity(source, **source_options(cfg))
-        await tier.start()
     except OSError as exc:
         raise MountError(f"source {source}: {exc.strerror or exc}", EXIT_SOURCE) from None
     except ValueError as exc:  # pyarrow's answer to a URI it cannot parse
         raise MountError(f"source {source}: {exc}", EXIT_SOURCE) from None
+    try:
+        await tier.start()
+    except TierUnavailable as exc:
+        why = exc.strerror or str(exc)
+        if not (tier.supports_snapshots and snapshot and _regular_file(snapshot)):
+            raise MountError(f"source {source}: {why}; no listing snapshot to serve from "
+                             f"while it is down{f' (none at {snapshot})' if snapshot else ''}",
+                             EXIT_SOURCE) from None
+        try:
+            await tier.start_offline(exc)
+        except OSError:
+            raise MountError(f"source {source}: {why}", EXIT_SOURCE) from None
+        log.warning("source %s does not answer: mounting from the listing snapshot %s "
+                    "and the fast tier", tier.description, snapshot)
+    except OSError as exc:
+        raise MountError(f"source {source}: {exc.strerror or exc}", EXIT_SOURCE) from None
+    except ValueError as exc:
+        raise MountError(f"source {source}: {exc}", EXIT_SOURCE) from None
     return tier
+
+
+def _regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def snapshot_file(cfg: Config) -> tuple[str | None, bool]:
+    """The listing snapshot of a mount, and whether the config named it.
+
+    Without ``[source] listing_snapshot``, a mount with a fast tier keeps one in
+    its cache directory (`DEFAULT_SNAPSHOT`): loaded only for when the store
+    does not answer (stale-if-error), saved at unmount and now and then.
+    """
+    if cfg.source.listing_snapshot:
+        return cfg.source.listing_snapshot, True
+    if cfg.cache.dir and cfg.cache.size > 0:
+        return os.path.join(cfg.cache.dir, DEFAULT_SNAPSHOT), False
+    return None, False
 
 
 async def serve(source: str, mountpoint: str, cfg: Config, *,
                 ready: Callable[[], None] | None = None) -> None:
     """Mount ``source`` at ``mountpoint`` and serve until unmounted or signalled."""
-    os.umask(0)  # the kernel applied the caller's umask already
+    # What the daemon writes for itself (catalog, logs, snapshots, traces) is the
+    # mounting user's alone; files made in the source get their requested mode
+    # explicitly (tiers/posix.py), since the kernel applied the caller's umask already.
+    os.umask(0o077)
     async with AsyncExitStack() as stack:
-        capacity = await open_source(source, cfg)
+        snapshot, configured = snapshot_file(cfg)
+        capacity = await open_source(source, cfg, snapshot)
         stack.push_async_callback(capacity.close)
-        snapshot = cfg.source.listing_snapshot if capacity.supports_snapshots else None
-        if cfg.source.listing_snapshot and snapshot is None:
-            log.warning("listing_snapshot ignored: %s keeps no listing cache",
-                        capacity.description)
+        if not capacity.supports_snapshots:
+            if configured:
+                log.warning("listing_snapshot ignored: %s keeps no listing cache",
+                            capacity.description)
+            snapshot = None
         if snapshot:
-            await load_listing_snapshot(capacity, snapshot)
+            offline = bool(capacity.statistics().get("down"))
+            # A snapshot the config names answers as a fresh listing; the default one
+            # only for when the store does not answer.
+            loaded = await load_listing_snapshot(capacity, snapshot, fresh=configured)
+            if offline and not loaded:
+                raise MountError(f"source {source} does not answer and the listing snapshot "
+                                 f"{snapshot} cannot be used", EXIT_SOURCE)
             # Pushed after capacity.close, so it runs before it (and after the unmount).
             stack.push_async_callback(save_listing_snapshot, capacity, snapshot)
         stats = Stats()
@@ -250,7 +328,8 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             return {"pid": os.getpid(), "source": capacity.description}
 
         async def on_snapshot(req: dict[str, Any]) -> dict[str, Any]:
-            target = req.get("path") or snapshot
+            # Without a FILE, only the configured snapshot: the default one is for outages.
+            target = req.get("path") or (snapshot if configured else None)
             if not target:
                 raise OSError(errno.EINVAL, "no snapshot file: give one, or set "
                                             "[source] listing_snapshot")
@@ -280,6 +359,8 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             await nursery.start(capacity.run_writeback)
             if migrator is not None:
                 nursery.start_soon(migrator.warm_pins)
+            if snapshot:
+                nursery.start_soon(save_snapshots_periodically, capacity, snapshot)
             await nursery.start(control.serve)
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
             if cfg.mount.kernel_readahead:
@@ -295,17 +376,23 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
     log.info("unmounted %s", mountpoint)
 
 
-async def load_listing_snapshot(capacity: CapacityTier, path: str) -> None:
-    """Serve the listings saved at the last unmount; a bad or missing file only warns."""
+async def load_listing_snapshot(capacity: CapacityTier, path: str, *,
+                                fresh: bool = True) -> bool:
+    """Serve the listings saved at the last unmount; a bad or missing file only warns.
+
+    Returns whether the file was loaded.
+    """
     try:
-        n = await capacity.load_snapshot(path)
+        n = await capacity.load_snapshot(path, fresh=fresh)
     except FileNotFoundError:
         log.info("no listing snapshot at %s yet: listing the store as needed", path)
-        return
+        return False
     except OSError as exc:
         log.warning("listing snapshot %s not used: %s", path, exc.strerror or exc)
-        return
-    log.info("loaded %d entries from listing snapshot %s", n, path)
+        return False
+    log.info("loaded %d entries from listing snapshot %s%s", n, path,
+             "" if fresh else " (served only while the store does not answer)")
+    return True
 
 
 async def save_listing_snapshot(capacity: CapacityTier, path: str) -> None:
@@ -315,6 +402,19 @@ async def save_listing_snapshot(capacity: CapacityTier, path: str) -> None:
         log.warning("listing snapshot %s not saved: %s", path, exc.strerror or exc)
         return
     log.info("saved %d entries to listing snapshot %s", n, path)
+
+
+async def save_snapshots_periodically(capacity: CapacityTier, path: str,
+                                      interval: float = SNAPSHOT_INTERVAL) -> None:
+    """Save the listing snapshot every ``interval`` seconds when the listings changed,
+    so a crash (no unmount) still leaves a recent one for stale-if-error."""
+    saved = capacity.snapshot_generation
+    while True:
+        await trio.sleep(interval)
+        now = capacity.snapshot_generation
+        if now != saved:
+            saved = now
+            await save_listing_snapshot(capacity, path)
 
 
 def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
@@ -340,7 +440,13 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
     fast = None
     if cfg.cache.size > 0 and cfg.cache.dir:
         fast = FastTier(cfg.cache.dir, policy=policy, stats=stats)
-    trace = TraceRecorder(cfg.stats.trace) if cfg.stats.trace else None
+    trace = None
+    if cfg.stats.trace:
+        try:
+            trace = TraceRecorder(cfg.stats.trace)
+        except OSError as exc:  # e.g. its directory is not writable by us
+            raise MountError(f"trace file {cfg.stats.trace}: {exc.strerror or exc}",
+                             EXIT_USAGE) from None
     return Engine(capacity, stats=stats, trace=trace,
                   classifier=Classifier(sequential_cutoff=cfg.policy.sequential_cutoff),
                   policy=policy, dram_policy=dram_policy, pagecache=pagecache, fast=fast,
@@ -377,7 +483,11 @@ def register_migrator(control: ControlServer, migrator: Migrator, engine: Engine
     async def on_unpin(req: dict[str, Any]) -> dict[str, Any]:
         return await migrator.unpin(clean_path(req["path"]))
 
+    async def on_cached(req: dict[str, Any]) -> dict[str, Any]:
+        return migrator.cached(clean_path(req["path"]))
+
     control.register("warm", on_warm)
+    control.register("cached", on_cached)
     control.register("evict", on_evict)
     control.register("pin", on_pin)
     control.register("unpin", on_unpin)
@@ -466,6 +576,15 @@ def check_mountpoint(mountpoint: str) -> str:
                          EXIT_MOUNTPOINT)
     if not os.access(path, os.W_OK) and os.geteuid() != 0:
         raise MountError(f"mount point {path} is not writable by you", EXIT_MOUNTPOINT)
+    try:
+        with os.scandir(path) as it:
+            hidden = next(it, None) is not None
+    except OSError:
+        hidden = False
+    if hidden:
+        # As mount(8) does, but said: what is there is hidden until the unmount.
+        print(f"tierfs: warning: mount point {path} is not empty: its contents are hidden "
+              f"while mounted", file=sys.stderr)
     return path
 
 

@@ -25,7 +25,7 @@ from pyfuse3 import FUSEError
 from .engine import Engine
 from .handles import FileHandle, HandleTable
 from .inodes import InodeTable
-from .tiers.capacity import CapacityTier, Stat
+from .tiers.capacity import CapacityTier, Stat, TierUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,10 @@ def _translate(fn: F) -> F:
                 log.error("%s: OSError without errno: %s", name, exc)
                 args[0].count_error(name, errno.EIO, "bug")
                 raise FUSEError(errno.EIO) from None
-            args[0].count_error(name, exc.errno)
+            # EIO because the store did not answer (after its bounds) is counted apart
+            # from other tier failures: errors.eio.unavailable.
+            args[0].count_error(name, exc.errno,
+                                "unavailable" if isinstance(exc, TierUnavailable) else None)
             raise FUSEError(exc.errno) from None
         except Exception:
             log.exception("%s failed; answering EIO", name)
@@ -121,7 +124,8 @@ class Operations(pyfuse3.Operations):
                            errno.ENOTEMPTY})
 
     def count_error(self, op: str, err: int, cause: str | None = None) -> None:
-        """Count an error answer by operation and errno (and EIO by cause) for stats."""
+        """Count an error answer by operation and errno (and EIO by cause: "bug",
+        "unavailable" (the store did not answer), else "tier") for stats."""
         if err in self._EXPECTED and cause is None:
             return
         stats = self.engine.stats

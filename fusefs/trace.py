@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import trio
 
+from .safefiles import create_private, trusted_path
+
 __all__ = ["COLUMNS", "SCHEMA", "TraceRow", "TraceWriter", "iter_batches", "read_trace", "write_trace"]
 
 SCHEMA = pa.schema(
@@ -60,7 +62,8 @@ class TraceWriter:
     leaving the ``with`` block).
 
     Args:
-        path: The Parquet file to create (replaced if it exists).
+        path: The Parquet file to create, 0600 (replaced if it exists, never
+            written through a symlink: see `fusefs.safefiles.create_private`).
         row_group_size: Rows per row group (and per flush).
         compression: Parquet compression codec.
     """
@@ -70,7 +73,13 @@ class TraceWriter:
             raise ValueError("row_group_size must be positive")
         self._path = os.fspath(path)
         self._row_group_size = row_group_size
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._path, SCHEMA, compression=compression)
+        self._file = os.fdopen(create_private(self._path), "wb")
+        try:
+            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+                self._file, SCHEMA, compression=compression)
+        except BaseException:
+            self._file.close()
+            raise
         self._cols: list[list[object]] = [[] for _ in COLUMNS]
         self._rows = 0
 
@@ -126,9 +135,12 @@ class TraceWriter:
         """Flush and finish the file; idempotent."""
         if self._writer is None:
             return
-        self.flush()
-        self._writer.close()
-        self._writer = None
+        try:
+            self.flush()
+            self._writer.close()
+        finally:
+            self._writer = None
+            self._file.close()  # pyarrow does not close a file object it was given
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -150,8 +162,10 @@ def read_trace(path: str | os.PathLike[str]) -> pa.Table:
 
     Raises:
         ValueError: If a column of the schema is missing.
+        UntrustedFile: If the file is not the user's own, or others may write it.
     """
-    table = pq.read_table(os.fspath(path))
+    with trusted_path(path, "trace") as checked:
+        table = pq.read_table(checked)
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{os.fspath(path)} is not a tierfs trace: missing columns {', '.join(missing)}")
@@ -163,14 +177,15 @@ def iter_batches(source: str | os.PathLike[str] | pa.Table, *, batch_size: int =
     if isinstance(source, pa.Table):
         yield from source.select(list(COLUMNS)).cast(SCHEMA).to_batches(max_chunksize=batch_size)
         return
-    pf = pq.ParquetFile(os.fspath(source))
-    missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
-    if missing:
-        raise ValueError(f"{os.fspath(source)} is not a tierfs trace: missing columns {', '.join(missing)}")
-    for batch in pf.iter_batches(batch_size=batch_size, columns=list(COLUMNS)):
-        yield pa.RecordBatch.from_arrays(
-            [batch.column(i).cast(field.type) for i, field in enumerate(SCHEMA)], schema=SCHEMA
-        )
+    with trusted_path(source, "trace") as checked:
+        pf = pq.ParquetFile(checked)
+        missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
+        if missing:
+            raise ValueError(f"{os.fspath(source)} is not a tierfs trace: missing columns {', '.join(missing)}")
+        for batch in pf.iter_batches(batch_size=batch_size, columns=list(COLUMNS)):
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(i).cast(field.type) for i, field in enumerate(SCHEMA)], schema=SCHEMA
+            )
 
 
 class TraceRecorder:

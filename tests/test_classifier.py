@@ -59,9 +59,32 @@ def test_configurable_cutoff() -> None:
     assert out[1].label is Label.SEQUENTIAL
 
 
-def test_large_single_request_is_sequential() -> None:
+def test_one_large_request_is_not_yet_a_stream_its_continuation_is() -> None:
     c, _ = make()
-    assert c.classify(1, 10, 0, 1024 * KiB).label is Label.SEQUENTIAL
+    assert c.classify(1, 10, 0, 1024 * KiB).label is Label.UNKNOWN
+    assert c.classify(1, 10, 1024 * KiB, 1024 * KiB).label is Label.SEQUENTIAL
+
+
+def test_random_faults_on_an_mmap_are_random() -> None:
+    """What the kernel sends for random page faults on an mmap-ed index: one read-around
+    window (the mount's read-ahead, 1 MiB) centred on each fault, at random places."""
+    c, _ = make()
+    rng = random.Random(3)
+    size = 64 << 20
+    window = 1024 * KiB
+    labels = []
+    for _ in range(500):
+        fault = rng.randrange(size // 4096) * 4096
+        start = max(0, min(size - window, fault - window // 2))
+        labels.append(c.classify(7, 42, start, window).label)
+    assert labels.count(Label.SEQUENTIAL) <= 10, labels.count(Label.SEQUENTIAL)
+    assert labels.count(Label.RANDOM) >= 400  # the rest: unknown (a window that left a gap)
+    assert not c.is_streamer(42), "lone windows are no evidence of streaming"
+    # The same process then scans a file front to back through its mapping: the kernel's
+    # read-around, then async read-ahead windows that continue each other.
+    out = stream(c, 8, 42, 0, window, 6)
+    assert out[0].label is not Label.SEQUENTIAL
+    assert all(a.label is Label.SEQUENTIAL for a in out[1:])
 
 
 def test_random_reads_on_a_file_are_random() -> None:
@@ -139,6 +162,8 @@ def test_idle_streams_expire_with_the_clock() -> None:
 def test_process_that_streams_is_recognised_on_a_new_file() -> None:
     c, _ = make()
     stream(c, 1, 42, 0, 64 * KiB, 8)  # pid 42 streams file 1
+    assert not c.is_streamer(42), "one run may be the kernel reading ahead of an mmap fault"
+    stream(c, 4, 42, 0, 64 * KiB, 8)  # and file 4
     assert c.is_streamer(42)
     first = c.classify(2, 42, 0, 64 * KiB)  # its first request on file 2
     assert first.label is Label.SEQUENTIAL
@@ -160,6 +185,7 @@ def test_random_reader_is_not_a_streamer() -> None:
 def test_streamer_that_turns_random_is_forgotten() -> None:
     c, _ = make()
     stream(c, 1, 42, 0, 64 * KiB, 8)
+    stream(c, 3, 42, 0, 64 * KiB, 8)
     assert c.is_streamer(42)
     rng = random.Random(3)
     for _ in range(400):

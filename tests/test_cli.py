@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,6 +143,33 @@ def test_fstab_helper(src: str, mnt_dir: str, tmp_path: Any) -> None:
     finally:
         run("umount", mnt_dir)
     assert not is_mounted(mnt_dir)
+    assert_clean_log(os.path.join(cache, "tierfs.log"))
+
+
+def test_mount_type_fuse_tierfs(src: str, mnt_dir: str, tmp_path: Any) -> None:
+    """What `mount -t fuse.tierfs` and an fstab line run: mount.fuse3 calls
+    `tierfs SRC MNT -o OPTS` through the shell; a non-empty mount point is warned about."""
+    cache = os.path.join(tmp_path, "c")
+    with open(os.path.join(src, "a"), "w") as f:
+        f.write("from the source")
+    with open(os.path.join(mnt_dir, "under"), "w") as f:
+        f.write("hidden while mounted")
+    bindir = os.path.dirname(sys.executable)  # the venv's bin, where `tierfs` is
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '')}")
+    assert shutil.which("tierfs", path=env["PATH"]), "the venv's tierfs is on PATH"
+    res = subprocess.run(["mount.fuse3", src, mnt_dir, "-t", "tierfs", "-o",
+                          f"rw,nofail,cache={cache}"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    try:
+        assert res.returncode == 0, res.stderr
+        assert "is not empty" in res.stderr
+        assert is_mounted(mnt_dir)
+        with open(os.path.join(mnt_dir, "a")) as f:
+            assert f.read() == "from the source"
+    finally:
+        run("umount", mnt_dir)
+    assert not is_mounted(mnt_dir)
+    assert os.listdir(mnt_dir) == ["under"]
     assert_clean_log(os.path.join(cache, "tierfs.log"))
 
 

@@ -57,6 +57,7 @@ def run(fn, *args):
 def make_tier(server: S3Server, prefix: str = "", **options) -> ObjectStoreTier:
     options.setdefault("dir_markers", False)  # rclone keeps markers as files: see s3server.py
     options.setdefault("request_timeout", 30)  # a loaded CI machine must not look like a dead server
+    options.setdefault("read_timeout", 120)
     return ObjectStoreTier.from_uri(server.uri(prefix), access_key=server.access_key,
                                     secret_key=server.secret_key, **options)
 
@@ -428,6 +429,32 @@ def test_setattr_and_spool(s3: S3Server, tmp_path: Path) -> None:
     run(main)
 
 
+def test_spool_dirs_of_dead_daemons_are_removed(s3: S3Server, tmp_path: Path) -> None:
+    """Without a configured spool directory the tier makes one per pid in $TMPDIR;
+    the empty ones of processes that are gone (killed daemons) go at the next start,
+    and a normal close removes its own."""
+    put_file(s3, "s/f", b"data")
+    spools = tmp_path / "tmp"  # tempfile.tempdir here (the autouse fixture)
+    dead = spools / "tierfs-spool-999999999-abc"  # above pid_max: never a live process
+    alive = spools / f"tierfs-spool-{os.getppid()}-abc"
+    busy = spools / "tierfs-spool-999999998-abc"
+    for d in (dead, alive, busy):
+        d.mkdir()
+    (busy / "kept").write_bytes(b"")  # not empty: not ours to judge
+
+    async def main() -> None:
+        tier = await started(s3)
+        f = await tier.open(b"s/f", os.O_WRONLY)
+        mine = [p for p in spools.iterdir() if p.name.startswith(f"tierfs-spool-{os.getpid()}-")]
+        assert len(mine) == 1 and stat_mod.S_IMODE(mine[0].stat().st_mode) == 0o700
+        assert not dead.exists() and alive.exists() and busy.exists()
+        await f.close()
+        await tier.close()
+        assert not mine[0].exists()
+
+    run(main)
+
+
 # -- namespace ---------------------------------------------------------------
 def test_mkdir_rmdir_unlink(s3: S3Server) -> None:
     async def main() -> None:
@@ -582,36 +609,61 @@ def test_names_the_store_cannot_hold(s3: S3Server) -> None:
 
 # -- failures ----------------------------------------------------------------
 def test_server_down_and_back(restartable_s3: S3Server, caplog) -> None:
+    """Stopped server: what the caches know is served (stale-if-error), everything else
+    is a quick EIO with one rate-limited warning; the same tier and handles work again
+    once it is back (a probe notices)."""
     server = restartable_s3
     data = os.urandom(100 * KiB)
     put_file(server, "keep/data", data)
 
     async def main() -> None:
-        tier = await started(server, stat_ttl=0, list_ttl=0, negative_ttl=0)
+        tier = await started(server, stat_ttl=0, list_ttl=0, negative_ttl=0, probe_interval=0.2)
         f = await tier.open(b"keep/data", os.O_RDONLY)
         assert await f.pread(0, 10) == data[:10]
+        assert [n for n, _ in await tier.listdir(b"keep")] == [b"data"]
         w, _ = await tier.create(b"keep/pending", os.O_WRONLY, 0o644, 0, 0)
         await w.pwrite(0, b"kept across the outage")
         server.stop()
         with caplog.at_level(logging.WARNING, logger="fusefs.tiers.objectstore"):
-            for op in (tier.stat(b"keep/data"), tier.listdir(b"keep"), f.pread(4096, 100),
+            for op in (tier.stat(b"elsewhere"), f.pread(4096, 100),
                        write_file(tier, b"keep/new", b"n"), w.flush()):
                 t0 = time.monotonic()
                 exc = await raises(errno.EIO, op)
                 assert isinstance(exc, TierUnavailable), exc
                 assert time.monotonic() - t0 < 10
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1  # rate-limited
+            assert tier.statistics()["down"] == 1
+            # Stale-if-error: the expired entries answer, at once.
+            t0 = time.monotonic()
+            assert (await tier.stat(b"keep/data")).st_size == len(data)
+            assert {n for n, _ in await tier.listdir(b"keep")} >= {b"data"}
+            await raises(errno.ENOENT, tier.stat(b"keep/absent"))  # the last listing lacks it
+            assert time.monotonic() - t0 < 1
+            assert tier.requests["stale_served"] >= 3
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        # One for the outage (rate-limited), one for the mode.
+        assert len(warnings) == 2, warnings
+        assert any("is down" in w for w in warnings)
         server.start()
-        # the same tier and the same open handle work again
-        assert (await tier.stat(b"keep/data")).st_size == len(data)
+        # The same tier and the same open handle work again.
         assert await f.pread(4096, 100) == data[4096:4196]
+        assert tier.statistics()["down"] == 0
+        assert (await tier.stat(b"keep/data")).st_size == len(data)
         await write_file(tier, b"keep/new", b"n")
         assert read_back(server, "keep/new") == b"n"
         await w.flush()  # the failed upload is still dirty: it goes up now
         assert read_back(server, "keep/pending") == b"kept across the outage"
         await w.close()
         await f.close()
+        # Down again, and nothing asks the store: the probe ends the mode by itself.
+        server.stop()
+        await raises(errno.EIO, tier.stat(b"elsewhere"))
+        assert tier.statistics()["down"] == 1
+        server.start()
+        with trio.fail_after(60):
+            while tier.statistics()["down"]:
+                await trio.sleep(0.1)
+        assert tier.requests["probe"] >= 1
+        await tier.close()
 
     run(main)
 
@@ -641,6 +693,20 @@ def test_server_that_hangs(s3: S3Server) -> None:
         exc = await raises(errno.EIO, started(hung, request_timeout=1, retries=2))
         assert isinstance(exc, TierUnavailable) and str(hung.port) in str(exc)
         assert time.monotonic() - t0 < 8
+        # The client's own timeout is long: read_timeout cuts the request (its
+        # thread is abandoned, and holds its token until it ends). One tier: while
+        # a request is in flight pyarrow cannot build another S3 client.
+        tier = make_tier(hung, request_timeout=600, read_timeout=1, max_threads=2)
+        t0 = time.monotonic()
+        exc = await raises(errno.EIO, tier.start())
+        assert isinstance(exc, TierUnavailable) and "read_timeout" in str(exc)
+        assert time.monotonic() - t0 < 8
+        for _ in range(4):  # more requests than threads: each still ends at the bound
+            t0 = time.monotonic()
+            await raises(errno.EIO, tier.stat(b"x"))
+            assert time.monotonic() - t0 < 8
+        assert tier.requests["timeouts"] >= 5
+        assert tier._store.limiter.borrowed_tokens <= 2
 
     try:
         run(main)
@@ -679,6 +745,31 @@ def test_snapshot_avoids_relisting(s3: S3Server, tmp_path: Path) -> None:
         other = await started(s3, "snap")
         await raises(errno.EINVAL, other.load_snapshot(snap))
         await raises(errno.ENOENT, other.load_snapshot(tmp_path / "missing.parquet"))
+
+    run(main)
+
+
+def test_snapshot_file_is_private_and_never_a_link(s3: S3Server, tmp_path: Path) -> None:
+    put_file(s3, "d/f", b"f")
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"not to be touched")
+    snap = tmp_path / "listing.parquet"
+    snap.symlink_to(target)
+
+    async def main() -> None:
+        tier = await started(s3)
+        await tier.listdir(b"d")
+        await raises(errno.ELOOP, tier.load_snapshot(snap))  # a link is not followed
+        assert await tier.save_snapshot(snap) == 1  # replaces the link, not its target
+        assert target.read_bytes() == b"not to be touched"
+        st = os.lstat(snap)
+        assert stat_mod.S_ISREG(st.st_mode) and stat_mod.S_IMODE(st.st_mode) == 0o600
+        assert sorted(os.listdir(tmp_path)) == sorted(["elsewhere", "listing.parquet", "tmp"])
+        # Loaded as stale only: the store is asked as if nothing were cached.
+        other = await started(s3)
+        assert await other.load_snapshot(snap, fresh=False) == 1
+        assert [n for n, _ in await other.listdir(b"d")] == [b"f"]
+        assert other.list_requests == 1
 
     run(main)
 

@@ -126,7 +126,9 @@ def mount_s3(make_mount: Callable[..., Mounted], tmp_path: Path) -> Callable[...
         if "config" not in kw:
             n = len(list(tmp_path.glob("cfg*.toml")))
             # rclone stores a marker 'dir/' as a file 'dir': see s3server.py.
-            source = {"dir_markers": False, **(source or {})}
+            # A loaded 2-core machine can keep rclone silent for seconds: that must
+            # not look like an outage (tests of outages set their own bound).
+            source = {"dir_markers": False, "read_timeout": "120s", **(source or {})}
             kw["config"] = config(tmp_path, server, name=f"cfg{n}.toml", creds=creds,
                                   source=source, extra=extra)
         # A loaded 2-core machine can keep rclone silent for seconds: it must not
@@ -566,7 +568,7 @@ def test_listing_snapshot_spares_the_relisting(s3: S3Server, mount_s3: Callable[
         assert other.exists()
         assert not snap.exists()  # the configured file is written at unmount
     assert snap.exists()
-    assert not list((tmp_path / "snap").glob("*.tmp.*"))  # written to a temp name, renamed
+    assert not list((tmp_path / "snap").glob(".listing-*"))  # written to a temp name, renamed
 
     # Remount: everything is served from the snapshot, without one LIST or HEAD.
     with mount_s3(s3, source=src) as m:

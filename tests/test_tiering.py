@@ -296,3 +296,30 @@ def test_dram_hit_at_eof_is_not_padded(src: str, mnt: str) -> None:
     for off in (8192 - 100, 8192, 8192 + 56, 4096 + 1):
         assert read_direct(path, off, 4096) == data[off:off + 4096], off
     assert stats(mnt)["dram"]["hits"] >= 1
+
+
+def test_random_faults_on_an_mmap_are_classified_random(
+        src: str, make_mount: Callable[..., Mounted]) -> None:
+    """An index searched through mmap (FAISS, an embedding table): the kernel turns each
+    random fault into a read-around window of the mount's read-ahead; those are random
+    reads, not streams, and they must not start stream read-ahead from the source."""
+    data = random.Random(5).randbytes(32 * MiB)
+    with open(os.path.join(src, "index.bin"), "wb") as f:
+        f.write(data)
+    with make_mount(src) as m:
+        rng = random.Random(6)
+        with open(os.path.join(m.mountpoint, "index.bin"), "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            try:
+                for _ in range(300):
+                    off = rng.randrange(len(data) - 64)
+                    assert mm[off:off + 64] == data[off:off + 64]
+            finally:
+                mm.close()
+        snap = stats(m.mountpoint)
+        rnd = counter(snap, "read.class.random")
+        seq = counter(snap, "read.class.sequential")
+        assert rnd >= 2 * max(seq, 1), (rnd, seq)
+        # Labelled as streams, the faults made the engine read ahead 3.5x the file.
+        assert counter(snap, "readahead.bytes.capacity") <= len(data) * 3 // 2, \
+            "random faults started stream read-ahead"

@@ -133,6 +133,12 @@ class Filler:
             return not cf.dropped and (still_wanted is None or still_wanted())
 
         async def worker() -> None:
+            try:
+                await copy_steps()
+            except OSError as exc:  # raised alone below, not inside a nursery's group
+                failed.append(exc)
+
+        async def copy_steps() -> None:
             nonlocal copied
             for lo in offsets:  # shared: each step goes to one worker
                 if failed or not wanted():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ import trio
 from ..access import AccessInfo
 from ..policies.base import Policy
 from ..stats import Stats
+from ..tiers.capacity import TierUnavailable
 from .sched import Scheduler
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from . import Engine
 
 log = logging.getLogger(__name__)
+
+_WARN_INTERVAL = 30.0  # seconds between two warnings of read-ahead that timed out
 
 
 @dataclass(slots=True, eq=False)
@@ -44,6 +48,8 @@ class Chunk:
     optional: bool = False
     data: bytes = b""
     error: OSError | None = None
+    #: Cancelled when the reader gave up waiting (see `StreamReader.read`).
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +86,7 @@ class StreamReader:
         self.budget = budget
         self.nursery: trio.Nursery | None = None
         self._bytes = 0
+        self._warned_at = -math.inf
 
     @property
     def buffered(self) -> int:
@@ -121,9 +128,14 @@ class StreamReader:
             if ch.optional:
                 ch.optional = False  # a reader waits for it now: no more yielding
                 self.sched.wake()
-            if not ch.started:
-                await self._fetch_chunk(h, ch, info)  # no background nursery: fetch inline
-            await ch.done.wait()
+            with trio.move_on_after(self._bound) as waited:
+                if not ch.started:
+                    await self._fetch_chunk(h, ch, info)  # no background nursery: fetch inline
+                await ch.done.wait()
+            if waited.cancelled_caught:
+                self._drop_chunk(st, c)
+                ch.scope.cancel()  # nobody wants it any more
+                raise self._timed_out(h)
             if ch.error is not None:
                 self._drop_chunk(st, c)
                 raise ch.error
@@ -136,6 +148,22 @@ class StreamReader:
         data = b"".join(out)
         st.served += len(data)
         return data
+
+    @property
+    def _bound(self) -> float:
+        # A stream waits for a chunk as long as one read of the tier may take, not
+        # longer: its chunk may queue behind others stuck on a store that froze.
+        t = self.engine.capacity.read_timeout
+        return math.inf if t is None else t
+
+    def _timed_out(self, h: FileHandle) -> OSError:
+        self.stats.add("readahead.timeouts")
+        now = trio.current_time()
+        if now - self._warned_at >= _WARN_INTERVAL:
+            self._warned_at = now
+            log.warning("read-ahead of %r: no data within %g s (read_timeout); answering EIO",
+                        h.path, self._bound)
+        return TierUnavailable(f"read-ahead: no data within {self._bound:g} s")
 
     def release(self, h: FileHandle) -> None:
         """The handle closed: its chunks go."""
@@ -159,6 +187,10 @@ class StreamReader:
         return ch
 
     async def _fetch_chunk(self, h: FileHandle, ch: Chunk, info: AccessInfo) -> None:
+        with ch.scope:
+            await self._fetch_chunk_in_scope(h, ch, info)
+
+    async def _fetch_chunk_in_scope(self, h: FileHandle, ch: Chunk, info: AccessInfo) -> None:
         ch.started = True
         engine = self.engine
         try:

@@ -207,13 +207,33 @@ class CapacityTier(ABC):
     #: Whether `save_snapshot` / `load_snapshot` do anything (tiers with a listing cache).
     supports_snapshots: bool = False
 
+    #: Wall-clock bound of one read of the tier, retries included, or None
+    #: (local tiers). Read-ahead waits no longer than this for a chunk.
+    read_timeout: float | None = None
+
     async def save_snapshot(self, path: str) -> int:
         """Write the cached directory listings to ``path``; returns the entries written."""
         raise OSError(errno.ENOTSUP, f"{self.kind} sources keep no listing cache to snapshot")
 
-    async def load_snapshot(self, path: str) -> int:
-        """Serve listings saved by `save_snapshot`; returns the entries loaded."""
+    async def load_snapshot(self, path: str, *, fresh: bool = True) -> int:
+        """Serve listings saved by `save_snapshot`; returns the entries loaded.
+
+        ``fresh=False``: keep them only for when the source does not answer
+        (stale-if-error); the source is asked as if nothing were cached.
+        """
         raise OSError(errno.ENOTSUP, f"{self.kind} sources keep no listing cache to snapshot")
+
+    @property
+    def snapshot_generation(self) -> int:
+        """Changes to the listing cache so far (a snapshot is worth saving when it moved)."""
+        return 0
+
+    async def start_offline(self, why: OSError) -> None:
+        """Serve from caches alone: `start` found the source unreachable (``why``).
+
+        Tiers that cannot (no listing cache) re-raise ``why``.
+        """
+        raise why
 
     def cached_listing(self, path: bytes) -> dict[bytes, Stat] | None:
         """The directory's children if a fresh listing of it is cached, without a request."""

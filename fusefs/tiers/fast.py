@@ -443,13 +443,21 @@ class FastTier:
             fd = self._fd(cf)
         except OSError:
             return None
+        crcs = ext.crcs
+
+        def read_and_check() -> tuple[bytes, int | None]:
+            data = os.pread(fd, n, off)
+            return data, (first if len(data) != n else checksums.first_bad(data, crcs, first))
+
         cf.io += 1
         try:
             if n >= _THREAD_IO:
+                # Large reads check their pieces in the worker too (the C checksum runs
+                # without the GIL): the event loop does not wait for either.
                 async with self._io:
-                    data = await trio.to_thread.run_sync(os.pread, fd, n, off)
+                    data, bad = await trio.to_thread.run_sync(read_and_check)
             else:
-                data = os.pread(fd, n, off)
+                data, bad = read_and_check()
         except OSError as exc:
             self.stats.add("fast.read_errors")
             log.warning("fast tier: read of %r failed (%s); served from below", cf.path, exc)
@@ -458,7 +466,6 @@ class FastTier:
             self._io_done(cf)
         if cf.dropped or cf.extents.get(ext.start) is not ext:
             return None  # evicted or dropped while we read: its bytes may be a hole now
-        bad = first if len(data) != n else checksums.first_bad(data, ext.crcs, first)
         if bad is not None:
             log.warning("fast tier: checksum mismatch in %r at %d (extent %d+%d); "
                         "dropped, refetching", cf.path, ext.start + bad * B,
@@ -617,6 +624,10 @@ class FastTier:
         """Cached paths equal to ``path`` or below it (``b""``: all)."""
         prefix = path + b"/"
         return [p for p in self._by_path if not path or p == path or p.startswith(prefix)]
+
+    def cached_bytes_under(self, path: bytes) -> int:
+        """Bytes the tier holds now of files at or below ``path`` (``b""``: all)."""
+        return sum(self._by_path[p].cached_bytes for p in self.paths_under(path))
 
     def set_pinned(self, cf: CacheEntry, ext: Extent, pinned: bool) -> None:
         """Pin or unpin one extent; the catalog learns it at the next commit."""

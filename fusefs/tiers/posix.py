@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from ..safefiles import process_umask
 from .capacity import (
     UTIME_NOW,
     CapacityFile,
@@ -123,6 +124,9 @@ class PosixTier(CapacityTier):
         self.drop_source_cache = drop_source_cache
         self._root_fd = -1
         self._have_openat2 = True
+        # The daemon's umask (0o077): it must not apply to what a request creates,
+        # whose mode the kernel has already masked with the caller's umask.
+        self._umask = process_umask()
 
     @property
     def description(self) -> str:
@@ -343,13 +347,29 @@ class PosixTier(CapacityTier):
         finally:
             self._done(dfd)
 
+    def _set_created_mode(self, path: bytes, mode: int) -> None:
+        """Give a new directory or node the permission bits the request asked for,
+        where the daemon's umask took some away. A directory keeps the set-group-ID
+        bit it inherited from its parent (not part of a mkdir request's mode)."""
+        if not stat_mod.S_IMODE(mode) & self._umask:
+            return
+        fd, proc = self._proc_path(path)  # O_PATH | O_NOFOLLOW: the object just made
+        try:
+            cur = os.stat(fd).st_mode
+            keep = cur & stat_mod.S_ISGID if stat_mod.S_ISDIR(cur) else 0
+            os.chmod(proc, stat_mod.S_IMODE(mode) | keep)
+        finally:
+            os.close(fd)
+
     async def mkdir(self, path: bytes, mode: int, uid: int, gid: int) -> Stat:
         self._at(path, os.mkdir, mode)
+        self._set_created_mode(path, mode)
         self._own(path, uid, gid)
         return await self.stat(path)
 
     async def mknod(self, path: bytes, mode: int, rdev: int, uid: int, gid: int) -> Stat:
         self._at(path, os.mknod, mode, rdev)
+        self._set_created_mode(path, mode)
         self._own(path, uid, gid, mode)
         return await self.stat(path)
 
@@ -415,6 +435,8 @@ class PosixTier(CapacityTier):
         try:
             fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
             try:
+                if stat_mod.S_IMODE(mode) & self._umask:  # the daemon's umask: undo it
+                    os.fchmod(fd, stat_mod.S_IMODE(mode))
                 self._give(dfd, fd, uid, gid, stat_mod.S_IFREG | stat_mod.S_IMODE(mode))
                 st = Stat.from_os(os.fstat(fd))
             except BaseException:

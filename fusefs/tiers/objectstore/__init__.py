@@ -9,11 +9,12 @@ Modules (one concern each):
 - `options`: `ObjectStoreOptions` (the tier's settings) and `Attributes` (the
   `Stat` an object or directory shows);
 - `store`: `Store`, the only user of `pyarrow.fs`: key mapping and name rules,
-  every request in a worker thread with retries and backoff, error
+  every request in a worker thread with retries and backoff, bounds
+  (``read_timeout``, ``retry_budget``) and down mode (outages), error
   classification, request counters; `resolve_source` builds ``s3://`` file
   systems;
 - `metacache`: `MetaCache`, TTL caches of stats, negative lookups and
-  listings, list-after, listing snapshots (Parquet);
+  listings, list-after, stale lookups for outages, listing snapshots (Parquet);
 - `namespace`: `Namespace`, lookups and listings over cache + store,
   directory markers and their emulation, ``unlink``, ``rmdir``, ``rename``
   as copy + delete;
@@ -43,7 +44,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import trio
 
-from ..capacity import CapacityFile, CapacityTier, Stat, StatFs
+from ..capacity import CapacityFile, CapacityTier, Stat, StatFs, TierUnavailable
 from .file import ObjectFile, OpenFiles
 from .metacache import MetaCache
 from .namespace import Namespace
@@ -139,7 +140,8 @@ class ObjectStoreTier(CapacityTier):
         return self.requests["list"]
 
     def statistics(self) -> dict[str, int]:
-        return dict(self.requests)
+        # "down": 1 while the store does not answer and the caches serve (stale-if-error).
+        return {**self.requests, "down": int(self._store.down)}
 
     async def start(self) -> None:
         if await self._store.connect():
@@ -149,8 +151,24 @@ class ObjectStoreTier(CapacityTier):
         await self._store.check_root()
         self._ns.root_stat = self._attrs.dir(time.time_ns())
 
+    async def start_offline(self, why: OSError) -> None:
+        """Serve from the caches: `start` found the store unreachable (see `store`, Down mode)."""
+        if not isinstance(why, TierUnavailable) or self._store.type_name is None:
+            raise why  # not built, or not an outage: nothing to serve from
+        self._ns.root_stat = self._attrs.dir(time.time_ns())
+        self._store.mark_down(getattr(why, "reason", None) or why.strerror or str(why))
+
     async def close(self) -> None:
+        self._store.close()
         await self._files.close()
+
+    @property
+    def read_timeout(self) -> float | None:  # type: ignore[override]
+        return self.opts.read_timeout
+
+    @property
+    def snapshot_generation(self) -> int:
+        return self._cache.generation
 
     # -- write-back --------------------------------------------------------
     async def start_writeback(self, cache_dir: str, *, durability: str, stats: Any,
@@ -287,6 +305,11 @@ class ObjectStoreTier(CapacityTier):
         self._store.key(path)
         await self._ns.require_dir(split(path)[0])
         await self._ns.absent(path)
+        if self._store.down:
+            # The checks above may have been answered by stale listings; the object
+            # would only be uploaded at close, and fail there, after the writes.
+            raise TierUnavailable(f"{self.description}: create {show(path)}: the store is "
+                                  "down (new files wait until it answers)")
         return self._files.create(path)
 
     # -- whole-object transfer (the seam for the fast tier's destager) ----
@@ -303,6 +326,6 @@ class ObjectStoreTier(CapacityTier):
         """Write the cached listings to a Parquet file (see `MetaCache.save_snapshot`)."""
         return await self._cache.save_snapshot(path)
 
-    async def load_snapshot(self, path: str | os.PathLike[str]) -> int:
+    async def load_snapshot(self, path: str | os.PathLike[str], *, fresh: bool = True) -> int:
         """Serve listings saved by `save_snapshot` (see `MetaCache.load_snapshot`)."""
-        return await self._cache.load_snapshot(path)
+        return await self._cache.load_snapshot(path, fresh=fresh)

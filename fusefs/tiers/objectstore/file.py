@@ -37,13 +37,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import tempfile
 import time
 from typing import Any
 
 import trio
 
-from ..capacity import CapacityFile, Stat
+from ..capacity import CapacityFile, Stat, TierUnavailable
 from .metacache import MetaCache
 from .options import Attributes, ObjectStoreOptions
 from .store import CHUNK, Store, concurrently, err, show, under
@@ -112,6 +113,13 @@ class ObjectFile(CapacityFile):
             # (a name that is gone is ENOENT at lookup, not on an open file's read).
             raise err(errno.ESTALE, f"{show(self.path)}: the object was deleted after "
                                     f"it was opened") from None
+        except TierUnavailable:
+            # A read abandoned at its bound may still run in its thread: closing the
+            # input under it is unsafe. Drop it instead (it closes when that read
+            # ends and lets go of it); the next read opens a new one.
+            if self._input is not None:
+                self._input = None
+            raise
         finally:
             self._reads -= 1
             if self._closed and not self._reads:
@@ -293,6 +301,46 @@ class ObjectFile(CapacityFile):
         return None  # the spool is not the object: the engine must go through pread
 
 
+_SPOOL_PREFIX = "tierfs-spool-"
+_SPOOL_NAME = re.compile(re.escape(_SPOOL_PREFIX) + r"(\d+)-")
+
+
+def remove_stale_spools(tmpdir: str) -> int:
+    """Remove the empty spool directories of dead processes of this user in ``tmpdir``.
+
+    Spool files are unnamed, so a killed daemon leaves only its (empty) directory.
+    Returns how many were removed.
+    """
+    removed = 0
+    try:
+        names = os.listdir(tmpdir)
+    except OSError:
+        return 0
+    for name in names:
+        m = _SPOOL_NAME.match(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(tmpdir, name)
+        try:
+            if os.lstat(path).st_uid != os.geteuid():
+                continue
+            os.rmdir(path)  # only if empty: never a file of anyone
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class OpenFiles:
     """The tier's writable handles by path, their spools, and whole-object transfer.
 
@@ -313,15 +361,24 @@ class OpenFiles:
 
     # -- spool directory ---------------------------------------------------
     def setup_spool(self) -> None:
-        """Create (0700) or choose the spool directory, once."""
+        """Create (0700) or choose the spool directory, once.
+
+        Without a configured one (the mount configures ``<cache>/spool``), a directory of this process in the temporary
+        directory, named after its pid so the next mount can remove those a killed
+        daemon left (`remove_stale_spools`).
+        """
         if self._spool_dir is not None:
             return
         if self._opts.spool_dir:
             os.makedirs(self._opts.spool_dir, mode=0o700, exist_ok=True)
             os.chmod(self._opts.spool_dir, 0o700)
             self._spool_dir = self._opts.spool_dir
+            # Removed at close when empty (the mount's is <cache>/spool, its own while
+            # it holds the cache lock), also when a killed daemon left it.
+            self._own_spool = True
         else:
-            self._spool_dir = tempfile.mkdtemp(prefix="tierfs-spool-")  # 0700
+            remove_stale_spools(tempfile.gettempdir())
+            self._spool_dir = tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-")  # 0700
             self._own_spool = True
 
     def _new_spool(self, path: bytes) -> Spool:

@@ -14,6 +14,8 @@ how long (``clock`` is injectable):
   directory probed once, such as one of millions of keys, is never listed
   for it). Concurrent lookups in one directory share one LIST.
 
+While the store is down, `stale_lookup` and `stale_listing` answer from
+whatever is cached, however old (stale-if-error; the namespace decides when).
 The mount's own writes update the entry and its parent's listing in place
 (`note_object`, `note_gone`). `save_snapshot` / `load_snapshot` keep the
 listings across a remount as a Parquet file. The cache sends no request
@@ -30,6 +32,7 @@ from collections.abc import Awaitable, Callable
 import pyarrow as pa
 import trio
 
+from ...safefiles import trusted_path, write_atomic
 from ..capacity import Stat
 from .options import Attributes, ObjectStoreOptions
 from .store import err, short, show, split, under
@@ -80,6 +83,8 @@ class MetaCache:
         self._listing: dict[bytes, trio.Event] = {}
         self._sweep_at = 4096
         self._lists: dict[bytes, Listing] = {}
+        #: Bumped by every change to the listings (what a snapshot holds).
+        self.generation = 0
 
     # -- lookups -----------------------------------------------------------
     async def lookup(self, path: bytes, listdir: Lister) -> Stat | None:
@@ -176,6 +181,8 @@ class MetaCache:
         now = self._clock()
         # Where the listing gives no mtime, keep the one a HEAD or an earlier listing
         # stated for the same object: one object shows one version within a mount.
+        # (Also from a listing kept for outages only: one object, one version across
+        # mounts, as with a configured snapshot.)
         old = self._lists.get(path)
         for name, st in entries.items():
             if st.mtime_known or not st.is_reg:
@@ -187,6 +194,7 @@ class MetaCache:
                 entries[name] = known
         listing = Listing(entries, now + self._opts.list_ttl, now + self._opts.stat_ttl)
         self._lists[path] = listing
+        self.generation += 1
         for name in entries:
             self._negative.pop(path + b"/" + name if path else name, None)
         return listing
@@ -198,6 +206,33 @@ class MetaCache:
             return None
         return listing.entries
 
+    # -- stale-if-error ----------------------------------------------------
+    def stale_lookup(self, path: bytes) -> Stat | None:
+        """What the cache last knew of ``path``, however old (the store is down).
+
+        Raises `FileNotFoundError` where the last listing of the parent lacks
+        the name (or a negative entry says so); None where nothing is known.
+        """
+        hit = self._stats.get(path)
+        if hit is not None:
+            return hit[1]
+        if path in self._lists:
+            return self._attrs.dir(0)
+        parent, name = split(path)
+        listing = self._lists.get(parent)
+        if listing is not None:
+            st = listing.entries.get(name)
+            if st is None:
+                raise err(errno.ENOENT, f"{show(path)}: no such object (last listing)")
+            return st
+        if path in self._negative:
+            raise err(errno.ENOENT, f"{show(path)}: no such object")
+        return None
+
+    def stale_listing(self, path: bytes) -> Listing | None:
+        """The last listing of ``path``, however old (the store is down)."""
+        return self._lists.get(path)
+
     # -- the mount's own changes -------------------------------------------
     def note_object(self, path: bytes, st: Stat) -> None:
         """``path`` now exists as ``st`` (after the mount's own change)."""
@@ -207,9 +242,11 @@ class MetaCache:
         listing = self._lists.get(parent)
         if listing is not None:
             listing.entries[name] = st
+            self.generation += 1
 
     def note_gone(self, path: bytes, *, tree: bool = True) -> None:
         """``path`` (and, if ``tree``, everything below it) no longer exists."""
+        self.generation += 1
         self._stats.pop(path, None)
         self._lists.pop(path, None)
         self._negative[path] = self._clock() + self._opts.negative_ttl
@@ -273,14 +310,17 @@ class MetaCache:
         return await trio.to_thread.run_sync(_write_snapshot, os.fspath(path), self._root, lists,
                                              limiter=self._limiter)
 
-    async def load_snapshot(self, path: str | os.PathLike[str]) -> int:
+    async def load_snapshot(self, path: str | os.PathLike[str], *, fresh: bool = True) -> int:
         """Load listings saved by `save_snapshot`, so a remount need not re-list the store.
 
         Loaded listings count as fresh for ``snapshot_ttl`` seconds from now
         (default: ``list_ttl``, and ``stat_ttl`` for the attributes in them);
-        after that they are fetched again as usual. The mount's own writes
-        update them like any cached listing. A snapshot of another source is
-        refused (``EINVAL``); a missing file raises `FileNotFoundError`.
+        after that they are fetched again as usual. ``fresh=False`` loads them
+        already expired: they answer only while the store is down
+        (stale-if-error). The mount's own writes update them like any cached
+        listing. A snapshot of another source is refused (``EINVAL``); a
+        missing file raises `FileNotFoundError`; a symbolic link is not followed
+        (``ELOOP``).
 
         Returns:
             The number of entries loaded.
@@ -289,12 +329,13 @@ class MetaCache:
                                                self._attrs, limiter=self._limiter)
         now = self._clock()
         ttl = self._opts.snapshot_ttl
-        list_exp = now + (self._opts.list_ttl if ttl is None else ttl)
-        stat_exp = now + (self._opts.stat_ttl if ttl is None else ttl)
+        list_exp = now + (self._opts.list_ttl if ttl is None else ttl) if fresh else now
+        stat_exp = now + (self._opts.stat_ttl if ttl is None else ttl) if fresh else now
         count = 0
         for d, entries in tables.items():
-            self._lists[d] = Listing(entries, list_exp, stat_exp)
-            count += len(entries)
+            if d not in self._lists:  # what this mount listed already is newer
+                self._lists[d] = Listing(entries, list_exp, stat_exp)
+                count += len(entries)
         return count
 
 
@@ -329,26 +370,9 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
             "mtime_ns": pa.array(mtimes, pa.int64()),
         }
     ).replace_schema_metadata({b"tierfs.snapshot": _SNAPSHOT_FORMAT, b"tierfs.root": root.encode()})
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)  # the rename itself must survive a crash
-        finally:
-            os.close(dfd)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # A private temporary file of a random name beside the snapshot, renamed over it:
+    # a symlink planted at a predictable name cannot redirect the write.
+    write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
     return count
 
 
@@ -357,10 +381,13 @@ def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[
 
     if not os.path.exists(path):
         raise err(errno.ENOENT, f"listing snapshot {path} does not exist")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
+    # Listings from a file someone else could have written would show a tree
+    # the store does not hold: only the user's own, unshared file is read.
+    with trusted_path(path, "listing snapshot") as checked:
+        try:
+            table = pq.read_table(checked)
+        except (pa.ArrowException, OSError) as exc:
+            raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
     meta = table.schema.metadata or {}
     if meta.get(b"tierfs.snapshot") != _SNAPSHOT_FORMAT:
         raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot (format {meta.get(b'tierfs.snapshot')!r})")

@@ -37,7 +37,7 @@ import time
 
 from ..capacity import Stat, TierUnavailable
 from .file import OpenFiles
-from .metacache import MetaCache
+from .metacache import Listing, MetaCache
 from .options import Attributes, ObjectStoreOptions
 from .store import Store, concurrently, err, show, split, under
 
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
+
+
+async def _no_listing(path: bytes) -> None:
+    raise TierUnavailable("the store is down: no listing")
 
 
 class Namespace:
@@ -73,10 +77,13 @@ class Namespace:
     # -- lookups -----------------------------------------------------------
     async def stat(self, path: bytes, *, exact: bool = False) -> Stat:
         """Attributes of ``path``; ``exact``: a file's version must be stated by the
-        store (a listing that gave no mtime is asked again with a HEAD)."""
+        store (a listing that gave no mtime is asked again with a HEAD).
+
+        Stale-if-error: while the store is down, or when it does not answer,
+        what the cache last knew answers (see `MetaCache.stale_lookup`)."""
         if not path:
             return self.root_stat
-        key = self._store.key(path)
+        self._store.key(path)
         st = self._files.writer_stat(path) or self._local_dirs.get(path)
         if st is not None:
             return st
@@ -84,11 +91,33 @@ class Namespace:
             # Files written below it that the store may not hold yet (write-back, maybe
             # from before a crash) make the directory.
             return self._attrs.dir(self._attrs.started_ns)
-        st = await self._cache.lookup(path, self.listdir)
+        if self._store.down:
+            st = self._stale_stat(path)
+            if st is not None:
+                return st
+        try:
+            return await self._fresh_stat(path, exact)
+        except TierUnavailable:
+            st = self._stale_stat(path)
+            if st is None:
+                raise
+            return st
+
+    def _stale_stat(self, path: bytes) -> Stat | None:
+        st = self._cache.stale_lookup(path)  # raises ENOENT for a name the last listing lacks
+        if st is not None:
+            self._store.requests["stale_served"] += 1
+        return st
+
+    async def _fresh_stat(self, path: bytes, exact: bool) -> Stat:
+        key = self._store.key(path)
+        # While the store is down a lookup lists nothing: a HEAD gives up sooner.
+        st = await self._cache.lookup(path, _no_listing if self._store.down else self.listdir)
         if st is not None and exact and st.is_reg and not st.mtime_known:
             try:
                 head = await self._store.head(key, f"stat {show(path)}")
             except TierUnavailable:
+                self._store.requests["stale_served"] += 1
                 return st  # stale-if-error: what the listing said
             self._cache.remember(path, head)
             if head is None:
@@ -105,8 +134,16 @@ class Namespace:
     async def listdir(self, path: bytes) -> list[tuple[bytes, Stat]]:
         key = self._store.key(path)
         listing = self._cache.fresh_listing(path)
+        if listing is None and self._store.down:
+            listing = self._stale_listing(path)
         if listing is None:
-            infos = await self._list(path)
+            try:
+                infos = await self._list(path)
+            except TierUnavailable:
+                listing = self._stale_listing(path)
+                if listing is None:
+                    raise
+        if listing is None:
             if not infos and path:
                 # An empty answer: an empty directory, or nothing at all.
                 if not (await self.stat(path)).is_dir:
@@ -131,6 +168,12 @@ class Namespace:
                 out.setdefault(name, st)
         out.update(self._files.child_stats(path))
         return list(out.items())
+
+    def _stale_listing(self, path: bytes) -> Listing | None:
+        listing = self._cache.stale_listing(path)
+        if listing is not None:
+            self._store.requests["stale_served"] += 1
+        return listing
 
     async def _list(self, path: bytes, *, recursive: bool = False) -> list[tuple[str, Stat | None]]:
         key = self._store.key(path)

@@ -47,6 +47,12 @@ class ObjectStoreOptions:
     dir_markers: bool = True
     strict_setattr: bool = False
     warn_interval: float = 30.0
+    #: Wall-clock bound of one stat or ranged read, retries included (see `store`).
+    read_timeout: float = 15.0
+    #: No new attempt of any other request starts after this long (see `store`).
+    retry_budget: float = 30.0
+    #: While the store is down, how often a background probe asks it whether it is back.
+    probe_interval: float = 5.0
 
     @classmethod
     def make(cls, options: dict[str, Any]) -> ObjectStoreOptions:
@@ -62,6 +68,8 @@ class ObjectStoreOptions:
             raise ValueError("max_threads and retries must be at least 1")
         if min(opts.stat_ttl, opts.negative_ttl, opts.list_ttl) < 0:
             raise ValueError("cache TTLs must not be negative")
+        if min(opts.read_timeout, opts.retry_budget, opts.probe_interval) <= 0:
+            raise ValueError("read_timeout, retry_budget and probe_interval must be positive")
         return opts
 
 

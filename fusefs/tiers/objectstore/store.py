@@ -16,12 +16,40 @@ Failures
     Connection failures, throttling and 5xx answers are retried ``retries``
     times with jittered exponential backoff (``retry_base`` to ``retry_max``
     seconds); a store that still does not answer raises `TierUnavailable`
-    (``EIO``) and logs one warning per ``warn_interval``. Nothing is
-    remembered: the next request tries again, so the tier recovers by itself.
+    (``EIO``) and logs one warning per ``warn_interval``.
     Not found is ``ENOENT``, denied is ``EACCES``, anything else ``EIO``.
     The error classification reads pyarrow's S3 messages; other stores get
     ``ENOENT``/``EACCES`` where pyarrow raises the matching Python exception
     and ``EIO`` otherwise.
+
+Bounds
+    The S3 client's own ``connect_timeout`` and ``request_timeout`` (no byte
+    for that long) end one attempt. On top, a stat or a ranged read (the
+    requests a reader waits on, each one small) has a wall-clock bound,
+    ``read_timeout``, retries and the wait for a worker thread included: at
+    the bound the caller gets `TierUnavailable` and the pyarrow call, which no
+    one can interrupt, is abandoned to finish in its thread (it still holds
+    its ``max_threads`` token until then, so abandoned calls cannot pile up
+    past the limiter). Other requests (listings, uploads, copies) may take
+    long while they make progress, so they are not cut: no new attempt starts
+    once ``retry_budget`` seconds have passed since the first, nor does their
+    wait for a thread last longer.
+
+Down mode
+    A request that ends unanswered marks the store *down* (one warning, at
+    most one per ``warn_interval`` if it flaps); the namespace then serves
+    what the metadata cache last knew, expired or not (stale-if-error), every
+    request but uploads and downloads (whose threads use the caller's
+    descriptors, so must not outlive the call) is bounded by
+    ``read_timeout``, and a background probe (a trio system task) asks the
+    store every ``probe_interval`` seconds. The first request that gets an
+    answer ends the mode (one log line). `requests` counts ``unavailable``
+    (requests given up), ``timeouts`` (calls abandoned at the bound),
+    ``outages``, ``probe`` and, from the namespace, ``stale_served``.
+
+    pyarrow builds no new S3 client while any request is in flight (a lock
+    every request holds shared): a tier builds its one client at start, so
+    this only matters to code that builds several.
 
 Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 (``max_threads``), so the event loop never waits on the network.
@@ -32,6 +60,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import math
 import os
 import random
 from collections.abc import Callable
@@ -150,6 +179,15 @@ async def concurrently(jobs: list[tuple[Any, ...]]) -> None:
         raise
 
 
+class _NoAnswer(Exception):
+    """A call given up at its bound (see `Store._run`)."""
+
+    def __init__(self, what: str, *, timed_out: bool) -> None:
+        super().__init__(what)
+        self.what = what
+        self.timed_out = timed_out
+
+
 class Store:
     """One bucket or prefix of a `pyarrow.fs` file system, with retries and counters.
 
@@ -182,11 +220,19 @@ class Store:
         self._clock = clock
         #: Bounds the worker threads that pyarrow calls (and snapshot I/O) run in.
         self.limiter = trio.CapacityLimiter(opts.max_threads)
+        # Calls that hold a `limiter` token themselves run under this one (trio's
+        # default limiter would bound them a second time, by its own number).
+        self._unlimited = trio.CapacityLimiter(math.inf)
         bucket, _, prefix = self.root.partition("/")
         self.bucket, self.prefix = bucket, prefix
         self._key_base = len(prefix.encode()) + 1 if prefix else 0
         self._warned_at = -1e18
         self._suppressed = 0
+        self._down_since: float | None = None
+        self._down_logged_at = -1e18
+        self._mode_loud = True
+        self._probing = False
+        self._closed = False
         #: Requests sent to the store, by kind ("list", "stat", "get", "put", ...).
         self.requests: collections.Counter[str] = collections.Counter()
 
@@ -215,7 +261,8 @@ class Store:
             checks.append((self.root, "prefix" if object_store else "source directory"))
         for path, what in checks:
             try:
-                info = await self._run(f"check {what}", self._fs.get_file_info, path, quiet=True)
+                info = await self._run(f"check {what}", self._fs.get_file_info, path, quiet=True,
+                                       bounded=True)
             except OSError as exc:
                 raise self._start_error(exc) from None
             if info.type == pafs.FileType.Directory:
@@ -258,32 +305,82 @@ class Store:
             raise err(errno.EINVAL, "NUL in name")
         return f"{self.root}/{text}" if self.root else text
 
-    async def _run(self, what: str, fn: Callable[..., Any], *args: Any, quiet: bool = False) -> Any:
+    async def _run(self, what: str, fn: Callable[..., Any], *args: Any, quiet: bool = False,
+                   bounded: bool = False, cuttable: bool = True) -> Any:
         """Call ``fn(*args)`` in a worker thread, retrying transient failures.
 
-        Raises `TierUnavailable` when the store did not answer after
-        ``retries`` tries, else `OSError` with the errno the failure maps to.
+        ``bounded``: the whole call, retries included, ends at ``read_timeout``
+        (see Bounds in the module docstring), as does every ``cuttable`` call
+        while the store is down; otherwise no retry starts after
+        ``retry_budget``, nor does the wait for a thread last longer. Calls
+        that use the caller's descriptors are not ``cuttable``: their thread
+        must not outlive the call. Raises `TierUnavailable` when the store did
+        not answer, else `OSError` with the errno the failure maps to.
         """
         opts = self._opts
+        bounded = bounded or (cuttable and self.down)
+        deadline = trio.current_time() + (opts.read_timeout if bounded else opts.retry_budget)
         delay = opts.retry_base
         for attempt in range(opts.retries):
             try:
-                return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+                if bounded:
+                    result = await self._call_abandoning(fn, args, deadline)
+                else:
+                    result = await self._call(fn, args, deadline)
+                self._up()
+                return result
+            except _NoAnswer as exc:
+                if exc.timed_out:
+                    self.requests["timeouts"] += 1
+                limit = f"{opts.read_timeout:g} s (read_timeout)" if bounded else \
+                    f"{opts.retry_budget:g} s (retry_budget)"
+                raise self._unavailable(what, f"{exc.what} within {limit}", quiet) from None
             except (OSError, pa.ArrowException) as exc:
                 kind, code = _classify(exc)
-                if kind != "fail" and attempt + 1 < opts.retries:
-                    await trio.sleep(min(delay, opts.retry_max) * random.uniform(0.5, 1.0))
+                pause = min(delay, opts.retry_max) * random.uniform(0.5, 1.0)
+                if kind != "fail" and attempt + 1 < opts.retries and \
+                        trio.current_time() + pause < deadline:
+                    await trio.sleep(pause)
                     delay *= 2
                     continue
                 if kind == "unreachable":
-                    self._warn(f"object store {self.endpoint} is not answering ({what}): {short(exc)}",
-                               quiet)
-                    down = TierUnavailable(f"{self.description}: {what}: store not answering: "
-                                           f"{short(exc)}")
-                    down.reason = short(exc)  # type: ignore[attr-defined]
-                    raise down from None
+                    raise self._unavailable(what, short(exc), quiet) from None
+                if kind == "retry" or code in (errno.ENOENT, errno.EACCES):
+                    self._up()  # it answered, if only with "busy" or "no"
                 raise err(code, f"{self.description}: {what}: {short(exc)}") from None
         raise AssertionError("unreachable")
+
+    async def _call_abandoning(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                               deadline: float) -> Any:
+        """``fn(*args)`` in a thread, given up at ``deadline`` (the thread runs on, and
+        keeps its limiter token until it ends: abandoned calls cannot pile up)."""
+        with trio.move_on_at(deadline):
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter,
+                                                 abandon_on_cancel=True)
+        raise _NoAnswer("no answer", timed_out=True)
+
+    async def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], deadline: float) -> Any:
+        """``fn(*args)`` in a thread, waiting for a limiter token until ``deadline`` at most."""
+        token = object()
+        with trio.move_on_at(deadline) as waiting:
+            await self.limiter.acquire_on_behalf_of(token)
+        if waiting.cancelled_caught:
+            raise _NoAnswer("no worker thread free (calls stuck on the store hold them all)",
+                            timed_out=False)
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._unlimited)
+        finally:
+            self.limiter.release_on_behalf_of(token)
+
+    def _unavailable(self, what: str, why: str, quiet: bool) -> TierUnavailable:
+        """Count, log (rate-limited) and build the failure of a request the store did not answer."""
+        self._warn(f"object store {self.endpoint} is not answering ({what}): {why}", quiet)
+        if not quiet:  # a probe or the mount's first check: the caller decides
+            self.requests["unavailable"] += 1
+            self.mark_down(why)
+        down = TierUnavailable(f"{self.description}: {what}: store not answering: {why}")
+        down.reason = why  # type: ignore[attr-defined]
+        return down
 
     def _warn(self, message: str, quiet: bool) -> None:
         """Log that the store is down, at most once per ``warn_interval``."""
@@ -297,6 +394,65 @@ class Store:
             message += f" ({self._suppressed} similar failures not logged)"
         self._warned_at, self._suppressed = now, 0
         log.warning("%s", message)
+
+    # -- down mode ---------------------------------------------------------
+    @property
+    def down(self) -> bool:
+        """Whether the last request the store should have answered went unanswered."""
+        return self._down_since is not None
+
+    def mark_down(self, why: str) -> None:
+        """Enter down mode (see the module docstring): one warning, and a probe."""
+        if self._down_since is not None:
+            return
+        self._down_since = trio.current_time()
+        self.requests["outages"] += 1
+        self._mode_log("object store %s is down (%s): serving cached listings and data until "
+                       "it answers again; what no cache holds gets EIO", self.endpoint, why)
+        if not self._probing and self._fs is not None:
+            self._probing = True
+            trio.lowlevel.spawn_system_task(self._probe, name="tierfs store probe")
+
+    def _up(self) -> None:
+        if self._down_since is None:
+            return
+        gone = trio.current_time() - self._down_since
+        self._down_since = None
+        self._mode_log("object store %s answers again after %.0f s: serving fresh listings",
+                       self.endpoint, gone)
+
+    def _mode_log(self, fmt: str, *args: Any) -> None:
+        # A store that flaps must not flood the log: a "down" line at most once per
+        # warn_interval (the "outages" counter counts them all), and its "back" line
+        # at the same level, so the two pair up.
+        if self.down:
+            now = self._clock()
+            self._mode_loud = now - self._down_logged_at >= self._opts.warn_interval
+            if self._mode_loud:
+                self._down_logged_at = now
+        log.log(logging.WARNING if self._mode_loud else logging.DEBUG, fmt, *args)
+
+    async def _probe(self) -> None:
+        """While down, ask the store every ``probe_interval`` whether it is back."""
+        try:
+            while self._down_since is not None and not self._closed:
+                await trio.sleep(self._opts.probe_interval)
+                if self._down_since is None or self._closed:
+                    break
+                self.requests["probe"] += 1
+                try:
+                    await self._run("probe", self._fs.get_file_info, self.root, quiet=True,
+                                    bounded=True)
+                except OSError:
+                    pass
+        except Exception:  # a system task must not raise: that would end the daemon
+            log.exception("probe of %s failed", self.endpoint)
+        finally:
+            self._probing = False
+
+    def close(self) -> None:
+        """Stop probing (the mount is going away)."""
+        self._closed = True
 
     def _stat_of(self, info: Any) -> Stat | None:
         # pyarrow's FileInfo carries no ETag, so a version is size + mtime. Implicit
@@ -315,7 +471,7 @@ class Store:
     async def head(self, key: str, what: str) -> Stat | None:
         """The object or directory at ``key``, or None if there is none ("stat")."""
         self.requests["stat"] += 1
-        return self._stat_of(await self._run(what, self._fs.get_file_info, key))
+        return self._stat_of(await self._run(what, self._fs.get_file_info, key, bounded=True))
 
     async def list_keys(
         self, key: str, what: str, *, recursive: bool = False
@@ -333,7 +489,7 @@ class Store:
                 return int(f.size())
         self.requests["stat"] += 1
         try:
-            return int(await self._run(f"check {key}", probe))
+            return int(await self._run(f"check {key}", probe, bounded=True))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except OSError as exc:
@@ -367,13 +523,13 @@ class Store:
     # -- data requests -----------------------------------------------------
     async def open_input(self, key: str, what: str) -> tuple[Any, int]:
         """Open ``key`` for ranged reads (a HEAD, not counted): the file and its size."""
-        f = await self._run(what, self._fs.open_input_file, key)
+        f = await self._run(what, self._fs.open_input_file, key, bounded=True)
         return f, f.size()
 
     async def read_at(self, f: Any, size: int, offset: int, what: str) -> bytes:
         """One ranged GET on a file from `open_input` ("get")."""
         self.requests["get"] += 1
-        data: bytes = await self._run(what, f.read_at, size, offset)
+        data: bytes = await self._run(what, f.read_at, size, offset, bounded=True)
         return data
 
     async def upload(self, key: str, fd: int, what: str) -> None:
@@ -386,7 +542,7 @@ class Store:
                     off += len(chunk)
 
         self.requests["put"] += 1
-        await self._run(what, upload)
+        await self._run(what, upload, cuttable=False)
 
     async def download(self, key: str, fd: int, what: str) -> int:
         """Copy object ``key`` into local descriptor ``fd``; returns its size ("get")."""
@@ -400,7 +556,7 @@ class Store:
             return off
 
         self.requests["get"] += 1
-        size: int = await self._run(what, download)
+        size: int = await self._run(what, download, cuttable=False)
         return size
 
 
@@ -479,7 +635,7 @@ def _s3_factory(parts: SplitResult, opts: dict[str, Any]) -> tuple[Callable[[], 
     checksums = conf.pop("request_checksums", "auto")
     kwargs: dict[str, Any] = {
         "scheme": scheme,
-        "connect_timeout": float(conf.pop("connect_timeout", 1.0)),
+        "connect_timeout": float(conf.pop("connect_timeout", 2.0)),
         "request_timeout": float(conf.pop("request_timeout", 10.0)),
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(conf.pop("sdk_max_attempts", 1))),
     }
