@@ -305,9 +305,10 @@ class ObjectStoreTier(CapacityTier):
         self._store.key(path)
         await self._ns.require_dir(split(path)[0])
         await self._ns.absent(path)
-        if self._store.down:
+        if self._store.down and self._files.writeback is None:
             # The checks above may have been answered by stale listings; the object
             # would only be uploaded at close, and fail there, after the writes.
+            # (Write-back keeps it in the cache directory until the store answers.)
             raise TierUnavailable(f"{self.description}: create {show(path)}: the store is "
                                   "down (new files wait until it answers)")
         return self._files.create(path)
