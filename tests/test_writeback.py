@@ -39,13 +39,16 @@ WRITETHROUGH = '[write]\nmode = "writethrough"\n'
 
 
 def store_read(server: S3Server, rel: str) -> bytes:
-    """The object as the store serves it; a read that met the object being replaced
-    (its size changed between pyarrow's HEAD and GET) is repeated."""
+    """The object as the store serves it. rclone replaces an object's file in place while
+    it receives an upload (S3 itself is atomic): a read that met that (its size changed
+    between pyarrow's HEAD and GET, or the file was briefly missing) is repeated; an
+    object really missing or damaged fails all 20 tries."""
     for attempt in range(20):
         try:
             return read_back(server, rel)
         except OSError as exc:
-            if "InvalidRange" not in str(exc) and "416" not in str(exc) or attempt == 19:
+            transient = any(t in str(exc) for t in ("InvalidRange", "416", "NO_SUCH_KEY"))
+            if not transient or attempt == 19:
                 raise
             time.sleep(0.05)
     raise AssertionError("unreachable")
