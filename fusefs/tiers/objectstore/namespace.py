@@ -87,9 +87,9 @@ class Namespace:
         st = self._files.writer_stat(path) or self._local_dirs.get(path)
         if st is not None:
             return st
-        if self._files.any_under(path):
+        if self._files.writeback is not None and self._files.any_under(path):
             # Files written below it that the store may not hold yet (write-back, maybe
-            # from before a crash) make the directory.
+            # from before a crash) make the directory, without a request.
             return self._attrs.dir(self._attrs.started_ns)
         if self._store.down:
             st = self._stale_stat(path)
