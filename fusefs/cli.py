@@ -523,9 +523,11 @@ def _warm(path: str, mnt: str, rel: str, *, quiet: bool) -> None:
                 raise FileNotFoundError
             copied += call(mnt, "warm", path=os.path.relpath(f, mnt), timeout=3600)["bytes"]
         except (FileNotFoundError, ControlError) as exc:
-            if isinstance(exc, ControlError) and (exc.errno != errno.ENOENT or len(files) == 1
+            # ESTALE: deleted between the daemon's open and its read (an object store).
+            gone = isinstance(exc, ControlError) and exc.errno in (errno.ENOENT, errno.ESTALE)
+            if isinstance(exc, ControlError) and (not gone or len(files) == 1
                                                   and not os.path.isdir(top)):
-                if exc.errno == errno.ENOENT:  # the one file named is gone from the source
+                if gone:  # the one file named is gone from the source
                     raise UsageError(f"{path}: no such file in the source (removed since "
                                      f"the mount listed it)") from None
                 raise

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 import pyarrow as pa
 import trio
 
-from ...safefiles import trusted_path, write_atomic
+from ...safefiles import check_trusted, write_atomic
 from ..capacity import Stat
 from .options import Attributes, ObjectStoreOptions
 from .store import err, short, show, split, under
@@ -379,13 +379,19 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
 def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[bytes, Stat]]:
     import pyarrow.parquet as pq
 
-    if not os.path.exists(path):
-        raise err(errno.ENOENT, f"listing snapshot {path} does not exist")
-    # Listings from a file someone else could have written would show a tree
-    # the store does not hold: only the user's own, unshared file is read.
-    with trusted_path(path, "listing snapshot") as checked:
+    # Never through a symbolic link (ELOOP), and, since listings from a file someone else
+    # could have written would show a tree the store does not hold, only the user's own,
+    # unshared file is read.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise err(errno.ENOENT, f"listing snapshot {path} does not exist") from None
+    except OSError as exc:
+        raise err(exc.errno or errno.EIO, f"listing snapshot {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        check_trusted(f.fileno(), path, "listing snapshot")
         try:
-            table = pq.read_table(checked)
+            table = pq.read_table(f)
         except (pa.ArrowException, OSError) as exc:
             raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
     meta = table.schema.metadata or {}
