@@ -19,7 +19,16 @@ is still waiting for its removal. Schema 3 (this version) replaced one CRC32 per
 which could only be checked by reading the whole extent, with per-piece CRC-32Cs, checked
 on every read. Older catalogs are migrated; a schema 2 catalog's entries and extents are
 dropped in the migration (pins are kept): its checksums cannot check pieces, and the
-cache refetches what is read again.
+cache refetches what is read again. Schema 4 (this version) added ``pending_writes``, the
+write-back journal (`Journal`): one row per spool file in ``<cache dir>/writeback/`` whose
+bytes an application was told are safe but the object store does not hold yet. The
+migration from 3 only adds the table.
+
+The journal has its own connection (``synchronous=FULL``: a committed row survives a
+crash of the machine, not only of the process, since it stands for acknowledged writes);
+the write-back module (`fusefs.tiers.objectstore.writeback`) keeps its invariant: a row is
+written only after its spool's bytes were fdatasync'ed, and deleted before its spool file
+is unlinked.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,6 +61,15 @@ CREATE TABLE IF NOT EXISTS extents (
     PRIMARY KEY (file_id, start)
 );
 CREATE TABLE IF NOT EXISTS pins (path BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS pending_writes (
+    id         INTEGER PRIMARY KEY,
+    path       BLOB    NOT NULL,
+    size       INTEGER NOT NULL,
+    state      TEXT    NOT NULL,
+    created_ns INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
 """
 
 _MIGRATE_1_TO_2 = """
@@ -163,9 +181,14 @@ class Catalog:
                 self._db.executescript("BEGIN;" + _MIGRATE_2_TO_3 +
                                        "UPDATE meta SET value='3' WHERE key='schema'; COMMIT;")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # Creates what is missing: everything in a new catalog, the journal in a
+            # schema 3 one (the 3 -> 4 migration adds a table and loses nothing).
             self._db.executescript(_SCHEMA)
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            else:
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema'",
+                                 (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"{path}: {exc}") from None
 
@@ -222,3 +245,91 @@ class Catalog:
                 self._db.execute("INSERT OR IGNORE INTO pins VALUES (?)", (path,))
             else:
                 self._db.execute("DELETE FROM pins WHERE path=?", (path,))
+
+
+@dataclass(slots=True)
+class JournalRow:
+    """One pending write: spool file ``<cache dir>/writeback/<id>``, to become object ``path``.
+
+    ``state`` is ``"open"`` (flushed by a descriptor that is still open) or ``"ready"``
+    (released: waiting for its upload); ``size`` is the spool's size when the row was
+    written (the spool is never shorter unless it was damaged).
+    """
+
+    id: int
+    path: bytes
+    size: int
+    state: str
+    created_ns: int
+    mtime_ns: int
+    updated_ns: int
+
+
+class Journal:
+    """The write-back journal in the catalog database at ``path``; blocking, thread-safe.
+
+    Its own sqlite connection, with ``synchronous=FULL``: a commit here acknowledges an
+    application's write.
+    """
+
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                           check_same_thread=False, isolation_level=None)
+            else:
+                Catalog(path).close()  # creates or migrates the schema
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                           timeout=30.0)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"{path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def rows(self) -> list[JournalRow]:
+        """Every row, oldest update first."""
+        with self._lock:
+            try:
+                return [JournalRow(*r) for r in self._db.execute(
+                    "SELECT id, path, size, state, created_ns, mtime_ns, updated_ns "
+                    "FROM pending_writes ORDER BY updated_ns, id")]
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []  # an older catalog (read-only): no journal yet
+                raise
+
+    def source(self) -> str | None:
+        """The source the rows are of (set while rows exist), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key='writeback_source'").fetchone()
+            return row[0] if row else None
+
+    def set_source(self, source: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('writeback_source', ?)",
+                             (source,))
+
+    def apply(self, *, put: Iterable[JournalRow] = (), delete: Iterable[int] = ()) -> None:
+        """One transaction: write (insert or replace) rows, then delete rows by id."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO pending_writes "
+                    "(id, path, size, state, created_ns, mtime_ns, updated_ns) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(r.id, r.path, r.size, r.state, r.created_ns, r.mtime_ns, r.updated_ns)
+                     for r in put])
+                self._db.executemany("DELETE FROM pending_writes WHERE id=?",
+                                     [(i,) for i in delete])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise

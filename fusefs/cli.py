@@ -99,10 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--log", metavar="FILE", help="daemon log file (default: in the cache dir)")
     m.add_argument("--debug", action="store_true", help="log at DEBUG level")
 
-    u = sub.add_parser("umount", help="unmount and wait for the daemon to finish")
+    u = sub.add_parser("umount", help="unmount and wait for the daemon to finish (it "
+                       "uploads the writes still pending for an object store first)")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds to wait for the daemon (default 120)")
+                   help="seconds to wait for the daemon (default 120; a daemon still "
+                        "uploading pending writes goes on after it)")
 
     for name, text in (("warm", "copy files into the fast tier (resumable)"),
                        ("evict", "drop files from the caches"),
@@ -425,6 +427,15 @@ def render_stats(snap: dict[str, Any]) -> str:
         lines += ["", f"errors answered: {errors.get('errors.total', 0)} "
                   "(by operation and errno; EIO by cause)"]
         lines += [f"  {k[7:]:<38}{v:>14}" for k, v in errors.items() if k != "errors.total"]
+    wb = snap.get("writeback")
+    if isinstance(wb, dict) and "pending_files" in wb:
+        lines += ["", f"write-back ({wb.get('durability')}): {wb['pending_files']} files "
+                  f"({format_size(wb.get('pending_bytes', 0))}) waiting for their upload; "
+                  f"{format_size(c.get('writeback.uploaded_bytes', 0))} uploaded, "
+                  f"{c.get('writeback.upload_failures', 0)} failed uploads (retried)"]
+        if wb.get("damaged_rows"):
+            lines.append(f"  {wb['damaged_rows']} pending writes have a missing or short "
+                         f"spool: see tierfs fsck")
     others = {k: v for k, v in c.items()
               if not k.startswith("read.bytes.") and not k.startswith("errors.")}
     if others:

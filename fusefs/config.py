@@ -147,6 +147,27 @@ class SourceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteConfig:
+    mode: str = _opt("writeback", "enum",
+                     "Object stores: how writes reach the store. writeback: a writable open "
+                     "keeps the file in a spool in the cache directory (writeback/), a close "
+                     "makes it durable there and returns, and a background destager uploads "
+                     "it once the last descriptor is closed (retrying while the store is "
+                     "down; pending writes are uploaded at the next mount after a crash). "
+                     "writethrough: every close uploads the file before it returns (a close "
+                     "of an O_TRUNC descriptor in which nothing was written yet does not: "
+                     "an existing object is never replaced by an empty one on the way). "
+                     "Local sources always write in place.", ("writeback", "writethrough"))
+    durability: str = _opt("fast", "enum",
+                           "writeback: what fsync and close promise. fast: the bytes are "
+                           "durable in the cache directory (they survive a crash of the daemon "
+                           "or the machine; losing the cache disk before the upload loses "
+                           "them). capacity: fsync and close return once the object store "
+                           "holds the file (a failed upload is answered EIO and still "
+                           "retried in the background).", ("fast", "capacity"))
+
+
+@dataclass(frozen=True, slots=True)
 class StatsConfig:
     prometheus: str | None = _opt(None, "str", "host:port to serve Prometheus metrics on.")
     trace: str | None = _opt(None, "path", "Write an access trace (Parquet) to this file.")
@@ -174,6 +195,7 @@ SECTIONS: dict[str, type] = {
     "policy": PolicyConfig,
     "mount": MountConfig,
     "source": SourceConfig,
+    "write": WriteConfig,
     "stats": StatsConfig,
 }
 
@@ -184,6 +206,7 @@ class Config:
     policy: PolicyConfig = PolicyConfig()
     mount: MountConfig = MountConfig()
     source: SourceConfig = SourceConfig()
+    write: WriteConfig = WriteConfig()
     stats: StatsConfig = StatsConfig()
     rules: tuple[Rule, ...] = ()
 

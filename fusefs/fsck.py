@@ -11,10 +11,16 @@ whole run), a sequence of small ``check_*`` passes, each reporting what it found
 * entries: every entry with extents has its data file; extents of an entry do not overlap;
 * bytes: every extent's bytes are in its data file and match their checksums;
 * orphans: data files no catalog row names (only numeric names: tierfs's own; anything
-  else in ``data/`` is reported, never deleted).
+  else in ``data/`` is reported, never deleted);
+* pending writes (write-back journal): each row's spool file ``writeback/<id>`` exists
+  and holds at least the bytes the row says. Pending writes are notes (the next mount
+  uploads them); a missing or short spool is an error. Spool files without a row
+  (written, never flushed) are notes. A spool file is never deleted: ``--repair`` only
+  drops the row of a spool that is missing (nothing is left to upload).
 
 Repairs only ever delete catalog rows and tierfs's own data files: a cache loses cached
-bytes, never data of the dataset, and the next read refetches them.
+bytes, never data of the dataset, and the next read refetches them. Spools of pending
+writes hold data of the dataset and are never deleted.
 
 Live (`check_live`), read-only, on a mounted fast tier through the control socket: the
 in-memory invariants (`FastTier.check`: extents, policy bookkeeping against the tier's) and
@@ -31,7 +37,7 @@ import stat
 from dataclasses import dataclass, field
 
 from . import checksums
-from .catalog import Catalog, CatalogError, ExtentRow, FileRow
+from .catalog import Catalog, CatalogError, ExtentRow, FileRow, Journal
 from .tiers.fast import CacheBusy, FastTier, lock_cache_dir
 
 EXIT_CLEAN = 0
@@ -90,6 +96,7 @@ def check_cache_dir(root: str, *, repair: bool = False) -> Report:
             _check_entries(root, files, extents, report, drop_files, drop_extents)
             _check_bytes(root, files, extents, report, drop_files, drop_extents)
             _check_orphans(root, files, report, repair, set(drop_files))
+            _check_writeback(root, report, repair)
             if repair and (drop_files or drop_extents):
                 catalog.apply(drop_files=drop_files, remove=drop_extents)
                 for i in drop_files:
@@ -122,7 +129,8 @@ def _check_layout(root: str, report: Report, repair: bool) -> None:
     except OSError as exc:
         report.errors.append(f"{root}: {exc.strerror}")
     for path in [data, *(os.path.join(root, n) for n in os.listdir(root)
-                         if n.startswith("catalog.db") or n in ("lock", "TIERFS-CACHE"))]:
+                         if n.startswith("catalog.db")
+                         or n in ("lock", "TIERFS-CACHE", "writeback"))]:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -214,6 +222,43 @@ def _check_orphans(root: str, files: dict[int, FileRow], report: Report, repair:
         if repair:
             _unlink_data(root, int(name))
             report.fixed.append(f"removed data/{name}")
+
+
+def _check_writeback(root: str, report: Report, repair: bool) -> None:
+    spools = os.path.join(root, "writeback")
+    journal = Journal(os.path.join(root, "catalog.db"))
+    try:
+        rows = journal.rows()
+        names = set(os.listdir(spools)) if os.path.isdir(spools) else set()
+        missing: list[int] = []
+        for r in rows:
+            where = f"writeback/{r.id}"
+            try:
+                st = os.lstat(os.path.join(spools, str(r.id)))
+                size = st.st_size if stat.S_ISREG(st.st_mode) else None
+            except FileNotFoundError:
+                size = None
+            if size is None:
+                report.errors.append(f"pending write of {r.path!r} ({r.size} bytes): its "
+                                     f"spool {where} is missing; the write is lost")
+                missing.append(r.id)
+            elif size < r.size:
+                report.errors.append(f"pending write of {r.path!r}: its spool {where} holds "
+                                     f"{size} of {r.size} bytes; it is not uploaded (the "
+                                     f"file and its row are kept for you to salvage)")
+            else:
+                report.notes.append(f"pending write of {r.path!r} ({size} bytes, {where}): "
+                                    f"uploaded at the next mount")
+        rowids = {str(r.id) for r in rows}
+        for name in sorted(names - rowids):
+            report.notes.append(f"writeback/{name}: no journal row (written but never "
+                                f"flushed: nothing was acknowledged); left alone")
+        if repair and missing:
+            journal.apply(delete=missing)
+            report.fixed += [f"dropped the journal row of the missing spool writeback/{i}"
+                             for i in missing]
+    finally:
+        journal.close()
 
 
 async def check_live(fast: FastTier) -> Report:

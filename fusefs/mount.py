@@ -265,6 +265,18 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise MountError(f"fast tier {cfg.cache.dir}: {why}", EXIT_USAGE) from None
             stack.push_async_callback(engine.fast.close)
+        if capacity.supports_writeback and cfg.write.mode == "writeback" and cfg.cache.dir:
+            # Before the mount serves: what a crash left pending is shown and queued.
+            try:
+                await capacity.start_writeback(
+                    cfg.cache.dir, durability=cfg.write.durability, stats=stats,
+                    take_lock=engine.fast is None, calm=engine.sched.wait_calm)
+            except (OSError, CatalogError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise MountError(f"write-back in {cfg.cache.dir}: {why}", EXIT_USAGE) from None
+            # Runs after the unmount and before the fast tier lets the cache lock go: a
+            # second mount must not take over spools this one is still uploading.
+            stack.push_async_callback(capacity.stop_writeback)
         m = cfg.mount
         immutable = m.consistency == "immutable"
         timeouts = Timeouts(
@@ -344,6 +356,7 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             await nursery.start(engine.run)
             if engine.fast is not None:
                 nursery.start_soon(engine.fast.run)
+            await nursery.start(capacity.run_writeback)
             if migrator is not None:
                 nursery.start_soon(migrator.warm_pins)
             if snapshot:

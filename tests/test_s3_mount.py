@@ -99,6 +99,16 @@ def stats(mnt: str) -> dict[str, Any]:
     return json.loads(out)
 
 
+def settled(m: Mounted, timeout: float = 120.0) -> None:
+    """Wait until the mount's write-back has uploaded every closed file (at once for a
+    write-through mount)."""
+    def done() -> bool:
+        wb = stats(m.mountpoint).get("writeback")
+        return not wb or wb.get("pending_files") == 0
+
+    wait_for(done, "pending writes to reach the store", timeout)
+
+
 def errno_of(fn: Callable[[], object]) -> int | None:
     try:
         fn()
@@ -287,18 +297,22 @@ def test_metadata_ttls(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
 
 
 # -- (e) writes through the mount reach the store ------------------------------------------
-def test_writes_reach_the_store(s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+@pytest.mark.parametrize("mode", ["writeback", "writethrough"])
+def test_writes_reach_the_store(s3: S3Server, mount_s3: Callable[..., Mounted],
+                                mode: str) -> None:
     put(s3, "keep", b"keep")
-    with mount_s3(s3) as m:
+    with mount_s3(s3, extra=f'[write]\nmode = "{mode}"\n') as m:
         root = m.mountpoint
         small = b"hello, store\n"
         with open(os.path.join(root, "small"), "wb") as f:
             f.write(small)
+        settled(m)
         assert read_back(s3, "small") == small
         big = random.Random(3).randbytes(9 * MiB + 17)  # multipart upload
         with open(os.path.join(root, "big"), "wb") as f:
             for i in range(0, len(big), 128 * KiB):
                 f.write(big[i:i + 128 * KiB])
+        settled(m)
         assert read_back(s3, "big") == big
         with open(os.path.join(root, "big"), "rb") as f:
             assert hashlib.sha256(f.read()).digest() == hashlib.sha256(big).digest()
@@ -306,14 +320,17 @@ def test_writes_reach_the_store(s3: S3Server, mount_s3: Callable[..., Mounted]) 
         with open(os.path.join(root, "keep"), "r+b") as f:
             f.seek(1)
             f.write(b"EE")
+        settled(m)
         assert read_back(s3, "keep") == b"kEEp"
         # Rename of a file: copy + delete in the store (top level: see the module docstring).
         os.rename(os.path.join(root, "small"), os.path.join(root, "moved"))
+        settled(m)
         assert read_back(s3, "moved") == small
         assert not exists_in_store(s3, "small")
         assert sorted(os.listdir(root)) == ["big", "keep", "moved"]
         # Unlink.
         os.unlink(os.path.join(root, "keep"))
+        settled(m)
         assert not exists_in_store(s3, "keep")
         assert errno_of(lambda: os.stat(os.path.join(root, "keep"))) == errno.ENOENT
         # mkdir, then a file in it (rclone keeps no empty directories: the file makes it real).
@@ -322,10 +339,12 @@ def test_writes_reach_the_store(s3: S3Server, mount_s3: Callable[..., Mounted]) 
         assert os.listdir(os.path.join(root, "newdir")) == []
         with open(os.path.join(root, "newdir", "inside"), "wb") as f:
             f.write(b"in")
+        settled(m)
         assert read_back(s3, "newdir/inside") == b"in"
         assert os.listdir(os.path.join(root, "newdir")) == ["inside"]
         # The last object of a directory: the directory stays in this mount.
         os.unlink(os.path.join(root, "newdir", "inside"))
+        settled(m)
         assert not exists_in_store(s3, "newdir/inside")
         assert os.listdir(os.path.join(root, "newdir")) == []
         os.rmdir(os.path.join(root, "newdir"))
@@ -351,7 +370,9 @@ def test_server_down_and_back(restartable_s3: S3Server,
     for rel, data in files.items():
         put(server, rel, data)
     put(server, "e/x", b"x")  # not looked at before the outage
-    with mount_s3(server) as m:
+    # Write-through: a close uploads, so a write meets the outage (write-back: see
+    # test_writeback.py).
+    with mount_s3(server, extra='[write]\nmode = "writethrough"\n') as m:
         m.allow_error(r"not answering")  # the tier's warning, should it ever be an error
         d = os.path.join(m.mountpoint, "d")
         assert sorted(os.listdir(d)) == sorted(os.path.basename(r) for r in files)
@@ -500,6 +521,7 @@ def test_names_the_store_cannot_hold(s3: S3Server, mount_s3: Callable[..., Mount
             assert f.read() == b"ok"
         with open(n + b"/fine", "wb") as f:
             f.write(b"fine")
+        settled(m)
         assert read_back(s3, "n/fine") == b"fine"
         assert sorted(os.listdir(n)) == [b"a" * 240, b"fine", b"ok"]
 
@@ -644,6 +666,7 @@ def test_random_reads_fetch_aligned_blocks(s3: S3Server, mount_s3: Callable[...,
         data = data[:8192 + 10] + b"NEW" + data[8192 + 13:]
         for off in (0, 8192, 12288):
             assert read_direct(path, off, 4096) == data[off:off + 4096]
+        settled(m)
         assert read_back(s3, "rb/f") == data
 
     # remote_block = page_size turns the widening off: each miss fetches its pages only.

@@ -186,6 +186,24 @@ class CapacityTier(ABC):
         """Counters of the tier (requests sent, by kind), for `tierfs stats`."""
         return {}
 
+    #: Whether `start_writeback` can make writes durable in a cache directory and upload
+    #: them in the background (object stores).
+    supports_writeback: bool = False
+
+    async def start_writeback(self, cache_dir: str, *, durability: str, stats: Any,
+                              take_lock: bool, calm: Any = None) -> None:
+        """Write back through ``cache_dir`` from now on; recover what a crash left there
+        (called after `start`, before the mount serves)."""
+        raise OSError(errno.ENOTSUP, f"{self.kind} sources write in place")
+
+    async def run_writeback(self, *, task_status: Any = None) -> None:
+        """The background uploads of `start_writeback` (until cancelled)."""
+        if task_status is not None:
+            task_status.started()
+
+    async def stop_writeback(self) -> None:
+        """Unmount: upload what is pending (as far as the store lets), then let go."""
+
     #: Whether `save_snapshot` / `load_snapshot` do anything (tiers with a listing cache).
     supports_snapshots: bool = False
 

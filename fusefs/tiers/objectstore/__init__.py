@@ -20,7 +20,10 @@ Modules (one concern each):
   as copy + delete;
 - `file`: `ObjectFile` (ranged reads, write spool, upload on flush/close) and
   `OpenFiles` (writable handles by path, spool directory, whole-object
-  transfer).
+  transfer);
+- `writeback`: `WriteBack`, durable write-back through the cache directory
+  (named spools, the journal, the destager, recovery, the drain at unmount),
+  attached by `start_writeback`.
 
 Each module's docstring describes its part of the behaviour. What the facade
 adds: ``mknod`` of anything but a regular file is ``EPERM``; objects have no
@@ -39,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow.fs as pafs
+import trio
 
 from ..capacity import CapacityFile, CapacityTier, Stat, StatFs, TierUnavailable
 from .file import ObjectFile, OpenFiles
@@ -46,6 +50,7 @@ from .metacache import MetaCache
 from .namespace import Namespace
 from .options import S3_OPTIONS, Attributes, ObjectStoreOptions
 from .store import NAME_MAX, Store, err, resolve_source, show, split
+from .writeback import WriteBack
 
 __all__ = ["ObjectFile", "ObjectStoreOptions", "ObjectStoreTier"]
 
@@ -56,6 +61,7 @@ class ObjectStoreTier(CapacityTier):
     supports_links = False
     supports_snapshots = True
     remote = True  # every read is a ranged GET: a round trip costs more than 64 KiB
+    supports_writeback = True
 
     def __init__(
         self,
@@ -164,6 +170,34 @@ class ObjectStoreTier(CapacityTier):
     def snapshot_generation(self) -> int:
         return self._cache.generation
 
+    # -- write-back --------------------------------------------------------
+    async def start_writeback(self, cache_dir: str, *, durability: str, stats: Any,
+                              take_lock: bool, calm: Any = None) -> None:
+        wb = WriteBack(cache_dir, self._files, durability=durability, stats=stats, calm=calm)
+        await wb.open(take_lock=take_lock, source=self.description)
+        self._files.writeback = wb
+
+    @property
+    def writeback(self) -> WriteBack | None:
+        return self._files.writeback
+
+    async def run_writeback(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        wb = self._files.writeback
+        if wb is None:
+            task_status.started()
+            return
+        await wb.run(task_status=task_status)
+
+    async def stop_writeback(self) -> None:
+        wb = self._files.writeback
+        if wb is None:
+            return
+        try:
+            await wb.drain()
+        finally:
+            self._files.writeback = None  # writers from now on: none (the mount is gone)
+            await wb.close()
+
     def invalidate(self, path: bytes | None = None) -> None:
         """Drop cached metadata of ``path`` (and its listing), or all of it."""
         self._cache.invalidate(path)
@@ -271,9 +305,10 @@ class ObjectStoreTier(CapacityTier):
         self._store.key(path)
         await self._ns.require_dir(split(path)[0])
         await self._ns.absent(path)
-        if self._store.down:
+        if self._store.down and self._files.writeback is None:
             # The checks above may have been answered by stale listings; the object
             # would only be uploaded at close, and fail there, after the writes.
+            # (Write-back keeps it in the cache directory until the store answers.)
             raise TierUnavailable(f"{self.description}: create {show(path)}: the store is "
                                   "down (new files wait until it answers)")
         return self._files.create(path)

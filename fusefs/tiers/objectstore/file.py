@@ -11,12 +11,25 @@ Reads
     input file per open handle, opened lazily: a HEAD, then GETs);
     `ObjectFile.pread_many` issues its ranges concurrently.
 
-Writes (until writes go through the fast tier)
-    A handle opened for writing keeps the whole object in an unnamed spool
-    file in ``spool_dir`` (created 0700): empty after ``O_TRUNC`` or create,
-    otherwise downloaded first. ``flush``/``fsync`` upload it as one object
-    when dirty (pyarrow uses multipart for large ones). Concurrent writers of
-    one key: the last upload wins.
+Writes
+    A handle opened for writing keeps the whole object in a spool file: empty
+    after ``O_TRUNC`` or create, otherwise a copy of the newest spool of the path
+    (an open writer's or a pending one's) or of the object, downloaded. Concurrent
+    writers of one key: the last close wins.
+
+    Write-back (a `WriteBack` is attached: object-store mounts with a cache
+    directory, ``[write] mode = "writeback"``): spools are named files in
+    ``<cache dir>/writeback/`` with journal rows; ``flush`` (each close(2)) and
+    ``fsync`` make them durable there and, with ``durability = "capacity"``, also
+    upload; ``close`` (RELEASE) hands the spool to the destager. Until its upload is
+    done a path shows (stat, listings, new opens) what its newest spool holds. See
+    `writeback` for the whole life of a spool.
+
+    Write-through (no `WriteBack`): spools are unnamed files in ``spool_dir``
+    (created 0700); ``flush``/``fsync`` upload when dirty, except the flush of an
+    ``O_TRUNC`` open of an existing object in which nothing was written yet (a
+    ``dd of=`` or a shell ``>`` closes a dup first): an object is never replaced by
+    an empty one on the way; ``close`` uploads what is still dirty.
 """
 
 from __future__ import annotations
@@ -34,7 +47,8 @@ import trio
 from ..capacity import CapacityFile, Stat, TierUnavailable
 from .metacache import MetaCache
 from .options import Attributes, ObjectStoreOptions
-from .store import CHUNK, Store, concurrently, err, show, split, under
+from .store import CHUNK, Store, concurrently, err, show, under
+from .writeback import Spool, WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +58,10 @@ _THREAD_IO = 256 * 1024  # spool I/O at least this large goes to a thread
 class ObjectFile(CapacityFile):
     """An open object: ranged GETs for reading, a local spool for writing.
 
-    A read-only handle holds one pyarrow input file, opened on first use. A
-    writable handle holds the whole object in an unnamed spool file; reads on
-    it come from the spool. ``_lock`` serialises spool changes with uploads.
+    A read-only handle holds one pyarrow input file, opened on first use, or, for a
+    path with a newer spool than the store (write-back), its own descriptor of that
+    spool. A writable handle holds the whole object in its `Spool`; reads on it come
+    from the spool. ``_lock`` serialises spool changes with flushes and uploads.
     """
 
     def __init__(self, files: OpenFiles, path: bytes, *, writable: bool, st: Stat) -> None:
@@ -60,8 +75,11 @@ class ObjectFile(CapacityFile):
         self._input_size = 0
         self._input_lock = trio.Lock()
         self._lock = trio.Lock()
-        self._fd = -1
-        self._dirty = False
+        self._fd = -1  # the spool's descriptor (writers), or of a spool read (readers)
+        self.spool: Spool | None = None
+        self._dirty = False  # write-through: changed since the last upload
+        #: Write-through: an O_TRUNC open of an existing object, nothing written yet.
+        self._trunc_only = False
         self._unlinked = False
         self._closed = False
         self._reads = 0  # ranged GETs in flight: the input file outlives close() until they end
@@ -140,29 +158,37 @@ class ObjectFile(CapacityFile):
         return out
 
     # -- writing -----------------------------------------------------------
-    def _check_writable(self) -> None:
+    def _check_writable(self) -> Spool:
         if self._closed:
             raise err(errno.EBADF, "file is closed")
-        if self._fd < 0:
+        if self.spool is None or self._fd < 0:
             raise err(errno.EBADF, "file is not open for writing")
+        return self.spool
+
+    def _changed(self, sp: Spool) -> None:
+        sp.gen += 1
+        sp.mtime_ns = self._mtime_ns = time.time_ns()
+        self._dirty = True
+        self._trunc_only = False
 
     async def pwrite(self, offset: int, data: bytes) -> int:
-        self._check_writable()
+        sp = self._check_writable()
         async with self._lock:
             if len(data) >= _THREAD_IO:
                 n = await trio.to_thread.run_sync(os.pwrite, self._fd, data, offset)
             else:
                 n = os.pwrite(self._fd, data, offset)
-            self._dirty = True
-            self._mtime_ns = time.time_ns()
+            self._changed(sp)
             return n
 
     async def truncate(self, size: int) -> None:
-        self._check_writable()
+        sp = self._check_writable()
         async with self._lock:
+            wb = self._files.writeback
+            if wb is not None and sp.id:
+                await wb.shrink(sp, size)
             os.ftruncate(self._fd, size)
-            self._dirty = True
-            self._mtime_ns = time.time_ns()
+            self._changed(sp)
 
     def spool_stat(self) -> Stat:
         """Attributes of what this writable handle holds now."""
@@ -176,7 +202,36 @@ class ObjectFile(CapacityFile):
         return self._stat
 
     async def flush(self) -> None:
-        if self._fd < 0 or not self._dirty or self._unlinked:
+        """A close(2) of one descriptor (maybe a dup: more may follow)."""
+        await self._sync(final=False)
+
+    async def fsync(self, datasync: bool) -> None:
+        await self._sync(final=False, explicit=True)
+
+    async def _sync(self, *, final: bool, explicit: bool = False) -> None:
+        sp = self.spool
+        if sp is None or self._fd < 0 or self._unlinked:
+            return
+        wb = self._files.writeback
+        if wb is not None and sp.id:
+            async with self._lock:
+                if sp.gone:
+                    return
+                # Not for a close of an O_TRUNC open before its first write (a dup, as
+                # dd and a shell's > do): a crash before the last close must leave the
+                # object as it was, not empty.
+                if sp.changed and sp.synced_gen != sp.gen and (explicit or not self._trunc_only):
+                    await wb.record(sp, "open")
+                # "capacity": the store holds it before close or fsync returns; not
+                # for a close of an O_TRUNC open in which nothing was written yet.
+                if wb.durability == "capacity" and sp.changed \
+                        and sp.uploaded_gen != sp.gen and (explicit or not self._trunc_only):
+                    await wb.wait_uploads(self.path)  # an older spool's upload first
+                    gen = sp.gen
+                    self._stat = await self._files.put_object(self.path, self._fd)
+                    sp.uploaded_gen = gen
+            return
+        if not self._dirty or (self._trunc_only and not final and not explicit):
             return
         async with self._lock:
             if not self._dirty or self._unlinked:
@@ -187,18 +242,48 @@ class ObjectFile(CapacityFile):
             except BaseException:
                 self._dirty = True
                 raise
+            self._trunc_only = False
             self._mtime_ns = self._stat.st_mtime_ns
 
-    async def fsync(self, datasync: bool) -> None:
-        await self.flush()
+    async def upload_now(self) -> None:
+        """Write-back: make the store hold this handle's bytes before returning (a
+        directory rename copies keys in the store)."""
+        sp = self.spool
+        wb = self._files.writeback
+        if sp is None or wb is None or self._fd < 0 or self._unlinked or not sp.changed:
+            return
+        async with self._lock:
+            if sp.uploaded_gen == sp.gen or sp.gone:
+                return
+            if sp.synced_gen != sp.gen:
+                await wb.record(sp, "open")
+            await wb.wait_uploads(self.path)
+            gen = sp.gen
+            self._stat = await self._files.put_object(self.path, self._fd)
+            sp.uploaded_gen = gen
 
     async def close(self) -> None:
+        """RELEASE: the last descriptor of this open is gone."""
         if self._closed:
             return
+        sp = self.spool
+        wb = self._files.writeback
         try:
+            if sp is not None and wb is not None and sp.id:
+                self._closed = True
+                async with self._lock:
+                    # Under the lock, with no await before the spool is pending: the
+                    # path never shows an older version in between.
+                    self._files.forget(self)
+                    if self._unlinked:
+                        await wb.drop(sp)
+                    else:
+                        self._fd = -1  # the spool's descriptor is the write-back's now
+                        await wb.release(sp)
+                return
             if self._dirty and not self._unlinked:
                 try:
-                    await self.flush()
+                    await self._sync(final=True)
                 except OSError as exc:
                     log.error("%s: data written but never uploaded is lost: %s",
                               show(self.path), exc)
@@ -208,6 +293,8 @@ class ObjectFile(CapacityFile):
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            if sp is not None:
+                sp.fd = -1
             self._close_input()
 
     def fileno(self) -> int | None:
@@ -255,7 +342,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class OpenFiles:
-    """The tier's writable handles by path, their spool directory, and whole-object transfer."""
+    """The tier's writable handles by path, their spools, and whole-object transfer.
+
+    With a `WriteBack` attached (``writeback``), the newest spool of a path, open or
+    pending, is what the path shows (`view`).
+    """
 
     def __init__(self, store: Store, cache: MetaCache, attrs: Attributes, opts: ObjectStoreOptions) -> None:
         self.store = store
@@ -265,6 +356,8 @@ class OpenFiles:
         self._writers: dict[bytes, list[ObjectFile]] = {}
         self._spool_dir: str | None = None
         self._own_spool = False
+        #: Durable write-back through the cache directory, if the mount enables it.
+        self.writeback: WriteBack | None = None
 
     # -- spool directory ---------------------------------------------------
     def setup_spool(self) -> None:
@@ -288,17 +381,24 @@ class OpenFiles:
             self._spool_dir = tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-")  # 0700
             self._own_spool = True
 
-    def _new_spool(self) -> int:
+    def _new_spool(self, path: bytes) -> Spool:
+        if self.writeback is not None:
+            return self.writeback.new_spool(path)
         self.setup_spool()
         fd, name = tempfile.mkstemp(prefix="spool-", dir=self._spool_dir)
         os.unlink(name)  # unnamed: nothing is left behind if the daemon dies
-        return fd
+        now = time.time_ns()
+        return Spool(path=path, fd=fd, created_ns=now, mtime_ns=now)
 
-    async def close(self) -> None:
-        """Close (and so upload) every writable handle; remove a spool directory of our own."""
+    async def close_writers(self) -> None:
+        """Close every writable handle (unmount): each uploads or becomes pending."""
         for writers in list(self._writers.values()):
             for w in list(writers):
                 await w.close()
+
+    async def close(self) -> None:
+        """Close every writable handle; remove a spool directory of our own."""
+        await self.close_writers()
         if self._own_spool and self._spool_dir:
             try:
                 os.rmdir(self._spool_dir)
@@ -307,36 +407,82 @@ class OpenFiles:
             self._spool_dir = None
 
     # -- opening -----------------------------------------------------------
+    def view(self, path: bytes) -> Spool | None:
+        """The newest spool of ``path``: its last writer's, else its newest pending one."""
+        writers = self._writers.get(path)
+        if writers:
+            return writers[-1].spool
+        if self.writeback is not None:
+            pending = self.writeback.pending.get(path)
+            if pending:
+                return pending[-1]
+        return None
+
+    def _view_stat(self, sp: Spool) -> Stat:
+        return self.attrs.file(sp.current_size(), sp.mtime_ns)
+
     async def open(self, path: bytes, flags: int, st: Stat) -> ObjectFile:
         """Open the existing object ``path`` (``st``), as `CapacityTier.open`."""
         acc = flags & os.O_ACCMODE
         if acc == os.O_RDONLY and not flags & os.O_TRUNC:
-            return ObjectFile(self, path, writable=False, st=st)
+            f = ObjectFile(self, path, writable=False, st=st)
+            view = self.view(path) if self.writeback is not None else None
+            if view is not None and view.file:
+                try:
+                    f._fd = os.open(view.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    f._mtime_ns = view.mtime_ns
+                except FileNotFoundError:
+                    pass  # uploaded and removed meanwhile: the store has it
+            return f
         f = ObjectFile(self, path, writable=True, st=st)
-        f._fd = self._new_spool()
+        sp = f.spool = self._new_spool(path)
+        f._fd = sp.fd
         try:
+            view = self.view(path)
             if flags & os.O_TRUNC:
                 f._dirty = True
-                f._mtime_ns = time.time_ns()
-            elif self._writers.get(path):
-                # Another handle holds newer data than the store: start from its spool.
-                src = self._writers[path][-1]._fd
-                await trio.to_thread.run_sync(_copy_fd, src, f._fd)
+                f._trunc_only = True
+                sp.gen = 1  # an empty file is a change, even if nothing is written
+                sp.mtime_ns = f._mtime_ns = time.time_ns()
+            elif view is not None:
+                # A spool holds newer data than the store: start from it.
+                src = view.file if view.fd < 0 else None
+                if src is not None:
+                    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        await trio.to_thread.run_sync(_copy_fd, sfd, sp.fd)
+                    finally:
+                        os.close(sfd)
+                else:
+                    await trio.to_thread.run_sync(_copy_fd, view.fd, sp.fd)
+                sp.mtime_ns = f._mtime_ns = view.mtime_ns
+                if view.changed:
+                    sp.gen = 1  # the store does not hold these bytes
             else:
-                await self.get_object_into(path, f._fd)
+                await self.get_object_into(path, sp.fd)
         except BaseException:
-            os.close(f._fd)
+            await self._discard(sp)
             f._fd = -1
             raise
         self._writers.setdefault(path, []).append(f)
         return f
 
+    async def _discard(self, sp: Spool) -> None:
+        if self.writeback is not None and sp.id:
+            sp.released = True
+            await self.writeback.drop(sp)
+        elif sp.fd >= 0:
+            os.close(sp.fd)
+            sp.fd = -1
+
     def create(self, path: bytes) -> tuple[ObjectFile, Stat]:
-        """A new empty object ``path``, uploaded on flush even if nothing is written."""
+        """A new empty object ``path``, uploaded even if nothing is written."""
         now = time.time_ns()
         f = ObjectFile(self, path, writable=True, st=self.attrs.file(0, now))
-        f._fd = self._new_spool()
+        sp = f.spool = self._new_spool(path)
+        f._fd = sp.fd
         f._dirty = True  # an empty object is uploaded on flush even if nothing is written
+        sp.gen = 1
         self._cache.drop_negative(path)
         self._writers.setdefault(path, []).append(f)
         return f, f.spool_stat()
@@ -348,21 +494,39 @@ class OpenFiles:
         return writers[-1] if writers else None
 
     def writer_stat(self, path: bytes) -> Stat | None:
-        """What ``path`` looks like to this mount while a handle writes it."""
+        """What ``path`` looks like to this mount while a handle writes it (or a write
+        of it waits for its upload)."""
         writers = self._writers.get(path)
-        return writers[-1].spool_stat() if writers else None
+        if writers:
+            return writers[-1].spool_stat()
+        view = self.view(path)
+        return self._view_stat(view) if view is not None else None
+
+    def _paths(self) -> list[bytes]:
+        paths = list(self._writers)
+        if self.writeback is not None:
+            paths += [p for p in self.writeback.pending if p not in self._writers]
+        return paths
 
     def child_stats(self, parent: bytes) -> dict[bytes, Stat]:
-        """Name -> Stat of the files being written directly in ``parent``."""
+        """Name -> Stat of the files being written (or pending) in ``parent``, and of
+        the directories that only such files below them make."""
         out: dict[bytes, Stat] = {}
-        for p, writers in self._writers.items():
-            head, name = split(p)
-            if head == parent:
-                out[name] = writers[-1].spool_stat()
+        for p in self._paths():
+            if not under(p, parent):
+                continue
+            rest = p[len(parent) + 1:] if parent else p
+            name, sep, _ = rest.partition(b"/")
+            if sep:
+                out.setdefault(name, self.attrs.dir(self.attrs.started_ns))
+            else:
+                st = self.writer_stat(p)
+                if st is not None:
+                    out[name] = st
         return out
 
     def any_under(self, top: bytes) -> bool:
-        return any(under(p, top) for p in self._writers)
+        return any(under(p, top) for p in self._paths())
 
     def forget(self, f: ObjectFile) -> None:
         writers = self._writers.get(f.path)
@@ -371,40 +535,57 @@ class OpenFiles:
             if not writers:
                 del self._writers[f.path]
 
-    def unlinked(self, path: bytes) -> list[ObjectFile]:
-        """``path`` was removed: its handles' data dies with the name, as on a disk."""
-        pending = self._writers.pop(path, [])
-        for w in pending:
+    def has_changes(self, path: bytes) -> bool:
+        """Whether a spool of ``path`` holds bytes the store may lack (write-back)."""
+        if self.writeback is None:
+            return False
+        if self.writeback.pending.get(path):
+            return True
+        return any(w.spool is not None and w.spool.changed for w in self._writers.get(path, []))
+
+    async def unlinked(self, path: bytes) -> bool:
+        """``path`` was removed: its handles' data dies with the name, as on a disk.
+
+        Returns whether anything of it lived here only (writers or pending writes).
+        """
+        writers = self._writers.pop(path, [])
+        for w in writers:
             w._unlinked = True
-        return pending
+            if self.writeback is not None and w.spool is not None and w.spool.id:
+                await self.writeback.drop(w.spool)
+        had = bool(writers)
+        if self.writeback is not None:
+            had = await self.writeback.unlinked(path) or had
+        return had
 
     async def flush(self, path: bytes) -> None:
-        """Upload what the handles of ``path`` hold (before the object is copied)."""
+        """Make the store hold what the handles of ``path`` hold (before it is copied)."""
         for w in list(self._writers.get(path, [])):
-            await w.flush()
+            await w.upload_now() if self.writeback is not None else await w.flush()
+        if self.writeback is not None:
+            await self.writeback.upload_now(path)
 
     async def flush_under(self, top: bytes) -> None:
-        for p in [p for p in self._writers if under(p, top)]:
-            for w in self._writers[p]:
-                await w.flush()
+        for p in [p for p in self._paths() if under(p, top)]:
+            await self.flush(p)
 
-    def move(self, old: bytes, new: bytes) -> None:
-        """The file ``old`` is now ``new``: an open descriptor follows its file."""
+    async def move(self, old: bytes, new: bytes) -> None:
+        """The file ``old`` is now ``new``: an open descriptor follows its file, and so
+        do pending writes (their journal rows too)."""
         writers = self._writers.pop(old, [])
         for w in writers:
             w.path = new
         if writers:
             self._writers.setdefault(new, []).extend(writers)
+        if self.writeback is not None:
+            spools = [w.spool for w in writers if w.spool is not None and w.spool.id]
+            spools += self.writeback.move_pending(old, new)
+            await self.writeback.moved(spools, new)
 
-    def move_under(self, old: bytes, new: bytes) -> None:
+    async def move_under(self, old: bytes, new: bytes) -> None:
         """The directory ``old`` is now ``new``: move the handles of the files below it."""
-        moved = {p: ws for p, ws in self._writers.items() if under(p, old)}
-        for p, ws in moved.items():
-            del self._writers[p]
-            np = new + p[len(old):]
-            for w in ws:
-                w.path = np
-            self._writers[np] = ws
+        for p in [p for p in self._paths() if under(p, old)]:
+            await self.move(p, new + p[len(old):])
 
     # -- whole-object transfer (the seam for the fast tier's destager) ----
     async def put_object(self, path: bytes, fd: int) -> Stat:

@@ -266,6 +266,20 @@ class MetaCache:
     def drop_negative(self, path: bytes) -> None:
         self._negative.pop(path, None)
 
+    def known_absent(self, path: bytes) -> bool:
+        """Whether the cache knows, without a request, that the store holds no ``path``
+        (a fresh negative entry, or a fresh listing of its parent without it)."""
+        now = self._clock()
+        hit = self._stats.get(path)
+        if hit is not None and hit[0] > now:
+            return False
+        neg = self._negative.get(path)
+        if neg is not None and neg > now:
+            return True
+        parent, name = split(path)
+        listing = self._lists.get(parent)
+        return listing is not None and listing.list_expires > now and name not in listing.entries
+
     def drop_file_stat(self, path: bytes) -> None:
         """Forget ``path``'s Stat if it says file (a listing found a prefix there)."""
         hit = self._stats.get(path)

@@ -87,6 +87,10 @@ class Namespace:
         st = self._files.writer_stat(path) or self._local_dirs.get(path)
         if st is not None:
             return st
+        if self._files.writeback is not None and self._files.any_under(path):
+            # Files written below it that the store may not hold yet (write-back, maybe
+            # from before a crash) make the directory, without a request.
+            return self._attrs.dir(self._attrs.started_ns)
         if self._store.down:
             st = self._stale_stat(path)
             if st is not None:
@@ -272,9 +276,11 @@ class Namespace:
         st = await self.stat(path)
         if st.is_dir:
             raise err(errno.EISDIR, f"{show(path)}: is a directory")
-        pending = self._files.unlinked(path)
+        absent = self._cache.known_absent(path)  # before the pending write's view goes
+        pending = await self._files.unlinked(path)
         try:
-            await self._delete_key(path, key)
+            if not (pending and absent):  # a new file the store never held: no request
+                await self._delete_key(path, key)
         except FileNotFoundError:
             if not pending:
                 self._gone(path, tree=False)
@@ -340,13 +346,33 @@ class Namespace:
             await self._rename_file(old, new, okey, nkey)
 
     async def _rename_file(self, old: bytes, new: bytes, okey: str, nkey: str) -> None:
+        if self._files.has_changes(old):
+            # Write-back: what ``old`` holds here is newer than the store's object (if
+            # any). Nothing to copy: the old key goes, and the pending write (its
+            # journal row too) follows the new name.
+            if self._files.writeback is not None:
+                await self._files.writeback.wait_uploads(old)
+            if self._files.has_changes(old):
+                await self._files.unlinked(new)  # replaced: never uploaded
+                if not self._cache.known_absent(old):  # a new file: nothing in the store
+                    try:
+                        await self._delete_key(old, okey)
+                    except FileNotFoundError:
+                        pass
+                await self._files.move(old, new)
+                self._gone(old, tree=False)
+                self._cache.drop_stat(new)
+                self._cache.drop_negative(new)
+                if not self._markers:
+                    await self._remove_stand_ins(split(old)[0])
+                return
         await self._files.flush(old)  # the object must exist before it can be copied
         await self._store.copy(okey, nkey, f"rename {show(old)}")
         try:
             await self._delete_key(old, okey)
         except FileNotFoundError:
             pass
-        self._files.move(old, new)
+        await self._files.move(old, new)
         self._gone(old, tree=False)
         self._cache.drop_stat(new)
         self._cache.drop_negative(new)
@@ -385,7 +411,7 @@ class Namespace:
         # Move what lives in this mount only (local directories, open writers).
         moved_local = {new + p[len(old):]: st for p, st in self._local_dirs.items() if p == old or under(p, old)}
         self._gone(old)
-        self._files.move_under(old, new)
+        await self._files.move_under(old, new)
         self._cache.invalidate(new)
         if self._markers or infos:
             self._cache.note_object(new, self._attrs.dir(src.st_mtime_ns))
