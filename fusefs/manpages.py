@@ -74,7 +74,7 @@ def tierfs_1() -> str:
     for text, cmd in _EXAMPLES:
         out += [".PP", _esc(text), ".PP", ".RS", ".nf", _esc(cmd), ".fi", ".RE"]
     out += [".SH FILES",
-            ".TP", ".B <cache>/TIERFS\-CACHE",
+            ".TP", ".B <cache>/TIERFS\\-CACHE",
             "Marks a directory as a tierfs cache; tierfs uses no other non-empty directory.",
             ".TP", ".B <cache>/catalog.db, <cache>/data/",
             "The fast tier's catalog (sqlite) and cached bytes, checked by tierfs fsck.",
