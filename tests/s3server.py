@@ -186,3 +186,100 @@ def restartable_s3(tmp_path: Path) -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+class MotoServer(S3Server):
+    """moto's S3 server (``python -m moto.server``) on loopback: another real S3 dialect.
+
+    Unlike rclone it stores every key as given, so directory markers ``dir/``
+    are plain objects next to ``dir/file`` (the tier runs with
+    ``dir_markers=True`` against it, as against AWS S3). Objects live in the
+    server's memory: tests create them through a client, not on disk.
+    """
+
+    def __init__(self, log_dir: Path, *, bucket: str = "bucket", port: int | None = None) -> None:
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            pytest.skip("moto not installed (pip install 'moto[server]')")
+        self.rclone = None
+        self.data_dir = Path(log_dir)
+        self.bucket = bucket
+        self.access_key, self.secret_key = ACCESS_KEY, SECRET_KEY
+        self.port = port or free_port()
+        self.log_path = self.data_dir / f"moto-{self.port}.log"
+        self.proc = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while not port_answers(self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self.proc.returncode}: "
+                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"moto server did not answer on {self.endpoint} in {timeout}s")
+            time.sleep(0.05)
+
+    def make_bucket(self, name: str) -> None:
+        api(self).create_bucket(Bucket=name)
+
+
+def api(server: S3Server):  # -> botocore S3 client
+    """A botocore client of ``server``: exact keys, no file-system emulation."""
+    import botocore.config
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3", region_name="us-east-1", endpoint_url=f"http://{server.endpoint}",
+        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
+        config=botocore.config.Config(request_checksum_calculation="when_required",
+                                      retries={"total_max_attempts": 3}))
+
+
+def all_keys(server: S3Server, prefix: str = "") -> list[str]:
+    """Every key of the server's bucket (below ``prefix``), as the store holds them."""
+    client = api(server)
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.bucket,
+                                                                 Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return sorted(keys)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto server for the session; tests take a fresh bucket from `any_s3`."""
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["rclone", "moto"])
+def any_s3(request: pytest.FixtureRequest) -> S3Server:
+    """A new, empty bucket on each S3 server we can run here: ``rclone serve s3``
+    (directories are folders: no markers) and moto (markers are objects)."""
+    name = f"n{next(_bucket_counter):04d}"
+    if request.param == "rclone":
+        base: S3Server = request.getfixturevalue("s3_server")
+        (base.data_dir / name).mkdir()
+    else:
+        base = request.getfixturevalue("moto_server")
+        base.make_bucket(name)
+    view = S3Server.__new__(type(base))
+    view.__dict__.update(base.__dict__)
+    view.bucket = name
+    view.kind = request.param  # type: ignore[attr-defined]
+    return view

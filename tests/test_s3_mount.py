@@ -8,13 +8,9 @@ server's backing directory; what the mount writes is checked through a second,
 independent pyarrow client. Nothing here asserts on timing: waits for a cache
 to expire poll with a deadline.
 
-Deletes through the mount (unlink, rename) are of objects at the bucket's top
-level, or of the last object in a directory: pyarrow's ``delete_file`` PUTs a
-marker ``parent/`` after every delete, which rclone fails when ``parent`` is a
-non-empty directory on its disk, and now and then rclone then stops answering
-for minutes. That is the test server's bug, not the mount's (on S3 the marker
-PUT succeeds); a delete in a directory that keeps other files is covered
-in-process by ``test_objectstore.py``.
+Deletes through the mount send one DeleteObject each (no parent marker, see
+``fusefs/tiers/objectstore/store.py``); ``test_s3_namespace.py`` checks the
+store's exact keys after deletes, renames and ``rm -rf`` on rclone and moto.
 """
 
 from __future__ import annotations

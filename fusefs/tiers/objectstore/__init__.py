@@ -49,7 +49,7 @@ from .file import ObjectFile, OpenFiles
 from .metacache import MetaCache
 from .namespace import Namespace
 from .options import S3_OPTIONS, Attributes, ObjectStoreOptions
-from .store import NAME_MAX, Store, err, resolve_source, show, split
+from .store import NAME_MAX, ApiFactory, Store, err, resolve_source, show, split
 from .writeback import WriteBack
 
 __all__ = ["ObjectFile", "ObjectStoreOptions", "ObjectStoreTier"]
@@ -71,6 +71,7 @@ class ObjectStoreTier(CapacityTier):
         description: str | None = None,
         endpoint: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        api: ApiFactory | None = None,
         **options: Any,
     ) -> None:
         """Serve ``root`` (``bucket/prefix`` for S3/GCS, a path otherwise) of ``fs``.
@@ -82,12 +83,14 @@ class ObjectStoreTier(CapacityTier):
             description: how logs and errors name the source.
             endpoint: the address errors name when the store is unreachable.
             clock: the time source for cache TTLs.
+            api: builds the botocore client that sends namespace requests (``s3://``
+                sources from `from_uri`; see `store`).
             **options: see `ObjectStoreOptions`.
         """
         self.opts = ObjectStoreOptions.make(options)
         self._attrs = Attributes(self.opts, time.time_ns())
         self._store = Store(fs, root, description=description, endpoint=endpoint,
-                            opts=self.opts, attrs=self._attrs, clock=clock)
+                            opts=self.opts, attrs=self._attrs, clock=clock, api=api)
         self._cache = MetaCache(self.opts, self._attrs, root=self._store.root, clock=clock,
                                 requests=self._store.requests, limiter=self._store.limiter)
         self._files = OpenFiles(self._store, self._cache, self._attrs, self.opts)
@@ -125,7 +128,8 @@ class ObjectStoreTier(CapacityTier):
         s3opts = {k: options.pop(k) for k in list(options) if k in S3_OPTIONS}
         ObjectStoreOptions.make({k: v for k, v in options.items() if k != "clock"})  # fail early
         src = resolve_source(uri, s3opts)
-        tier = cls(src.fs, src.root, description=src.description, endpoint=src.endpoint, **options)
+        tier = cls(src.fs, src.root, description=src.description, endpoint=src.endpoint,
+                   api=src.api, **options)
         if src.kind is not None:
             tier.kind = src.kind
         return tier

@@ -5,19 +5,23 @@ mount is writing and the store (in that order), and emulates what a key space
 lacks: directories, ``rename``, ``rmdir`` and the refusal of links.
 
 Directories
-    A directory is a key prefix, or a directory marker object (``dir/``, what
-    `pyarrow.fs.FileSystem.create_dir` writes). With ``dir_markers=True`` (the
-    default, right for S3, MinIO, Ceph and GCS) ``mkdir`` writes a marker, and
-    pyarrow writes one for a directory whose last object is deleted, so empty
-    directories persist as on a local disk. Some S3 servers map keys onto a
-    file system and cannot hold a marker next to a folder of the same name
-    (``rclone serve s3`` over a local disk stores ``dir/`` as an empty *file*
-    ``dir``): use ``dir_markers=False`` there. Then ``mkdir`` creates the
-    directory in this mount only (it becomes real in the store when a file is
-    written below it, and is gone after a remount if it stays empty), and the
-    zero-byte stand-ins such a server leaves behind after pyarrow's parent
-    markers are deleted again. In marker mode the first ``mkdir`` checks for
-    that behaviour and switches to ``dir_markers=False`` with one warning.
+    A directory is a key prefix, or a directory marker object (``dir/``). With
+    ``dir_markers=True`` (the default, right for S3, MinIO, Ceph and GCS)
+    ``mkdir`` writes a marker and ``rmdir`` deletes it. Some S3 servers map
+    keys onto a file system and cannot hold a marker next to a folder of the
+    same name (``rclone serve s3`` over a local disk stores ``dir/`` as an
+    empty *file* ``dir``): use ``dir_markers=False`` there. Then ``mkdir``
+    creates the directory in this mount only (it becomes real in the store
+    when a file is written below it, and is gone after a remount if it stays
+    empty). In marker mode the first ``mkdir`` checks for that behaviour and
+    switches to ``dir_markers=False`` with one warning.
+
+    On ``s3://`` sources every namespace change sends exactly the requests
+    `Store` names (botocore; see `store`), and a delete writes no marker: the
+    directories above a deleted key stay in this mount (`_keep_parents`). On
+    other stores pyarrow sends them, and pyarrow writes a parent marker after
+    each delete; zero-byte stand-ins that a marker becomes on a store without
+    markers are deleted again (`_remove_stand_ins`).
 
 Namespace operations
     ``rename`` of a file is copy + delete (not atomic); of a directory, copy +
@@ -257,8 +261,24 @@ class Namespace:
             else:
                 p = None
 
+    def _keep_parents(self, path: bytes) -> None:
+        """Keep the directories above ``path`` in this mount after a delete below them.
+
+        A delete sends one request and writes no marker, so a directory that was
+        implied only by the deleted key is gone from the store; here it stays (empty)
+        until ``rmdir`` or the next mount, as on a disk. No request is sent."""
+        p = split(path)[0]
+        now = self._attrs.dir(time.time_ns())
+        while p and p not in self._local_dirs:
+            self._local_dirs[p] = now
+            p = split(p)[0]
+
     async def _delete_key(self, path: bytes, key: str) -> None:
         """Delete object ``key``; tolerate pyarrow failing to write a parent marker after it."""
+        if self._store.sends_own_requests:
+            await self._store.delete_file(key, f"delete {show(path)}")
+            self._keep_parents(path)
+            return
         try:
             await self._store.delete_file(key, f"delete {show(path)}")
         except TierUnavailable:
@@ -286,7 +306,7 @@ class Namespace:
                 self._gone(path, tree=False)
                 raise
         self._gone(path, tree=False)
-        if not self._markers:
+        if not self._markers and not self._store.sends_own_requests:
             await self._remove_stand_ins(split(path)[0])
 
     async def rmdir(self, path: bytes) -> None:
@@ -296,9 +316,16 @@ class Namespace:
         if not (await self.stat(path)).is_dir:
             raise err(errno.ENOTDIR, f"{show(path)}: not a directory")
         await self._require_empty(path)
+        if self._store.sends_own_requests:
+            # One DELETE of ``key/``: S3 answers it whether or not there is a marker, and a
+            # store over a disk (rclone) removes its empty directory.
+            await self._store.delete_marker(key, f"rmdir {show(path)}")
+            self._gone(path)
+            self._keep_parents(path)
+            return
         if path not in self._local_dirs and self._markers:
             try:
-                await self._store.delete_dir(key, f"rmdir {show(path)}")
+                await self._store.delete_marker(key, f"rmdir {show(path)}")
             except FileNotFoundError:
                 pass  # no marker: the directory was only implied
         self._gone(path)
@@ -363,7 +390,7 @@ class Namespace:
                 self._gone(old, tree=False)
                 self._cache.drop_stat(new)
                 self._cache.drop_negative(new)
-                if not self._markers:
+                if not self._markers and not self._store.sends_own_requests:
                     await self._remove_stand_ins(split(old)[0])
                 return
         await self._files.flush(old)  # the object must exist before it can be copied
@@ -379,7 +406,7 @@ class Namespace:
         st = await self._store.head(nkey, f"stat {show(new)}")
         if st is not None:
             self._cache.note_object(new, st)
-        if not self._markers:
+        if not self._markers and not self._store.sends_own_requests:
             await self._remove_stand_ins(split(old)[0])
 
     async def _rename_dir(self, old: bytes, new: bytes, okey: str, nkey: str, src: Stat) -> None:
@@ -400,7 +427,14 @@ class Namespace:
             for d in [okey, *dirs]:
                 await self._store.create_dir(nkey + d[cut:], f"mkdir {nkey + d[cut:]}")
         await concurrently([(copy, k) for k in files])
-        if infos or (self._markers and old not in self._local_dirs):
+        if self._store.sends_own_requests:
+            # Exactly the keys copied, then the markers below (deepest first) and the
+            # directory's own: a store over a disk removes a directory only once empty.
+            await self._store.delete_keys(files, f"rename {show(old)}")
+            markers = sorted([d + "/" for d in dirs], key=lambda k: -k.count("/"))
+            await self._store.delete_keys(markers + [okey + "/"], f"rename {show(old)}")
+            self._keep_parents(old)
+        elif infos or (self._markers and old not in self._local_dirs):
             try:
                 await self._store.delete_dir(okey, f"delete {show(old)}")
             except FileNotFoundError:
@@ -421,4 +455,5 @@ class Namespace:
                 self._local_dirs[new] = self._attrs.dir(src.st_mtime_ns)
             # Empty directories below ``old`` that the store knew of are not carried over
             # here: a store without markers cannot hold them.
-            await self._remove_stand_ins(split(old)[0])
+            if not self._store.sends_own_requests:
+                await self._remove_stand_ins(split(old)[0])

@@ -1,4 +1,4 @@
-"""Requests to the object store: the only module that calls `pyarrow.fs`.
+"""Requests to the object store: the only module that calls `pyarrow.fs` and botocore.
 
 `Store` owns the file system (or the factory that builds it in a thread), the
 mapping of tier paths to keys, the retry loop around every request, the
@@ -51,6 +51,15 @@ Down mode
     every request holds shared): a tier builds its one client at start, so
     this only matters to code that builds several.
 
+Namespace requests
+    On ``s3://`` sources the requests that change the namespace (delete,
+    delete many, directory marker) are sent with botocore, one request each:
+    pyarrow's ``delete_file`` PUTs a marker for the parent directory after
+    every delete, a side effect some S3 servers refuse (``rclone serve s3``
+    answers 500 and then, under load, 404s the directory's other objects).
+    Reads, listings, uploads and copies stay with pyarrow. Other stores keep
+    pyarrow for every request (``api`` is None).
+
 Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 (``max_threads``), so the event loop never waits on the network.
 """
@@ -67,6 +76,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, TypeAlias
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
+import botocore.exceptions as boto_errors
 import pyarrow as pa
 import pyarrow.fs as pafs
 import trio
@@ -104,6 +114,15 @@ _S3_QUERY = {
 }
 
 FileSystemSpec: TypeAlias = pafs.FileSystem | Callable[[], pafs.FileSystem]
+#: Builds the botocore S3 client of a source, given the region pyarrow resolved.
+ApiFactory: TypeAlias = Callable[[str], Any]
+
+# botocore failures that mean the server did not answer (retry, then "down").
+_BOTO_UNREACHABLE = (
+    boto_errors.EndpointConnectionError, boto_errors.ConnectTimeoutError,
+    boto_errors.ReadTimeoutError, boto_errors.ConnectionClosedError,
+)
+_FAILURES = (OSError, pa.ArrowException, boto_errors.BotoCoreError, boto_errors.ClientError)
 
 
 # -- paths and errors (shared by the whole package) ---------------------------
@@ -138,8 +157,28 @@ def short(exc: BaseException) -> str:
     return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
+def _classify_boto(exc: BaseException) -> tuple[str, int]:
+    """Sort a botocore failure: ("retry"|"unreachable"|"fail", errno)."""
+    if isinstance(exc, _BOTO_UNREACHABLE):
+        return "unreachable", errno.EIO
+    if isinstance(exc, boto_errors.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404"):
+            return "fail", errno.ENOENT
+        if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return "fail", errno.EACCES
+        if status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+            return "retry", errno.EIO
+        if code in ("KeyTooLongError", "InvalidObjectName"):
+            return "fail", errno.ENAMETOOLONG if code == "KeyTooLongError" else errno.EINVAL
+    return "fail", errno.EIO
+
+
 def _classify(exc: BaseException) -> tuple[str, int]:
-    """Sort a pyarrow failure: ("retry"|"unreachable"|"fail", errno)."""
+    """Sort a pyarrow or botocore failure: ("retry"|"unreachable"|"fail", errno)."""
+    if isinstance(exc, (boto_errors.BotoCoreError, boto_errors.ClientError)):
+        return _classify_boto(exc)
     if isinstance(exc, FileNotFoundError):
         return "fail", errno.ENOENT
     if isinstance(exc, pa.ArrowNotImplementedError):
@@ -205,7 +244,11 @@ class Store:
         opts: ObjectStoreOptions,
         attrs: Attributes,
         clock: Callable[[], float],
+        api: ApiFactory | None = None,
     ) -> None:
+        #: Builds the botocore client of namespace requests (S3 only; see the module docstring).
+        self._api_factory = api
+        self._api: Any = None
         if callable(fs) and not isinstance(fs, pafs.FileSystem):
             self._fs_factory: Callable[[], pafs.FileSystem] | None = fs
             self._fs: Any = None
@@ -243,15 +286,29 @@ class Store:
 
     # -- start -------------------------------------------------------------
     async def connect(self) -> bool:
-        """Build the file system if a factory was given; returns whether it did."""
-        if self._fs is not None:
-            return False
-        assert self._fs_factory is not None
-        try:
-            self._fs = await trio.to_thread.run_sync(self._fs_factory, limiter=self.limiter)
-        except (pa.ArrowException, OSError) as exc:
-            raise self._start_error(exc) from None
-        return True
+        """Build the file system (and the namespace client) if factories were given;
+        returns whether the file system was built here."""
+        built = False
+        if self._fs is None:
+            assert self._fs_factory is not None
+            try:
+                self._fs = await trio.to_thread.run_sync(self._fs_factory, limiter=self.limiter)
+            except (pa.ArrowException, OSError) as exc:
+                raise self._start_error(exc) from None
+            built = True
+        if self._api is None and self._api_factory is not None:
+            region = str(getattr(self._fs, "region", "") or "us-east-1")
+            try:
+                self._api = await trio.to_thread.run_sync(self._api_factory, region,
+                                                          limiter=self.limiter)
+            except _FAILURES as exc:
+                raise self._start_error(exc) from None
+        return built
+
+    @property
+    def sends_own_requests(self) -> bool:
+        """Whether namespace requests go out one by one, with no library side effects."""
+        return self._api is not None
 
     async def check_root(self) -> None:
         """Check that the bucket and the prefix (or the source directory) exist."""
@@ -335,7 +392,7 @@ class Store:
                 limit = f"{opts.read_timeout:g} s (read_timeout)" if bounded else \
                     f"{opts.retry_budget:g} s (retry_budget)"
                 raise self._unavailable(what, f"{exc.what} within {limit}", quiet) from None
-            except (OSError, pa.ArrowException) as exc:
+            except _FAILURES as exc:
                 kind, code = _classify(exc)
                 pause = min(delay, opts.retry_max) * random.uniform(0.5, 1.0)
                 if kind != "fail" and attempt + 1 < opts.retries and \
@@ -498,22 +555,82 @@ class Store:
             return None
 
     # -- namespace requests ------------------------------------------------
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        bucket, _, name = key.partition("/")
+        return bucket, name
+
     async def create_dir(self, key: str, what: str) -> None:
-        """Write the directory marker of ``key`` (and its parents'; "put")."""
-        def create() -> None:
-            self._fs.create_dir(key, recursive=True)
+        """Write the directory marker ``key/`` ("put"; pyarrow writes its parents' too)."""
         self.requests["put"] += 1
-        await self._run(what, create)
+        if self._api is not None:
+            bucket, name = self._bucket_key(key)
+            await self._run(what, lambda: self._api.put_object(Bucket=bucket, Key=name + "/", Body=b""))
+            return
+        await self._run(what, self._fs.create_dir, key)
 
     async def delete_file(self, key: str, what: str) -> None:
-        """Delete the object ``key`` ("delete")."""
+        """Delete the object ``key`` ("delete"). With botocore, deleting a key that
+        does not exist succeeds, as S3 answers it; pyarrow raises ENOENT."""
         self.requests["delete"] += 1
+        if self._api is not None:
+            bucket, name = self._bucket_key(key)
+            await self._run(what, lambda: self._api.delete_object(Bucket=bucket, Key=name))
+            return
         await self._run(what, self._fs.delete_file, key)
 
+    async def delete_marker(self, key: str, what: str) -> None:
+        """Delete the directory marker ``key/`` if there is one ("delete")."""
+        if self._api is not None:
+            await self.delete_file(key + "/", what)
+            return
+        self.requests["delete"] += 1
+        try:
+            info = await self._run(what, self._fs.get_file_info, key, bounded=True)
+            if info.type == pafs.FileType.Directory:
+                await self._run(what, self._fs.delete_dir, key)
+        except FileNotFoundError:
+            pass
+
     async def delete_dir(self, key: str, what: str) -> None:
-        """Delete ``key`` and everything below it ("delete")."""
+        """Delete ``key`` and everything below it with pyarrow ("delete"; no botocore)."""
         self.requests["delete"] += 1
         await self._run(what, self._fs.delete_dir, key)
+
+    async def delete_keys(self, keys: list[str], what: str) -> None:
+        """Delete exactly ``keys`` ("delete", one per 1,000 keys with botocore).
+
+        Every key the store reports as not deleted fails the call (``EIO``),
+        so a partial delete is never reported as a success. Markers (keys that
+        end in ``/``) go one request each, in the order given: ``rclone serve s3``
+        refuses them in a batch, and removes a directory only once it is empty."""
+        for key in [k for k in keys if k.endswith("/")]:
+            if self._api is not None:
+                await self.delete_file(key, what)
+            else:
+                await self.delete_marker(key[:-1], what)
+        keys = [k for k in keys if not k.endswith("/")]
+        if not keys:
+            return
+        if self._api is None:
+            for key in keys:
+                self.requests["delete"] += 1
+                try:
+                    await self._run(what, self._fs.delete_file, key)
+                except FileNotFoundError:
+                    pass
+            return
+        bucket = self._bucket_key(keys[0])[0]
+        names = [self._bucket_key(k)[1] for k in keys]
+        for i in range(0, len(names), 1000):
+            batch = [{"Key": n} for n in names[i:i + 1000]]
+            self.requests["delete"] += 1
+            answer = await self._run(what, lambda b=batch: self._api.delete_objects(
+                Bucket=bucket, Delete={"Objects": b, "Quiet": True}))
+            failed = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                first = failed[0]
+                raise err(errno.EIO, f"{self.description}: {what}: {len(failed)} keys not deleted "
+                                     f"(first: {first.get('Key')}: {first.get('Code')} {first.get('Message', '')})")
 
     async def copy(self, src: str, dst: str, what: str) -> None:
         """Copy object ``src`` to ``dst`` in the store ("copy")."""
@@ -569,6 +686,7 @@ class Source(NamedTuple):
     description: str
     endpoint: str | None
     kind: str | None
+    api: ApiFactory | None = None
 
 
 def resolve_source(uri: str, s3opts: dict[str, Any]) -> Source:
@@ -582,8 +700,8 @@ def resolve_source(uri: str, s3opts: dict[str, Any]) -> Source:
     """
     parts = urlsplit(uri)
     if parts.scheme.lower() == "s3":
-        factory, root, desc, endpoint = _s3_factory(parts, s3opts)
-        return Source(factory, root, desc, endpoint, "s3")
+        factory, api, root, desc, endpoint = _s3_factory(parts, s3opts)
+        return Source(factory, root, desc, endpoint, "s3", api)
     if s3opts:
         raise ValueError(f"options {', '.join(sorted(s3opts))} apply to s3:// sources only")
     try:
@@ -604,8 +722,11 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
-def _s3_factory(parts: SplitResult, opts: dict[str, Any]) -> tuple[Callable[[], pafs.FileSystem], str, str, str]:
-    """Build the S3 file system factory, root, description and endpoint of an s3:// URI."""
+def _s3_factory(
+    parts: SplitResult, opts: dict[str, Any]
+) -> tuple[Callable[[], pafs.FileSystem], ApiFactory, str, str, str]:
+    """The S3 file system factory, namespace client factory, root, description and
+    endpoint of an s3:// URI."""
     netloc = parts.netloc
     conf: dict[str, Any] = {}
     if "@" in netloc:
@@ -661,4 +782,35 @@ def _s3_factory(parts: SplitResult, opts: dict[str, Any]) -> tuple[Callable[[], 
         reg = region or pafs.resolve_s3_region(bucket)
         return pafs.S3FileSystem(region=reg, **kwargs)
 
-    return factory, root, desc, shown
+    def api(region_name: str) -> Any:
+        # The same endpoint, credentials, timeouts and addressing as pyarrow's client;
+        # one attempt per call (`Store._run` retries). Without credentials botocore
+        # reads the standard AWS chain, as the AWS SDK under pyarrow does.
+        import botocore.config
+        import botocore.session
+        from botocore import UNSIGNED
+
+        session = botocore.session.get_session()
+        config: dict[str, Any] = {
+            "connect_timeout": kwargs["connect_timeout"],
+            "read_timeout": kwargs["request_timeout"],
+            "retries": {"total_max_attempts": 1},
+            "max_pool_connections": 16,
+            "s3": {"addressing_style": "virtual" if kwargs.get("force_virtual_addressing")
+                   or not endpoint else "path"},
+        }
+        if kwargs.get("anonymous"):
+            config["signature_version"] = UNSIGNED
+        if os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION") == "when_required":
+            config["request_checksum_calculation"] = "when_required"
+        return session.create_client(
+            "s3", region_name=region or region_name,
+            endpoint_url=f"{scheme}://{endpoint}" if endpoint else None,
+            aws_access_key_id=kwargs.get("access_key"),
+            aws_secret_access_key=kwargs.get("secret_key"),
+            aws_session_token=kwargs.get("session_token"),
+            verify=kwargs.get("tls_ca_file_path") or None,
+            config=botocore.config.Config(**config),
+        )
+
+    return factory, api, root, desc, shown
