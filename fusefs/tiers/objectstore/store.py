@@ -58,6 +58,7 @@ Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 from __future__ import annotations
 
 import collections
+import datetime
 import errno
 import logging
 import math
@@ -103,6 +104,24 @@ _S3_QUERY = {
     "tls_ca_file_path": "tls_ca_file_path",
 }
 
+# GCS (google-cloud-cpp, through pyarrow): "google::cloud::Status(CODE: ..." with the
+# HTTP status and the curl error, if any, in the message.
+_GCS_STATUS = "google::cloud::Status("
+_GCS_UNREACHABLE = ("CURL error", "DEADLINE_EXCEEDED")
+_GCS_DENIED = ("PERMISSION_DENIED", "UNAUTHENTICATED", "http_status_code=401",
+               "http_status_code=403")
+_GCS_MISSING = ("Status(NOT_FOUND", "http_status_code=404")
+_GCS_BUSY = ("Status(UNAVAILABLE", "Status(RESOURCE_EXHAUSTED", "Status(INTERNAL",
+             "Status(ABORTED", "http_status_code=429", "http_status_code=5")
+
+# Query keys of a gs:// URI and the option each sets.
+_GCS_QUERY = {
+    "endpoint_override": "endpoint", "endpoint": "endpoint", "scheme": "scheme",
+    "anonymous": "anonymous", "retry_time_limit": "retry_time_limit", "project_id": "project_id",
+}
+# Connection options (`S3_OPTIONS`) a gs:// source takes as well.
+_GCS_OPTIONS = frozenset({"endpoint", "scheme", "anonymous"})
+
 FileSystemSpec: TypeAlias = pafs.FileSystem | Callable[[], pafs.FileSystem]
 
 
@@ -147,6 +166,8 @@ def _classify(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, pa.ArrowInvalid):
         return "fail", errno.EINVAL
     msg = str(exc)
+    if _GCS_STATUS in msg:
+        return _classify_gcs(exc, msg)
     if any(s in msg for s in _UNREACHABLE):
         return "unreachable", errno.EIO
     if any(s in msg for s in _DENIED) or isinstance(exc, PermissionError):
@@ -157,6 +178,21 @@ def _classify(exc: BaseException) -> tuple[str, int]:
         return "retry", errno.EIO
     code = getattr(exc, "errno", None)
     return "fail", code if isinstance(code, int) and code > 0 else errno.EIO
+
+
+def _classify_gcs(exc: BaseException, msg: str) -> tuple[str, int]:
+    """`_classify` for GCS: a connection that failed or timed out (after the client's
+    own ``retry_time_limit``) is unreachable; 401/403 denied; 404 missing; 429 and
+    5xx answers are retried."""
+    if any(s in msg for s in _GCS_UNREACHABLE):
+        return "unreachable", errno.EIO
+    if any(s in msg for s in _GCS_DENIED) or isinstance(exc, PermissionError):
+        return "fail", errno.EACCES
+    if any(s in msg for s in _GCS_MISSING):
+        return "fail", errno.ENOENT
+    if any(s in msg for s in _GCS_BUSY):
+        return "retry", errno.EIO
+    return "fail", errno.EIO
 
 
 async def concurrently(jobs: list[tuple[Any, ...]]) -> None:
@@ -279,8 +315,10 @@ class Store:
                                    f"({self.description}): {short(exc)}")
         code = exc.errno if isinstance(exc, OSError) and exc.errno else _classify(exc)[1]
         if code == errno.EACCES:
+            where = ("GOOGLE_APPLICATION_CREDENTIALS, or anonymous=true" if self.type_name == "gcs"
+                     else "access_key/secret_key or the AWS environment")
             return err(errno.EACCES, f"access denied to {self.description} at {self.endpoint}: "
-                                     "check the credentials (access_key/secret_key or the AWS environment)")
+                                     f"check the credentials ({where})")
         if code == errno.ENOENT:
             return err(errno.ENOENT, f"{self.description} not found at {self.endpoint}")
         return err(code, f"{self.description}: {short(exc)}")
@@ -574,7 +612,7 @@ class Source(NamedTuple):
 def resolve_source(uri: str, s3opts: dict[str, Any]) -> Source:
     """The file system (or its factory), root and names of a source URI.
 
-    ``s3://`` URIs are built here (see `ObjectStoreTier.from_uri`); other
+    ``s3://`` and ``gs://`` URIs are built here (see `ObjectStoreTier.from_uri`); other
     schemes go to `pyarrow.fs.FileSystem.from_uri` as they are.
 
     Raises:
@@ -584,6 +622,9 @@ def resolve_source(uri: str, s3opts: dict[str, Any]) -> Source:
     if parts.scheme.lower() == "s3":
         factory, root, desc, endpoint = _s3_factory(parts, s3opts)
         return Source(factory, root, desc, endpoint, "s3")
+    if parts.scheme.lower() == "gs":
+        factory, root, desc, endpoint = _gcs_factory(parts, s3opts)
+        return Source(factory, root, desc, endpoint, "gcs")
     if s3opts:
         raise ValueError(f"options {', '.join(sorted(s3opts))} apply to s3:// sources only")
     try:
@@ -662,3 +703,58 @@ def _s3_factory(parts: SplitResult, opts: dict[str, Any]) -> tuple[Callable[[], 
         return pafs.S3FileSystem(region=reg, **kwargs)
 
     return factory, root, desc, shown
+
+
+def _gcs_factory(parts: SplitResult, opts: dict[str, Any]) -> tuple[Callable[[], pafs.FileSystem], str, str, str]:
+    """Build the GCS file system factory, root, description and endpoint of a gs:// URI.
+
+    ``gs://bucket/prefix?endpoint_override=HOST:PORT&scheme=http&anonymous=true``;
+    credentials come from Google's standard resolution (``GOOGLE_APPLICATION_CREDENTIALS``)
+    unless ``anonymous``. ``retry_time_limit`` (whole seconds, default 1) bounds the GCS
+    client's own retries of one request: the tier retries itself.
+    """
+    if "@" in parts.netloc:
+        raise ValueError(f"gs source {parts.scheme}://***@...: a gs:// URI carries no "
+                         "credentials (use GOOGLE_APPLICATION_CREDENTIALS, or anonymous=true)")
+    bucket = parts.netloc
+    if not bucket:
+        raise ValueError(f"gs source {parts.geturl()} names no bucket")
+    other = sorted(set(opts) - _GCS_OPTIONS)
+    if other:
+        raise ValueError(f"options {', '.join(other)} do not apply to gs:// sources "
+                         f"(they take {', '.join(sorted(_GCS_OPTIONS))})")
+    conf: dict[str, Any] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _GCS_QUERY:
+            raise ValueError(f"unknown parameter '{name}' in gs URI; allowed: {', '.join(sorted(_GCS_QUERY))}")
+        conf[_GCS_QUERY[name]] = value
+    conf.update(opts)
+    prefix = unquote(parts.path).strip("/")
+    root = f"{bucket}/{prefix}" if prefix else bucket
+
+    endpoint = conf.get("endpoint") or None
+    scheme = conf.get("scheme") or None
+    if endpoint and "://" in endpoint:
+        scheme, _, endpoint = endpoint.partition("://")
+    endpoint = endpoint.rstrip("/") if endpoint else None
+    scheme = scheme or "https"
+    if scheme not in ("http", "https"):
+        raise ValueError(f"gs source: scheme must be http or https, not {scheme!r}")
+    limit = float(conf.get("retry_time_limit", 1))
+    if limit < 1 or limit != int(limit):
+        raise ValueError("gs source: retry_time_limit is whole seconds, at least 1")
+    kwargs: dict[str, Any] = {
+        "anonymous": _bool(conf.get("anonymous", False)),
+        "scheme": scheme,
+        "retry_time_limit": datetime.timedelta(seconds=int(limit)),
+    }
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+    if conf.get("project_id"):
+        kwargs["project_id"] = conf["project_id"]
+    shown = f"{scheme}://{endpoint}" if endpoint else "Google Cloud Storage"
+
+    def factory() -> pafs.FileSystem:
+        return pafs.GcsFileSystem(**kwargs)
+
+    return factory, root, f"gs://{root}", shown
