@@ -516,9 +516,37 @@ class Store:
     ) -> list[tuple[str, Stat | None]]:
         """``(key, stat)`` of what lies below ``key`` ("list"); stat is None for other kinds of entry."""
         self.requests["list"] += 1
+        if not recursive and self.type_name == "gcs":
+            infos = await self._run(what, self._gcs_children, key)
+            return [(info.path, self._stat_of(info)) for info in infos]
         sel = pafs.FileSelector(key, recursive=recursive, allow_not_found=True)
         infos = await self._run(what, self._fs.get_file_info, sel)
         return [(info.path, self._stat_of(info)) for info in infos]
+
+    def _gcs_children(self, key: str) -> list[Any]:
+        """GCS: the entries right below ``key``, directories without a marker included.
+
+        pyarrow's non-recursive GCS listing returns the objects and the directory
+        markers of a level, not the prefixes GCS answers beside them, so a directory
+        that holds objects but has no marker (what gsutil, gcloud and most uploaders
+        leave) would be missing. This lists the subtree (one paged listing of every
+        key below ``key``) and derives the first level from it. Runs in a thread.
+        """
+        sel = pafs.FileSelector(key, recursive=True, allow_not_found=True)
+        base = key.rstrip("/") + "/"
+        out: dict[str, Any] = {}
+        for info in self._fs.get_file_info(sel):
+            if not info.path.startswith(base):
+                continue
+            name, deeper, _ = info.path[len(base):].partition("/")
+            if not name:
+                continue
+            if deeper or info.type == pafs.FileType.Directory:
+                if name not in out or out[name].type != pafs.FileType.Directory:
+                    out[name] = pafs.FileInfo(base + name, pafs.FileType.Directory)
+            elif name not in out:
+                out[name] = info
+        return list(out.values())
 
     async def stand_in_size(self, key: str) -> int | None:
         """Size of an object stored at exactly ``key`` (no slash), or None ("stat")."""
@@ -542,6 +570,16 @@ class Store:
             self._fs.create_dir(key, recursive=True)
         self.requests["put"] += 1
         await self._run(what, create)
+
+    async def dir_exists(self, key: str, what: str) -> bool:
+        """Whether anything (a marker or an object) lies at or below ``key`` ("stat").
+
+        For GCS, whose pyarrow deletes write no parent marker (its S3 ones do): see
+        `Namespace._keep_parent`. On GCS one metadata GET and a one-key listing.
+        """
+        self.requests["stat"] += 1
+        info = await self._run(what, self._fs.get_file_info, key)
+        return bool(info.type != pafs.FileType.NotFound)
 
     async def delete_file(self, key: str, what: str) -> None:
         """Delete the object ``key`` ("delete")."""
