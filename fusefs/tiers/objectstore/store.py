@@ -4,7 +4,7 @@
 mapping of tier paths to keys, the retry loop around every request, the
 request counters and the translation of pyarrow's answers into `Stat` records
 and errnos. `resolve_source` turns a source URI into a file system (building
-``s3://`` ones here, so that timeouts and retries are ours).
+``s3://`` and ``gs://`` ones here, so that timeouts and retries are ours).
 
 Keys and names
     A tier path ``a/b`` is the key ``<prefix>/a/b``. Names must be valid UTF-8
@@ -18,9 +18,9 @@ Failures
     seconds); a store that still does not answer raises `TierUnavailable`
     (``EIO``) and logs one warning per ``warn_interval``.
     Not found is ``ENOENT``, denied is ``EACCES``, anything else ``EIO``.
-    The error classification reads pyarrow's S3 messages; other stores get
-    ``ENOENT``/``EACCES`` where pyarrow raises the matching Python exception
-    and ``EIO`` otherwise.
+    The error classification reads pyarrow's S3 and GCS (google-cloud-cpp)
+    messages; other stores get ``ENOENT``/``EACCES`` where pyarrow raises the
+    matching Python exception and ``EIO`` otherwise.
 
 Bounds
     The S3 client's own ``connect_timeout`` and ``request_timeout`` (no byte
