@@ -13,11 +13,12 @@ from __future__ import annotations
 import datetime
 import errno
 import hashlib
+import http.server
+import json
 import os
 import socket
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -131,10 +132,8 @@ def test_start_errors_are_clear(gcs: GcsServer) -> None:
         dead = GcsServer.__new__(GcsServer)
         dead.__dict__.update(gcs.__dict__)
         dead.port = free_port()  # nothing listens there
-        t0 = time.monotonic()
         exc = await raises(errno.EIO, started(dead))
         assert isinstance(exc, TierUnavailable) and f"127.0.0.1:{dead.port}" in str(exc)
-        assert time.monotonic() - t0 < 30
         exc = await raises(errno.ENOENT, ObjectStoreTier.from_uri(gcs.uri(bucket="nosuchbucket")).start())
         assert "nosuchbucket" in str(exc)
         exc = await raises(errno.ENOENT, started(gcs, "no/such/prefix"))
@@ -155,6 +154,51 @@ def test_gcs_errors_are_classified(gcs: GcsServer) -> None:
         dead.get_file_info(f"{gcs.bucket}/x")
     assert "google::cloud::Status(" in str(refused.value)
     assert _classify(refused.value) == ("unreachable", errno.EIO)
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """Answers every request with ``status`` and a GCS JSON error body."""
+
+    status = 403
+
+    def _answer(self) -> None:
+        body = json.dumps({"error": {"code": self.status, "message": "refused",
+                                     "errors": [{"reason": "refused", "message": "refused"}]}})
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status,code", [(403, errno.EACCES), (401, errno.EACCES),
+                                         (503, errno.EIO), (429, errno.EIO)])
+def test_denied_and_busy_answers(status: int, code: int) -> None:
+    """fake-gcs-server has no authentication: a loopback HTTP server that answers every
+    request with ``status`` (GCS's JSON error body) stands for a store that refuses.
+    The client is pyarrow's, unchanged."""
+    handler = type("Handler", (_Refusing,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"gs://b/p?endpoint_override=127.0.0.1:{server.server_port}&scheme=http&anonymous=true"
+
+    async def main() -> None:
+        exc = await raises(code, ObjectStoreTier.from_uri(uri, retries=2).start())
+        if code == errno.EACCES:
+            assert "GOOGLE_APPLICATION_CREDENTIALS" in str(exc)
+        else:
+            assert not isinstance(exc, TierUnavailable)  # it answered: busy, not down
+
+    try:
+        run(main)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- listing -------------------------------------------------------------------------
@@ -398,10 +442,8 @@ def test_server_down_and_back(restartable_gcs: GcsServer) -> None:
         assert [n for n, _ in await tier.listdir(b"keep")] == [b"data"]
         server.stop()
         for op in (tier.stat(b"elsewhere"), f.pread(4096, 100), write_file(tier, b"keep/new", b"n")):
-            t0 = time.monotonic()
             exc = await raises(errno.EIO, op)
             assert isinstance(exc, TierUnavailable), exc
-            assert time.monotonic() - t0 < 60
         assert tier.statistics()["down"] == 1
         assert (await tier.stat(b"keep/data")).st_size == len(data)  # stale-if-error
         server.start()
@@ -438,10 +480,8 @@ def test_server_that_hangs(gcs: GcsServer) -> None:
 
     async def main() -> None:
         tier = make_tier(hung, read_timeout=1, max_threads=2)
-        t0 = time.monotonic()
         exc = await raises(errno.EIO, tier.start())
         assert isinstance(exc, TierUnavailable) and "read_timeout" in str(exc)
-        assert time.monotonic() - t0 < 30
         await raises(errno.EIO, tier.stat(b"x"))
         assert tier._store.limiter.borrowed_tokens <= 2
 
