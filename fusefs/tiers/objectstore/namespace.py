@@ -290,6 +290,36 @@ class Namespace:
                 raise
             # Deleted; only the parent marker that pyarrow adds failed: not wanted here.
 
+    async def _keep_parent(self, path: bytes) -> None:
+        """GCS: the parent of a removed ``path`` stays a directory, as on a disk.
+
+        pyarrow's GCS ``delete_file``/``delete_dir`` write no parent marker (its S3
+        ones do), so a directory whose last entry goes would vanish. If the store no
+        longer has the parent: with markers, write its marker (and its parents');
+        without, keep it (and each parent that went with it) in this mount, as
+        `mkdir` does. A failure leaves the removal done, with a warning.
+        """
+        if self._store.type_name != "gcs":
+            return
+        p = split(path)[0]
+        try:
+            while True:
+                key = self._store.key(p)
+                what = f"keep directory {show(p)}"
+                if key == self._store.bucket or await self._store.dir_exists(key, what):
+                    return
+                if self._markers:
+                    await self._store.create_dir(key, what)
+                    return
+                if not p:
+                    return
+                self._local_dirs.setdefault(p, self._attrs.dir(time.time_ns()))
+                self._cache.drop_stat(p)
+                p = split(p)[0]
+        except OSError as exc:
+            log.warning("%s: directory %s may vanish from the store (%s)",
+                        self._store.description, show(p), exc)
+
     # -- removal -----------------------------------------------------------
     async def unlink(self, path: bytes) -> None:
         key = self._store.key(path)
@@ -306,6 +336,7 @@ class Namespace:
                 self._gone(path, tree=False)
                 raise
         self._gone(path, tree=False)
+        await self._keep_parent(path)
         if not self._markers and not self._store.sends_own_requests:
             await self._remove_stand_ins(split(path)[0])
 
@@ -329,6 +360,7 @@ class Namespace:
             except FileNotFoundError:
                 pass  # no marker: the directory was only implied
         self._gone(path)
+        await self._keep_parent(path)
         if not self._markers:
             await self._remove_stand_ins(split(path)[0])
 
@@ -390,6 +422,7 @@ class Namespace:
                 self._gone(old, tree=False)
                 self._cache.drop_stat(new)
                 self._cache.drop_negative(new)
+                await self._keep_parent(old)
                 if not self._markers and not self._store.sends_own_requests:
                     await self._remove_stand_ins(split(old)[0])
                 return
@@ -406,6 +439,7 @@ class Namespace:
         st = await self._store.head(nkey, f"stat {show(new)}")
         if st is not None:
             self._cache.note_object(new, st)
+        await self._keep_parent(old)
         if not self._markers and not self._store.sends_own_requests:
             await self._remove_stand_ins(split(old)[0])
 
@@ -445,6 +479,7 @@ class Namespace:
         # Move what lives in this mount only (local directories, open writers).
         moved_local = {new + p[len(old):]: st for p, st in self._local_dirs.items() if p == old or under(p, old)}
         self._gone(old)
+        await self._keep_parent(old)
         await self._files.move_under(old, new)
         self._cache.invalidate(new)
         if self._markers or infos:

@@ -4,7 +4,7 @@
 mapping of tier paths to keys, the retry loop around every request, the
 request counters and the translation of pyarrow's answers into `Stat` records
 and errnos. `resolve_source` turns a source URI into a file system (building
-``s3://`` ones here, so that timeouts and retries are ours).
+``s3://`` and ``gs://`` ones here, so that timeouts and retries are ours).
 
 Keys and names
     A tier path ``a/b`` is the key ``<prefix>/a/b``. Names must be valid UTF-8
@@ -18,9 +18,9 @@ Failures
     seconds); a store that still does not answer raises `TierUnavailable`
     (``EIO``) and logs one warning per ``warn_interval``.
     Not found is ``ENOENT``, denied is ``EACCES``, anything else ``EIO``.
-    The error classification reads pyarrow's S3 messages; other stores get
-    ``ENOENT``/``EACCES`` where pyarrow raises the matching Python exception
-    and ``EIO`` otherwise.
+    The error classification reads pyarrow's S3 and GCS (google-cloud-cpp)
+    messages; other stores get ``ENOENT``/``EACCES`` where pyarrow raises the
+    matching Python exception and ``EIO`` otherwise.
 
 Bounds
     The S3 client's own ``connect_timeout`` and ``request_timeout`` (no byte
@@ -67,6 +67,7 @@ Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 from __future__ import annotations
 
 import collections
+import datetime
 import errno
 import logging
 import math
@@ -112,6 +113,24 @@ _S3_QUERY = {
     "request_timeout": "request_timeout", "force_virtual_addressing": "force_virtual_addressing",
     "tls_ca_file_path": "tls_ca_file_path",
 }
+
+# GCS (google-cloud-cpp, through pyarrow): "google::cloud::Status(CODE: ..." with the
+# HTTP status and the curl error, if any, in the message.
+_GCS_STATUS = "google::cloud::Status("
+_GCS_UNREACHABLE = ("CURL error", "DEADLINE_EXCEEDED")
+_GCS_DENIED = ("PERMISSION_DENIED", "UNAUTHENTICATED", "http_status_code=401",
+               "http_status_code=403")
+_GCS_MISSING = ("Status(NOT_FOUND", "http_status_code=404")
+_GCS_BUSY = ("Status(UNAVAILABLE", "Status(RESOURCE_EXHAUSTED", "Status(INTERNAL",
+             "Status(ABORTED", "http_status_code=429", "http_status_code=5")
+
+# Query keys of a gs:// URI and the option each sets.
+_GCS_QUERY = {
+    "endpoint_override": "endpoint", "endpoint": "endpoint", "scheme": "scheme",
+    "anonymous": "anonymous", "retry_time_limit": "retry_time_limit", "project_id": "project_id",
+}
+# Connection options (`S3_OPTIONS`) a gs:// source takes as well.
+_GCS_OPTIONS = frozenset({"endpoint", "scheme", "anonymous"})
 
 FileSystemSpec: TypeAlias = pafs.FileSystem | Callable[[], pafs.FileSystem]
 #: Builds the botocore S3 client of a source, given the region pyarrow resolved.
@@ -186,6 +205,8 @@ def _classify(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, pa.ArrowInvalid):
         return "fail", errno.EINVAL
     msg = str(exc)
+    if _GCS_STATUS in msg:
+        return _classify_gcs(exc, msg)
     if any(s in msg for s in _UNREACHABLE):
         return "unreachable", errno.EIO
     if any(s in msg for s in _DENIED) or isinstance(exc, PermissionError):
@@ -196,6 +217,21 @@ def _classify(exc: BaseException) -> tuple[str, int]:
         return "retry", errno.EIO
     code = getattr(exc, "errno", None)
     return "fail", code if isinstance(code, int) and code > 0 else errno.EIO
+
+
+def _classify_gcs(exc: BaseException, msg: str) -> tuple[str, int]:
+    """`_classify` for GCS: a connection that failed or timed out (after the client's
+    own ``retry_time_limit``) is unreachable; 401/403 denied; 404 missing; 429 and
+    5xx answers are retried."""
+    if any(s in msg for s in _GCS_UNREACHABLE):
+        return "unreachable", errno.EIO
+    if any(s in msg for s in _GCS_DENIED) or isinstance(exc, PermissionError):
+        return "fail", errno.EACCES
+    if any(s in msg for s in _GCS_MISSING):
+        return "fail", errno.ENOENT
+    if any(s in msg for s in _GCS_BUSY):
+        return "retry", errno.EIO
+    return "fail", errno.EIO
 
 
 async def concurrently(jobs: list[tuple[Any, ...]]) -> None:
@@ -336,8 +372,10 @@ class Store:
                                    f"({self.description}): {short(exc)}")
         code = exc.errno if isinstance(exc, OSError) and exc.errno else _classify(exc)[1]
         if code == errno.EACCES:
+            where = ("GOOGLE_APPLICATION_CREDENTIALS, or anonymous=true" if self.type_name == "gcs"
+                     else "access_key/secret_key or the AWS environment")
             return err(errno.EACCES, f"access denied to {self.description} at {self.endpoint}: "
-                                     "check the credentials (access_key/secret_key or the AWS environment)")
+                                     f"check the credentials ({where})")
         if code == errno.ENOENT:
             return err(errno.ENOENT, f"{self.description} not found at {self.endpoint}")
         return err(code, f"{self.description}: {short(exc)}")
@@ -535,9 +573,37 @@ class Store:
     ) -> list[tuple[str, Stat | None]]:
         """``(key, stat)`` of what lies below ``key`` ("list"); stat is None for other kinds of entry."""
         self.requests["list"] += 1
+        if not recursive and self.type_name == "gcs":
+            infos = await self._run(what, self._gcs_children, key)
+            return [(info.path, self._stat_of(info)) for info in infos]
         sel = pafs.FileSelector(key, recursive=recursive, allow_not_found=True)
         infos = await self._run(what, self._fs.get_file_info, sel)
         return [(info.path, self._stat_of(info)) for info in infos]
+
+    def _gcs_children(self, key: str) -> list[Any]:
+        """GCS: the entries right below ``key``, directories without a marker included.
+
+        pyarrow's non-recursive GCS listing returns the objects and the directory
+        markers of a level, not the prefixes GCS answers beside them, so a directory
+        that holds objects but has no marker (what gsutil, gcloud and most uploaders
+        leave) would be missing. This lists the subtree (one paged listing of every
+        key below ``key``) and derives the first level from it. Runs in a thread.
+        """
+        sel = pafs.FileSelector(key, recursive=True, allow_not_found=True)
+        base = key.rstrip("/") + "/"
+        out: dict[str, Any] = {}
+        for info in self._fs.get_file_info(sel):
+            if not info.path.startswith(base):
+                continue
+            name, deeper, _ = info.path[len(base):].partition("/")
+            if not name:
+                continue
+            if deeper or info.type == pafs.FileType.Directory:
+                if name not in out or out[name].type != pafs.FileType.Directory:
+                    out[name] = pafs.FileInfo(base + name, pafs.FileType.Directory)
+            elif name not in out:
+                out[name] = info
+        return list(out.values())
 
     async def stand_in_size(self, key: str) -> int | None:
         """Size of an object stored at exactly ``key`` (no slash), or None ("stat")."""
@@ -567,6 +633,16 @@ class Store:
             await self._run(what, lambda: self._api.put_object(Bucket=bucket, Key=name + "/", Body=b""))
             return
         await self._run(what, self._fs.create_dir, key)
+
+    async def dir_exists(self, key: str, what: str) -> bool:
+        """Whether anything (a marker or an object) lies at or below ``key`` ("stat").
+
+        For GCS, whose pyarrow deletes write no parent marker (its S3 ones do): see
+        `Namespace._keep_parent`. On GCS one metadata GET and a one-key listing.
+        """
+        self.requests["stat"] += 1
+        info = await self._run(what, self._fs.get_file_info, key)
+        return bool(info.type != pafs.FileType.NotFound)
 
     async def delete_file(self, key: str, what: str) -> None:
         """Delete the object ``key`` ("delete"). With botocore, deleting a key that
@@ -692,7 +768,7 @@ class Source(NamedTuple):
 def resolve_source(uri: str, s3opts: dict[str, Any]) -> Source:
     """The file system (or its factory), root and names of a source URI.
 
-    ``s3://`` URIs are built here (see `ObjectStoreTier.from_uri`); other
+    ``s3://`` and ``gs://`` URIs are built here (see `ObjectStoreTier.from_uri`); other
     schemes go to `pyarrow.fs.FileSystem.from_uri` as they are.
 
     Raises:
@@ -702,6 +778,9 @@ def resolve_source(uri: str, s3opts: dict[str, Any]) -> Source:
     if parts.scheme.lower() == "s3":
         factory, api, root, desc, endpoint = _s3_factory(parts, s3opts)
         return Source(factory, root, desc, endpoint, "s3", api)
+    if parts.scheme.lower() == "gs":
+        factory, root, desc, endpoint = _gcs_factory(parts, s3opts)
+        return Source(factory, root, desc, endpoint, "gcs")
     if s3opts:
         raise ValueError(f"options {', '.join(sorted(s3opts))} apply to s3:// sources only")
     try:
@@ -814,3 +893,58 @@ def _s3_factory(
         )
 
     return factory, api, root, desc, shown
+
+
+def _gcs_factory(parts: SplitResult, opts: dict[str, Any]) -> tuple[Callable[[], pafs.FileSystem], str, str, str]:
+    """Build the GCS file system factory, root, description and endpoint of a gs:// URI.
+
+    ``gs://bucket/prefix?endpoint_override=HOST:PORT&scheme=http&anonymous=true``;
+    credentials come from Google's standard resolution (``GOOGLE_APPLICATION_CREDENTIALS``)
+    unless ``anonymous``. ``retry_time_limit`` (whole seconds, default 1) bounds the GCS
+    client's own retries of one request: the tier retries itself.
+    """
+    if "@" in parts.netloc:
+        raise ValueError(f"gs source {parts.scheme}://***@...: a gs:// URI carries no "
+                         "credentials (use GOOGLE_APPLICATION_CREDENTIALS, or anonymous=true)")
+    bucket = parts.netloc
+    if not bucket:
+        raise ValueError(f"gs source {parts.geturl()} names no bucket")
+    other = sorted(set(opts) - _GCS_OPTIONS)
+    if other:
+        raise ValueError(f"options {', '.join(other)} do not apply to gs:// sources "
+                         f"(they take {', '.join(sorted(_GCS_OPTIONS))})")
+    conf: dict[str, Any] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _GCS_QUERY:
+            raise ValueError(f"unknown parameter '{name}' in gs URI; allowed: {', '.join(sorted(_GCS_QUERY))}")
+        conf[_GCS_QUERY[name]] = value
+    conf.update(opts)
+    prefix = unquote(parts.path).strip("/")
+    root = f"{bucket}/{prefix}" if prefix else bucket
+
+    endpoint = conf.get("endpoint") or None
+    scheme = conf.get("scheme") or None
+    if endpoint and "://" in endpoint:
+        scheme, _, endpoint = endpoint.partition("://")
+    endpoint = endpoint.rstrip("/") if endpoint else None
+    scheme = scheme or "https"
+    if scheme not in ("http", "https"):
+        raise ValueError(f"gs source: scheme must be http or https, not {scheme!r}")
+    limit = float(conf.get("retry_time_limit", 1))
+    if limit < 1 or limit != int(limit):
+        raise ValueError("gs source: retry_time_limit is whole seconds, at least 1")
+    kwargs: dict[str, Any] = {
+        "anonymous": _bool(conf.get("anonymous", False)),
+        "scheme": scheme,
+        "retry_time_limit": datetime.timedelta(seconds=int(limit)),
+    }
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+    if conf.get("project_id"):
+        kwargs["project_id"] = conf["project_id"]
+    shown = f"{scheme}://{endpoint}" if endpoint else "Google Cloud Storage"
+
+    def factory() -> pafs.FileSystem:
+        return pafs.GcsFileSystem(**kwargs)
+
+    return factory, root, f"gs://{root}", shown
