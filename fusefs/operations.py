@@ -167,10 +167,17 @@ class Operations(pyfuse3.Operations):
         except FileNotFoundError:
             # Unlinked while open: the open descriptor still knows it.
             for h in self.handles.files_of(ino):
-                return await h.file.fstat()
+                return self._unlinked(await h.file.fstat())
             if ino in self._removed:
                 return self._removed[ino]
             raise
+
+    def _unlinked(self, st: Stat) -> Stat:
+        """``st`` of an open file whose name is gone: no name is left where the tier
+        has no hard links (a local file's own fstat already says so)."""
+        if self.capacity.supports_links or st.st_nlink == 0:
+            return st
+        return replace(st, st_nlink=0)
 
     @staticmethod
     def _check_name(name: bytes) -> None:
@@ -248,7 +255,7 @@ class Operations(pyfuse3.Operations):
         except FileNotFoundError:
             if handle is None:
                 raise
-            st = await handle.file.fstat()  # unlinked but open
+            st = self._unlinked(await handle.file.fstat())  # unlinked but open
         finally:
             if fields.update_size:
                 self.engine.writer_closed(inode)

@@ -197,3 +197,31 @@ def test_concurrent_namespace_changes(any_s3: S3Server,
     assert files_in(any_s3) == sorted(model)
     for key, data in model.items():
         assert get(any_s3, key) == data
+
+
+def test_link_counts(any_s3: S3Server, mount_any: Callable[..., Mounted]) -> None:
+    """A directory counts 2 + its subdirectories; an open, unlinked file has no link."""
+    put(any_s3, "ds/x/f", b"f")
+    put(any_s3, "ds/y/g", b"g")
+    put(any_s3, "ds/h", b"h")
+    with mount_any(any_s3) as m:
+        mp = m.mountpoint
+        ds = os.path.join(mp, "ds")
+        assert sorted(os.listdir(ds)) == ["h", "x", "y"]
+        assert os.stat(ds).st_nlink == 4
+        os.mkdir(os.path.join(ds, "z"))
+        assert os.stat(ds).st_nlink == 5
+        assert os.stat(os.path.join(ds, "z")).st_nlink == 2
+        os.rmdir(os.path.join(ds, "z"))
+        assert os.stat(ds).st_nlink == 4
+        assert os.stat(os.path.join(ds, "h")).st_nlink == 1
+        with open(os.path.join(ds, "h"), "rb") as f:
+            os.unlink(os.path.join(ds, "h"))
+            assert os.fstat(f.fileno()).st_nlink == 0
+            # Its bytes are gone from the store and were never read: ESTALE, not
+            # data (see docs/objectstore.md, "Not supported").
+        with open(os.path.join(ds, "w"), "wb") as f:
+            f.write(b"new")
+            os.unlink(os.path.join(ds, "w"))
+            assert os.fstat(f.fileno()).st_nlink == 0
+        assert sorted(os.listdir(ds)) == ["x", "y"]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from dataclasses import replace
 
 from ..capacity import Stat, TierUnavailable
 from .file import OpenFiles
@@ -84,7 +85,29 @@ class Namespace:
         store (a listing that gave no mtime is asked again with a HEAD).
 
         Stale-if-error: while the store is down, or when it does not answer,
-        what the cache last knew answers (see `MetaCache.stale_lookup`)."""
+        what the cache last knew answers (see `MetaCache.stale_lookup`).
+
+        A directory's link count is 2 + its subdirectories where this mount has
+        listed it (the last listing, with this mount's own directories), else 1:
+        "not counted", as btrfs and most network file systems say, which find(1)
+        and fts understand; counting would cost a LIST per directory stat."""
+        st = await self._stat(path, exact)
+        if not st.is_dir:
+            return st
+        links = self._dir_links(path)
+        return st if links == st.st_nlink else replace(st, st_nlink=links)
+
+    def _dir_links(self, path: bytes) -> int:
+        listing = self._cache.stale_listing(path)
+        subdirs = {p for p in self._local_dirs if split(p)[0] == path}
+        if listing is None and not subdirs:
+            return 2 if path in self._local_dirs else 1
+        if listing is not None:
+            subdirs.update(path + b"/" + n if path else n
+                           for n, st in listing.entries.items() if st.is_dir)
+        return 2 + len(subdirs)
+
+    async def _stat(self, path: bytes, exact: bool) -> Stat:
         if not path:
             return self.root_stat
         self._store.key(path)
