@@ -678,10 +678,11 @@ def ckpt_table(cells: list[dict[str, Any]]) -> str:
 def reads_table(cell: dict[str, Any]) -> str:
     if cell.get("error"):
         return f"reads: error: {cell['error']}"
-    idle = cell["idle"]
+    idle, after = cell["idle"], cell.get("idle_after") or {}
     lines = ["| random 4 KiB reads (tierfs-wb-fast) | IOPS ↑ | p50 µs ↓ | p99 µs ↓ | "
-             "p99 vs idle | fio window s | window share with uploads pending |",
-             "|" + "---|" * 7]
+             "p99 vs alone (before) | p99 vs alone (after) | fio window s "
+             "| window share with uploads pending |",
+             "|" + "---|" * 8]
     for phase, what in (("idle", "alone (before)"), ("destage", "while the burst destages"),
                         ("burst", "during the whole burst (write + destage)"),
                         ("idle_after", "alone (after)")):
@@ -691,6 +692,7 @@ def reads_table(cell: dict[str, Any]) -> str:
         share = f"{100 * r['overlap']:.0f}%" if "overlap" in r else "-"
         lines.append(f"| {what} | {num(r['iops'], '{:.0f}')} | {num(r['p50_us'], '{:.0f}')} "
                      f"| {num(r['p99_us'], '{:.0f}')} | {ratio(r['p99_us'], idle['p99_us'])} "
+                     f"| {ratio(r['p99_us'], after.get('p99_us'))} "
                      f"| {num(r['runtime_s'], '{:.1f}')} | {share} |")
     return "\n".join(lines)
 
@@ -715,6 +717,23 @@ def kv_table(cells: list[dict[str, Any]]) -> str:
             f"| {ratio(c['read_p99_ms'], d.get('read_p99_ms'))} "
             f"| {ratio(c['read_p99_ms'], rc.get('read_p99_ms'))} | {ok} |")
     return "\n".join(lines)
+
+
+def tables(doc: dict[str, Any]) -> str:
+    out = []
+    if doc.get("ckpt"):
+        c = doc["ckpt"][0]
+        out += [f"Checkpoint burst: {c['files']} x {c['file_MiB']:g} MiB, write + fsync + "
+                "close each\n",
+                ckpt_table(doc["ckpt"]), ""]
+    for c in doc.get("reads", []):
+        out += ["Random 4 KiB reads of a warm file during a checkpoint destage\n",
+                reads_table(c), ""]
+    if doc.get("kv"):
+        c = doc["kv"][0]
+        out += [f"KV-cache blocks: {c['files']} x {c['file_KiB']:g} KiB, fsync each; read back by "
+                "another process\n", kv_table(doc["kv"]), ""]
+    return "\n".join(out)
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -749,6 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--durable-timeout", type=float, default=600.0,
                    help="seconds a target may take to make a burst durable on the store")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    p.add_argument("--report", metavar="JSON", default=None,
+                   help="print the tables of an earlier run's JSON and exit")
     p.add_argument("--out", default=None,
                    help="JSON (default benchmarks/results/writes.json; --quick: writes-quick.json)")
     return p
@@ -756,6 +777,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report:
+        doc = json.loads(Path(args.report).read_text())
+        print(tables(doc))
+        return 0 if doc.get("passed") else 1
     args.size = args.size or ((2, 8 * MiB) if args.quick else (8, 64 * MiB))
     args.kv = args.kv or ((100, 64 * KiB) if args.quick else (2000, 64 * KiB))
     args.warm_size = args.warm_size or (16 * MiB if args.quick else 128 * MiB)
@@ -783,8 +808,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "fio": subprocess.run(["fio", "--version"], capture_output=True,
                                           text=True).stdout.strip()},
-        "ckpt": {"files": args.size[0], "file_bytes": args.size[1]},
-        "kv": {"files": args.kv[0], "file_bytes": args.kv[1]},
+        "ckpt_size": {"files": args.size[0], "file_bytes": args.size[1]},
+        "kv_size": {"files": args.kv[0], "file_bytes": args.kv[1]},
         "notes": ["store = rclone serve s3 on 127.0.0.1 (--dir-cache-time 2s) over a "
                   "directory on the same disk as the local baseline and every cache directory"],
     }
@@ -837,8 +862,9 @@ def main(argv: list[str] | None = None) -> int:
                 ref = {c["target"]: c for c in bench.results["ckpt"] if c.get("error") is None}
                 wb = ref.get("tierfs-wb-fast")
                 lag = (wb["durable_s"] - wb["writer_s"]) if wb else 5.0
-                window = round(min(30.0, max(3.0, 0.9 * lag if lag == lag else 5.0)), 1)
-                burst = round(min(60.0, max(3.0, (wb["durable_s"] if wb else 10.0))), 1)
+                # fio takes whole seconds of runtime.
+                window = int(min(30, max(3, round(0.9 * lag if lag == lag else 5.0))))
+                burst = int(min(60, max(3, round(wb["durable_s"] if wb else 10.0))))
                 c = bench.reads(ck, window, burst)
                 bench.results["reads"].append(c)
                 print(reads_table(c) if not c.get("error") else f"  ERROR {c['error']}")
@@ -868,20 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / "local", ignore_errors=True)
         print(f"logs: {work}")
     print()
-    if bench.results["ckpt"]:
-        print(f"Checkpoint burst: {args.size[0]} x {args.size[1] / MiB:g} MiB, "
-              "write + fsync + close each\n")
-        print(ckpt_table(bench.results["ckpt"]))
-        print()
-    for c in bench.results["reads"]:
-        print("Random 4 KiB reads of a warm file during a checkpoint destage\n")
-        print(reads_table(c))
-        print()
-    if bench.results["kv"]:
-        print(f"KV-cache blocks: {args.kv[0]} x {args.kv[1] / KiB:g} KiB, fsync each; "
-              "read back by another process\n")
-        print(kv_table(bench.results["kv"]))
-        print()
+    print(tables(bench.save()))
     for s in bench.skipped:
         print(f"skipped {s['target']}: {s['reason']}")
     for f in bench.failures:
