@@ -44,16 +44,14 @@ import hashlib
 import json
 import os
 import platform
-import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -667,7 +665,8 @@ def ckpt_table(cells: list[dict[str, Any]]) -> str:
             lines.append(f"| {c['target']} | error: {c['error'][:80]} | | | | | | | {ok} |")
             continue
         lines.append(
-            f"| {c['target']} | {num(c['writer_MiBps'], '{:.0f}')} | {num(c['writer_s'], '{:.2f}')} "
+            f"| {c['target']} | {num(c['writer_MiBps'], '{:.0f}')} "
+            f"| {num(c['writer_s'], '{:.2f}')} "
             f"| {num(c['durable_s'], '{:.2f}')} | {ratio(c['writer_s'], d.get('writer_s'))} "
             f"| {ratio(c['durable_s'], pa.get('durable_s'))} "
             f"| {ratio(c['writer_s'], rc.get('writer_s'))} "
