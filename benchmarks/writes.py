@@ -362,8 +362,9 @@ class Bench:
         return self.ctx.s3
 
     def save(self) -> dict[str, Any]:
+        done = "interrupted" not in self.meta.get("notes", [])
         doc = {**self.meta, "skipped": self.skipped, "failures": self.failures,
-               "passed": not self.failures, **self.results}
+               "passed": not self.failures and done, **self.results}
         self.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.out.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
