@@ -475,7 +475,9 @@ class Bench:
                                                 self.args.durable_timeout)
                     at = poll.at if poll.at is not None else fio_end
                     res["writer_s"] = w["seconds"]
-                    res["durable_s"] = dur
+                    # wait_durable starts after fio: the poller's time is the accurate one.
+                    res["durable_s"] = (poll.at - w["t0"]) if poll.at is not None and not bad \
+                        else dur
                     # The share of fio's window during which the store did not hold the
                     # burst yet (1.0: every read ran while uploads were pending).
                     res["overlap"] = max(0.0, min(1.0, (at - t_fio) / max(fio_end - t_fio,
