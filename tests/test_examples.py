@@ -1,0 +1,99 @@
+"""The AI-client examples run end to end at small scale against real tierfs mounts.
+
+`examples/train_loader.py` (PyTorch DataLoader, 2 workers, tar shards) mounts tierfs
+itself, as a user runs it; `examples/rag_retriever.py` (faiss IVF index + documents by
+id) runs against a mount made by the `make_mount` fixture, and once against a mount whose
+source differs from the one it verifies against, where it must fail. Only outcomes and
+the verification lines are asserted, never timings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Callable
+
+import pytest
+
+from mounting import REPO, Mounted, assert_clean_log, is_mounted
+
+pytestmark = pytest.mark.mount
+
+EXAMPLES = os.path.join(REPO, "examples")
+
+
+def run_example(name: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], text=True,
+                         capture_output=True, timeout=timeout,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    print(res.stdout)
+    print(res.stderr, file=sys.stderr)
+    return res
+
+
+def mounts_below(prefix: str) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+
+
+def test_train_loader_mounts_reads_two_epochs_and_verifies(tmp_path: "os.PathLike[str]") -> None:
+    source = os.path.join(tmp_path, "dataset")
+    cache = os.path.join(tmp_path, "cache")
+    before = set(mounts_below("/tmp/tierfs-example-"))
+    res = run_example("train_loader.py", "--small", "--source", source, "--cache", cache)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "verified: 192 samples x 2 epochs, every member's sha256 matches the source" in out
+    for epoch in (1, 2):
+        assert f"epoch {epoch}: 192 samples" in out
+    assert "hit ratio" in out and "capacity" in out
+    assert "unmounted" in out
+    assert "MISMATCH" not in res.stderr
+    # The script unmounted what it mounted, and its daemon logged no error.
+    assert set(mounts_below("/tmp/tierfs-example-")) <= before
+    assert_clean_log(os.path.join(cache, "tierfs.log"))
+
+
+def test_rag_retriever_on_a_given_mount_verifies_and_reports_tiers(
+        tmp_path: "os.PathLike[str]", make_mount: Callable[..., Mounted]) -> None:
+    corpus = os.path.join(tmp_path, "corpus")
+    prep = run_example("rag_retriever.py", "--small", "--source", corpus, "--prepare")
+    assert prep.returncode == 0, prep.stderr
+    assert os.path.exists(os.path.join(corpus, "index", "ivf.faiss"))
+    with make_mount(corpus) as m:
+        res = run_example("rag_retriever.py", "--small", "--source", corpus,
+                          "--mount", m.mountpoint)
+        assert is_mounted(m.mountpoint)  # a given mount is left mounted
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "index loaded through the mount" in out
+    for name in ("cold", "tierfs-warm", "kernel-warm"):
+        assert f"{name}: 40 queries x top-10 documents: query+fetch p50" in out
+    assert "verified: index sha256 and 1200 fetched documents" in out
+    assert "match the source byte for byte" in out
+    assert "MISMATCH" not in res.stderr
+
+
+def test_rag_retriever_exits_nonzero_when_a_document_differs(
+        tmp_path: "os.PathLike[str]", make_mount: Callable[..., Mounted]) -> None:
+    corpus = os.path.join(tmp_path, "corpus")
+    prep = run_example("rag_retriever.py", "--small", "--source", corpus, "--prepare")
+    assert prep.returncode == 0, prep.stderr
+    # A copy in which every document has one byte changed, mounted in place of the corpus:
+    # the retriever reads the copy through tierfs and compares with the corpus.
+    changed = os.path.join(tmp_path, "changed")
+    shutil.copytree(corpus, changed)
+    for folder, _, files in os.walk(os.path.join(changed, "docs")):
+        for name in files:
+            with open(os.path.join(folder, name), "r+b") as f:
+                f.seek(-1, os.SEEK_END)
+                f.write(b"?")
+    with make_mount(changed) as m:
+        res = run_example("rag_retriever.py", "--small", "--source", corpus,
+                          "--mount", m.mountpoint, "--queries", "3")
+    assert res.returncode == 1
+    assert "MISMATCH cold: document" in res.stderr
+    assert "FAILED:" in res.stderr
+    assert "verified:" not in res.stdout
