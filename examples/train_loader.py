@@ -144,6 +144,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--drop-kernel-cache", action="store_true",
+                    help="before each epoch after the first, drop the kernel's cached pages "
+                         "of the shards on the mount (posix_fadvise DONTNEED), as if the "
+                         "dataset did not fit in memory: tierfs's own tiers then answer")
     args = ap.parse_args()
     if args.mount and not args.source:
         ap.error("--mount needs --source (the folder it mounts) to verify against")
@@ -181,6 +185,13 @@ def run(args: argparse.Namespace, source: str, names: list[str],
         loader = DataLoader(TarShards(mnt, names), batch_size=args.batch_size,
                             num_workers=args.workers, collate_fn=collate)
         for epoch in range(1, args.epochs + 1):
+            if epoch > 1 and args.drop_kernel_cache:
+                for n in names:
+                    fd = os.open(os.path.join(mnt, "shards", n), os.O_RDONLY)
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    finally:
+                        os.close(fd)
             before = _tierfs.stats(mnt)
             seen: collections.Counter[str] = collections.Counter()
             nbytes = 0

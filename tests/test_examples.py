@@ -2,9 +2,9 @@
 
 `examples/train_loader.py` (PyTorch DataLoader, 2 workers, tar shards) mounts tierfs
 itself, as a user runs it; `examples/rag_retriever.py` (faiss IVF index + documents by
-id) runs against a mount made by the `make_mount` fixture, and once against a mount whose
-source differs from the one it verifies against, where it must fail. Only outcomes and
-the verification lines are asserted, never timings.
+id) runs against a mount made by the `make_mount` fixture. Each also runs once against a
+mount of a copy with changed bytes while verifying against the original, where it must
+exit 1. Only outcomes and the verification lines are asserted, never timings.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from typing import Callable
 
 import pytest
@@ -96,4 +97,30 @@ def test_rag_retriever_exits_nonzero_when_a_document_differs(
     assert res.returncode == 1
     assert "MISMATCH cold: document" in res.stderr
     assert "FAILED:" in res.stderr
+    assert "verified:" not in res.stdout
+
+
+def test_train_loader_exits_nonzero_when_a_sample_differs(
+        tmp_path: "os.PathLike[str]", make_mount: Callable[..., Mounted]) -> None:
+    source = os.path.join(tmp_path, "dataset")
+    prep = run_example("train_loader.py", "--small", "--source", source, "--prepare")
+    assert prep.returncode == 0, prep.stderr
+    # A copy with one byte changed in the last float of the first sample's tensor (the tar
+    # stays valid, the .npy still loads), mounted in place of the dataset.
+    changed = os.path.join(tmp_path, "changed")
+    shutil.copytree(source, changed)
+    shard = os.path.join(changed, "shards", "shard-00000.tar")
+    with tarfile.open(shard) as tar:
+        first = next(m for m in tar if m.name.endswith(".npy"))
+    with open(shard, "r+b") as f:
+        f.seek(first.offset_data + first.size - 1)
+        old = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([old[0] ^ 0xFF]))
+    with make_mount(changed) as m:
+        res = run_example("train_loader.py", "--small", "--source", source,
+                          "--mount", m.mountpoint, "--epochs", "1")
+    assert res.returncode == 1
+    assert f"MISMATCH epoch 1 sample {first.name[:-4]}:" in res.stderr
+    assert "FAILED: 1 samples differ from the source" in res.stderr
     assert "verified:" not in res.stdout
