@@ -184,6 +184,7 @@ def run(args: argparse.Namespace, source: str, names: list[str],
         shard_bytes = sum(os.path.getsize(os.path.join(source, "shards", n)) for n in names)
         loader = DataLoader(TarShards(mnt, names), batch_size=args.batch_size,
                             num_workers=args.workers, collate_fn=collate)
+        snap = _tierfs.stats(mnt)
         for epoch in range(1, args.epochs + 1):
             if epoch > 1 and args.drop_kernel_cache:
                 for n in names:
@@ -192,7 +193,8 @@ def run(args: argparse.Namespace, source: str, names: list[str],
                         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                     finally:
                         os.close(fd)
-            before = _tierfs.stats(mnt)
+                snap = _tierfs.stats(mnt)  # the opens above are not the epoch's
+            before = snap
             seen: collections.Counter[str] = collections.Counter()
             nbytes = 0
             t = time.perf_counter()
@@ -206,7 +208,7 @@ def run(args: argparse.Namespace, source: str, names: list[str],
                         print(f"MISMATCH epoch {epoch} sample {key}: {got} != {want.get(key)}",
                               file=sys.stderr)
             dt = time.perf_counter() - t
-            after = _tierfs.stats(mnt)
+            after = snap = _tierfs.stats(mnt)
             missing = set(want) - set(seen)
             dup = [k for k, n in seen.items() if n > 1]
             if missing or dup:
@@ -218,7 +220,6 @@ def run(args: argparse.Namespace, source: str, names: list[str],
                   f"{n / dt:.0f} samples/s, {args.workers} workers; what tierfs did:")
             # tarfile streams each shard from its first byte to its last.
             print(_tierfs.describe(_tierfs.delta(before, after), shard_bytes))
-        snap = _tierfs.stats(mnt)
         print(f"tiers now hold: dram {snap.get('dram', {}).get('bytes_used', 0)} bytes, "
               f"fast {snap.get('fast', {}).get('bytes_used', 0)} bytes in "
               f"{snap.get('fast', {}).get('files', 0)} files")

@@ -57,12 +57,19 @@ def test_train_loader_mounts_reads_two_epochs_and_verifies(tmp_path: "os.PathLik
     assert_clean_log(os.path.join(cache, "tierfs.log"))
 
 
-def test_rag_retriever_on_a_given_mount_verifies_and_reports_tiers(
-        tmp_path: "os.PathLike[str]", make_mount: Callable[..., Mounted]) -> None:
-    corpus = os.path.join(tmp_path, "corpus")
+@pytest.fixture(scope="module")
+def rag_corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The small corpus, written once by the example itself (``--prepare``); read only."""
+    corpus = os.path.join(tmp_path_factory.mktemp("rag"), "corpus")
     prep = run_example("rag_retriever.py", "--small", "--source", corpus, "--prepare")
     assert prep.returncode == 0, prep.stderr
     assert os.path.exists(os.path.join(corpus, "index", "ivf.faiss"))
+    return corpus
+
+
+def test_rag_retriever_on_a_given_mount_verifies_and_reports_tiers(
+        rag_corpus: str, make_mount: Callable[..., Mounted]) -> None:
+    corpus = rag_corpus
     with make_mount(corpus) as m:
         res = run_example("rag_retriever.py", "--small", "--source", corpus,
                           "--mount", m.mountpoint)
@@ -78,10 +85,9 @@ def test_rag_retriever_on_a_given_mount_verifies_and_reports_tiers(
 
 
 def test_rag_retriever_exits_nonzero_when_a_document_differs(
-        tmp_path: "os.PathLike[str]", make_mount: Callable[..., Mounted]) -> None:
-    corpus = os.path.join(tmp_path, "corpus")
-    prep = run_example("rag_retriever.py", "--small", "--source", corpus, "--prepare")
-    assert prep.returncode == 0, prep.stderr
+        tmp_path: "os.PathLike[str]", rag_corpus: str,
+        make_mount: Callable[..., Mounted]) -> None:
+    corpus = rag_corpus
     # A copy in which every document has one byte changed, mounted in place of the corpus:
     # the retriever reads the copy through tierfs and compares with the corpus.
     changed = os.path.join(tmp_path, "changed")
