@@ -79,7 +79,7 @@ def stats(mnt: str) -> dict[str, Any]:
     return json.loads(res.stdout)
 
 
-def _size(n: float) -> str:
+def size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
@@ -101,8 +101,8 @@ def describe(d: dict[str, int], app_bytes: int, indent: str = "  ") -> str:
     served = sum(by.values())
     lines = [f"{indent}{'tier':<9}" + "".join(f"{k:>12}" for k in CLASSES) + f"{'total':>12}"]
     for t in TIERS:
-        lines.append(f"{indent}{t:<9}" + "".join(f"{_size(by[t, k]):>12}" for k in CLASSES)
-                     + f"{_size(sum(by[t, k] for k in CLASSES)):>12}")
+        lines.append(f"{indent}{t:<9}" + "".join(f"{size(by[t, k]):>12}" for k in CLASSES)
+                     + f"{size(sum(by[t, k] for k in CLASSES)):>12}")
     ratios = []
     for k in (*CLASSES, None):
         ks = CLASSES if k is None else (k,)
@@ -111,11 +111,18 @@ def describe(d: dict[str, int], app_bytes: int, indent: str = "  ") -> str:
         ratios.append(f"{100 * hit / tot:>11.1f}%" if tot else f"{'-':>12}")
     lines.append(f"{indent}{'hit ratio':<9}" + "".join(ratios))
     lines.append(
-        f"{indent}the application read {_size(app_bytes)}; tierfs answered "
+        f"{indent}the application read {size(app_bytes)}; tierfs answered "
         f"{d.get('meta.open', 0)} opens and {d.get('read.requests', 0)} read requests "
-        f"with {_size(served)}, and pushed {_size(d.get('kernel.pushed_bytes', 0))} into "
+        f"with {size(served)}, and pushed {size(d.get('kernel.pushed_bytes', 0))} into "
         f"the kernel's page cache")
     lines.append(
         f"{indent}(reads that the kernel's page cache answers never reach tierfs and are not "
         f"counted; kernel read-ahead can ask for more than the application reads)")
     return "\n".join(lines)
+
+
+def holdings(snap: dict[str, Any]) -> str:
+    """What the DRAM and fast tiers hold, from a stats snapshot."""
+    dram, fast = snap.get("dram", {}), snap.get("fast", {})
+    return (f"tiers now hold: dram {size(dram.get('bytes_used', 0))}, fast "
+            f"{size(fast.get('bytes_used', 0))} in {fast.get('files', 0)} files")

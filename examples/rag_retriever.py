@@ -15,7 +15,8 @@ Passes over the same queries:
   kernel-warm  nothing dropped: the kernel's page cache answers most reads
 
 Every fetched document is compared with the source file (read directly, not through the
-mount), and the index file's sha256 with the source's; any difference exits 1. It prints
+mount), the index file's sha256 with the source's, and every search's ids with those of
+the index read from the source; any difference exits 1. It prints
 p50/p99 of query+fetch latency per pass and what each tier served (``tierfs stats --json``).
 """
 
@@ -144,6 +145,11 @@ def run(args: argparse.Namespace, source: str, n_queries: int) -> int:
         rng = np.random.default_rng(99)
         queries = rng.standard_normal((n_queries, index.d), dtype=np.float32)
         faiss.normalize_L2(queries)
+        # The answers the index read from the source gives (read directly, not via the mount).
+        truth = faiss.read_index(os.path.join(source, "index", "ivf.faiss"))
+        truth.nprobe = args.nprobe
+        want_ids = truth.search(queries, TOP_K)[1]
+        del truth
         fetched: set[str] = set()
         checked = 0
         for name in ("cold", "tierfs-warm", "kernel-warm"):
@@ -153,7 +159,7 @@ def run(args: argparse.Namespace, source: str, n_queries: int) -> int:
                 last = _tierfs.stats(mnt)  # the opens above are not the pass's
             before = last
             lat, nbytes = [], 0
-            for q in queries:
+            for qi, q in enumerate(queries):
                 t = time.perf_counter()
                 _, ids = index.search(q[None, :], TOP_K)
                 docs = []
@@ -164,6 +170,10 @@ def run(args: argparse.Namespace, source: str, n_queries: int) -> int:
                     with open(path, "rb") as f:
                         docs.append((int(i), path, f.read()))
                 lat.append(time.perf_counter() - t)
+                if not np.array_equal(ids[0], want_ids[qi]):
+                    bad += 1
+                    print(f"MISMATCH {name}: query {qi} found {ids[0].tolist()}, the source's "
+                          f"index {want_ids[qi].tolist()}", file=sys.stderr)
                 for i, path, data in docs:
                     fetched.add(path)
                     nbytes += len(data)
@@ -179,9 +189,7 @@ def run(args: argparse.Namespace, source: str, n_queries: int) -> int:
                   f"ms; what tierfs did:")
             print(_tierfs.describe(_tierfs.delta(before, after), nbytes))
         snap = last
-        print(f"tiers now hold: dram {snap.get('dram', {}).get('bytes_used', 0)} bytes, "
-              f"fast {snap.get('fast', {}).get('bytes_used', 0)} bytes in "
-              f"{snap.get('fast', {}).get('files', 0)} files")
+        print(_tierfs.holdings(snap))
         if sha256(index_path) != want_index:
             bad += 1
             print("MISMATCH: the index read through the mount differs from the source",
@@ -190,7 +198,8 @@ def run(args: argparse.Namespace, source: str, n_queries: int) -> int:
         print(f"FAILED: {bad} mismatches with the source", file=sys.stderr)
         return 1
     print(f"verified: index sha256 and {checked} fetched documents "
-          f"({len(fetched)} distinct) match the source byte for byte")
+          f"({len(fetched)} distinct) match the source byte for byte, and every search "
+          f"found the ids the source's index finds")
     return 0
 
 

@@ -220,9 +220,7 @@ def run(args: argparse.Namespace, source: str, names: list[str],
                   f"{n / dt:.0f} samples/s, {args.workers} workers; what tierfs did:")
             # tarfile streams each shard from its first byte to its last.
             print(_tierfs.describe(_tierfs.delta(before, after), shard_bytes))
-        print(f"tiers now hold: dram {snap.get('dram', {}).get('bytes_used', 0)} bytes, "
-              f"fast {snap.get('fast', {}).get('bytes_used', 0)} bytes in "
-              f"{snap.get('fast', {}).get('files', 0)} files")
+        print(_tierfs.holdings(snap))
         del loader
     if bad:
         print(f"FAILED: {bad} samples differ from the source", file=sys.stderr)

@@ -80,7 +80,8 @@ def test_rag_retriever_on_a_given_mount_verifies_and_reports_tiers(
     for name in ("cold", "tierfs-warm", "kernel-warm"):
         assert f"{name}: 40 queries x top-10 documents: query+fetch p50" in out
     assert "verified: index sha256 and 1200 fetched documents" in out
-    assert "match the source byte for byte" in out
+    assert ("match the source byte for byte, and every search found the ids the source's "
+            "index finds") in out
     assert "MISMATCH" not in res.stderr
 
 
