@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pytest
 
 from mounting import Mounted
-from s3server import S3Server, all_keys, any_s3, api, moto_server, s3_server  # noqa: F401
+from s3server import S3Server, all_keys, any_s3, api, moto_server, rclone_api_server  # noqa: F401
 from test_s3_mount import config
 
 pytestmark = [pytest.mark.s3, pytest.mark.mount]
