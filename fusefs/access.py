@@ -5,7 +5,7 @@ The classifier produces `Label`s, config rules produce `Override`s, the engine b
 for these types, they all import this one.
 
 Tier keys are typed so that a key of one tier can never be taken for a key of another:
-`DramKey` names a page of the DRAM tier by the mount's inode, `FastKey` names an extent of the
+`DramKey` names a page of the DRAM tier by its entry (one path and source version), `FastKey` names an extent of the
 fast tier by its cache entry (one source file version, a catalog row), and `FastCandidate`
 names bytes the fast tier was asked to admit before an entry exists (the reject-first ghost).
 They are frozen dataclasses: two keys of different types never compare equal even when their
@@ -119,14 +119,15 @@ def effective_label(info: AccessInfo) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DramKey:
-    """A page (or the first page of a fetched block) of the DRAM tier."""
+    """A page (or the first page of a fetched block) of the DRAM tier, by DRAM entry
+    (`fusefs.engine.consistency.DramEntries`: one per path and source version)."""
 
-    inode: int
+    entry: int
     page: int
 
     @property
     def owner(self) -> int:
-        return self.inode
+        return self.entry
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pyfuse3
 
@@ -41,8 +42,12 @@ class Inode:
 class InodeTable:
     """The inode <-> path map of one mount. Not thread-safe: trio-only."""
 
-    def __init__(self, *, use_identity: bool) -> None:
+    def __init__(self, *, use_identity: bool,
+                 on_free: Callable[[int], None] | None = None) -> None:
         self._use_identity = use_identity
+        # Told of every inode number that goes, whichever of forget, release, unlink or
+        # rename let it go: the engine's per-inode state must go with it.
+        self._on_free = on_free
         self._next = ROOT + 1
         root = Inode(ROOT, True, lookups=1)
         self._inodes: dict[int, Inode] = {ROOT: root}
@@ -207,3 +212,5 @@ class InodeTable:
         if node.identity is not None and self._by_identity.get(node.identity) == node.ino:
             del self._by_identity[node.identity]
         del self._inodes[node.ino]
+        if self._on_free is not None:
+            self._on_free(node.ino)

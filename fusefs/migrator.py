@@ -100,6 +100,8 @@ class Migrator:
         return copied
 
     async def evict(self, path: bytes) -> dict[str, int]:
+        """Drop the fast tier's and DRAM's copies of everything under ``path``."""
+        self.engine.dram.unname(path, tree=True)
         dropped = 0
         for fpath in self.fast.paths_under(path):
             dropped += self.fast.drop_path(fpath)

@@ -350,7 +350,7 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             control.register("fsck", on_fsck)
         migrator = Migrator(engine, capacity, cfg) if engine.fast is not None else None
         if migrator is not None:
-            register_migrator(control, migrator, engine, ops)
+            register_migrator(control, migrator)
 
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
@@ -462,25 +462,14 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
                   if cfg.mount.consistency == "immutable" else None)
 
 
-def register_migrator(control: ControlServer, migrator: Migrator, engine: Engine,
-                      ops: Operations) -> None:
+def register_migrator(control: ControlServer, migrator: Migrator) -> None:
     """Control requests that move data: warm, evict, pin, unpin (one path each)."""
-
-    def forget_dram(path: bytes) -> None:
-        # The DRAM tier is keyed by inode: find it if the kernel knows the path.
-        ino: int | None = pyfuse3.ROOT_INODE
-        for part in path.split(b"/") if path else []:
-            ino = ops.inodes.find(ino, part) if ino is not None else None
-        if ino is not None and ino != pyfuse3.ROOT_INODE:
-            engine.invalidate(ino)
 
     async def on_warm(req: dict[str, Any]) -> dict[str, Any]:
         return await migrator.warm(clean_path(req["path"]), pinned=False)
 
     async def on_evict(req: dict[str, Any]) -> dict[str, Any]:
-        path = clean_path(req["path"])
-        forget_dram(path)
-        return await migrator.evict(path)
+        return await migrator.evict(clean_path(req["path"]))
 
     async def on_pin(req: dict[str, Any]) -> dict[str, Any]:
         return await migrator.pin(clean_path(req["path"]))

@@ -106,7 +106,7 @@ class Operations(pyfuse3.Operations):
         self.capacity = capacity
         self.engine = engine
         self.inodes = inodes if inodes is not None else InodeTable(
-            use_identity=capacity.supports_links)
+            use_identity=capacity.supports_links, on_free=self._inode_freed)
         self.handles = handles if handles is not None else HandleTable()
         self.timeouts = timeouts
         self.override_for = override_for
@@ -117,6 +117,11 @@ class Operations(pyfuse3.Operations):
         # descriptor of a removed directory, or of an O_PATH descriptor of a
         # removed file, must still work. Dropped when the kernel forgets.
         self._removed: dict[int, Stat] = {}
+
+    def _inode_freed(self, ino: int) -> None:
+        """The inode number is gone for good (never reused): drop its state everywhere."""
+        self._removed.pop(ino, None)
+        self.engine.forget(ino)
 
     # Answers that are ordinary outcomes, not failures: a missing name, a full
     # directory listing probe, an unsupported optional call.
@@ -204,10 +209,7 @@ class Operations(pyfuse3.Operations):
     @_translate
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
-            self.inodes.forget(ino, n)
-            if ino not in self.inodes:
-                self._removed.pop(ino, None)
-                self.engine.forget(ino)
+            self.inodes.forget(ino, n)  # `_inode_freed` when it was the last reference
 
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -434,7 +436,7 @@ class Operations(pyfuse3.Operations):
                 await f.close()
                 raise
         ino = self._remember(parent_inode, name, st)
-        self.engine.created(ino)
+        self.engine.created(ino, path)
         self.inodes.opened(ino)
         h = self.handles.add_file(ino=ino, path=path, file=f, flags=flags, pid=ctx.pid)
         info = self._opened(h, st)
@@ -479,8 +481,6 @@ class Operations(pyfuse3.Operations):
             await self.engine.release(h, last=self.inodes.get(h.ino).open_handles <= 1)
         finally:
             self.inodes.closed(h.ino)
-            if h.ino not in self.inodes:
-                self._removed.pop(h.ino, None)
 
     # -- directories -------------------------------------------------------------
     @_translate

@@ -4,7 +4,7 @@ This module owns the interface between the engine (which moves bytes between tie
 policy (which decides). A policy instance serves *one* tier and manages its cache objects,
 each with a size in bytes, within a capacity in bytes. In a mount the keys are typed
 (`fusefs.access`): `FastKey` (cache entry, extent start) for the fast tier, `DramKey`
-(inode, page) for DRAM admission; an instance built with ``key_type`` refuses any other
+(DRAM entry, page) for DRAM admission; an instance built with ``key_type`` refuses any other
 key with `TypeError`, so one tier's key can never reach another tier's bookkeeping.
 Simulations (replay, tests) use plain ``(file_id, index)`` tuples. A policy never does I/O
 and reads time only from the clock it is given.
@@ -76,7 +76,7 @@ class Tier(enum.StrEnum):
 
 
 def file_of(key: Key) -> int | None:
-    """The owner of a key: the file of a ``(file_id, index)`` tuple, the inode of a
+    """The owner of a key: the file of a ``(file_id, index)`` tuple, the entry of a
     `DramKey`, the cache entry of a `FastKey`; ``None`` for other keys."""
     if type(key) is tuple and key:
         return key[0]  # type: ignore[no-any-return]

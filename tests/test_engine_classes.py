@@ -91,3 +91,35 @@ def test_read_ahead_runs_without_pressure(tmp_path: os.PathLike[str]) -> None:
         assert "readahead.yielded" not in engine.stats.snapshot()["counters"]
 
     run_stream(src, 8, body)
+
+
+def test_dram_entries_name_versions_not_inodes() -> None:
+    """One DRAM entry per (path, version): the same version reopened under a new inode
+    finds it; a new version, an unname or a trim beyond the limit drops its pages, but a
+    trimmed entry's pages stay while an inode is bound to it. (An entry may be dropped
+    twice: when it loses its name, and again when its last inode goes, for what that
+    inode's reads put there since.)"""
+    from fusefs.engine.consistency import DramEntries
+    from fusefs.tiers.capacity import SourceVersion
+    dropped: list[int] = []
+    d = DramEntries(dropped.append, limit=2)
+    v1, v2 = SourceVersion(10, 1, None), SourceVersion(10, 2, None)
+    a = d.bind(2, b"a", v1)
+    d.forget(2)
+    assert dropped == [] and d.bind(3, b"a", v1) == a  # found again by a new inode
+    b = d.bind(3, b"a", v2)  # the source changed: old pages go at once
+    assert b != a and set(dropped) == {a}
+    c = d.bind(4, b"c", v1)
+    e = d.bind(5, b"e", v1)  # 3 paths, limit 2: "a" loses its name, inode 3 keeps it
+    assert set(dropped) == {a} and d.current(3) == b
+    d.forget(3)
+    assert set(dropped) == {a, b}
+    d.forget(4)
+    assert d.unname(b"", tree=True) == 2 and set(dropped) == {a, b, c, e}
+    d.forget(5)
+    assert d.check() == [] and d.bound_inodes() == []
+    f = d.bind(6, b"dir/x", v1)
+    g = d.bind(7, b"dir/sub/y", v1)
+    assert d.unname(b"dir", tree=True) == 2 and {f, g} <= set(dropped)
+    assert d.of(8) not in (a, b, c, e, f, g)  # private, never a reused id
+    assert d.check() == []

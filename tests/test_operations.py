@@ -14,6 +14,7 @@ import trio
 
 from fusefs.engine import Engine
 from fusefs.operations import Operations, Timeouts
+from fusefs.pagecache import PageCache
 from fusefs.stats import Stats
 from fusefs.tiers.posix import PosixTier
 
@@ -128,3 +129,53 @@ def test_rename_moves_the_inode(src: str) -> None:
         st = await ops.setattr(a.st_ino, attr, fields, None, CTX)
         assert st.st_size == 5 and os.path.getsize(os.path.join(src, "b")) == 5
     run(src, body)
+
+
+def _dram_bytes(ops: Operations, tier: str) -> int:
+    return sum(v for k, v in ops.engine.stats.snapshot()["counters"].items()
+               if k.startswith(f"read.bytes.{tier}."))
+
+
+def test_dram_pages_outlive_a_forgotten_inode(src: str) -> None:
+    """The kernel forgets inodes when it likes; DRAM pages are the file version's, not the
+    inode's: the next open of the same version (a new inode) is served from DRAM, and a
+    version changed while no inode existed is never served from the old pages."""
+    data = os.urandom(256 << 10)
+    with open(os.path.join(src, "f"), "wb") as f:
+        f.write(data)
+
+    async def read_scattered(ops: Operations) -> tuple[int, bytes]:
+        e = await ops.lookup(pyfuse3.ROOT_INODE, b"f", CTX)
+        fi = await ops.open(e.st_ino, os.O_RDONLY, CTX)
+        got = b"".join([await ops.read(fi.fh, off, 4096) for off in (0, 128 << 10, 64 << 10)])
+        await ops.release(fi.fh)
+        await ops.forget([(e.st_ino, ops.inodes.get(e.st_ino).lookups)])
+        assert e.st_ino not in ops.inodes
+        return e.st_ino, got
+
+    async def main() -> None:
+        tier = PosixTier(src)
+        await tier.start()
+        engine = Engine(tier, stats=Stats(), pagecache=PageCache(1 << 20, 4096))
+        ops = Operations(tier, engine)
+        want = data[:4096] + data[128 << 10:(128 << 10) + 4096] + data[64 << 10:(64 << 10) + 4096]
+        try:
+            ino1, got = await read_scattered(ops)
+            assert got == want
+            cap, dram = _dram_bytes(ops, "capacity"), _dram_bytes(ops, "dram")
+            ino2, got = await read_scattered(ops)
+            assert ino2 != ino1 and got == want
+            assert _dram_bytes(ops, "capacity") == cap  # nothing read from the source again
+            assert _dram_bytes(ops, "dram") - dram == len(want)
+            # Replaced behind the mount while no inode of it exists: the new bytes.
+            new = os.urandom(len(data))
+            with open(os.path.join(src, "f.tmp"), "wb") as f:
+                f.write(new)
+            os.replace(os.path.join(src, "f.tmp"), os.path.join(src, "f"))
+            _, got = await read_scattered(ops)
+            assert got == new[:4096] + new[128 << 10:(128 << 10) + 4096] \
+                + new[64 << 10:(64 << 10) + 4096]
+        finally:
+            await engine.close()
+            await tier.close()
+    trio.run(main)

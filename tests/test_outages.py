@@ -126,6 +126,59 @@ def test_frozen_store_reads_fail_within_the_bound_and_cached_data_is_served(
         assert log.count("is not answering") <= 4, log
 
 
+def _not_from_dram(mnt: str) -> dict[str, int]:
+    return {k: v for k, v in stats(mnt)["counters"].items()
+            if k.startswith("read.bytes.") and not k.startswith("read.bytes.dram.")}
+
+
+def _kernel_forgets(path: str) -> None:
+    """Make the kernel forget the file's inode (unused dentries and inodes dropped); the
+    inode number a new lookup gets proves it did (the mount never reuses one)."""
+    before = os.stat(path).st_ino
+    for _ in range(20):
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        if os.stat(path).st_ino != before:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the kernel kept inode {before} of {path} through 20 drop_caches")
+
+
+def test_dram_copy_outlives_the_kernel_forgetting_the_inode_in_an_outage(
+        restartable_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    """A file read at random sits in DRAM: the kernel forgets its inode (it does under
+    memory pressure, after long walks), and every later read, also while the store hangs,
+    is served from DRAM under the new inode (not the fast tier, not the store)."""
+    server = restartable_s3
+    data = random.Random(18).randbytes(MiB + 123)
+    put(server, "emb/table.bin", data)
+    src = {"read_timeout": f"{BOUND}s", "stat_ttl": "1h", "list_ttl": "1h"}
+    # An embedding table: the user says it is read at random (the classifier's guess
+    # about a scattered walk is not what this test is about).
+    extra = ("[cache]\ndram = \"64MiB\"\n[policy]\nfill_random_max = 0\n"
+             "[[rule]]\npath = \"emb/**\"\nclass = \"random\"\n")
+    with mount_s3(server, source=src, extra=extra) as m:
+        path = os.path.join(m.mountpoint, "emb", "table.bin")
+        offsets = list(range(0, len(data), 64 * KiB))
+        random.Random(19).shuffle(offsets)
+
+        def read_everything() -> None:
+            for off in offsets:  # O_DIRECT: each read reaches the daemon
+                assert read_direct(path, off, 64 * KiB) == data[off:off + 64 * KiB], off
+
+        read_everything()
+        read_everything()  # admission may want a second sighting of a block
+        _kernel_forgets(path)
+        before = _not_from_dram(m.mountpoint)
+        read_everything()
+        _kernel_forgets(path)
+        with frozen(server):
+            read_everything()
+            assert is_mounted(m.mountpoint)
+        after = _not_from_dram(m.mountpoint)
+        assert after == before, f"served from elsewhere than DRAM: {before} -> {after}"
+
+
 # -- (b) a remount with the store down serves the warm cache -----------------------
 def test_remount_with_the_store_down_serves_names_and_warm_data(
         restartable_s3: S3Server, mount_s3: Callable[..., Mounted], tmp_path: Path) -> None:

@@ -18,11 +18,13 @@ For each read the classifier labels the request; a rule's ``class`` (resolved on
 carried by the handle as an `Override`) replaces the label. Sequential requests go to the
 stream reader, everything else to the paged reader.
 
-Identities: the DRAM tier and everything per handle are keyed by the mount's inode
-(``FileHandle.ino``); the fast tier by its own cache entries (one per source version), which
-the engine reaches only through `FastTier` calls and never by an inode. Each tier has its own
-policy instance: ``dram_policy`` (DRAM admission, `DramKey`) and ``policy`` (the fast tier's,
-`FastKey`, also asked for read-ahead windows and whole-file fills).
+Identities: everything per handle (classifier, generations, kernel pages) is keyed by the
+mount's inode (``FileHandle.ino``); the DRAM tier by its entries (`DramEntries`: one per path
+and source version, so pages outlive the kernel forgetting an inode); the fast tier by its own
+cache entries (one per source version), which the engine reaches only through `FastTier` calls
+and never by an inode. Each tier has its own policy instance: ``dram_policy`` (DRAM admission,
+`DramKey`) and ``policy`` (the fast tier's, `FastKey`, also asked for read-ahead windows and
+whole-file fills).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from ..stats import Stats
 from ..tiers.capacity import CapacityTier, SourceVersion, Stat
 from ..tiers.fast import FastTier
 from ..trace import TraceRecorder
-from .consistency import Consistency
+from .consistency import Consistency, DramEntries
 from .fill import Filler
 from .kernel import KernelPages
 from .paged import PagedReader
@@ -125,6 +127,9 @@ class Engine:
         self.fast = fast
         self.chunk_size = chunk_size
         self.consistency = Consistency(immutable=immutable)
+        self.dram = DramEntries(
+            pagecache.invalidate if pagecache is not None else (lambda eid: None),
+            limit=pagecache.capacity_pages if pagecache is not None else 1)
         self.sched = Scheduler(throughput_slots=throughput_slots,
                                latency_pressure=latency_pressure,
                                fill_slots=2 * fill_parallel)
@@ -146,6 +151,7 @@ class Engine:
         stats.sources["classifier"] = self.classifier.stats
         if pagecache is not None:
             stats.sources["dram"] = pagecache.stats
+            stats.sources["dram_entries"] = self.dram.statistics
         if self.policy is not None:
             stats.sources["policy"] = self.policy.statistics
         if dram_policy is not None:
@@ -191,16 +197,18 @@ class Engine:
 
     def invalidate(self, ino: int, start: int = 0, end: int | None = None) -> None:
         """Forget bytes of inode ``ino`` in [start, end) (all of it by default) in every
-        cache keyed by the inode; fetches in flight will not enter them."""
+        cache keyed by the inode and in its DRAM entry; fetches in flight will not enter
+        them."""
         self.consistency.bump(ino)
         whole = start == 0 and end is None
-        if self.pagecache is not None:
+        eid = self.dram.current(ino)
+        if self.pagecache is not None and eid is not None:
             if whole:
-                self.pagecache.invalidate(ino)
+                self.pagecache.invalidate(eid)
             else:
                 ps = self.page_size
                 stop = (1 << 62) if end is None else (max(start, end - 1) // ps) + 1
-                self.pagecache.invalidate(ino, start // ps, end=stop)
+                self.pagecache.invalidate(eid, start // ps, end=stop)
         if whole:
             for p in (self.policy, self.dram_policy):
                 if p is not None:
@@ -208,9 +216,11 @@ class Engine:
             self.classifier.forget_file(ino)
 
     def forget(self, ino: int) -> None:
-        """The kernel forgot the inode: its number is never reused, so drop its state."""
-        if self.pagecache is not None:
-            self.pagecache.invalidate(ino)
+        """The kernel forgot the inode: its number is never reused, so drop its state.
+
+        Its DRAM pages stay if their entry is still named by a path (a later open of the
+        same version finds them)."""
+        self.dram.forget(ino)
         for p in (self.policy, self.dram_policy):
             if p is not None:
                 p.forget_history(ino)
@@ -227,6 +237,10 @@ class Engine:
         changed, keep = self.consistency.opened(h.ino, h.version)
         if changed:
             self.invalidate(h.ino)
+        if self.consistency.written(h.ino):
+            self.dram.of(h.ino)  # the inode's bytes are ours, not any version's
+        else:
+            self.dram.bind(h.ino, h.path, h.version)
         self.consistency.set_eof(h.ino, st.st_size)
         if self.fast is not None and not self.consistency.written(h.ino):
             h.fast = self.fast.file_for(h.path, h.version)
@@ -236,10 +250,11 @@ class Engine:
         self.walk.opened(h.path, st.st_size)
         return keep and not self.direct_io(h)
 
-    def created(self, ino: int) -> None:
+    def created(self, ino: int, path: bytes) -> None:
         """A file was created (or opened through a stale negative entry): nothing cached
-        under its inode may be served."""
+        under its inode or its path may be served."""
         self.invalidate(ino)
+        self.dram.unname(path)
 
     def direct_io(self, h: FileHandle) -> bool:
         """Whether the kernel must not cache this handle's pages.
@@ -252,11 +267,16 @@ class Engine:
         return h.override is not None and h.override.stream
 
     def path_removed(self, path: bytes) -> None:
+        """``path`` is gone or changed through the mount: no cache may serve it by name."""
+        self.dram.unname(path)
         self.walk.drop(path)
         if self.fast is not None:
             self.fast.drop_path(path)
 
     def path_renamed(self, old: bytes, new: bytes) -> None:
+        # A rename changes a local source's ctime (so its version): DRAM starts again.
+        self.dram.unname(old, tree=True)
+        self.dram.unname(new, tree=True)
         self.walk.drop(old)
         self.walk.drop(new)
         if self.fast is not None:
@@ -291,7 +311,13 @@ class Engine:
         info = self._info(h, offset, size)
         label = info.label
         if label == Label.SEQUENTIAL:
-            data = await self.stream.read(h, offset, size, info)
+            # Streams never enter DRAM, but what random readers put there serves them
+            # too (also while the capacity tier is down, when nothing else could).
+            eid = self.dram.current(h.ino)
+            hit = None
+            if eid is not None and size > 0 and self.paged.dram_holds_start(eid, offset):
+                hit = self.paged.from_dram(h, eid, offset, size, info)
+            data = hit if hit is not None else await self.stream.read(h, offset, size, info)
         else:
             data = await self.paged.read(h, offset, size, info)
         self.stats.add("read.requests")

@@ -18,11 +18,18 @@ Every cache of file data asks here before it serves or stores bytes:
   short page reads as end of file, so when the file grows that page must go.
 * **Writers.** Handles open for writing per inode: pushes into the kernel's cache must not
   race with them.
+* **DRAM entries** (`DramEntries`). What the DRAM tier's pages are keyed by: one entry per
+  (path, source version), bound to the inodes opened on it. Pages outlive the kernel
+  forgetting an inode and are found again by the next open of the same version; a changed
+  version never reaches them.
 
 trio thread only; no I/O.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
 
 from ..tiers.capacity import SourceVersion
 
@@ -122,6 +129,158 @@ class Consistency:
         self._eof.pop(ino, None)
         self._writers.pop(ino, None)
 
+    def bound_inodes(self) -> list[int]:
+        return list(self._ino)
+
+    def check(self) -> list[str]:
+        """Problems in the bookkeeping (tests): every count and name agrees."""
+        problems = []
+        counts: dict[int, int] = {}
+        for eid in self._ino.values():
+            counts[eid] = counts.get(eid, 0) + 1
+        if counts != self._bound:
+            problems.append(f"bound counts {self._bound} != inodes per entry {counts}")
+        if {eid: p for p, (_, eid) in self._paths.items()} != self._named:
+            problems.append("paths and names disagree")
+        if len(self._paths) > self._limit:
+            problems.append(f"{len(self._paths)} paths named, limit {self._limit}")
+        return problems
+
     def statistics(self) -> dict[str, int]:
         return {"inodes_tracked": len(self._gen) + len(self._kernel),
                 "written_open": len(self._written), "writers": len(self._writers)}
+
+
+class DramEntries:
+    """Names the DRAM tier's entries: one id per (path, source version), never reused.
+
+    The kernel forgets inodes whenever it likes (memory pressure, a walk over many files), so
+    DRAM pages keyed by inode would go with them, and a file whose only cached copy was in
+    DRAM would read EIO through a later capacity-tier outage. Pages are keyed by entry id
+    instead. An open binds its inode to the entry of the path and version it opened; the same
+    version opened again under a new inode finds the same pages. A different version, a
+    write, truncate, rename or unlink through the mount, or an evict *unnames* the path: its
+    pages are dropped at once. An entry no path names any more lives as long as the inodes
+    bound to it, then its pages are dropped.
+
+    Args:
+        drop: drops every DRAM page of an entry id (`PageCache.invalidate`; cheap: per-entry
+            index in C).
+        limit: paths remembered; the least recently opened beyond it loses its name (its
+            pages stay while an inode is bound to it). A DRAM holding N pages holds pages of
+            at most N entries, so its page count is the natural limit.
+    """
+
+    def __init__(self, drop: Callable[[int], object], *, limit: int = 1 << 16) -> None:
+        self._drop = drop
+        self._limit = max(1, limit)
+        self._paths: OrderedDict[bytes, tuple[SourceVersion, int]] = OrderedDict()
+        self._named: dict[int, bytes] = {}  # entry -> the path naming it
+        self._ino: dict[int, int] = {}  # inode -> entry
+        self._bound: dict[int, int] = {}  # entry -> inodes bound to it
+        self._next = 1
+
+    def bind(self, ino: int, path: bytes, version: SourceVersion) -> int:
+        """``ino`` was opened as ``path`` on ``version``: its DRAM entry from now on."""
+        known = self._paths.get(path)
+        if known is not None and known[0] == version:
+            eid = known[1]
+            self._paths.move_to_end(path)
+        else:
+            if known is not None:
+                self._unname(path)
+            eid = self._new()
+            self._paths[path] = (version, eid)
+            self._named[eid] = path
+            self._trim()
+        self._attach(ino, eid)
+        return eid
+
+    def of(self, ino: int) -> int:
+        """The entry of ``ino`` (a private one if it was never opened)."""
+        eid = self._ino.get(ino)
+        if eid is None:
+            eid = self._new()
+            self._attach(ino, eid)
+        return eid
+
+    def current(self, ino: int) -> int | None:
+        return self._ino.get(ino)
+
+    def unname(self, path: bytes, *, tree: bool = False) -> int:
+        """``path`` changed (or, with ``tree``, anything under it): drop its pages.
+
+        Inodes bound to the entry keep it (their reads admit again, of their own bytes),
+        but no later open finds it. Returns the entries unnamed.
+        """
+        if not tree:
+            if path not in self._paths:
+                return 0
+            self._unname(path)
+            return 1
+        prefix = path.rstrip(b"/") + b"/"
+        hits = [p for p in self._paths if p == path or p.startswith(prefix) or not path]
+        for p in hits:
+            self._unname(p)
+        return len(hits)
+
+    def forget(self, ino: int) -> None:
+        """The kernel forgot ``ino``: unbind it (its entry's pages stay if a path names it)."""
+        eid = self._ino.pop(ino, None)
+        if eid is not None:
+            self._release(eid)
+
+    def bound_inodes(self) -> list[int]:
+        return list(self._ino)
+
+    def check(self) -> list[str]:
+        """Problems in the bookkeeping (tests): every count and name agrees."""
+        problems = []
+        counts: dict[int, int] = {}
+        for eid in self._ino.values():
+            counts[eid] = counts.get(eid, 0) + 1
+        if counts != self._bound:
+            problems.append(f"bound counts {self._bound} != inodes per entry {counts}")
+        if {eid: p for p, (_, eid) in self._paths.items()} != self._named:
+            problems.append("paths and names disagree")
+        if len(self._paths) > self._limit:
+            problems.append(f"{len(self._paths)} paths named, limit {self._limit}")
+        return problems
+
+    def statistics(self) -> dict[str, int]:
+        return {"dram_entries_named": len(self._paths), "dram_entries_bound": len(self._bound)}
+
+    def _new(self) -> int:
+        eid = self._next
+        self._next += 1
+        return eid
+
+    def _unname(self, path: bytes) -> None:
+        _, eid = self._paths.pop(path)
+        del self._named[eid]
+        self._drop(eid)
+
+    def _attach(self, ino: int, eid: int) -> None:
+        old = self._ino.get(ino)
+        if old == eid:
+            return
+        self._ino[ino] = eid
+        self._bound[eid] = self._bound.get(eid, 0) + 1
+        if old is not None:
+            self._release(old)
+
+    def _release(self, eid: int) -> None:
+        n = self._bound.get(eid, 0) - 1
+        if n > 0:
+            self._bound[eid] = n
+            return
+        self._bound.pop(eid, None)
+        if eid not in self._named:
+            self._drop(eid)
+
+    def _trim(self) -> None:
+        while len(self._paths) > self._limit:
+            path, (_, eid) = self._paths.popitem(last=False)
+            del self._named[eid]
+            if eid not in self._bound:
+                self._drop(eid)

@@ -55,14 +55,13 @@ class PagedReader:
         last = (offset + size - 1) // ps
         start = first * ps
         pc = self.pagecache
+        # The DRAM entry as of now: a read that outlives a rebinding admits nothing (the
+        # generation check below), and never under another version's entry.
+        eid = engine.dram.of(h.ino)
         if pc is not None and size > 0:
-            buf = bytearray((last - first + 1) * ps)
-            n = pc.get_range_into(h.ino, first, buf)
-            # Complete if it covers the request, or stopped at a short (last) page.
-            if n >= offset + size - start or (n % ps and n > offset - start):
-                engine.served(h, "dram", info.label, min(size, n - (offset - start)))
-                # Not past n: a short last page ends the file, the rest of buf is zeros.
-                return bytes(memoryview(buf)[offset - start:min(n, offset - start + size)])
+            hit = self.from_dram(h, eid, offset, size, info)
+            if hit is not None:
+                return hit
             self.stats.add("dram.miss")
         gen = engine.consistency.generation(h.ino)
         length = (last + 1) * ps - start
@@ -96,17 +95,39 @@ class PagedReader:
             engine.maybe_fill(h, info, gen)
         if pc is not None and data and engine.consistency.is_current(h.ino, gen) \
                 and not h.dirty:
-            self._admit_dram(h, start // ps, data, info)
+            self._admit_dram(eid, start // ps, data, info)
         if (start < req_start or start + len(data) > req_end) and not engine.direct_io(h):
             engine.kernel.push(h.ino, gen, start, data, req_start, req_end)
         return data[offset - start:offset - start + size]
 
-    def _admit_dram(self, h: FileHandle, first: int, data: bytes, info: AccessInfo) -> None:
+    def from_dram(self, h: FileHandle, eid: int, offset: int, size: int,
+                  info: AccessInfo) -> bytes | None:
+        """The request from DRAM entry ``eid`` if DRAM holds all of it, else None."""
+        pc = self.pagecache
+        assert pc is not None
+        ps = self.page_size
+        first = offset // ps
+        start = first * ps
+        buf = bytearray(((offset + size - 1) // ps - first + 1) * ps)
+        n = pc.get_range_into(eid, first, buf)
+        # Complete if it covers the request, or stopped at a short (last) page.
+        if n >= offset + size - start or (n % ps and n > offset - start):
+            self.engine.served(h, "dram", info.label, min(size, n - (offset - start)))
+            # Not past n: a short last page ends the file, the rest of buf is zeros.
+            return bytes(memoryview(buf)[offset - start:min(n, offset - start + size)])
+        return None
+
+    def dram_holds_start(self, eid: int, offset: int) -> bool:
+        """Whether DRAM holds the page at ``offset`` (no counters touched)."""
+        pc = self.pagecache
+        return pc is not None and (eid, offset // self.page_size) in pc
+
+    def _admit_dram(self, eid: int, first: int, data: bytes, info: AccessInfo) -> None:
         pc = self.pagecache
         assert pc is not None
         ps = self.page_size
         admit = self.dram_policy is None or self.dram_policy.should_admit(
-            DramKey(h.ino, first), len(data), info)
+            DramKey(eid, first), len(data), info)
         ov = info.override
         hint = Hint.PIN if ov is not None and ov.pin else \
             Hint.NORMAL if admit else Hint.DONT_ADMIT
@@ -115,7 +136,7 @@ class PagedReader:
         mv = memoryview(data)
         for i in range(0, len(data), ps):
             try:
-                pc.put(h.ino, first + i // ps, mv[i:i + ps], hint=hint)
+                pc.put(eid, first + i // ps, mv[i:i + ps], hint=hint)
             except OSError:  # every page pinned: serve without caching
                 self.stats.add("dram.put_failed")
                 break
