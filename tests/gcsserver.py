@@ -28,17 +28,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from s3server import free_port
+from loopback import LoopbackServer, free_port
 
 
 def find_fake_gcs_server() -> str | None:
@@ -59,8 +55,10 @@ def find_fake_gcs_server() -> str | None:
     return None
 
 
-class GcsServer:
+class GcsServer(LoopbackServer):
     """One fake-gcs-server process; `start`/`stop` may be called repeatedly."""
+
+    name = "fake-gcs-server"
 
     def __init__(self, data_dir: Path, *, bucket: str = "bucket", port: int | None = None,
                  backend: str = "filesystem") -> None:
@@ -73,12 +71,7 @@ class GcsServer:
         self.backend = backend
         self.port = port or free_port()
         self.log_path = self.data_dir.parent / f"fake-gcs-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        """``host:port``, as pyarrow's ``endpoint_override`` wants it."""
-        return f"127.0.0.1:{self.port}"
+        self.proc = None
 
     @property
     def markers(self) -> bool:
@@ -89,50 +82,24 @@ class GcsServer:
         path = f"{bucket or self.bucket}/{prefix}".rstrip("/")
         return f"gs://{path}?endpoint_override={self.endpoint}&scheme=http&anonymous=true"
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.endpoint}/storage/v1/b", timeout=2) as r:
                 return r.status == 200
         except (OSError, urllib.error.URLError):
             return False
 
-    def start(self, timeout: float = 30.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            return
+    def command(self) -> list[str]:
+        assert self.binary is not None
         cmd = [self.binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
                "-external-url", f"http://{self.endpoint}", "-backend", self.backend,
                "-log-level", "warn"]
         if self.backend == "filesystem":
             cmd += ["-filesystem-root", str(self.data_dir)]
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.proc.poll() is not None:
-                rc = self.proc.returncode
-                self.proc = None
-                raise RuntimeError(f"fake-gcs-server exited with {rc}: "
-                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"fake-gcs-server did not answer on {self.endpoint} in {timeout}s")
-            time.sleep(0.05)
-        self.create_bucket(self.bucket)
+        return cmd
 
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+    def started(self) -> None:
+        self.create_bucket(self.bucket)
 
     def create_bucket(self, name: str) -> None:
         """Create bucket ``name`` (JSON API); an existing one is fine."""
@@ -177,13 +144,6 @@ class GcsServer:
             token = page.get("nextPageToken", "")
             if not token:
                 return sorted(names)
-
-    def __enter__(self) -> GcsServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _view(server: GcsServer, bucket: str) -> GcsServer:

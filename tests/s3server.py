@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loopback import LoopbackServer, free_port, port_answers  # noqa: F401  (re-exported)
 
 ACCESS_KEY = "TIERFSTESTACCESS01"
 SECRET_KEY = "tierfs-test-secret-key-0123456789"
@@ -50,22 +47,10 @@ def find_rclone() -> str | None:
     return shutil.which("rclone")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-class S3Server:
+class S3Server(LoopbackServer):
     """One ``rclone serve s3`` process; `start`/`stop` may be called repeatedly."""
+
+    name = "rclone serve s3"
 
     def __init__(self, data_dir: Path, *, bucket: str = "bucket", port: int | None = None,
                  access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
@@ -80,13 +65,8 @@ class S3Server:
         self.secret_key = secret_key
         self.port = port or free_port()
         self.log_path = self.data_dir.parent / f"rclone-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc = None
         (self.data_dir / bucket).mkdir(parents=True, exist_ok=True)
-
-    @property
-    def endpoint(self) -> str:
-        """``host:port``, as pyarrow's ``endpoint_override`` wants it."""
-        return f"127.0.0.1:{self.port}"
 
     @property
     def keys(self) -> tuple[str, str]:
@@ -100,10 +80,9 @@ class S3Server:
         path = f"{bucket or self.bucket}/{prefix}".rstrip("/")
         return f"s3://{path}?endpoint_override={self.endpoint}&scheme=http"
 
-    def start(self, timeout: float = 30.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            return
-        cmd = [
+    def command(self) -> list[str]:
+        assert self.rclone is not None
+        return [
             self.rclone, "serve", "s3", str(self.data_dir),
             "--addr", self.endpoint,
             "--auth-key", f"{self.access_key},{self.secret_key}",
@@ -111,35 +90,6 @@ class S3Server:
             "--dir-cache-time", getattr(self, "dir_cache_time", "0s"),
             "--config", os.devnull,
         ]
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while not port_answers(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rclone serve s3 exited with {self.proc.returncode}: "
-                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"rclone serve s3 did not answer on {self.endpoint} in {timeout}s")
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-        deadline = time.monotonic() + timeout
-        while port_answers(self.port) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
     def client(self):  # -> pyarrow.fs.S3FileSystem
         """A second, independent client of the store (plain pyarrow)."""
@@ -150,13 +100,6 @@ class S3Server:
             access_key=self.access_key, secret_key=self.secret_key, region="us-east-1",
             endpoint_override=self.endpoint, scheme="http", connect_timeout=1, request_timeout=5,
         )
-
-    def __enter__(self) -> S3Server:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @pytest.fixture(scope="session")
@@ -217,25 +160,11 @@ class MotoServer(S3Server):
         self.log_path = self.data_dir / f"moto-{self.port}.log"
         self.proc = None
 
-    def start(self, timeout: float = 60.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            return
-        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while not port_answers(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {self.proc.returncode}: "
-                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"moto server did not answer on {self.endpoint} in {timeout}s")
-            time.sleep(0.05)
+    name = "moto server"
+    start_timeout = 60.0
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
 
 
 def api(server: S3Server):  # -> botocore S3 client
