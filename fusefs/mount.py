@@ -34,6 +34,7 @@ from . import prometheus
 from .engine import Engine
 from .migrator import Migrator, clean_path
 from .operations import Operations, Timeouts
+from .memory import limit_malloc_arenas
 from .pagecache import PageCache
 from .policies import WorkloadAwarePolicy, get_policy
 from .access import DramKey, FastKey, Override
@@ -236,6 +237,7 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
     # mounting user's alone; files made in the source get their requested mode
     # explicitly (tiers/posix.py), since the kernel applied the caller's umask already.
     os.umask(0o077)
+    limit_malloc_arenas()  # before the worker threads: see fusefs/memory.py
     async with AsyncExitStack() as stack:
         snapshot, configured = snapshot_file(cfg)
         capacity = await open_source(source, cfg, snapshot)
