@@ -123,3 +123,19 @@ def test_report_errors(tmp_path: Path) -> None:
     assert res.returncode == 1 and "not a tierfs trace" in res.stderr
     res = subprocess.run(tierfs_cmd("report", str(bad)), capture_output=True, text=True)
     assert res.returncode == 2
+
+
+def test_benchmark_chart_of_the_committed_results(tmp_path: Path) -> None:
+    """benchmarks/chart.py draws run.py's headline table (here: the committed full run)."""
+    repo = Path(__file__).resolve().parent.parent
+    png = tmp_path / "fio.png"
+    res = subprocess.run([sys.executable, str(repo / "benchmarks" / "chart.py"),
+                          str(repo / "benchmarks" / "results" / "fio.json"), "-o", str(png)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 50_000
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"rows": []}))
+    res = subprocess.run([sys.executable, str(repo / "benchmarks" / "chart.py"), str(empty)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "no rows" in res.stderr
