@@ -447,11 +447,11 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="directory for index.html and the PNGs (created)")
     parser.add_argument("--cache-size", metavar="SIZE", action="append", default=[],
                         help="replay at this cache size (repeatable; default 5, 10, 25 and "
-                             "50%% of the trace's working set)")
-    parser.add_argument("--page-size", default="4KiB", help="replay page size (default 4KiB)")
-    parser.add_argument("--policy", action="append", default=[],
+                             "50 percent of the trace's working set)")
+    parser.add_argument("--page-size", metavar="SIZE", default="4KiB", help="replay page size (default 4KiB)")
+    parser.add_argument("--policy", metavar="NAME", action="append", default=[],
                         help="replay this policy (repeatable; default every shipped policy)")
-    parser.add_argument("--bins", type=int, default=40, help="time bins (default 40)")
+    parser.add_argument("--bins", metavar="N", type=int, default=40, help="time bins (default 40)")
     return parser
 
 
