@@ -21,7 +21,7 @@ $(PY):
 
 setup: system-deps $(PY)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel cffi
-	$(PY) -m pip install -q -e '.[test,examples]'
+	$(PY) -m pip install -q -e '.[test,examples,report]'
 
 demo: setup
 	$(PY) examples/demo.py

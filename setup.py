@@ -32,6 +32,9 @@ setup(
         # examples/train_loader.py and examples/rag_retriever.py (run by tests/test_examples.py).
         # torch is pinned to the CPU-only build; a plain PyPI torch pulls CUDA wheels.
         "examples": ["torch==2.13.0", "faiss-cpu>=1.7", "numpy>=1.24"],
+        # `tierfs report` (fusefs/report.py) and benchmarks/run.py charts; imported lazily,
+        # never by the daemon.
+        "report": ["matplotlib>=3.6"],
     },
     entry_points={
         "console_scripts": ["tierfs=fusefs.cli:main", "mount.tierfs=fusefs.cli:mount_helper"],

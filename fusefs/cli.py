@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("replay", help="replay an access trace through a policy, beside Belady",
                    description=replay_parser().description, add_help=False,
                    parents=[replay_parser()])
+    from .report import _build_parser as report_parser
+
+    sub.add_parser("report", help="write an HTML page with charts from an access trace",
+                   description=report_parser().description, add_help=False,
+                   parents=[report_parser()])
 
     n = sub.add_parser("snapshot", help="save a mount's cached directory listings now",
                        description="Save the cached directory listings of an object-store "
@@ -591,7 +596,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return replay_main(args.raw_argv[1:])
 
 
-COMMANDS = {"replay": cmd_replay, "mount": cmd_mount, "umount": cmd_umount, "stats": cmd_stats,
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import main as report_main  # matplotlib only here, never in the daemon
+
+    return report_main(args.raw_argv[1:])
+
+
+COMMANDS = {"replay": cmd_replay, "report": cmd_report, "mount": cmd_mount, "umount": cmd_umount, "stats": cmd_stats,
             "snapshot": cmd_snapshot, "fsck": cmd_fsck,
             "warm": cmd_move, "evict": cmd_move, "pin": cmd_move, "unpin": cmd_move}
 
@@ -623,7 +634,8 @@ def _main(argv: Sequence[str] | None) -> int:
         # fstab entry or `mount -t fuse.tierfs`.
         return mount_helper(raw)
     args = parser.parse_args(raw)
-    args.raw_argv = raw[raw.index("replay"):] if args.command == "replay" else raw
+    args.raw_argv = (raw[raw.index(args.command):] if args.command in ("replay", "report")
+                     else raw)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -18,6 +18,19 @@ label     string     the recorder's label: ``"sequential"``, ``"random"``, ``"un
                      (a generated trace puts the ground truth here)
 ========  =========  =============================================================
 
+A mount's recorder also writes two optional columns after these (`EXTRA_FIELDS`; traces
+recorded before they existed, and generated ones, lack them and read as null):
+
+========  =========  =============================================================
+tier      string     tiers that served the read's bytes, ``+``-joined and sorted
+                     (``"dram"``, ``"fast"``, ``"ahead"``, ``"capacity"``,
+                     ``"capacity+dram"``); empty for writes and for a read of zero bytes
+latency   float64    seconds the daemon took to answer the request
+========  =========  =============================================================
+
+`read_trace` and `iter_batches` return the eight core columns only (what replay needs);
+`read_trace_extended` adds the optional ones.
+
 ``docs/replay.md`` documents the same schema for users.
 """
 
@@ -33,7 +46,8 @@ import trio
 
 from .safefiles import create_private, trusted_path
 
-__all__ = ["COLUMNS", "SCHEMA", "TraceRow", "TraceWriter", "iter_batches", "read_trace", "write_trace"]
+__all__ = ["COLUMNS", "EXTRA_FIELDS", "RECORDED_SCHEMA", "SCHEMA", "TraceRow", "TraceWriter", "iter_batches",
+           "read_trace", "read_trace_extended", "write_trace"]
 
 SCHEMA = pa.schema(
     [
@@ -50,8 +64,18 @@ SCHEMA = pa.schema(
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
+EXTRA_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("tier", pa.string(), nullable=True),
+    pa.field("latency", pa.float64(), nullable=True),
+)
+"""Optional columns a mount's recorder appends after `COLUMNS` (null when absent)."""
+RECORDED_SCHEMA = pa.schema(list(SCHEMA) + list(EXTRA_FIELDS), metadata=SCHEMA.metadata)
+"""The schema a mount's recorder writes: `SCHEMA` then `EXTRA_FIELDS`."""
+
 TraceRow = tuple[float, int, str, int, int, int, str, str]
 """One request in column order: time, pid, file, file_id, offset, size, op, label."""
+RecordedRow = tuple[float, int, str, int, int, int, str, str, str, float]
+"""A recorder's row: a `TraceRow`, then tier and latency (`EXTRA_FIELDS`)."""
 
 
 class TraceWriter:
@@ -66,21 +90,27 @@ class TraceWriter:
             written through a symlink: see `fusefs.safefiles.create_private`).
         row_group_size: Rows per row group (and per flush).
         compression: Parquet compression codec.
+        schema: `SCHEMA` (default) or `RECORDED_SCHEMA` (the optional columns too; rows
+            and tables without them get nulls).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, row_group_size: int = 65536, compression: str = "zstd") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, row_group_size: int = 65536, compression: str = "zstd",
+                 schema: pa.Schema = SCHEMA) -> None:
         if row_group_size <= 0:
             raise ValueError("row_group_size must be positive")
         self._path = os.fspath(path)
         self._row_group_size = row_group_size
+        if schema not in (SCHEMA, RECORDED_SCHEMA):
+            raise ValueError("schema must be SCHEMA or RECORDED_SCHEMA")
+        self._schema = schema
         self._file = os.fdopen(create_private(self._path), "wb")
         try:
             self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-                self._file, SCHEMA, compression=compression)
+                self._file, schema, compression=compression)
         except BaseException:
             self._file.close()
             raise
-        self._cols: list[list[object]] = [[] for _ in COLUMNS]
+        self._cols: list[list[object]] = [[] for _ in schema]
         self._rows = 0
 
     @property
@@ -103,13 +133,15 @@ class TraceWriter:
         """Append one request."""
         self.write_row((time, pid, file, file_id, offset, size, op, label))
 
-    def write_row(self, row: TraceRow) -> None:
+    def write_row(self, row: TraceRow | RecordedRow) -> None:
         """Append one request given in column order (the cheap path for recorders)."""
         if self._writer is None:
             raise ValueError("trace writer is closed")
         cols = self._cols
-        for i, value in enumerate(row):
+        for i, value in enumerate(row[:len(cols)]):
             cols[i].append(value)
+        for i in range(len(row), len(cols)):
+            cols[i].append(None)
         self._rows += 1
         if len(cols[0]) >= self._row_group_size:
             self.flush()
@@ -119,7 +151,7 @@ class TraceWriter:
         if self._writer is None:
             raise ValueError("trace writer is closed")
         self.flush()
-        table = table.select(list(COLUMNS)).cast(SCHEMA)
+        table = _conform(table, self._schema)
         self._writer.write_table(table, row_group_size=self._row_group_size)
         self._rows += table.num_rows
 
@@ -127,9 +159,9 @@ class TraceWriter:
         """Write the buffered rows as one row group."""
         if self._writer is None or not self._cols[0]:
             return
-        arrays = [pa.array(col, type=field.type) for col, field in zip(self._cols, SCHEMA)]
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
-        self._cols = [[] for _ in COLUMNS]
+        arrays = [pa.array(col, type=field.type) for col, field in zip(self._cols, self._schema)]
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
+        self._cols = [[] for _ in self._schema]
 
     def close(self) -> None:
         """Flush and finish the file; idempotent."""
@@ -151,6 +183,14 @@ class TraceWriter:
         self.close()
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: optional ones missing become nulls."""
+    for field in schema:
+        if field.name not in table.column_names and field.nullable:
+            table = table.append_column(field, pa.nulls(table.num_rows, type=field.type))
+    return table.select(schema.names).cast(schema)
+
+
 def write_trace(table: pa.Table, path: str | os.PathLike[str], *, row_group_size: int = 65536) -> None:
     """Write a whole trace table (e.g. from :mod:`fusefs.tracegen`) to ``path``."""
     with TraceWriter(path, row_group_size=row_group_size) as writer:
@@ -170,6 +210,21 @@ def read_trace(path: str | os.PathLike[str]) -> pa.Table:
     if missing:
         raise ValueError(f"{os.fspath(path)} is not a tierfs trace: missing columns {', '.join(missing)}")
     return table.select(list(COLUMNS)).cast(SCHEMA)
+
+
+def read_trace_extended(path: str | os.PathLike[str]) -> pa.Table:
+    """Read a whole trace with `RECORDED_SCHEMA`: the optional columns are null if absent.
+
+    Raises:
+        ValueError: If a core column is missing.
+        UntrustedFile: As `read_trace`.
+    """
+    with trusted_path(path, "trace") as checked:
+        table = pq.read_table(checked)
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{os.fspath(path)} is not a tierfs trace: missing columns {', '.join(missing)}")
+    return _conform(table, RECORDED_SCHEMA)
 
 
 def iter_batches(source: str | os.PathLike[str] | pa.Table, *, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
@@ -198,13 +253,13 @@ class TraceRecorder:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, batch: int = 65536) -> None:
-        self._writer = TraceWriter(path, row_group_size=batch)
+        self._writer = TraceWriter(path, row_group_size=batch, schema=RECORDED_SCHEMA)
         self._batch = batch
-        self._rows: list[TraceRow] = []
+        self._rows: list[TraceRow | RecordedRow] = []
         self._busy = False
         self.dropped = 0
 
-    def record(self, row: TraceRow) -> bool:
+    def record(self, row: TraceRow | RecordedRow) -> bool:
         """Buffer one row; True when a full batch is ready for `flush_batch`."""
         if len(self._rows) >= 2 * self._batch:
             self.dropped += 1
@@ -219,9 +274,10 @@ class TraceRecorder:
         rows, self._rows = self._rows, []
         self._busy = True
         try:
-            cols = list(zip(*rows))
+            width = len(RECORDED_SCHEMA)
+            cols = list(zip(*(r + (None,) * (width - len(r)) for r in rows)))
             table = pa.Table.from_arrays(
-                [pa.array(c, type=f.type) for c, f in zip(cols, SCHEMA)], schema=SCHEMA)
+                [pa.array(c, type=f.type) for c, f in zip(cols, RECORDED_SCHEMA)], schema=RECORDED_SCHEMA)
             await trio.to_thread.run_sync(self._writer.write_table, table)
         finally:
             self._busy = False

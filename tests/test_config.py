@@ -87,3 +87,25 @@ def test_object_store_keys() -> None:
     for bad in ('"6KiB"', '"2MiB"', "1024"):
         with pytest.raises(ConfigError, match="remote_block: must be a multiple of page_size"):
             parse_config(f"[cache]\nremote_block = {bad}\n", "t.toml")
+
+
+@pytest.mark.parametrize("preset", ["training", "serving", "mixed"])
+def test_example_presets_parse_and_comment_every_choice(preset: str) -> None:
+    """examples/*.toml are valid configurations, and every key set has a comment above it."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples", f"{preset}.toml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    cfg = parse_config(text, path)
+    assert cfg.policy.name == "workload_aware" and cfg.rules
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"\s*[a-z_]+\s*=", line):
+            j = i - 1
+            while j >= 0 and re.match(r"\s*[a-z_]+\s*=", lines[j]):
+                j -= 1  # keys that share one comment: the comment is above the group
+            assert j >= 0 and (lines[j].lstrip().startswith("#")
+                               or lines[j].startswith("[")), f"{path}:{i + 1}: no comment"

@@ -29,6 +29,7 @@ whole-file fills).
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import logging
 import time
@@ -53,6 +54,10 @@ from .paged import PagedReader
 from .sched import Scheduler
 from .stream import Chunk, StreamReader, StreamState
 from .walk import WalkAhead
+
+# While a traced read runs, the tiers that served its bytes (for the trace's `tier` column).
+# A context variable: each FUSE request is its own trio task, so reads never share one.
+_SERVED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("tierfs_served", default=None)
 
 __all__ = ["Chunk", "Consistency", "Engine", "StreamState"]
 
@@ -308,6 +313,14 @@ class Engine:
 
     async def read(self, h: FileHandle, offset: int, size: int) -> bytes:
         t0 = time.perf_counter()
+        token = _SERVED.set(set()) if self.trace is not None else None
+        try:
+            return await self._read(h, offset, size, t0)
+        finally:
+            if token is not None:
+                _SERVED.reset(token)
+
+    async def _read(self, h: FileHandle, offset: int, size: int, t0: float) -> bytes:
         info = self._info(h, offset, size)
         label = info.label
         if label == Label.SEQUENTIAL:
@@ -322,15 +335,20 @@ class Engine:
             data = await self.paged.read(h, offset, size, info)
         self.stats.add("read.requests")
         self.stats.add(f"read.class.{label}")
+        elapsed = time.perf_counter() - t0
         if self.trace is not None:
-            self._record(h, "read", offset, size, str(label))
-        self.stats.latency(f"read.{label}", time.perf_counter() - t0)
+            tiers = _SERVED.get()
+            self._record(h, "read", offset, size, str(label), "+".join(sorted(tiers or ())), elapsed)
+        self.stats.latency(f"read.{label}", elapsed)
         return data
 
     def served(self, h: FileHandle, tier: str, label: str, n: int) -> None:
         """Count bytes handed to a reader by tier and access class (and by rule)."""
         if n <= 0:
             return
+        tiers = _SERVED.get()
+        if tiers is not None:
+            tiers.add(tier)
         self.stats.add(f"read.bytes.{tier}.{label}", n)
         if h.rule is not None:
             self.stats.add(f"rule.{h.rule}.bytes.{tier}", n)
@@ -421,10 +439,11 @@ class Engine:
             raise OSError(errno.ENOTSUP, "no fast tier")
         return await self.filler.copy(path, version, pinned=pinned, info=info)
 
-    def _record(self, h: FileHandle, op: str, offset: int, size: int, label: str) -> None:
+    def _record(self, h: FileHandle, op: str, offset: int, size: int, label: str,
+                tier: str = "", latency: float | None = None) -> None:
         assert self.trace is not None
         row = (time.time(), h.pid, h.path.decode("utf-8", "surrogateescape"), h.ino,
-               offset, size, op, label)
+               offset, size, op, label, tier, latency)
         if self.trace.record(row) and self._nursery is not None:
             self._nursery.start_soon(self.trace.flush_batch)
 
@@ -448,11 +467,12 @@ class Engine:
             h.size = offset + n
         if offset + n > (self.consistency.eof(ino) or 0):
             self.consistency.set_eof(ino, offset + n)
+        elapsed = time.perf_counter() - t0
         if self.trace is not None:
-            self._record(h, "write", offset, n, "unknown")
+            self._record(h, "write", offset, n, "unknown", "", elapsed)
         self.stats.add("write.requests")
         self.stats.add("write.bytes", n)
-        self.stats.latency("write", time.perf_counter() - t0)
+        self.stats.latency("write", elapsed)
         return n
 
     def truncated(self, ino: int, path: bytes, size: int) -> None:
