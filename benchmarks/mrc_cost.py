@@ -15,11 +15,18 @@ sampled uses (``mrc.sampled`` of both policy instances). The figure of merit is 
 the medians of CPU-us per request, on over off: its excess over 1 is the share of the
 daemon's CPU the curves cost. On a shared machine the spread is printed beside the medians.
 
+A 2% difference is below what alternating runs resolve on a busy 2-core machine, so
+``--profile-seconds N`` adds one more ``mrc = true`` mount whose fio run is sampled by
+py-spy (``pip install py-spy``; non-blocking, so the daemon is not paused): the share of the
+daemon's non-idle samples whose stack is inside ``policies/mrc.py`` is the curves' share of
+its CPU, measured within one run and so unaffected by the load's drift between runs.
+
 Every mount is unmounted on exit, on error and on Ctrl-C (``fusermount3 -u``, then a lazy
 unmount and a kill of the daemon this script started).
 
 Usage: ``python benchmarks/mrc_cost.py [--runs N] [--seconds S] [--files N --file-size SIZE]
-[--dram SIZE] [--fast SIZE] [--jobs N] [--zipf THETA] [--workdir DIR] [--out PATH]``
+[--dram SIZE] [--fast SIZE] [--jobs N] [--zipf THETA] [--profile-seconds S] [--workdir DIR]
+[--out PATH]``
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 
 from fusefs.control import call  # noqa: E402
+from fusefs.policies.mrc import MOUNT_MAX_RATE  # noqa: E402
 from fusefs.units import format_size, parse_size  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -160,6 +168,65 @@ def run_fio(files: list[str], *, seconds: int, jobs: int, bs: str, zipf: float) 
     return {"iops": job["iops"], "ios": job["total_ios"], "lat_mean_us": job["lat_ns"]["mean"] / 1e3}
 
 
+def pyspy_exe() -> str | None:
+    exe = VENV_BIN / "py-spy"
+    return str(exe) if exe.exists() else shutil.which("py-spy")
+
+
+def mrc_share(raw: Path) -> dict[str, Any]:
+    """Samples (py-spy's raw format: ``frame;frame;... count``) inside policies/mrc.py."""
+    total = inside = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        if "mrc.py" in stack:
+            inside += n
+    return {"samples": total, "samples_in_mrc": inside,
+            "mrc_share_pct": round(100 * inside / total, 3) if total else None}
+
+
+def profile_run(args: argparse.Namespace, work: Path, src: Path, names: list[str]) -> dict[str, Any]:
+    """One ``mrc = true`` mount whose fio run is sampled by py-spy."""
+    spy = pyspy_exe()
+    if spy is None:
+        raise SystemExit("mrc_cost: --profile-seconds needs py-spy (pip install py-spy)")
+    cfg = work / "tierfs-mrc-on.toml"
+    write_config(cfg, mrc=True, dram=args.dram, fast=args.fast)
+    mnt = work / "mnt"
+    raw = work / "profile.txt"
+    with Mount(src, mnt, work / "cache", cfg, work / "profile.log") as m:
+        files = [str(mnt / n) for n in names]
+        if args.warmup:
+            run_fio(files, seconds=args.warmup, jobs=args.jobs, bs=args.bs, zipf=args.zipf)
+        s0 = m.stats()
+        spy_proc = subprocess.Popen(
+            [spy, "record", "--pid", str(m.pid), "--rate", str(args.profile_rate), "--format",
+             "raw", "--nonblocking", "--duration", str(args.profile_seconds), "--output",
+             str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            fio = run_fio(files, seconds=args.profile_seconds, jobs=args.jobs, bs=args.bs,
+                          zipf=args.zipf)
+        finally:
+            try:
+                spy_proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy_proc.terminate()
+                spy_proc.wait()
+        s1 = m.stats()
+    out = mrc_share(raw)
+    for sec, name in (("policy_dram", "dram"), ("policy", "fast")):
+        for k in ("mrc.uses", "mrc.sampled"):
+            out[f"{name}.{k}"] = s1.get(sec, {}).get(k, 0) - s0.get(sec, {}).get(k, 0)
+    out["read_requests"] = s1["counters"].get("read.requests", 0) - s0["counters"].get("read.requests", 0)
+    out["fio_iops"] = round(fio["iops"], 1)
+    out["rate_hz"] = args.profile_rate
+    out["seconds"] = args.profile_seconds
+    return out
+
+
 def one_run(args: argparse.Namespace, work: Path, src: Path, names: list[str], mrc: bool,
             index: int) -> dict[str, Any]:
     cfg = work / f"tierfs-mrc-{'on' if mrc else 'off'}.toml"
@@ -175,8 +242,11 @@ def one_run(args: argparse.Namespace, work: Path, src: Path, names: list[str], m
         c1, t1 = cpu_seconds(m.pid), time.monotonic()
         s1 = m.stats()
     reqs = s1["counters"].get("read.requests", 0) - s0["counters"].get("read.requests", 0)
-    sampled = sum(s1.get(sec, {}).get("mrc.sampled", 0) - s0.get(sec, {}).get("mrc.sampled", 0)
-                  for sec in ("policy", "policy_dram"))
+    def delta(key: str) -> int:
+        return sum(s1.get(sec, {}).get(key, 0) - s0.get(sec, {}).get(key, 0)
+                   for sec in ("policy", "policy_dram"))
+
+    sampled, mrc_uses = delta("mrc.sampled"), delta("mrc.uses")
     uses = {sec: sum(s1.get(sec, {}).get(k, 0) - s0.get(sec, {}).get(k, 0)
                      for k in ("hits", "misses")) for sec in ("policy", "policy_dram")}
     cpu = c1 - c0
@@ -185,7 +255,7 @@ def one_run(args: argparse.Namespace, work: Path, src: Path, names: list[str], m
         "read_requests": reqs, "cpu_us_per_request": round(1e6 * cpu / reqs, 3) if reqs else None,
         "daemon_cpu_share": round(cpu / (t1 - t0), 4), "fio_iops": round(fio["iops"], 1),
         "fio_ios": fio["ios"], "fio_lat_mean_us": round(fio["lat_mean_us"], 1),
-        "mrc_sampled": sampled, "policy_uses": uses,
+        "mrc_sampled": sampled, "mrc_uses": mrc_uses, "policy_uses": uses,
         "hit_bytes": {t: sum(v - s0["counters"].get(k, 0) for k, v in s1["counters"].items()
                              if k.startswith(f"read.bytes.{t}.")) for t in ("dram", "fast", "capacity")},
     }
@@ -241,6 +311,9 @@ def main() -> int:
     ap.add_argument("--bs", default="4k")
     ap.add_argument("--zipf", type=float, default=0.9, help="fio zipf theta")
     ap.add_argument("--first", choices=("on", "off"), default="on")
+    ap.add_argument("--profile-seconds", type=int, default=0,
+                    help="add one mrc=on run sampled by py-spy for this long (0: none)")
+    ap.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/tierfs-mrc-cost"))
     ap.add_argument("--out", type=Path, default=HERE / "results" / "mrc_cost.json")
     args = ap.parse_args()
@@ -256,6 +329,7 @@ def main() -> int:
           f"({time.monotonic() - t:.0f}s); DRAM {format_size(args.dram)}, "
           f"fast tier {format_size(args.fast)}", flush=True)
     runs: list[dict[str, Any]] = []
+    load_start = os.getloadavg()
     order = [args.first == "on", args.first != "on"] * args.runs
     with tempfile.TemporaryDirectory(dir=work, prefix="run-") as tmp:
         for i, mrc in enumerate(order):
@@ -263,22 +337,31 @@ def main() -> int:
             runs.append(r)
             print(f"  run {i} mrc={'on' if mrc else 'off'}: {r['read_requests']} requests, "
                   f"{r['cpu_us_per_request']} cpu-us/request, {r['fio_iops']:.0f} IOPS, "
-                  f"sampled {r['mrc_sampled']}, uses {r['policy_uses']}, bytes {r['hit_bytes']}",
+                  f"shadow uses {r['mrc_uses']} ({r['mrc_sampled']} sampled), bytes {r['hit_bytes']}",
                   flush=True)
-    summary = summarise(runs)
+        profile = profile_run(args, Path(tmp), src, names) if args.profile_seconds else None
+    summary = summarise(runs) if runs else {}
     print()
-    print_table(runs, summary)
+    if runs:
+        print_table(runs, summary)
+    if profile is not None:
+        print(f"\npy-spy, one mrc=on run of {profile['seconds']}s at {profile['rate_hz']} Hz: "
+              f"{profile['samples_in_mrc']} of {profile['samples']} non-idle samples inside "
+              f"policies/mrc.py = {profile['mrc_share_pct']}% of the daemon's CPU; "
+              f"{profile['read_requests']} requests, DRAM shadows {profile['dram.mrc.uses']} "
+              f"uses ({profile['dram.mrc.sampled']} sampled), fast-tier shadows "
+              f"{profile['fast.mrc.uses']} uses ({profile['fast.mrc.sampled']} sampled)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
-        "cpus": os.cpu_count(), "loadavg_start_end": None,
+        "cpus": os.cpu_count(), "loadavg_start": load_start,
         "params": {"runs": args.runs, "seconds": args.seconds, "warmup": args.warmup,
                    "files": args.files, "file_size": args.file_size, "dram": args.dram,
-                   "fast": args.fast, "jobs": args.jobs, "bs": args.bs, "zipf": args.zipf},
-        "runs": runs, "summary": summary,
+                   "fast": args.fast, "jobs": args.jobs, "bs": args.bs, "zipf": args.zipf,
+                   "max_rate": MOUNT_MAX_RATE},
+        "runs": runs, "summary": summary, "profile": profile,
     }
-    doc.pop("loadavg_start_end")
     doc["loadavg_end"] = os.getloadavg()
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -23,6 +23,12 @@ Identities: the DRAM tier and everything per handle are keyed by the mount's ino
 the engine reaches only through `FastTier` calls and never by an inode. Each tier has its own
 policy instance: ``dram_policy`` (DRAM admission, `DramKey`) and ``policy`` (the fast tier's,
 `FastKey`, also asked for read-ahead windows and whole-file fills).
+
+Live miss-ratio curves (``[policy] mrc``): ``mrc_dram`` and ``mrc_fast`` are
+`~fusefs.policies.mrc.ShadowMRC` instances fed by the paged reader with every random (or
+unclassified) request that reaches the tier, hit or miss: each request for DRAM (keyed by
+inode and DRAM admission block), each DRAM miss for the fast tier (by inode and chunk).
+Their counters join the ``policy_dram`` and ``policy`` sections of the stats.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from ..handles import FileHandle
 from ..memory import MemoryDomain
 from ..pagecache import PageCache
 from ..policies.base import Policy
+from ..policies.mrc import ShadowMRC
 from ..stats import Stats
 from ..tiers.capacity import CapacityTier, SourceVersion, Stat
 from ..tiers.fast import FastTier
@@ -55,6 +62,13 @@ from .walk import WalkAhead
 __all__ = ["Chunk", "Consistency", "Engine", "StreamState"]
 
 log = logging.getLogger(__name__)
+
+
+def _with_curves(policy: Policy, mrc: ShadowMRC | None) -> Callable[[], dict[str, int]]:
+    """A stats source: the policy's counters, then the tier's curves if it keeps them."""
+    if mrc is None:
+        return policy.statistics
+    return lambda: {**policy.statistics(), **mrc.statistics()}
 
 
 class Engine:
@@ -88,6 +102,8 @@ class Engine:
         stream_keep_fraction: streams over files larger than this share of memory have
             their kernel pages dropped at close.
         trace: records every request, if given.
+        mrc_dram: live miss-ratio curves of the DRAM tier, fed one use per random request.
+        mrc_fast: live miss-ratio curves of the fast tier, fed one use per DRAM miss.
     """
 
     def __init__(
@@ -115,6 +131,8 @@ class Engine:
         memory: MemoryDomain | None = None,
         stream_keep_fraction: float = 0.1,
         trace: TraceRecorder | None = None,
+        mrc_dram: ShadowMRC | None = None,
+        mrc_fast: ShadowMRC | None = None,
     ) -> None:
         self.capacity = capacity
         self.stats = stats
@@ -124,6 +142,8 @@ class Engine:
         self.pagecache = pagecache
         self.fast = fast
         self.chunk_size = chunk_size
+        self.mrc_dram = mrc_dram if pagecache is not None else None
+        self.mrc_fast = mrc_fast if fast is not None else None
         self.consistency = Consistency(immutable=immutable)
         self.sched = Scheduler(throughput_slots=throughput_slots,
                                latency_pressure=latency_pressure,
@@ -147,9 +167,9 @@ class Engine:
         if pagecache is not None:
             stats.sources["dram"] = pagecache.stats
         if self.policy is not None:
-            stats.sources["policy"] = self.policy.statistics
+            stats.sources["policy"] = _with_curves(self.policy, self.mrc_fast)
         if dram_policy is not None:
-            stats.sources["policy_dram"] = dram_policy.statistics
+            stats.sources["policy_dram"] = _with_curves(dram_policy, self.mrc_dram)
         stats.sources["queues"] = self.queues
 
     @property
