@@ -61,10 +61,12 @@ class PolicyConfig:
                                 "the fast tier in the background, in large ranged GETs at "
                                 "throughput priority, as rclone's full VFS cache and s3fs do; "
                                 "later misses are then local reads. 0 turns it off.")
-    mrc: bool = _opt(False, "bool",
-                     "workload_aware only: keep live miss-ratio curves (shadow LRU, S3-FIFO "
-                     "and ARC at 0.25x to 4x each tier's size, on a sample of the keys), "
-                     "shown by tierfs stats.")
+    mrc: bool = _opt(True, "bool",
+                     "Keep live miss-ratio curves of each tier: the random requests of a "
+                     "spatial sample of the keys (at most 1/128 of them) replayed through "
+                     "shadow LRU, S3-FIFO and ARC caches at 0.25x to 4x the tier's size, "
+                     "shown by tierfs stats as mrc.<policy>@<multiple>x (miss ratio in "
+                     "thousandths). Measured at 0.6% of the daemon's CPU; false turns them off.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,9 +36,10 @@ from .migrator import Migrator, clean_path
 from .operations import Operations, Timeouts
 from .memory import limit_malloc_arenas
 from .pagecache import PageCache
-from .policies import WorkloadAwarePolicy, get_policy
+from .policies import get_policy
 from .access import DramKey, FastKey, Override
 from .policies.base import Tier
+from .policies.mrc import MOUNT_MAX_RATE, ShadowMRC
 from .stats import Stats
 from .tiers import open_capacity
 from .tiers.capacity import CapacityTier, TierUnavailable
@@ -425,16 +426,11 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
         policy_cls = get_policy(cfg.policy.name)
     except LookupError as exc:
         raise ConfigError(f"policy.name: {exc}") from None
-    extra: dict[str, bool] = {}
-    if cfg.policy.mrc:
-        if not issubclass(policy_cls, WorkloadAwarePolicy):
-            raise ConfigError(f"policy.mrc: only workload_aware keeps miss-ratio curves, not {cfg.policy.name}")
-        extra["mrc"] = True
     # One instance per tier, each with its own key type: a key of one tier can
     # never reach the other's bookkeeping.
     policy = policy_cls(cfg.cache.size, tier=Tier.FAST, object_size=cfg.cache.chunk_size,
                         max_readahead=cfg.policy.readahead_max,
-                        fill_max=cfg.policy.fill_random_max, key_type=FastKey, **extra)
+                        fill_max=cfg.policy.fill_random_max, key_type=FastKey)
     pagecache = None
     dram_policy = None
     if cfg.cache.dram >= cfg.cache.page_size:
@@ -443,10 +439,19 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
         # once per fetched block.
         dram_policy = policy_cls(cfg.cache.dram, tier=Tier.DRAM,
                                  object_size=max(cfg.cache.remote_block, cfg.cache.page_size),
-                                 max_readahead=cfg.policy.readahead_max, key_type=DramKey, **extra)
+                                 max_readahead=cfg.policy.readahead_max, key_type=DramKey)
     fast = None
     if cfg.cache.size > 0 and cfg.cache.dir:
         fast = FastTier(cfg.cache.dir, policy=policy, stats=stats)
+    # Live miss-ratio curves, fed by the engine with every random request that reaches a
+    # tier (not by the policy, which sees the fast tier's hits and admissions only).
+    mrc_dram = mrc_fast = None
+    if cfg.policy.mrc:
+        if pagecache is not None:
+            mrc_dram = ShadowMRC(cfg.cache.dram // max(cfg.cache.remote_block, cfg.cache.page_size),
+                                 max_rate=MOUNT_MAX_RATE)
+        if fast is not None:
+            mrc_fast = ShadowMRC(cfg.cache.size // cfg.cache.chunk_size, max_rate=MOUNT_MAX_RATE)
     trace = None
     if cfg.stats.trace:
         try:
@@ -461,7 +466,8 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
                   chunk_size=cfg.cache.chunk_size, remote_block=cfg.cache.remote_block,
                   kernel_invalidate=pyfuse3.invalidate_inode,
                   kernel_push=pyfuse3.notify_store
-                  if cfg.mount.consistency == "immutable" else None)
+                  if cfg.mount.consistency == "immutable" else None,
+                  mrc_dram=mrc_dram, mrc_fast=mrc_fast)
 
 
 def register_migrator(control: ControlServer, migrator: Migrator) -> None:

@@ -7,6 +7,12 @@ key is seen and reuse distances keep their shape; a cache of ``c`` objects is si
 one of ``c * rate``). The shadows are the shipped policies themselves, run on unit objects,
 so a curve is exactly what those policies would do on the sampled keys. Nothing here reads
 data or time; the cost is one hash per use and, for sampled uses, one access per shadow.
+
+A sampled use costs about 15 shadow accesses of pure-Python policies (some 70 us on a 2-core
+machine, a third of what the daemon spends on a whole read request), so inside a mount the
+rate is also capped at :data:`MOUNT_MAX_RATE` of the keys (``max_rate``): measured with
+``benchmarks/mrc_cost.py``, uncapped curves of small tiers (every key sampled) more than
+doubled the daemon's CPU per request. A small tier then keeps small shadows and a coarse curve.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from .s3fifo import S3FIFOPolicy
 from .sieve import SievePolicy
 from .wtinylfu import _M1, _MASK64, WTinyLFUPolicy
 
-__all__ = ["ShadowMRC"]
+__all__ = ["MOUNT_MAX_RATE", "ShadowMRC"]
 
 _SAMPLE_BITS = 24
+#: Largest share of the keys whose uses a mount's curves replay (see the module docstring).
+MOUNT_MAX_RATE = 1 / 128
 _SHADOWS: dict[str, type[Policy]] = {
     "lru": LRUPolicy,
     "sieve": SievePolicy,
@@ -42,6 +50,8 @@ class ShadowMRC:
         multiples: Sizes simulated, as multiples of the tier's.
         sample_objects: Objects a shadow of the tier's own size holds at most: the
             sampling rate is this over ``objects`` (at most 1).
+        max_rate: The sampling rate is at most this share of the keys, whatever the
+            tier's size: it bounds the cost per use (:data:`MOUNT_MAX_RATE` in a mount).
     """
 
     def __init__(
@@ -51,12 +61,15 @@ class ShadowMRC:
         policies: Sequence[str] = ("lru", "s3fifo", "arc"),
         multiples: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
         sample_objects: int = 1024,
+        max_rate: float = 1.0,
     ) -> None:
         unknown = [p for p in policies if p not in _SHADOWS]
         if unknown:
             raise ValueError(f"no shadow for {unknown}; choose from {sorted(_SHADOWS)}")
         objects = max(objects, 1)
-        self.rate = min(1.0, sample_objects / objects)
+        if not 0 < max_rate <= 1:
+            raise ValueError(f"max_rate must be in (0, 1], not {max_rate}")
+        self.rate = min(1.0, sample_objects / objects, max_rate)
         self._below = int(self.rate * (1 << _SAMPLE_BITS))
         self.multiples = tuple(multiples)
         self._shadows: dict[tuple[str, float], Policy] = {
@@ -66,9 +79,11 @@ class ShadowMRC:
         }
         self._misses = dict.fromkeys(self._shadows, 0)
         self.sampled = 0
+        self.uses = 0
 
     def record(self, key: Key) -> None:
         """One use of ``key`` (hit or miss in the real tier: the shadows decide their own)."""
+        self.uses += 1
         if (((hash(key) & _MASK64) * _M1) & _MASK64) >> (64 - _SAMPLE_BITS) >= self._below:
             return
         self.sampled += 1
@@ -87,8 +102,8 @@ class ShadowMRC:
 
     def statistics(self) -> dict[str, int]:
         """The curves as counters for ``tierfs stats``: ``mrc.<policy>@<multiple>x`` is the
-        miss ratio in thousandths; ``mrc.sampled`` the sampled uses."""
-        out = {"mrc.sampled": self.sampled}
+        miss ratio in thousandths; ``mrc.sampled`` the sampled uses, ``mrc.uses`` all."""
+        out = {"mrc.sampled": self.sampled, "mrc.uses": self.uses}
         for name, points in self.curves().items():
             for m, ratio in points:
                 out[f"mrc.{name}@{m:g}x"] = round(1000 * ratio)

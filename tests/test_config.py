@@ -10,6 +10,7 @@ def test_defaults() -> None:
     cfg = parse_config("")
     assert cfg.cache.dram == 512 << 20
     assert cfg.policy.name == "workload_aware"
+    assert cfg.policy.mrc is True  # live miss-ratio curves: measured cheap (docs/policies.md)
     assert cfg.mount.consistency == "close-to-open"
     assert cfg.rules == ()
 

@@ -171,15 +171,63 @@ def test_workload_aware_shows_live_curves_when_asked() -> None:
         ShadowMRC(10, policies=("belady",))
 
 
-def test_the_mrc_option_reaches_both_policy_instances(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from fusefs.config import ConfigError, parse_config
+def test_the_mrc_option_feeds_each_tier_the_requests_that_reach_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``[policy] mrc``: the engine feeds the DRAM tier's curves every random request and
+    the fast tier's every DRAM miss, whatever the policy; the counters join the
+    ``policy_dram`` and ``policy`` sections, and the rate is capped for a mount."""
+    import os
+
+    import trio
+
+    from fusefs.access import Override
+    from fusefs.config import parse_config
+    from fusefs.handles import HandleTable
     from fusefs.mount import build_engine
+    from fusefs.policies.mrc import MOUNT_MAX_RATE
     from fusefs.stats import Stats
     from fusefs.tiers.posix import PosixTier
 
-    cfg = parse_config('[policy]\nmrc = true\n[cache]\ndram = "4MiB"\n')
-    engine = build_engine(PosixTier(str(tmp_path)), cfg, Stats())
-    assert engine.dram_policy is not None and "mrc.sampled" in engine.dram_policy.statistics()
-    assert engine.policy is not None and "mrc.sampled" in engine.policy.statistics()
-    with pytest.raises(ConfigError, match="only workload_aware"):
-        build_engine(PosixTier(str(tmp_path)), parse_config('[policy]\nname = "lru"\nmrc = true\n'), Stats())
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(4 << 20)
+    (src / "f").write_bytes(data)
+    offsets = [o // PAGE * PAGE for o in tracegen.zipf_trace(n_objects=1024, n_requests=600, seed=3)["offset"].to_pylist()]
+
+    async def run(name: str) -> dict[str, dict[str, int]]:
+        cfg = parse_config(f'[policy]\nname = "{name}"\nmrc = true\n[cache]\ndram = "1MiB"\n'
+                           f'size = "64MiB"\ndir = "{tmp_path / ("cache-" + name)}"\n')
+        (tmp_path / ("cache-" + name)).mkdir(mode=0o700)
+        stats = Stats()
+        tier = PosixTier(str(src))
+        await tier.start()
+        engine = build_engine(tier, cfg, stats)
+        assert engine.fast is not None and engine.mrc_fast is not None and engine.mrc_dram is not None
+        assert engine.mrc_dram.rate <= MOUNT_MAX_RATE and engine.mrc_fast.rate <= MOUNT_MAX_RATE
+        await engine.fast.open()
+        try:
+            f = await tier.open(b"f", os.O_RDONLY)
+            st = await f.fstat()
+            h = HandleTable().add_file(ino=2, path=b"f", file=f, flags=os.O_RDONLY, pid=1,
+                                       size=st.st_size, override=Override(access_class="random"))
+            engine.opened(h, st)
+            for o in offsets:
+                assert await engine.read(h, o, PAGE) == data[o:o + PAGE]
+            await engine.release(h)
+        finally:
+            await engine.fast.close()
+            await engine.close()
+            await tier.close()
+        snap = stats.snapshot()
+        return {"dram": snap["policy_dram"], "fast": snap["policy"], "counters": snap["counters"]}
+
+    for name in ("workload_aware", "lru"):
+        got = trio.run(run, name)
+        assert got["dram"]["mrc.uses"] == len(offsets)
+        assert got["fast"]["mrc.uses"] == got["counters"]["dram.miss"] < len(offsets)
+        assert 0 <= got["dram"]["mrc.sampled"] <= got["dram"]["mrc.uses"]
+        assert "mrc.lru@1x" in got["fast"] and "mrc.arc@4x" in got["dram"]
+    cfg = parse_config('[policy]\nmrc = false\n[cache]\ndram = "1MiB"\n')
+    stats = Stats()
+    engine = build_engine(PosixTier(str(src)), cfg, stats)
+    assert engine.mrc_dram is None and "mrc.uses" not in stats.sources["policy_dram"]()
+    trio.run(engine.close)

@@ -25,6 +25,13 @@ cache entries (one per source version), which the engine reaches only through `F
 and never by an inode. Each tier has its own policy instance: ``dram_policy`` (DRAM admission,
 `DramKey`) and ``policy`` (the fast tier's, `FastKey`, also asked for read-ahead windows and
 whole-file fills).
+
+Live miss-ratio curves (``[policy] mrc``): ``mrc_dram`` and ``mrc_fast`` are
+`~fusefs.policies.mrc.ShadowMRC` instances fed by the paged reader with every random (or
+unclassified) request that reaches the tier, hit or miss: each request for DRAM (keyed by
+DRAM entry and DRAM admission block), each DRAM miss for the fast tier (by DRAM entry, i.e.
+path and version, and chunk). Their counters join the ``policy_dram`` and ``policy``
+sections of the stats.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from ..handles import FileHandle
 from ..memory import MemoryDomain
 from ..pagecache import PageCache
 from ..policies.base import Policy
+from ..policies.mrc import ShadowMRC
 from ..stats import Stats
 from ..tiers.capacity import CapacityTier, SourceVersion, Stat
 from ..tiers.fast import FastTier
@@ -62,6 +70,13 @@ _SERVED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("tierf
 __all__ = ["Chunk", "Consistency", "Engine", "StreamState"]
 
 log = logging.getLogger(__name__)
+
+
+def _with_curves(policy: Policy, mrc: ShadowMRC | None) -> Callable[[], dict[str, int]]:
+    """A stats source: the policy's counters, then the tier's curves if it keeps them."""
+    if mrc is None:
+        return policy.statistics
+    return lambda: {**policy.statistics(), **mrc.statistics()}
 
 
 class Engine:
@@ -95,6 +110,8 @@ class Engine:
         stream_keep_fraction: streams over files larger than this share of memory have
             their kernel pages dropped at close.
         trace: records every request, if given.
+        mrc_dram: live miss-ratio curves of the DRAM tier, fed one use per random request.
+        mrc_fast: live miss-ratio curves of the fast tier, fed one use per DRAM miss.
     """
 
     def __init__(
@@ -122,6 +139,8 @@ class Engine:
         memory: MemoryDomain | None = None,
         stream_keep_fraction: float = 0.1,
         trace: TraceRecorder | None = None,
+        mrc_dram: ShadowMRC | None = None,
+        mrc_fast: ShadowMRC | None = None,
     ) -> None:
         self.capacity = capacity
         self.stats = stats
@@ -131,6 +150,8 @@ class Engine:
         self.pagecache = pagecache
         self.fast = fast
         self.chunk_size = chunk_size
+        self.mrc_dram = mrc_dram if pagecache is not None else None
+        self.mrc_fast = mrc_fast if fast is not None else None
         self.consistency = Consistency(immutable=immutable)
         self.dram = DramEntries(
             pagecache.invalidate if pagecache is not None else (lambda eid: None),
@@ -158,9 +179,9 @@ class Engine:
             stats.sources["dram"] = pagecache.stats
             stats.sources["dram_entries"] = self.dram.statistics
         if self.policy is not None:
-            stats.sources["policy"] = self.policy.statistics
+            stats.sources["policy"] = _with_curves(self.policy, self.mrc_fast)
         if dram_policy is not None:
-            stats.sources["policy_dram"] = dram_policy.statistics
+            stats.sources["policy_dram"] = _with_curves(dram_policy, self.mrc_dram)
         stats.sources["queues"] = self.queues
 
     @property

@@ -7,7 +7,8 @@ is widened to the aligned ``remote_block`` around the request: a GET costs a rou
 whatever its size, and the neighbours become DRAM hits (and kernel pushes where allowed).
 What was fetched is offered to DRAM (the DRAM policy decides, by `DramKey`) and to the fast
 tier (the fast tier's policy decides; the copy runs in the background), and a remote miss
-may start a whole-file fill.
+may start a whole-file fill. With live miss-ratio curves, every request is one use for the
+DRAM tier's shadows and every DRAM miss one use for the fast tier's (`Engine`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class PagedReader:
         remote = engine.capacity.remote
         self.block = (remote_block if remote and pagecache is not None
                       and remote_block > self.page_size else self.page_size)
+        # The unit of the DRAM policy's keys (and of its live curves' shadows).
+        self.dram_unit = max(remote_block, self.page_size)
 
     async def read(self, h: FileHandle, offset: int, size: int, info: AccessInfo) -> bytes:
         engine = self.engine
@@ -59,10 +62,14 @@ class PagedReader:
         # generation check below), and never under another version's entry.
         eid = engine.dram.of(h.ino)
         if pc is not None and size > 0:
+            if engine.mrc_dram is not None:
+                engine.mrc_dram.record((eid, offset // self.dram_unit))
             hit = self.from_dram(h, eid, offset, size, info)
             if hit is not None:
                 return hit
             self.stats.add("dram.miss")
+        if engine.mrc_fast is not None and size > 0:
+            engine.mrc_fast.record((eid, offset // engine.chunk_size))
         gen = engine.consistency.generation(h.ino)
         length = (last + 1) * ps - start
         req_start, req_end = start, start + length  # the pages the reader asked for
