@@ -450,8 +450,11 @@ def register_migrator(control: ControlServer, migrator: Migrator) -> None:
 
     async def on_warm(req: dict[str, Any]) -> dict[str, Any]:
         job = req.get("job")
+        parallel = req.get("parallel")
+        if parallel is not None and (not isinstance(parallel, int) or not 1 <= parallel <= 256):
+            raise OSError(errno.EINVAL, f"parallel must be 1 to 256, not {parallel!r}")
         return await migrator.warm(clean_path(req["path"]), pinned=False,
-                                   job=str(job) if job else None)
+                                   job=str(job) if job else None, parallel=parallel)
 
     async def on_warm_progress(req: dict[str, Any]) -> dict[str, Any]:
         return migrator.progress(str(req["job"]))
