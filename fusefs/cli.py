@@ -538,6 +538,8 @@ def cmd_move(args: argparse.Namespace) -> int:
     warm exits 1 if a PATH had files and a ``cache = false`` rule refused all of them.
     """
     code = 0
+    if getattr(args, "jobs", None) is not None and not 1 <= args.jobs <= 256:
+        raise UsageError(f"--jobs must be 1 to 256, not {args.jobs}")
     for path in args.paths:
         mnt, rel = _in_mount(path)
         if args.command == "warm":
@@ -548,7 +550,21 @@ def cmd_move(args: argparse.Namespace) -> int:
             req["unpin"] = True
         res = call(mnt, args.command, timeout=3600, **req)
         print(f"{args.command}: {path}: " + describe(args.command, res))
+        _say_refused(args.command, path, res)
     return code
+
+
+def _say_refused(command: str, path: str, res: dict[str, Any]) -> bool:
+    """Name on stderr the files a ``cache = false`` rule kept out (warm, pin); True if
+    that was every file found under ``path``."""
+    if not res.get("refused"):
+        return False
+    rules = ", ".join(repr(r) for r in res.get("refused_rules", []))
+    print(f"tierfs: {command}: {path}: {_files(res['refused'])} "
+          f"({format_size(res.get('refused_bytes', 0))}) not "
+          f"{'pinned' if command == 'pin' else 'warmed'}: rule {rules} says cache = false",
+          file=sys.stderr)
+    return not res.get("files") and not res.get("vanished")
 
 
 def describe(command: str, res: dict[str, Any]) -> str:
@@ -627,14 +643,7 @@ def _warm(path: str, mnt: str, rel: str, *, quiet: bool, jobs: int | None = None
         raise exc
     res = result
     print(f"warm: {path}: " + describe("warm", res))
-    if res.get("refused"):
-        rules = ", ".join(repr(r) for r in res.get("refused_rules", []))
-        print(f"tierfs: warm: {path}: {_files(res['refused'])} "
-              f"({format_size(res.get('refused_bytes', 0))}) not warmed: rule {rules} "
-              f"says cache = false", file=sys.stderr)
-        if not res.get("files") and not res.get("vanished"):
-            return EXIT_FAILURE
-    return 0
+    return EXIT_FAILURE if _say_refused("warm", path, res) else 0
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:

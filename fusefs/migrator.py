@@ -239,7 +239,8 @@ class Migrator:
         return {"files": files, "bytes": nbytes}
 
     async def warm_pins(self) -> None:
-        """Mount-time warming of every pinned path (rules and `tierfs pin`)."""
+        """Mount-time warming of every pinned path (rules and `tierfs pin`), as many
+        files at once as a warm copies."""
         targets: list[tuple[bytes, Any]] = []
         for path in sorted(self.fast.pinned_paths):
             try:
@@ -262,14 +263,27 @@ class Migrator:
                         if rx.match(p.decode("utf-8", "surrogateescape"))]
         done: set[bytes] = set()
         total = 0
-        for path, st in targets:
-            if path in done:
-                continue
-            done.add(path)
+        limit = trio.CapacityLimiter(self.parallel)
+
+        async def one(path: bytes, st: Any) -> None:
+            nonlocal total
             try:
-                total += await self._warm_file(path, st, pinned=True)
+                n = await self._warm_file(path, st, pinned=True)
+                total += n
             except OSError as exc:
                 log.warning("warming pinned %r failed: %s", path, exc)
+            finally:
+                limit.release_on_behalf_of(path)
+
+        async with trio.open_nursery() as nursery:
+            for path, st in targets:
+                # Kept out of the caches by a rule: a pin of a directory above it
+                # does not bring it in (as `tierfs pin` does not).
+                if path in done or self._refusing_rule(path) is not None:
+                    continue
+                done.add(path)
+                await limit.acquire_on_behalf_of(path)
+                nursery.start_soon(one, path, st)
         self.engine.stats.add("warm.pinned_files", len(done))
         if done:
             log.info("warmed %d pinned files (%d bytes copied)", len(done), total)
