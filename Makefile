@@ -37,13 +37,18 @@ man: setup
 	$(PY) -m fusefs.manpages man/
 
 # Put this checkout's tierfs where mount(8), mount.fuse3 and man(1) look (as root):
-# `mount -t fuse.tierfs`, fstab lines and `man tierfs` then work.
+# `mount -t fuse.tierfs`, fstab lines, systemd .mount units (examples/systemd/) and
+# `man tierfs`, `man tierfs.toml`, `man mount.tierfs` then work. mount(8) runs
+# /sbin/mount.fuse.tierfs for type fuse.tierfs; without it mount.fuse3 runs `tierfs`
+# from PATH (hence the link in $(PREFIX)/bin).
 PREFIX ?= /usr/local
 install: setup
 	ln -sf $(abspath $(VENV))/bin/tierfs $(PREFIX)/bin/tierfs
 	ln -sf $(abspath $(VENV))/bin/mount.tierfs /sbin/mount.tierfs
+	ln -sf $(abspath $(VENV))/bin/mount.tierfs /sbin/mount.fuse.tierfs
 	install -D -m 0644 man/tierfs.1 $(PREFIX)/share/man/man1/tierfs.1
 	install -D -m 0644 man/tierfs.toml.5 $(PREFIX)/share/man/man5/tierfs.toml.5
+	install -D -m 0644 man/mount.tierfs.8 $(PREFIX)/share/man/man8/mount.tierfs.8
 	-mandb -q >/dev/null 2>&1
 
 clean:

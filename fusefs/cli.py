@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
@@ -26,18 +27,7 @@ import trio
 from . import __version__, credentials
 from .config import Config, ConfigError, load_config, with_overrides
 from .control import ControlError, call
-from .policies import get_policy
-from .mount import (
-    EXIT_CONFIG,
-    EXIT_FAILURE,
-    EXIT_USAGE,
-    MountError,
-    check_fuse,
-    check_mountpoint,
-    default_cache_dir,
-    prepare_cache_dir,
-    serve,
-)
+from .exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, MountError
 from .safefiles import open_private_log
 from .units import format_size
 
@@ -68,6 +58,8 @@ MOUNT_OPTIONS = {
     "dev": "(accepted)",
     "suid": "(accepted)",
     "exec": "(accepted)",
+    "x-*": "(ignored: options for other programs, e.g. x-systemd.automount)",
+    "comment=TEXT": "(ignored)",
 }
 
 
@@ -75,7 +67,9 @@ class UsageError(Exception):
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, replay: bool = True) -> argparse.ArgumentParser:
+    """The `tierfs` argument parser; ``replay=False`` leaves out the options of `replay` and
+    `report` (they import pyarrow, which the other commands do not need)."""
     p = argparse.ArgumentParser(
         prog="tierfs",
         description="Serve a dataset (local directory or object store) through DRAM and "
@@ -87,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Mount SOURCE (a directory, file:// or any URI "
                                    "pyarrow.fs understands, e.g. s3://bucket/prefix) at "
                                    "MOUNTPOINT.")
-    m.add_argument("source", metavar="SOURCE")
-    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument("source", metavar="SOURCE",
+                   help="the dataset: a directory, file:///path, s3://bucket/prefix, "
+                        "gs://bucket/prefix (query parameters as pyarrow.fs takes them)")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT",
+                   help="an existing directory to mount on (an empty one: what a "
+                        "non-empty one holds is hidden while mounted)")
     m.add_argument("--cache", metavar="DIR", help="fast-tier directory (created 0700)")
     m.add_argument("--config", metavar="FILE", help="TOML configuration (tierfs.toml(5))")
     m.add_argument("-f", "--foreground", action="store_true",
@@ -99,39 +97,64 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--log", metavar="FILE", help="daemon log file (default: in the cache dir)")
     m.add_argument("--debug", action="store_true", help="log at DEBUG level")
 
-    u = sub.add_parser("umount", help="unmount and wait for the daemon to finish (it "
-                       "uploads the writes still pending for an object store first)")
-    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u = sub.add_parser("umount", help="unmount and wait for the daemon to finish",
+                       description="Unmount MOUNTPOINT and wait for its daemon to finish: it "
+                                   "uploads the writes still pending for an object store "
+                                   "and saves the listing snapshot first. Works on a mount "
+                                   "whose daemon died too.")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the tierfs mount is")
     u.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for the daemon (default 120; a daemon still "
                         "uploading pending writes goes on after it)")
 
+    details = {
+        "warm": " The daemon copies many files at once; a terminal shows progress. Files "
+                "a [[rule]] with cache = false matches are not copied: warm says so on "
+                "stderr, and exits 1 if that left nothing to warm. The sizes printed are "
+                "what the fast tier holds afterwards, not what passed through it.",
+        "evict": " Pinned files stay (their pin too) and are counted apart; --unpin "
+                 "removes the pins at or below PATH first and drops those files as well.",
+        "pin": " Prints the bytes the fast tier holds pinned afterwards.",
+        "unpin": " Their bytes stay cached until the policy evicts them.",
+    }
     for name, text in (("warm", "copy files into the fast tier (resumable)"),
                        ("evict", "drop files from the caches"),
                        ("pin", "keep files on the fast tier, warmed now and at every mount"),
                        ("unpin", "let pinned files be evicted again")):
         c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] +
-                           ". PATHs are files or directories inside a tierfs mount.")
-        c.add_argument("paths", metavar="PATH", nargs="+")
+                           ". PATHs are files or directories inside a tierfs mount." +
+                           details[name])
+        c.add_argument("paths", metavar="PATH", nargs="+",
+                       help="a file or directory inside a tierfs mount (directories: every "
+                            "file below)")
         if name == "warm":
             c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+            c.add_argument("-j", "--jobs", type=int, metavar="N",
+                           help="files copied at once (default 16; 1 to 256)")
+        if name == "evict":
+            c.add_argument("--unpin", action="store_true",
+                           help="unpin PATH (and pins below it) first, then drop it all")
 
-    from .replay import _build_parser as replay_parser
+    replay_help = "replay an access trace through a policy, beside Belady"
+    report_help = "write an HTML page with charts from an access trace"
+    if replay:
+        from .replay import _build_parser as replay_parser
 
-    sub.add_parser("replay", help="replay an access trace through a policy, beside Belady",
-                   description=replay_parser().description, add_help=False,
-                   parents=[replay_parser()])
-    from .report import _build_parser as report_parser
+        sub.add_parser("replay", help=replay_help, description=replay_parser().description,
+                       add_help=False, parents=[replay_parser()])
+        from .report import _build_parser as report_parser
 
-    sub.add_parser("report", help="write an HTML page with charts from an access trace",
-                   description=report_parser().description, add_help=False,
-                   parents=[report_parser()])
+        sub.add_parser("report", help=report_help, description=report_parser().description,
+                       add_help=False, parents=[report_parser()])
+    else:  # their options need pyarrow: only for `tierfs replay`/`report` (and the man page)
+        sub.add_parser("replay", help=replay_help)
+        sub.add_parser("report", help=report_help)
 
     n = sub.add_parser("snapshot", help="save a mount's cached directory listings now",
                        description="Save the cached directory listings of an object-store "
                                    "mount to FILE (default: its listing_snapshot), as the "
                                    "mount does at unmount.")
-    n.add_argument("mountpoint", metavar="MOUNTPOINT")
+    n.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the tierfs mount is")
     n.add_argument("file", metavar="FILE", nargs="?",
                    help="where to write (default: [source] listing_snapshot)")
 
@@ -146,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--repair", action="store_true", help="fix what can be fixed (offline)")
     k.add_argument("--json", action="store_true", help="print JSON")
 
-    s = sub.add_parser("stats", help="show a mount's counters")
-    s.add_argument("mountpoint", metavar="MOUNTPOINT")
+    s = sub.add_parser("stats", help="show a mount's counters",
+                       description="Print what a live mount has done: bytes served by tier "
+                                   "and access class, hit ratios, errors answered, pending "
+                                   "uploads, counters, latency percentiles and each tier's "
+                                   "occupancy (--json: the same as one JSON object).")
+    s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the tierfs mount is")
     s.add_argument("--json", action="store_true", help="print JSON")
     return p
 
@@ -160,6 +187,8 @@ def parse_mount_options(opts: Sequence[str]) -> dict[str, Any]:
             if not item:
                 continue
             key, eq, value = item.partition("=")
+            if key.startswith("x-") or key == "comment":
+                continue  # fstab conventions for other programs (systemd's x-systemd.*)
             spec = f"{key}=FILE" if key in ("config", "log", "snapshot") else \
                 f"{key}=DIR" if key == "cache" else key
             if spec not in MOUNT_OPTIONS:
@@ -231,6 +260,11 @@ def _source_with_credentials(source: str) -> str:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    # Imported here: the engine, pyfuse3 and pyarrow are for mounting, and the other
+    # commands (warm, stats...) start faster without them.
+    from .mount import check_fuse, check_mountpoint, default_cache_dir, prepare_cache_dir
+    from .policies import get_policy
+
     source = _source_with_credentials(args.source)
     opts = parse_mount_options(args.options)
     config_file = args.config or opts.get("config")
@@ -255,7 +289,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if cfg.source.listing_snapshot:
         cfg = with_overrides(cfg, "source",
                              listing_snapshot=os.path.abspath(cfg.source.listing_snapshot))
-    mountpoint = check_mountpoint(args.mountpoint)
+    warnings: list[str] = []  # for the log too, once it is open
+    mountpoint = check_mountpoint(args.mountpoint, warnings)
     check_fuse()
     cache_dir = prepare_cache_dir(args.cache or opts.get("cache") or cfg.cache.dir
                                   or default_cache_dir(mountpoint))
@@ -272,14 +307,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise MountError(f"log file {log_file}: {exc.strerror}", EXIT_USAGE) from None
     if args.foreground:
+        from .mount import serve
+
         _setup_logging(log_file, debug)
+        for text in warnings:
+            log.warning("%s", text)
         trio.run(serve, source, mountpoint, cfg)
         return 0
-    return _daemonize(source, mountpoint, cfg, log_file, debug)
+    return _daemonize(source, mountpoint, cfg, log_file, debug, warnings)
 
 
 def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str | None,
-               debug: bool) -> int:
+               debug: bool, warnings: Sequence[str] = ()) -> int:
     """Fork a daemon; return once it reports that the mount is live (or why not)."""
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -317,7 +356,11 @@ def _daemonize(source: str, mountpoint: str, cfg: Config, log_file: str | None,
     code = 0
     try:
         # Inside the try: whatever fails here reaches the waiting parent's terminal.
+        from .mount import serve
+
         _setup_logging(log_file, debug)
+        for text in warnings:
+            log.warning("%s", text)
         trio.run(functools.partial(serve, source, mountpoint, cfg, ready=ready))
     except (MountError, ConfigError) as exc:
         log.error("%s", exc)
@@ -490,70 +533,124 @@ def _in_mount(path: str) -> tuple[str, str]:
     return mnt, os.path.relpath(full, mnt) if full != mnt else ""
 
 
+def _files(n: int) -> str:
+    return f"{n} file{'' if n == 1 else 's'}"
+
+
 def cmd_move(args: argparse.Namespace) -> int:
-    """warm / evict / pin / unpin."""
+    """warm / evict / pin / unpin: one line per PATH, ``COMMAND: PATH: N files, SIZE ...``.
+
+    Sizes are `format_size`'s; what they count is what the fast tier holds after the
+    command (warm, pin), what it dropped (evict) or what is no longer pinned (unpin).
+    warm exits 1 if a PATH had files and a ``cache = false`` rule refused all of them.
+    """
+    code = 0
+    if getattr(args, "jobs", None) is not None and not 1 <= args.jobs <= 256:
+        raise UsageError(f"--jobs must be 1 to 256, not {args.jobs}")
     for path in args.paths:
         mnt, rel = _in_mount(path)
-        if args.command != "warm":
-            res = call(mnt, args.command, path=rel, timeout=3600)
-            res.pop("ok", None)
-            if "kept" in res:  # pin warms: say what the fast tier holds, as warm does
-                print(f"{path}: pinned {res['files']} files: {format_size(res['kept'])} kept "
-                      f"in the fast tier, {format_size(res['bytes'])} copied now")
-                continue
-            print(f"{path}: {args.command} " +
-                  ", ".join(f"{v} {k}" for k, v in res.items()))
+        if args.command == "warm":
+            code = max(code, _warm(path, mnt, rel, quiet=args.quiet, jobs=args.jobs))
             continue
-        _warm(path, mnt, rel, quiet=args.quiet)
-    return 0
+        req: dict[str, Any] = {"path": rel}
+        if args.command == "evict" and args.unpin:
+            req["unpin"] = True
+        res = call(mnt, args.command, timeout=3600, **req)
+        print(f"{args.command}: {path}: " + describe(args.command, res))
+        _say_refused(args.command, path, res)
+    return code
 
 
-def _warm(path: str, mnt: str, rel: str, *, quiet: bool) -> None:
-    """Warm file by file, so progress shows and an interrupted warm resumes."""
-    top = os.path.join(mnt, rel)
-    files = [top] if not os.path.isdir(top) else [
-        os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs]
-    sizes = {}
-    for f in files:
-        try:
-            sizes[f] = os.path.getsize(f)
-        except OSError:
-            pass  # gone since the walk: counted below
-    total = sum(sizes.values())
-    done = copied = vanished = 0
+def _say_refused(command: str, path: str, res: dict[str, Any]) -> bool:
+    """Name on stderr the files a ``cache = false`` rule kept out (warm, pin); True if
+    that was every file found under ``path``."""
+    if not res.get("refused"):
+        return False
+    rules = ", ".join(repr(r) for r in res.get("refused_rules", []))
+    print(f"tierfs: {command}: {path}: {_files(res['refused'])} "
+          f"({format_size(res.get('refused_bytes', 0))}) not "
+          f"{'pinned' if command == 'pin' else 'warmed'}: rule {rules} says cache = false",
+          file=sys.stderr)
+    return not res.get("files") and not res.get("vanished")
+
+
+def describe(command: str, res: dict[str, Any]) -> str:
+    """The part after ``COMMAND: PATH:`` of the line warm/evict/pin/unpin print."""
+    size = format_size
+    n = _files(res.get("files", 0))
+    if command in ("warm", "pin"):
+        kept, total = res.get("kept", 0), res.get("total", 0)
+        what = "cached and pinned" if command == "pin" else "cached"
+        out = f"{n}, {size(kept)} {what}"
+        if kept < total:
+            out += f" (of {size(total)}: the fast tier is too small to keep them all)"
+        out += f", {size(res.get('bytes', 0))} copied now"
+        if res.get("vanished"):
+            out += f"; {res['vanished']} vanished while warming"
+        return out
+    if command == "evict":
+        out = f"{n}, {size(res.get('bytes', 0))} dropped"
+        if res.get("unpinned"):
+            out += f", {_files(res['unpinned'])} unpinned first"
+        if res.get("pinned"):
+            why = ", ".join(res.get("pinned_by", []))
+            out += (f"; {_files(res['pinned'])} kept, {size(res.get('pinned_bytes', 0))} "
+                    f"pinned ({why})")
+            out += (": change the rule to let them go" if res.get("unpinned") or
+                    all(w.startswith("rule ") for w in res.get("pinned_by", []))
+                    else ": 'tierfs evict --unpin' drops them too")
+        return out
+    if command == "unpin":
+        return f"{n}, {size(res.get('bytes', 0))} unpinned (still cached, now evictable)"
+    return ", ".join(f"{v} {k}" for k, v in res.items() if k != "ok")
+
+
+def _warm(path: str, mnt: str, rel: str, *, quiet: bool, jobs: int | None = None) -> int:
+    """One warm request (the daemon copies files in parallel); progress on a terminal."""
     show = not quiet and sys.stderr.isatty()
-    for i, f in enumerate(files, 1):
+    job = f"{os.getpid()}-{time.monotonic_ns()}"
+    result: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    def run() -> None:
         try:
-            if f not in sizes:
-                raise FileNotFoundError
-            copied += call(mnt, "warm", path=os.path.relpath(f, mnt), timeout=3600)["bytes"]
-        except (FileNotFoundError, ControlError) as exc:
-            # ESTALE: deleted between the daemon's open and its read (an object store).
-            gone = isinstance(exc, ControlError) and exc.errno in (errno.ENOENT, errno.ESTALE)
-            if isinstance(exc, ControlError) and (not gone or len(files) == 1
-                                                  and not os.path.isdir(top)):
-                if gone:  # the one file named is gone from the source
-                    raise UsageError(f"{path}: no such file in the source (removed since "
-                                     f"the mount listed it)") from None
-                raise
-            vanished += 1  # removed while we warmed: nothing to keep
-            sizes.pop(f, None)
-        done += sizes.get(f, 0)
-        if show:
-            print(f"\rwarming {path}: {i}/{len(files)} files, "
-                  f"{100 * done / (total or 1):5.1f}%", end="", file=sys.stderr, flush=True)
+            extra = {"parallel": jobs} if jobs is not None else {}
+            result.update(call(mnt, "warm", path=rel, job=job, timeout=24 * 3600, **extra))
+        except BaseException as exc:  # handed to the main thread
+            failure.append(exc)
+
+    def progress(p: dict[str, Any]) -> None:
+        print(f"\rwarm: {path}: {p['files_done']}/{p['files_total']} files, "
+              f"{format_size(p['bytes_done'])} of {format_size(p['bytes_total'])} "
+              f"({100 * p['bytes_done'] / (p['bytes_total'] or 1):5.1f}%)",
+              end="", file=sys.stderr, flush=True)
+
     if show:
-        print(file=sys.stderr)
-    # What the fast tier holds now, not what passed through it: a tier too small
-    # for the files keeps less than it was given.
-    kept = call(mnt, "cached", path=rel)["bytes"]
-    total = sum(sizes.values())
-    n = len(files) - vanished
-    note = f", {vanished} vanished while warming" if vanished else ""
-    short = " (the fast tier is too small to keep them all)" if kept < total else ""
-    print(f"{path}: warmed {n} file{'' if n == 1 else 's'}: {format_size(kept)} of "
-          f"{format_size(total)} kept in the fast tier{short}, {format_size(copied)} "
-          f"copied now{note}")
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+            try:
+                p = call(mnt, "warm_progress", job=job, timeout=5)
+            except ControlError:
+                continue
+            if p.get("files_total"):
+                progress(p)
+        if result:  # the last state (also of a warm quicker than the first poll)
+            n, b = result.get("files", 0), result.get("total", 0)
+            progress({"files_done": n, "files_total": n, "bytes_done": b, "bytes_total": b})
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    else:
+        run()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, ControlError) and exc.errno in (errno.ENOENT, errno.ESTALE):
+            raise UsageError(f"{path}: no such file in the source (removed since "
+                             f"the mount listed it)") from None
+        raise exc
+    res = result
+    print(f"warm: {path}: " + describe("warm", res))
+    return EXIT_FAILURE if _say_refused("warm", path, res) else 0
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -627,8 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(replay="replay" in raw or "report" in raw)
     if raw and not raw[0].startswith("-") and raw[0] not in COMMANDS:
         # `tierfs SOURCE MOUNTPOINT -o OPTS`: what mount.fuse3 runs for a `fuse.tierfs`
         # fstab entry or `mount -t fuse.tierfs`.
@@ -664,7 +761,13 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def mount_helper(argv: Sequence[str] | None = None) -> int:
-    """``mount.tierfs SOURCE MOUNTPOINT [-o OPTS]``, as mount(8) calls it."""
+    """``mount.tierfs SOURCE MOUNTPOINT [-o OPTS]``, as mount(8) calls it.
+
+    Installed as ``mount.tierfs`` (``mount -t tierfs``) and, linked as
+    /sbin/mount.fuse.tierfs, called by mount(8) for ``fuse.tierfs`` fstab lines with
+    ``SOURCE MOUNTPOINT -o OPTS -t fuse.tierfs``. Without that link, mount.fuse3 runs
+    ``tierfs SOURCE MOUNTPOINT -o OPTS`` through /bin/sh: `main` takes that form too.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     pos, opts = [], []
     it = iter(argv)
@@ -675,6 +778,8 @@ def mount_helper(argv: Sequence[str] | None = None) -> int:
             opts.append(a[2:])
         elif a in ("-n", "-s", "-v", "-f"):
             continue  # mount(8) flags: no mtab, sloppy, verbose, fake
+        elif a in ("-t", "-N"):
+            next(it, None)  # /sbin/mount.fuse.tierfs gets "-t fuse.tierfs" (and -N NS)
         else:
             pos.append(a)
     if len(pos) != 2:

@@ -1,8 +1,9 @@
 """Generates the man pages from the argument parser and the config schema.
 
-``python -m fusefs.manpages man/`` writes ``tierfs.1`` (from `cli.build_parser`)
-and ``tierfs.toml.5`` (from the dataclasses in `config`), so the reference
-cannot drift from the code; a test checks the committed pages are current.
+``python -m fusefs.manpages man/`` writes ``tierfs.1`` (from `cli.build_parser`),
+``tierfs.toml.5`` (from the dataclasses in `config`) and ``mount.tierfs.8`` (fstab,
+mount -t and systemd), so the reference cannot drift from the code; a test checks
+the committed pages are current. setup.py installs them into share/man/man{1,5,8}.
 """
 
 from __future__ import annotations
@@ -42,9 +43,69 @@ _EXAMPLES = [
      "tierfs pin /mnt/corpus/index"),
     ("Check a cache directory after a crash (offline), or a live mount (read-only):",
      "tierfs fsck /nvme/tierfs-corpus\ntierfs fsck /mnt/corpus"),
-    ("An /etc/fstab line (after `make install`, which puts tierfs where mount(8) looks):",
-     "/data/imagenet  /mnt/imagenet  fuse.tierfs  cache=/nvme/tierfs,nofail  0 0"),
+    ("Warm a directory of many small files (parallel; a terminal shows progress), then "
+     "drop what is not pinned; --unpin drops the pinned files too:",
+     "tierfs warm /mnt/corpus/docs\n"
+     "warm: /mnt/corpus/docs: 2000 files, 7.8MiB cached, 7.8MiB copied now\n"
+     "tierfs evict /mnt/corpus\n"
+     "tierfs evict --unpin /mnt/corpus/index"),
+    ("The form mount.fuse3 runs for `mount -t fuse.tierfs` and fstab lines "
+     "(see mount.tierfs(8)):",
+     "tierfs /data/imagenet /mnt/imagenet -o cache=/nvme/tierfs,nofail"),
 ]
+
+# mount.tierfs(8): fstab, mount -t and systemd.
+_HELPER_EXAMPLES = [
+    ("Mount by hand, as mount(8) does for the type fuse.tierfs:",
+     "mount -t fuse.tierfs /data/imagenet /mnt/imagenet -o cache=/nvme/tierfs-imagenet"),
+    ("An /etc/fstab line for a local dataset, mounted at boot (nofail: boot goes on "
+     "without it):",
+     "/data/imagenet  /mnt/imagenet  fuse.tierfs  cache=/nvme/tierfs-imagenet,nofail  0 0"),
+    ("An /etc/fstab line for an S3 prefix (credentials in the config file, 0600, "
+     "never in fstab):",
+     "s3://bucket/corpus?region=us-east-1  /mnt/corpus  fuse.tierfs  "
+     "config=/etc/tierfs/corpus.toml,cache=/nvme/tierfs-corpus,_netdev,nofail  0 0"),
+    ("Unmount (the daemon uploads pending writes and saves its state before it exits):",
+     "umount /mnt/imagenet        # or: tierfs umount /mnt/imagenet"),
+    ("A systemd mount unit, /etc/systemd/system/mnt-data.mount (examples/systemd/ in "
+     "the source tree): mounted at boot, unmounted (and flushed) at shutdown:",
+     "[Unit]\nDescription=tierfs: /srv/dataset through DRAM and NVMe tiers\n"
+     "Wants=network-online.target\nAfter=network-online.target\n\n"
+     "[Mount]\nWhat=/srv/dataset\nWhere=/mnt/data\nType=fuse.tierfs\n"
+     "Options=cache=/var/cache/tierfs/data,config=/etc/tierfs/tierfs.toml,_netdev,nofail\n"
+     "TimeoutSec=300\n\n[Install]\nWantedBy=multi-user.target\n\n"
+     "systemctl daemon-reload && systemctl enable --now mnt-data.mount"),
+]
+
+# tierfs.toml(5): a complete small file.
+_TOML_EXAMPLE = """\
+# /etc/tierfs/corpus.toml: a RAG corpus on S3, served to a retriever
+[cache]
+size = "200GiB"            # the NVMe fast tier
+dram = "8GiB"              # the DRAM page cache
+
+[policy]
+name = "workload_aware"
+
+[source]
+access_key = "AKIA..."     # this file must then be 0600
+secret_key = "..."
+
+[[rule]]
+path = "index/**"          # the vector index: always on NVMe
+pin = true
+
+[[rule]]
+path = "logs/**"           # never cached (tierfs warm refuses it too)
+cache = false
+"""
+
+
+def _examples(items: list[tuple[str, str]]) -> list[str]:
+    out = [".SH EXAMPLES"]
+    for text, cmd in items:
+        out += [".PP", _esc(text), ".PP", ".RS", ".nf", _esc(cmd), ".fi", ".RE"]
+    return out
 
 
 def tierfs_1() -> str:
@@ -66,13 +127,14 @@ def tierfs_1() -> str:
             flags = ", ".join(action.option_strings) or action.metavar or action.dest
             if action.metavar and action.option_strings:
                 flags += f" {action.metavar}"
-            out += [".TP", f".B {_esc(flags)}", _esc(action.help or "")]
-    out += [".SH MOUNT OPTIONS", "Given with \\-o, comma-separated, or in /etc/fstab."]
+            if not action.help:
+                raise ValueError(f"tierfs {name}: {flags} has no help text for the man page")
+            out += [".TP", f".B {_esc(flags)}", _esc(action.help)]
+    out += [".SH MOUNT OPTIONS", "Given with \\-o, comma-separated, or in /etc/fstab "
+            "(see mount.tierfs(8))."]
     for opt, doc in MOUNT_OPTIONS.items():
         out += [".TP", f".B {_esc(opt)}", _esc(doc)]
-    out += [".SH EXAMPLES"]
-    for text, cmd in _EXAMPLES:
-        out += [".PP", _esc(text), ".PP", ".RS", ".nf", _esc(cmd), ".fi", ".RE"]
+    out += _examples(_EXAMPLES)
     out += [".SH FILES",
             ".TP", ".B <cache>/TIERFS\\-CACHE",
             "Marks a directory as a tierfs cache; tierfs uses no other non-empty directory.",
@@ -98,7 +160,7 @@ def tierfs_1() -> str:
                  "history too. Files tierfs writes for itself (cache, log, trace, listing "
                  "snapshot) are 0600 in 0700 directories; a snapshot or trace that is not "
                  "the user's own, or that others may write, is not read."),
-            ".SH SEE ALSO", "tierfs.toml(5)"]
+            ".SH SEE ALSO", "tierfs.toml(5), mount.tierfs(8), fstab(5)"]
     return "\n".join(out) + "\n"
 
 
@@ -136,11 +198,63 @@ def tierfs_toml_5() -> str:
             out += [".TP", f".B {_esc(toml_key(f))} \\fR({f.metadata['kind']}, default "
                            f"{_esc(_default(f))})",
                     _esc(f.metadata["doc"] + extra)]
-    out += [".SH SEE ALSO", "tierfs(1)"]
+    out += _examples([("A configuration for a RAG corpus on S3 (tierfs mount --config "
+                       "FILE, or config=FILE in fstab):", _TOML_EXAMPLE)])
+    out += [".SH SEE ALSO", "tierfs(1), mount.tierfs(8)"]
     return "\n".join(out) + "\n"
 
 
-PAGES = {"tierfs.1": tierfs_1, "tierfs.toml.5": tierfs_toml_5}
+def mount_tierfs_8() -> str:
+    from .cli import MOUNT_OPTIONS
+
+    out = [f'.TH MOUNT.TIERFS 8 "" "tierfs {__version__}" "System Administration"',
+           ".SH NAME", "mount.tierfs \\- mount a tierfs dataset from fstab, mount(8) or systemd",
+           ".SH SYNOPSIS",
+           ".B mount.tierfs", ".I SOURCE MOUNTPOINT", "[\\fB\\-o\\fR \\fIOPTIONS\\fR]",
+           ".PP", ".B mount \\-t fuse.tierfs", ".I SOURCE MOUNTPOINT",
+           "[\\fB\\-o\\fR \\fIOPTIONS\\fR]",
+           ".PP", ".B tierfs", ".I SOURCE MOUNTPOINT", "[\\fB\\-o\\fR \\fIOPTIONS\\fR]",
+           ".SH DESCRIPTION",
+           _esc("What mount(8) runs for a filesystem of type fuse.tierfs (an /etc/fstab "
+                "line, mount -t fuse.tierfs, a systemd .mount unit). It mounts SOURCE at "
+                "MOUNTPOINT exactly as tierfs mount SOURCE MOUNTPOINT -o OPTIONS does and "
+                "returns once the mount is live; the daemon stays in the background and "
+                "logs to <cache>/tierfs.log (or log=FILE)."),
+           ".PP",
+           _esc("mount(8) first looks for /sbin/mount.fuse.tierfs (make install links it to "
+                "mount.tierfs); without it, mount.fuse3 runs tierfs SOURCE MOUNTPOINT -o "
+                "OPTIONS through /bin/sh, so tierfs must be on the PATH that mount(8) and "
+                "systemd give it (/usr/local/bin or /usr/bin: a system-wide pip install, "
+                "or make install). mount.tierfs itself answers mount -t tierfs."),
+           ".SH ARGUMENTS",
+           ".TP", ".I SOURCE",
+           _esc("The dataset: a directory, file:///path, s3://bucket/prefix or "
+                "gs://bucket/prefix (query parameters as pyarrow.fs takes them, e.g. "
+                "?region=us-east-1). Credentials belong in the config file, not in fstab."),
+           ".TP", ".I MOUNTPOINT",
+           _esc("An existing directory. A non-empty one is mounted over with a warning "
+                "(stderr and the daemon's log): what it holds is hidden until the unmount."),
+           ".TP", ".BI \\-o \" OPTIONS\"",
+           _esc("Comma-separated mount options, below. mount(8)'s own flags (-n, -s, -v, "
+                "-f, -t TYPE, -N NS) are accepted and ignored.")]
+    out += [".SH OPTIONS"]
+    for opt, doc in MOUNT_OPTIONS.items():
+        out += [".TP", f".B {_esc(opt)}", _esc(doc)]
+    out += _examples(_HELPER_EXAMPLES)
+    out += [".SH EXIT STATUS",
+            "As tierfs mount: 0 mounted; 1 other failure; 2 bad arguments or mount options; "
+            "3 invalid config; 4 source missing or unreachable; 5 mount point missing, not a "
+            "directory or busy; 6 FUSE unavailable. The reason is one line on stderr.",
+            ".SH FILES",
+            ".TP", ".B /sbin/mount.fuse.tierfs",
+            "A link to mount.tierfs, made by make install: mount(8) runs it for fuse.tierfs.",
+            ".TP", ".B /etc/fstab", "Mount lines, type fuse.tierfs.",
+            ".SH SEE ALSO",
+            "tierfs(1), tierfs.toml(5), mount(8), fstab(5), systemd.mount(5), mount.fuse3(8)"]
+    return "\n".join(out) + "\n"
+
+
+PAGES = {"tierfs.1": tierfs_1, "tierfs.toml.5": tierfs_toml_5, "mount.tierfs.8": mount_tierfs_8}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,9 @@ import trio
 from .catalog import CatalogError
 from .classifier import Classifier
 from .config import Config, ConfigError
-from .credentials import redact
+from .exits import (  # noqa: F401  (re-exported: documented in tierfs(1))
+    EXIT_CONFIG, EXIT_FAILURE, EXIT_FUSE, EXIT_MOUNTPOINT, EXIT_OK, EXIT_SOURCE, EXIT_USAGE,
+    MountError)
 from .control import ControlServer
 from . import prometheus
 from .engine import Engine
@@ -48,30 +50,10 @@ from .trace import TraceRecorder
 
 log = logging.getLogger(__name__)
 
-# Exit codes of `tierfs mount`, documented in tierfs(1).
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_SOURCE = 4
-EXIT_MOUNTPOINT = 5
-EXIT_FUSE = 6
-
 #: The listing snapshot of a mount with a fast tier and no [source] listing_snapshot.
 DEFAULT_SNAPSHOT = "listing.parquet"
 #: How often a changed listing cache is saved to the snapshot while mounted, in seconds.
 SNAPSHOT_INTERVAL = 300.0
-
-
-class MountError(Exception):
-    """A mount that cannot proceed; ``code`` is the process exit code.
-
-    The message never shows a source URI's credentials.
-    """
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(redact(message))
-        self.code = code
 
 
 def default_cache_dir(mountpoint: str) -> str:
@@ -471,13 +453,22 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
 
 
 def register_migrator(control: ControlServer, migrator: Migrator) -> None:
-    """Control requests that move data: warm, evict, pin, unpin (one path each)."""
+    """Control requests that move data: warm (and its progress), evict, pin, unpin (one
+    path each)."""
 
     async def on_warm(req: dict[str, Any]) -> dict[str, Any]:
-        return await migrator.warm(clean_path(req["path"]), pinned=False)
+        job = req.get("job")
+        parallel = req.get("parallel")
+        if parallel is not None and (not isinstance(parallel, int) or not 1 <= parallel <= 256):
+            raise OSError(errno.EINVAL, f"parallel must be 1 to 256, not {parallel!r}")
+        return await migrator.warm(clean_path(req["path"]), pinned=False,
+                                   job=str(job) if job else None, parallel=parallel)
+
+    async def on_warm_progress(req: dict[str, Any]) -> dict[str, Any]:
+        return migrator.progress(str(req["job"]))
 
     async def on_evict(req: dict[str, Any]) -> dict[str, Any]:
-        return await migrator.evict(clean_path(req["path"]))
+        return await migrator.evict(clean_path(req["path"]), unpin=bool(req.get("unpin")))
 
     async def on_pin(req: dict[str, Any]) -> dict[str, Any]:
         return await migrator.pin(clean_path(req["path"]))
@@ -489,6 +480,7 @@ def register_migrator(control: ControlServer, migrator: Migrator) -> None:
         return migrator.cached(clean_path(req["path"]))
 
     control.register("warm", on_warm)
+    control.register("warm_progress", on_warm_progress)
     control.register("cached", on_cached)
     control.register("evict", on_evict)
     control.register("pin", on_pin)
@@ -567,7 +559,12 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
             return
 
 
-def check_mountpoint(mountpoint: str) -> str:
+def check_mountpoint(mountpoint: str, warnings: list[str] | None = None) -> str:
+    """The resolved mount point, or a `MountError` saying why it cannot be used.
+
+    A non-empty directory is allowed (as mount(8) allows it) with a warning on
+    stderr, also appended to ``warnings`` for the daemon's log.
+    """
     path = os.path.realpath(mountpoint)  # resolved now, before the mount hides it
     if not os.path.exists(path):
         raise MountError(f"mount point {path} does not exist", EXIT_MOUNTPOINT)
@@ -585,8 +582,10 @@ def check_mountpoint(mountpoint: str) -> str:
         hidden = False
     if hidden:
         # As mount(8) does, but said: what is there is hidden until the unmount.
-        print(f"tierfs: warning: mount point {path} is not empty: its contents are hidden "
-              f"while mounted", file=sys.stderr)
+        text = f"mount point {path} is not empty: its contents are hidden while mounted"
+        print(f"tierfs: warning: {text}", file=sys.stderr)
+        if warnings is not None:
+            warnings.append(text)
     return path
 
 

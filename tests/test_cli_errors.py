@@ -132,12 +132,12 @@ def test_warm_says_what_the_fast_tier_kept(src: str, make_mount: Callable[..., M
         assert res.returncode == 0, res.stderr
         line = res.stdout.strip()
         # 16 MiB went through a 4 MiB tier: it cannot have kept them.
-        assert "of 16MiB kept in the fast tier (the fast tier is too small" in line, line
-        kept = line.split(": warmed 1 file: ")[1].split(" of ")[0]
+        assert "cached (of 16MiB: the fast tier is too small to keep them all)" in line, line
+        kept = line.split(": 1 file, ")[1].split(" cached")[0]
         assert kept != "16MiB" and kept.endswith("MiB") and float(kept[:-3]) <= 4, line
         res = run("warm", f"{m.mountpoint}/d")
         assert res.returncode == 0, res.stderr
-        assert "warmed 1 file: 1000B of 1000B kept in the fast tier" in res.stdout
+        assert res.stdout == f"warm: {m.mountpoint}/d: 1 file, 1000B cached, 1000B copied now\n"
         res = run("warm", f"{m.mountpoint}/nope")
         assert res.returncode == 2
         assert one_line_error(res) == f"tierfs: {m.mountpoint}/nope: no such file or directory"
@@ -165,8 +165,8 @@ def test_warm_skips_objects_gone_behind_the_mount(s3: S3Server, tmp_path: Path) 
         (s3.bucket_dir / "d2" / "c").unlink()
         res = run("warm", f"{m.mountpoint}/d1")
         assert res.returncode == 0, res.stderr
-        assert "warmed 1 file: 1000B of 1000B kept" in res.stdout
-        assert "1 vanished while warming" in res.stdout
+        assert f"warm: {m.mountpoint}/d1: 1 file, 1000B cached" in res.stdout
+        assert "; 1 vanished while warming" in res.stdout
         res = run("warm", f"{m.mountpoint}/d2/c")
         assert res.returncode == 2
         assert one_line_error(res) == (f"tierfs: {m.mountpoint}/d2/c: no such file in the "

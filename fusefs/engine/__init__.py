@@ -453,12 +453,15 @@ class Engine:
                                lambda: self.consistency.is_current(ino, gen))
 
     async def copy_to_fast(self, path: bytes, version: SourceVersion | None = None, *,
-                           pinned: bool = False, info: AccessInfo | None = None) -> int:
+                           pinned: bool = False, info: AccessInfo | None = None,
+                           limiter: trio.CapacityLimiter | None = None) -> int:
         """Copy a whole file into the fast tier (`tierfs warm`, pins): of ``version``,
-        or (None) of the version the source has when the copy opens it."""
+        or (None) of the version the source has when the copy opens it; its reads under
+        ``limiter`` (default: the throughput limiter)."""
         if self.filler is None:
             raise OSError(errno.ENOTSUP, "no fast tier")
-        return await self.filler.copy(path, version, pinned=pinned, info=info)
+        return await self.filler.copy(path, version, pinned=pinned, info=info,
+                                      limiter=limiter)
 
     def _record(self, h: FileHandle, op: str, offset: int, size: int, label: str,
                 tier: str = "", latency: float | None = None) -> None:

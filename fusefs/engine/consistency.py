@@ -207,8 +207,10 @@ class DramEntries:
     def current(self, ino: int) -> int | None:
         return self._ino.get(ino)
 
-    def unname(self, path: bytes, *, tree: bool = False) -> int:
-        """``path`` changed (or, with ``tree``, anything under it): drop its pages.
+    def unname(self, path: bytes, *, tree: bool = False,
+               keep: Callable[[bytes], bool] | None = None) -> int:
+        """``path`` changed (or, with ``tree``, anything under it but what ``keep``
+        spares): drop its pages.
 
         Inodes bound to the entry keep it (their reads admit again, of their own bytes),
         but no later open finds it. Returns the entries unnamed.
@@ -219,7 +221,8 @@ class DramEntries:
             self._unname(path)
             return 1
         prefix = path.rstrip(b"/") + b"/"
-        hits = [p for p in self._paths if p == path or p.startswith(prefix) or not path]
+        hits = [p for p in self._paths if (p == path or p.startswith(prefix) or not path)
+                and (keep is None or not keep(p))]
         for p in hits:
             self._unname(p)
         return len(hits)

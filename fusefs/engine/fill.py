@@ -86,19 +86,23 @@ class Filler:
                    pinned: bool = False, info: AccessInfo | None = None,
                    parallel: int = 1, background: bool = False,
                    still_wanted: Callable[[], bool] | None = None,
-                   batch: int = 4) -> int:
+                   batch: int = 4, limiter: trio.CapacityLimiter | None = None) -> int:
         """Copy ``path`` (of ``version``) into the fast tier; with
         ``version`` None, of the version the source has now (warming).
 
         Reads cover up to ``batch`` chunks (fewer, larger requests), stored as chunk-sized
         extents. Chunks already present are skipped (so an interrupted copy resumes), and
-        pinned if ``pinned``. Stops early when ``still_wanted()`` turns false (the file
+        pinned if ``pinned``. Reads run under ``limiter`` (default: the scheduler's fill
+        limiter for a background fill, its throughput limiter otherwise; a warm of many
+        files passes its own, as wide as the files it copies at once). Stops early when ``still_wanted()`` turns false (the file
         changed) or, for a background fill, when the fast tier refuses the data (full, or no
         room beside pinned data). Returns the bytes copied; raises OSError if the source
         fails or is not at ``version`` any more.
         """
         fast = self.fast
-        f = await self.capacity.open(path, os.O_RDONLY)
+        # Offloaded: a warm opens and reads many files at once, and nobody waits on it.
+        f = await (self.capacity.open(path, os.O_RDONLY) if background else
+                   self.capacity.open_offloaded(path, os.O_RDONLY))
         try:
             # The source must be the version the entry names: a copy of other
             # bytes under this version's name would be served as it.
@@ -115,7 +119,8 @@ class Filler:
         cs = self.chunk_size
         step = cs * max(1, batch)
         offsets = iter(range(0, size, step))
-        limiter = self.sched.fills if background else self.sched.throughput
+        if limiter is None:
+            limiter = self.sched.fills if background else self.sched.throughput
         copied = 0
         failed: list[OSError] = []
 
@@ -153,7 +158,8 @@ class Filler:
                 rlo, rhi = todo[0], min(hi, todo[-1] + cs)
                 try:
                     async with limiter:
-                        data = await f.pread(rlo, rhi - rlo)
+                        data = await (f.pread(rlo, rhi - rlo) if background else
+                                      f.pread_offloaded(rlo, rhi - rlo))
                     if len(data) != rhi - rlo:
                         raise OSError(errno.EIO, f"{path!r} changed while being copied")
                 except OSError as exc:

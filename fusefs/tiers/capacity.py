@@ -130,6 +130,11 @@ class CapacityFile(ABC):
     async def pread(self, offset: int, size: int) -> bytes:
         """Read up to ``size`` bytes at ``offset``; short only at end of file."""
 
+    async def pread_offloaded(self, offset: int, size: int) -> bytes:
+        """`pread` for work nobody waits on (warming): never blocks the event loop,
+        even for a small read a local source would otherwise answer inline."""
+        return await self.pread(offset, size)
+
     @abstractmethod
     async def pwrite(self, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset``; returns the bytes written."""
@@ -296,6 +301,11 @@ class CapacityTier(ABC):
     @abstractmethod
     async def open(self, path: bytes, flags: int) -> CapacityFile:
         """Open an existing object (no O_CREAT); flags are os.O_* access flags."""
+
+    async def open_offloaded(self, path: bytes, flags: int) -> CapacityFile:
+        """`open` for work nobody waits on (warming many files): never blocks the
+        event loop, so many such opens proceed in parallel beside the readers."""
+        return await self.open(path, flags)
 
     @abstractmethod
     async def create(

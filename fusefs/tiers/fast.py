@@ -166,6 +166,8 @@ class FastTier:
         self._catalog_failing = False
         self._wake = trio.Event()
         self._io = trio.CapacityLimiter(2)
+        # Data files being created at once (a warm of many small files creates many).
+        self._creates = trio.CapacityLimiter(8)
         self.pinned_paths: set[bytes] = set()
         self._lock_fd = -1
         stats.sources["fast"] = self.statistics
@@ -544,6 +546,37 @@ class FastTier:
         return True
 
     async def _pwrite(self, cf: CacheEntry, data: bytes, offset: int) -> int:
+        if cf.fd < 0 and not cf.dropped:
+            # Creating the data file is a metadata operation that can take
+            # milliseconds on a busy disk: not on the event loop (nor is the first
+            # write, the only one of a small file).
+            path = self._data_path(cf)
+
+            def create_and_write() -> tuple[int, int]:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                             0o600)
+                try:
+                    return fd, os.pwrite(fd, data, offset)
+                except BaseException:
+                    os.close(fd)
+                    raise
+
+            cf.io += 1
+            try:
+                async with self._creates:
+                    fd, n = await trio.to_thread.run_sync(create_and_write)
+                if cf.dropped:
+                    # Dropped while the thread ran: its commit may have removed the
+                    # data file already, which this open then made again.
+                    os.close(fd)
+                    self._unlink(cf.id)
+                elif cf.fd < 0:
+                    cf.fd = fd
+                else:  # opened meanwhile by another write (positional: same bytes)
+                    os.close(fd)
+                return n
+            finally:
+                self._io_done(cf)
         fd = self._fd(cf)
         cf.io += 1
         try:
@@ -628,6 +661,16 @@ class FastTier:
     def cached_bytes_under(self, path: bytes) -> int:
         """Bytes the tier holds now of files at or below ``path`` (``b""``: all)."""
         return sum(self._by_path[p].cached_bytes for p in self.paths_under(path))
+
+    def cached_bytes_of(self, path: bytes) -> int:
+        """Bytes the tier holds now of the file ``path`` (0: none)."""
+        cf = self._by_path.get(path)
+        return cf.cached_bytes if cf is not None else 0
+
+    def has_pinned(self, path: bytes) -> bool:
+        """Whether the file ``path`` holds pinned extents."""
+        cf = self._by_path.get(path)
+        return cf is not None and any(e.pinned for e in cf.extents.values())
 
     def set_pinned(self, cf: CacheEntry, ext: Extent, pinned: bool) -> None:
         """Pin or unpin one extent; the catalog learns it at the next commit."""

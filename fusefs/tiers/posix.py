@@ -90,6 +90,9 @@ class PosixFile(CapacityFile):
             return await trio.to_thread.run_sync(self._read, self.fd, size, offset)
         return self._read(self.fd, size, offset)
 
+    async def pread_offloaded(self, offset: int, size: int) -> bytes:
+        return await trio.to_thread.run_sync(self._read, self.fd, size, offset)
+
     async def pwrite(self, offset: int, data: bytes) -> int:
         return os.pwrite(self.fd, data, offset)
 
@@ -424,6 +427,11 @@ class PosixTier(CapacityTier):
         # caller, and our buffers are not aligned as O_DIRECT demands (EINVAL).
         flags &= ~(os.O_APPEND | os.O_DIRECT)
         return PosixFile(self._open_node(path, flags), drop_cache=self.drop_source_cache)
+
+    async def open_offloaded(self, path: bytes, flags: int) -> PosixFile:
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT | os.O_APPEND)
+        fd = await trio.to_thread.run_sync(self._open_node, path, flags)
+        return PosixFile(fd, drop_cache=self.drop_source_cache)
 
     async def create(
         self, path: bytes, flags: int, mode: int, uid: int, gid: int
