@@ -11,14 +11,15 @@ Modules (one concern each):
 - `store`: `Store`, the only user of `pyarrow.fs`: key mapping and name rules,
   every request in a worker thread with retries and backoff, bounds
   (``read_timeout``, ``retry_budget``) and down mode (outages), error
-  classification, request counters; `resolve_source` builds ``s3://`` file
-  systems;
+  classification, request counters, ranged GETs tied to an ETag on S3
+  (`SignedGets`); `resolve_source` builds ``s3://`` and ``gs://`` file systems;
 - `metacache`: `MetaCache`, TTL caches of stats, negative lookups and
   listings, list-after, stale lookups for outages, listing snapshots (Parquet);
 - `namespace`: `Namespace`, lookups and listings over cache + store,
   directory markers and their emulation, ``unlink``, ``rmdir``, ``rename``
   as copy + delete;
-- `file`: `ObjectFile` (ranged reads, write spool, upload on flush/close) and
+- `file`: `ObjectFile` (ranged reads, on S3 tied to the ETag seen at open, write
+  spool, upload on flush/close) and
   `OpenFiles` (writable handles by path, spool directory, whole-object
   transfer);
 - `writeback`: `WriteBack`, durable write-back through the cache directory

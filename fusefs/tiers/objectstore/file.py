@@ -642,7 +642,10 @@ class OpenFiles:
         """Upload the whole content of local descriptor ``fd`` as object ``path``."""
         key = self.store.key(path)
         await self.store.upload(key, fd, f"upload {show(path)}")
-        st = (await self.store.head(key, f"stat {show(path)}")
+        # With its ETag where reads are tied to one: the next open needs no HEAD, and
+        # the version this mount wrote is the one that open sees.
+        head = self.store.head_version if self.store.versioned else self.store.head
+        st = (await head(key, f"stat {show(path)}")
               or self.attrs.file(os.fstat(fd).st_size, time.time_ns()))
         self._cache.note_object(path, st)
         return st

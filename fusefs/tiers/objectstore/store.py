@@ -1,4 +1,4 @@
-"""Requests to the object store: the only module that calls `pyarrow.fs` and botocore.
+"""Requests to the object store: the only module that calls `pyarrow.fs`, botocore and urllib3.
 
 `Store` owns the file system (or the factory that builds it in a thread), the
 mapping of tier paths to keys, the retry loop around every request, the
@@ -57,8 +57,18 @@ Namespace requests
     pyarrow's ``delete_file`` PUTs a marker for the parent directory after
     every delete, a side effect some S3 servers refuse (``rclone serve s3``
     answers 500 and then, under load, 404s the directory's other objects).
-    Reads, listings, uploads and copies stay with pyarrow. Other stores keep
-    pyarrow for every request (``api`` is None).
+    Listings, uploads, copies and whole-object downloads stay with pyarrow.
+    Other stores keep pyarrow for every request (``api`` is None).
+
+Versioned reads
+    On ``s3://`` sources (`versioned`) an open's version comes from a botocore
+    HEAD with the ETag (`head_version`), and every ranged read is tied to it
+    (`read_version`): a GET with ``If-Match`` whose answer's ETag and size are
+    checked; another version is ``ESTALE`` (counted as ``changed``). Those GETs
+    are `SignedGets`: signed with botocore's SigV4 signer, sent with urllib3, for
+    about the CPU of pyarrow's ``read_at`` (botocore's ``get_object`` costs five
+    times that; benchmarks/etag_reads.py). Other stores read with pyarrow's
+    ``read_at`` (`open_input`, `read_at`), tied to no version.
 
 Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 (``max_threads``), so the event loop never waits on the network.
