@@ -189,6 +189,29 @@ def s3(s3_server: S3Server) -> S3Server:
     return view
 
 
+@pytest.fixture(scope="session")
+def s3_md5_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """`s3_server` with real ETags (``--etag-hash MD5``: every request hashes the whole
+    object, so for small objects only)."""
+    server = S3Server(tmp_path_factory.mktemp("s3md5data"), etag_hash="MD5")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_md5(s3_md5_server: S3Server) -> S3Server:
+    """`s3` on the server with ETags."""
+    name = f"m{next(_bucket_counter):04d}"
+    (s3_md5_server.data_dir / name).mkdir()
+    view = S3Server.__new__(S3Server)
+    view.__dict__.update(s3_md5_server.__dict__)
+    view.bucket = name
+    return view
+
+
 @pytest.fixture
 def restartable_s3(tmp_path: Path) -> Iterator[S3Server]:
     """A server of this test's own, which the test may stop and start again (same port)."""
