@@ -526,7 +526,7 @@ class Store:
     def versioned(self) -> bool:
         """Whether an open states its object's ETag (`head_version`) and its ranged
         reads are tied to it (`read_version`): ``s3://`` sources."""
-        return self._api is not None and self._reads is not None
+        return self._api is not None and self._reads is not None and self._opts.etag_reads
 
     async def check_root(self) -> None:
         """Check that the bucket and the prefix (or the source directory) exist."""
