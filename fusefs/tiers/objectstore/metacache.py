@@ -28,6 +28,7 @@ import collections
 import errno
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import pyarrow as pa
 import trio
@@ -262,6 +263,16 @@ class MetaCache:
 
     def drop_stat(self, path: bytes) -> None:
         self._stats.pop(path, None)
+
+    def forget_version(self, path: bytes) -> None:
+        """An open of ``path`` found the object changed: forget the ETag it was opened
+        with (and its cached Stat), so that the next open asks the store."""
+        self._stats.pop(path, None)
+        parent, name = split(path)
+        listing = self._lists.get(parent)
+        old = listing.entries.get(name) if listing is not None else None
+        if old is not None and old.etag is not None:
+            listing.entries[name] = replace(old, etag=None)  # type: ignore[union-attr]
 
     def drop_negative(self, path: bytes) -> None:
         self._negative.pop(path, None)

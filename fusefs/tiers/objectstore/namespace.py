@@ -140,9 +140,20 @@ class Namespace:
         key = self._store.key(path)
         # While the store is down a lookup lists nothing: a HEAD gives up sooner.
         st = await self._cache.lookup(path, _no_listing if self._store.down else self.listdir)
-        if st is not None and exact and st.is_reg and not st.mtime_known:
+        if st is None:
+            st = await self._store.head(key, f"stat {show(path)}")
+            self._cache.remember(path, st)
+            if st is None:
+                raise err(errno.ENOENT, f"{show(path)}: no such object")
+        versioned = self._store.versioned
+        if exact and st.is_reg and (not st.mtime_known or (versioned and st.etag is None)):
+            # An open's version: stated by a HEAD (on S3 with the ETag, which a
+            # listing through pyarrow lacks; cached as long as a stat).
             try:
-                head = await self._store.head(key, f"stat {show(path)}")
+                if versioned:
+                    head = await self._store.head_version(key, f"stat {show(path)}")
+                else:
+                    head = await self._store.head(key, f"stat {show(path)}")
             except TierUnavailable:
                 self._store.requests["stale_served"] += 1
                 return st  # stale-if-error: what the listing said
@@ -150,12 +161,6 @@ class Namespace:
             if head is None:
                 raise err(errno.ENOENT, f"{show(path)}: no such object")
             return head
-        if st is not None:
-            return st
-        st = await self._store.head(key, f"stat {show(path)}")
-        self._cache.remember(path, st)
-        if st is None:
-            raise err(errno.ENOENT, f"{show(path)}: no such object")
         return st
 
     async def listdir(self, path: bytes) -> list[tuple[bytes, Stat]]:

@@ -53,6 +53,9 @@ class ObjectStoreOptions:
     retry_budget: float = 30.0
     #: While the store is down, how often a background probe asks it whether it is back.
     probe_interval: float = 5.0
+    #: S3: tie every ranged read of an open to the ETag seen at open (see `file`);
+    #: False reads with pyarrow's ``read_at``, tied to no version (faster, may mix).
+    etag_reads: bool = True
 
     @classmethod
     def make(cls, options: dict[str, Any]) -> ObjectStoreOptions:

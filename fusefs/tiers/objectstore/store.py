@@ -1,4 +1,4 @@
-"""Requests to the object store: the only module that calls `pyarrow.fs` and botocore.
+"""Requests to the object store: the only module that calls `pyarrow.fs`, botocore and urllib3.
 
 `Store` owns the file system (or the factory that builds it in a thread), the
 mapping of tier paths to keys, the retry loop around every request, the
@@ -57,8 +57,18 @@ Namespace requests
     pyarrow's ``delete_file`` PUTs a marker for the parent directory after
     every delete, a side effect some S3 servers refuse (``rclone serve s3``
     answers 500 and then, under load, 404s the directory's other objects).
-    Reads, listings, uploads and copies stay with pyarrow. Other stores keep
-    pyarrow for every request (``api`` is None).
+    Listings, uploads, copies and whole-object downloads stay with pyarrow.
+    Other stores keep pyarrow for every request (``api`` is None).
+
+Versioned reads
+    On ``s3://`` sources (`versioned`) an open's version comes from a botocore
+    HEAD with the ETag (`head_version`), and every ranged read is tied to it
+    (`read_version`): a GET with ``If-Match`` whose answer's ETag and size are
+    checked; another version is ``ESTALE`` (counted as ``changed``). Those GETs
+    are `SignedGets`: signed with botocore's SigV4 signer, sent with urllib3, for
+    about the CPU of pyarrow's ``read_at`` (botocore's ``get_object`` costs five
+    times that; benchmarks/etag_reads.py). Other stores read with pyarrow's
+    ``read_at`` (`open_input`, `read_at`), tied to no version.
 
 Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 (``max_threads``), so the event loop never waits on the network.
@@ -73,14 +83,17 @@ import logging
 import math
 import os
 import random
+import re
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeAlias
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 import botocore.exceptions as boto_errors
 import pyarrow as pa
 import pyarrow.fs as pafs
 import trio
+import urllib3
 
 from ..capacity import Stat, TierUnavailable
 from .options import Attributes, ObjectStoreOptions
@@ -135,13 +148,27 @@ _GCS_OPTIONS = frozenset({"endpoint", "scheme", "anonymous"})
 FileSystemSpec: TypeAlias = pafs.FileSystem | Callable[[], pafs.FileSystem]
 #: Builds the botocore S3 client of a source, given the region pyarrow resolved.
 ApiFactory: TypeAlias = Callable[[str], Any]
+#: Builds the `SignedGets` of a source, given the region pyarrow resolved.
+ReadsFactory: TypeAlias = Callable[[str], "SignedGets"]
 
 # botocore failures that mean the server did not answer (retry, then "down").
 _BOTO_UNREACHABLE = (
     boto_errors.EndpointConnectionError, boto_errors.ConnectTimeoutError,
     boto_errors.ReadTimeoutError, boto_errors.ConnectionClosedError,
 )
-_FAILURES = (OSError, pa.ArrowException, boto_errors.BotoCoreError, boto_errors.ClientError)
+
+
+class HttpAnswer(Exception):
+    """An S3 answer to a `SignedGets` request that carries no data: its status, the
+    error code of its body (``PreconditionFailed``, ``NoSuchKey``, ...) and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {code}: {message}".rstrip(": "))
+        self.status, self.code = status, code
+
+
+_FAILURES = (OSError, pa.ArrowException, boto_errors.BotoCoreError, boto_errors.ClientError,
+             HttpAnswer, urllib3.exceptions.HTTPError)
 
 
 # -- paths and errors (shared by the whole package) ---------------------------
@@ -194,10 +221,28 @@ def _classify_boto(exc: BaseException) -> tuple[str, int]:
     return "fail", errno.EIO
 
 
+def _classify_status(status: int, code: str) -> tuple[str, int]:
+    """Sort an HTTP answer of S3 (a `SignedGets` GET)."""
+    if status in (412, 416) or code in ("PreconditionFailed", "ETagChanged"):
+        return "fail", errno.ESTALE  # the object is not the version asked for
+    if status == 404:
+        return "fail", errno.ENOENT
+    if status == 403:
+        return "fail", errno.EACCES
+    if status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+        return "retry", errno.EIO
+    return "fail", errno.EIO
+
+
 def _classify(exc: BaseException) -> tuple[str, int]:
-    """Sort a pyarrow or botocore failure: ("retry"|"unreachable"|"fail", errno)."""
+    """Sort a pyarrow, botocore or urllib3 failure: ("retry"|"unreachable"|"fail", errno)."""
     if isinstance(exc, (boto_errors.BotoCoreError, boto_errors.ClientError)):
         return _classify_boto(exc)
+    if isinstance(exc, HttpAnswer):
+        return _classify_status(exc.status, exc.code)
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        # No answer: refused, reset, timed out (urllib3 retries nothing: `Store._run` does).
+        return "unreachable", errno.EIO
     if isinstance(exc, FileNotFoundError):
         return "fail", errno.ENOENT
     if isinstance(exc, pa.ArrowNotImplementedError):
@@ -263,6 +308,126 @@ class _NoAnswer(Exception):
         self.timed_out = timed_out
 
 
+_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+_MESSAGE = re.compile(rb"<Message>([^<]{1,300})</Message>")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def plain_etag(etag: Any) -> str:
+    """An ETag as the store gave it, or "" where it gave none (rclone without a hash
+    answers ``""``)."""
+    text = str(etag or "").strip()
+    return text if text.strip('"') else ""
+
+
+class SignedGets:
+    """Ranged GETs of one S3 endpoint tied to a version: signed with botocore's SigV4
+    signer, sent with urllib3 (the HTTP library under botocore).
+
+    A botocore ``get_object`` costs about 2.5 ms of CPU per call here, five times
+    pyarrow's ``read_at`` (benchmarks/etag_reads.py). This sends the same request for
+    about pyarrow's cost: the signature covers ``host``, ``x-amz-date`` and
+    ``x-amz-content-sha256`` (and the session token), not ``Range`` or ``If-Match``,
+    so one signature of a key serves every range of it for `SIGN_REUSE` seconds (as a
+    presigned URL would; S3 accepts a request up to 15 minutes after its date).
+    Thread-safe: calls run in `Store`'s worker threads.
+    """
+
+    #: Seconds one signature of a key is reused (credentials that rotate are read
+    #: again at each new signature).
+    SIGN_REUSE = 60.0
+    _SIGNED_MAX = 4096
+
+    def __init__(self, *, scheme: str, endpoint: str | None, region: str, virtual: bool,
+                 credentials: Any, connect_timeout: float, request_timeout: float,
+                 pool: int, ca_file: str | None) -> None:
+        import botocore.auth
+
+        self.region = region
+        self._credentials = credentials  # botocore Credentials, or None: unsigned
+        self._auth_class = botocore.auth.S3SigV4Auth
+        self._scheme = scheme
+        self._endpoint = endpoint
+        self._virtual = virtual
+        self._signed: dict[str, tuple[float, dict[str, str]]] = {}
+        kwargs: dict[str, Any] = {}
+        if scheme == "https":
+            from botocore.httpsession import get_cert_path
+
+            kwargs = {"cert_reqs": "CERT_REQUIRED", "ca_certs": ca_file or get_cert_path(True)}
+        self._pool = urllib3.PoolManager(
+            num_pools=4, maxsize=pool, retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=request_timeout), **kwargs)
+
+    def url(self, bucket: str, name: str) -> str:
+        """The URL of object ``name`` of ``bucket`` (path style for a custom endpoint
+        unless virtual addressing is forced; virtual hosts on AWS)."""
+        path = quote(name, safe="/~")
+        if self._endpoint is None:
+            if "." in bucket:  # a dotted bucket does not match the TLS certificate
+                return f"https://s3.{self.region}.amazonaws.com/{bucket}/{path}"
+            return f"https://{bucket}.s3.{self.region}.amazonaws.com/{path}"
+        if self._virtual:
+            return f"{self._scheme}://{bucket}.{self._endpoint}/{path}"
+        return f"{self._scheme}://{self._endpoint}/{bucket}/{path}"
+
+    def _auth(self, url: str) -> dict[str, str]:
+        if self._credentials is None:
+            return {}
+        now = time.monotonic()
+        hit = self._signed.get(url)
+        if hit is not None and now - hit[0] < self.SIGN_REUSE:
+            return hit[1]
+        from botocore.awsrequest import AWSRequest
+
+        req = AWSRequest(method="GET", url=url)
+        self._auth_class(self._credentials.get_frozen_credentials(), "s3",
+                         self.region).add_auth(req)
+        headers = {k: str(v) for k, v in req.headers.items()}
+        if len(self._signed) >= self._SIGNED_MAX:
+            self._signed.clear()
+        self._signed[url] = (now, headers)
+        return headers
+
+    def get(self, url: str, offset: int, size: int, *, etag: str | None, total: int) -> bytes:
+        """Bytes ``[offset, offset+size)`` of the object at ``url`` if it is still the
+        version of ``etag`` (when given) and ``total`` bytes long.
+
+        Sends ``If-Match`` and checks what the answer says it is (its ETag and the
+        size in ``Content-Range``; servers that ignore ``If-Match``, such as
+        ``rclone serve s3``, are caught there). Raises `HttpAnswer` (412 for a
+        changed object) or a urllib3 error (no answer).
+        """
+        headers = dict(self._auth(url))
+        headers["Range"] = f"bytes={offset}-{offset + size - 1}"
+        if etag:
+            headers["If-Match"] = etag
+        r = self._pool.request("GET", url, headers=headers, preload_content=True,
+                               redirect=False)
+        data: bytes = r.data
+        if r.status not in (200, 206):
+            code = _CODE.search(data)
+            msg = _MESSAGE.search(data)
+            raise HttpAnswer(r.status, code.group(1).decode(errors="replace") if code else "",
+                             msg.group(1).decode(errors="replace") if msg else "")
+        got = plain_etag(r.headers.get("ETag"))
+        if etag and got and got != etag:
+            raise HttpAnswer(412, "ETagChanged", f"the object's ETag is {got}, not {etag}")
+        m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+        if m is not None:
+            if m.group(3) != "*" and int(m.group(3)) != total:
+                raise HttpAnswer(412, "ETagChanged",
+                                 f"the object is {m.group(3)} bytes long, not {total}")
+            if int(m.group(1)) != offset:
+                raise HttpAnswer(502, "BadRange", f"asked for bytes from {offset}, got {m.group(0)}")
+        elif r.status == 200:  # the whole object: the server ignored the range
+            if len(data) != total:
+                raise HttpAnswer(412, "ETagChanged",
+                                 f"the object is {len(data)} bytes long, not {total}")
+            data = data[offset:offset + size]
+        return data[:size]
+
+
 class Store:
     """One bucket or prefix of a `pyarrow.fs` file system, with retries and counters.
 
@@ -281,10 +446,14 @@ class Store:
         attrs: Attributes,
         clock: Callable[[], float],
         api: ApiFactory | None = None,
+        reads: ReadsFactory | None = None,
     ) -> None:
         #: Builds the botocore client of namespace requests (S3 only; see the module docstring).
         self._api_factory = api
         self._api: Any = None
+        #: Builds the `SignedGets` of versioned reads (S3 only; see the module docstring).
+        self._reads_factory = reads
+        self._reads: SignedGets | None = None
         if callable(fs) and not isinstance(fs, pafs.FileSystem):
             self._fs_factory: Callable[[], pafs.FileSystem] | None = fs
             self._fs: Any = None
@@ -339,12 +508,25 @@ class Store:
                                                           limiter=self.limiter)
             except _FAILURES as exc:
                 raise self._start_error(exc) from None
+        if self._reads is None and self._reads_factory is not None:
+            region = str(getattr(self._fs, "region", "") or "us-east-1")
+            try:
+                self._reads = await trio.to_thread.run_sync(self._reads_factory, region,
+                                                            limiter=self.limiter)
+            except _FAILURES as exc:
+                raise self._start_error(exc) from None
         return built
 
     @property
     def sends_own_requests(self) -> bool:
         """Whether namespace requests go out one by one, with no library side effects."""
         return self._api is not None
+
+    @property
+    def versioned(self) -> bool:
+        """Whether an open states its object's ETag (`head_version`) and its ranged
+        reads are tied to it (`read_version`): ``s3://`` sources."""
+        return self._api is not None and self._reads is not None and self._opts.etag_reads
 
     async def check_root(self) -> None:
         """Check that the bucket and the prefix (or the source directory) exist."""
@@ -440,7 +622,7 @@ class Store:
                     continue
                 if kind == "unreachable":
                     raise self._unavailable(what, short(exc), quiet) from None
-                if kind == "retry" or code in (errno.ENOENT, errno.EACCES):
+                if kind == "retry" or code in (errno.ENOENT, errno.EACCES, errno.ESTALE):
                     self._up()  # it answered, if only with "busy" or "no"
                 raise err(code, f"{self.description}: {what}: {short(exc)}") from None
         raise AssertionError("unreachable")
@@ -725,6 +907,45 @@ class Store:
         data: bytes = await self._run(what, f.read_at, size, offset, bounded=True)
         return data
 
+    async def head_version(self, key: str, what: str) -> Stat | None:
+        """The object at ``key`` with its ETag (a botocore HEAD, "stat"), or None if
+        there is none. ``etag`` is "" where the store gives none. `versioned` only."""
+        assert self._api is not None
+        bucket, name = self._bucket_key(key)
+        self.requests["stat"] += 1
+        try:
+            answer = await self._run(what, lambda: self._api.head_object(Bucket=bucket, Key=name),
+                                     bounded=True)
+        except FileNotFoundError:
+            return None
+        modified = answer.get("LastModified")
+        mtime_ns = int(modified.timestamp()) * 1_000_000_000 if modified is not None else 0
+        st = self._attrs.file(int(answer.get("ContentLength") or 0),
+                              mtime_ns or self._attrs.started_ns)
+        st.mtime_known = bool(mtime_ns)
+        st.etag = plain_etag(answer.get("ETag"))
+        return st
+
+    async def read_version(self, key: str, etag: str | None, total: int, size: int,
+                           offset: int, what: str) -> bytes:
+        """One ranged GET of the version ``etag`` (``total`` bytes long) of ``key``
+        ("get"; see `SignedGets.get`). Raises ``ESTALE`` when the store holds another
+        version (counted as "changed"). `versioned` only."""
+        reads = self._reads
+        assert reads is not None
+        bucket, name = self._bucket_key(key)
+        url = reads.url(bucket, name)
+        self.requests["get"] += 1
+        try:
+            data: bytes = await self._run(
+                what, lambda: reads.get(url, offset, size, etag=etag or None, total=total),
+                bounded=True)
+        except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                self.requests["changed"] += 1
+            raise
+        return data
+
     async def upload(self, key: str, fd: int, what: str) -> None:
         """Write the whole content of local descriptor ``fd`` as object ``key`` ("put")."""
         def upload() -> None:
@@ -763,6 +984,7 @@ class Source(NamedTuple):
     endpoint: str | None
     kind: str | None
     api: ApiFactory | None = None
+    reads: ReadsFactory | None = None
 
 
 def resolve_source(uri: str, s3opts: dict[str, Any]) -> Source:
@@ -776,8 +998,8 @@ def resolve_source(uri: str, s3opts: dict[str, Any]) -> Source:
     """
     parts = urlsplit(uri)
     if parts.scheme.lower() == "s3":
-        factory, api, root, desc, endpoint = _s3_factory(parts, s3opts)
-        return Source(factory, root, desc, endpoint, "s3", api)
+        factory, api, reads, root, desc, endpoint = _s3_factory(parts, s3opts)
+        return Source(factory, root, desc, endpoint, "s3", api, reads)
     if parts.scheme.lower() == "gs":
         factory, root, desc, endpoint = _gcs_factory(parts, s3opts)
         return Source(factory, root, desc, endpoint, "gcs")
@@ -803,9 +1025,9 @@ def _bool(value: Any) -> bool:
 
 def _s3_factory(
     parts: SplitResult, opts: dict[str, Any]
-) -> tuple[Callable[[], pafs.FileSystem], ApiFactory, str, str, str]:
-    """The S3 file system factory, namespace client factory, root, description and
-    endpoint of an s3:// URI."""
+) -> tuple[Callable[[], pafs.FileSystem], ApiFactory, ReadsFactory, str, str, str]:
+    """The S3 file system factory, namespace client factory, versioned reads factory,
+    root, description and endpoint of an s3:// URI."""
     netloc = parts.netloc
     conf: dict[str, Any] = {}
     if "@" in netloc:
@@ -892,7 +1114,26 @@ def _s3_factory(
             config=botocore.config.Config(**config),
         )
 
-    return factory, api, root, desc, shown
+    def reads(region_name: str) -> SignedGets:
+        # The same endpoint, credentials (botocore's chain without explicit keys),
+        # timeouts and addressing as `api`.
+        import botocore.credentials
+        import botocore.session
+
+        creds: Any = None
+        if not kwargs.get("anonymous"):
+            if kwargs.get("access_key"):
+                creds = botocore.credentials.Credentials(
+                    kwargs["access_key"], kwargs["secret_key"], kwargs.get("session_token"))
+            else:
+                creds = botocore.session.get_session().get_credentials()
+        return SignedGets(
+            scheme=scheme, endpoint=endpoint, region=region or region_name,
+            virtual=bool(kwargs.get("force_virtual_addressing")), credentials=creds,
+            connect_timeout=kwargs["connect_timeout"], request_timeout=kwargs["request_timeout"],
+            pool=32, ca_file=kwargs.get("tls_ca_file_path") or None)
+
+    return factory, api, reads, root, desc, shown
 
 
 def _gcs_factory(parts: SplitResult, opts: dict[str, Any]) -> tuple[Callable[[], pafs.FileSystem], str, str, str]:

@@ -1,0 +1,170 @@
+"""One open of an S3 object never mixes versions, through a real mount, on two S3 servers.
+
+Another client overwrites an object between two reads of one open handle, with the
+same size (and, on rclone, the very same mtime: the ETag is all that differs). The
+old handle's next read must fail with ``ESTALE`` (or give old bytes only, from a
+cache of the old version): never new bytes. A new open reads exactly the new bytes.
+The daemon logs one WARNING and no ERROR (`Mounted` fails the test on an ERROR).
+
+The servers: ``rclone serve s3`` with ``--etag-hash MD5`` (its ETag is the content's
+MD5; it ignores ``If-Match``, so the check of the answer's ETag is what catches the
+change) and moto (it answers ``If-Match`` with 412 Precondition Failed).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from mounting import Mounted
+from s3server import S3Server, api, moto_server  # noqa: F401
+from test_s3_mount import config, read_direct, stats
+
+pytestmark = [pytest.mark.s3, pytest.mark.mount]
+
+KiB = 1024
+MiB = 1024 * KiB
+_names = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(scope="session")
+def rclone_md5_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """rclone with real ETags (MD5 of the content; it hashes every object it serves,
+    so only small objects here), buckets made through the API (2 s directory cache)."""
+    server = S3Server(tmp_path_factory.mktemp("s3md5"), dir_cache_time="2s", etag_hash="MD5")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["rclone", "moto"])
+def versioned_s3(request: pytest.FixtureRequest) -> S3Server:
+    """A new, empty bucket on an S3 server that gives ETags."""
+    base: S3Server = request.getfixturevalue(
+        "rclone_md5_server" if request.param == "rclone" else "moto_server")
+    name = f"v{next(_names):04d}"
+    api(base).create_bucket(Bucket=name)
+    view = S3Server.__new__(type(base))
+    view.__dict__.update(base.__dict__)
+    view.bucket = name
+    view.kind = request.param  # type: ignore[attr-defined]
+    return view
+
+
+@pytest.fixture
+def mount_versions(make_mount: Callable[..., Mounted], tmp_path: Path) -> Callable[..., Mounted]:
+    def factory(server: S3Server, extra: str = "") -> Mounted:
+        markers = getattr(server, "kind", "rclone") == "moto"
+        src: dict[str, Any] = {"dir_markers": markers, "read_timeout": "120s"}
+        n = len(list(tmp_path.glob("v*.toml")))
+        # No fast-tier fill: the second read must reach the store (a fill would copy
+        # the old version; its bytes would be right, but would not test the GETs).
+        cfg = config(tmp_path, server, name=f"v{n}.toml", source=src,
+                     extra="[policy]\nfill_random_max = 0\n" + extra)
+        return make_mount(server.uri() + "&request_timeout=60", config=cfg)
+
+    return factory
+
+
+def overwrite_same_size(server: S3Server, key: str, data: bytes) -> None:
+    """Put ``data`` over ``key`` through another client; on rclone, give it back the old
+    mtime too (size and Last-Modified unchanged: only the ETag tells)."""
+    client = api(server)
+    before = client.head_object(Bucket=server.bucket, Key=key)
+    assert before["ContentLength"] == len(data)
+    on_disk = server.bucket_dir / key
+    old = os.stat(on_disk) if getattr(server, "kind", "") == "rclone" else None
+    client.put_object(Bucket=server.bucket, Key=key, Body=data)
+    if old is not None:
+        os.utime(on_disk, ns=(old.st_atime_ns, old.st_mtime_ns))
+    after = client.head_object(Bucket=server.bucket, Key=key)
+    assert after["ETag"] != before["ETag"]
+    assert after["ContentLength"] == before["ContentLength"]
+
+
+def test_overwrite_between_two_reads_of_one_open(
+        versioned_s3: S3Server, mount_versions: Callable[..., Mounted]) -> None:
+    s = versioned_s3
+    size = MiB + 12345
+    old = random.Random(1).randbytes(size)
+    new = random.Random(2).randbytes(size)
+    api(s).put_object(Bucket=s.bucket, Key="d/obj", Body=old)
+    with mount_versions(s) as m:
+        path = os.path.join(m.mountpoint, "d", "obj")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            import mmap
+            buf = mmap.mmap(-1, 64 * KiB)
+            assert os.preadv(fd, [buf], 0) == 64 * KiB
+            assert bytes(buf) == old[:64 * KiB]
+            overwrite_same_size(s, "d/obj", new)
+            # Far from the first read: not in any block fetched so far.
+            off = 768 * KiB
+            try:
+                n = os.preadv(fd, [buf], off)
+            except OSError as exc:
+                assert exc.errno == errno.ESTALE, exc
+            else:
+                got = bytes(buf[:n])
+                assert got == old[off:off + n], "the old handle read bytes of the new version"
+            # Stale for good: the same handle never reads the new version.
+            for where in (0, 512 * KiB, size - 4096):
+                try:
+                    n = os.preadv(fd, [memoryview(buf)[:4096]], where)
+                except OSError as exc:
+                    assert exc.errno == errno.ESTALE, exc
+                else:
+                    assert bytes(buf[:n]) == old[where:where + n]
+        finally:
+            os.close(fd)
+        # A new open reads the new version, all of it.
+        assert read_direct(path, 0, size) == new
+        with open(path, "rb") as f:
+            assert f.read() == new
+        counters = stats(m.mountpoint)
+        assert counters["capacity"].get("changed", 0) >= 1, counters["capacity"]
+        log = m.read_log()
+        assert "the object changed after it was opened" in log
+        assert " WARNING " in log or "WARNING" in log
+
+
+def test_change_before_the_first_read(
+        versioned_s3: S3Server, mount_versions: Callable[..., Mounted]) -> None:
+    """An open whose object changes before its first read: ESTALE, not the new bytes
+    under the old version's name (which the fast tier and DRAM would keep)."""
+    s = versioned_s3
+    old = b"A" * 200_000
+    new = b"B" * 200_000
+    api(s).put_object(Bucket=s.bucket, Key="e/obj", Body=old)
+    with mount_versions(s) as m:
+        path = os.path.join(m.mountpoint, "e", "obj")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            overwrite_same_size(s, "e/obj", new)
+            try:
+                got = read_fd(fd, 0, 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ESTALE, exc
+            else:
+                assert got == old[:4096]
+        finally:
+            os.close(fd)
+        assert read_direct(path, 0, len(new)) == new
+        # The object as it is now is what the tiers keep: read again, still the new bytes.
+        assert read_direct(path, 4096, 4096) == new[4096:8192]
+        assert stats(m.mountpoint)["capacity"].get("changed", 0) >= 1
+
+
+def read_fd(fd: int, offset: int, size: int) -> bytes:
+    import mmap
+    buf = mmap.mmap(-1, size)
+    n = os.preadv(fd, [buf], offset)
+    return bytes(buf[:n])
