@@ -40,6 +40,8 @@ class FileHandle:
     version: SourceVersion | None = None
     #: The fast tier's entry for this version, once it has one.
     fast: CacheEntry | None = None
+    #: The DRAM entry of this version (`DramEntries`): the handle's reads use only it.
+    dram: int | None = None
     #: True once this handle wrote: caches of the inode must not be trusted.
     dirty: bool = False
     #: Read-ahead state, once the handle is read as a stream.

@@ -179,3 +179,41 @@ def test_dram_pages_outlive_a_forgotten_inode(src: str) -> None:
             await engine.close()
             await tier.close()
     trio.run(main)
+
+
+def test_an_older_handle_never_reads_a_newer_version_from_dram(src: str) -> None:
+    """A handle reads the version it opened: after the file was replaced behind the mount
+    and a new open filled DRAM with the new bytes, the older handle (whose descriptor holds
+    the old file) still reads the old bytes. (On a local source the new file is another
+    inode of the mount; `test_s3_versions` has the case where both opens share one.)"""
+    old, new = os.urandom(64 << 10), os.urandom(64 << 10)
+    path = os.path.join(src, "f")
+    with open(path, "wb") as f:
+        f.write(old)
+
+    async def main() -> None:
+        tier = PosixTier(src)
+        await tier.start()
+        engine = Engine(tier, stats=Stats(), pagecache=PageCache(1 << 20, 4096))
+        ops = Operations(tier, engine)
+        try:
+            e = await ops.lookup(pyfuse3.ROOT_INODE, b"f", CTX)
+            a = await ops.open(e.st_ino, os.O_RDONLY, CTX)
+            assert await ops.read(a.fh, 8192, 4096) == old[8192:12288]
+            with open(path + ".tmp", "wb") as f:
+                f.write(new)
+            os.replace(path + ".tmp", path)
+            e = await ops.lookup(pyfuse3.ROOT_INODE, b"f", CTX)
+            b = await ops.open(e.st_ino, os.O_RDONLY, CTX)
+            for off in (0, 8192, 32768):
+                assert await ops.read(b.fh, off, 4096) == new[off:off + 4096]
+            for off in (0, 8192, 32768):
+                assert await ops.read(a.fh, off, 4096) == old[off:off + 4096], off
+            assert engine.dram.check() == []
+            await ops.release(a.fh)
+            await ops.release(b.fh)
+            assert engine.dram.check() == []
+        finally:
+            await engine.close()
+            await tier.close()
+    trio.run(main)

@@ -168,3 +168,59 @@ def read_fd(fd: int, offset: int, size: int) -> bytes:
     buf = mmap.mmap(-1, size)
     n = os.preadv(fd, [buf], offset)
     return bytes(buf[:n])
+
+
+def test_an_older_handle_never_reads_the_newer_versions_dram_pages(versioned_s3: S3Server) -> None:
+    """In-process, the DRAM tier in the way: handle A reads, another client overwrites the
+    object (same size), handle B opens the new version and fills DRAM with it; A's next
+    reads are its own version's bytes or ESTALE, never the new version's pages (on an
+    object store both opens share one inode: the DRAM entry is per handle)."""
+    import pyfuse3
+    import trio
+
+    from fusefs.engine import Engine
+    from fusefs.operations import Operations
+    from fusefs.pagecache import PageCache
+    from fusefs.stats import Stats
+    from fusefs.tiers.objectstore import ObjectStoreTier
+
+    server = versioned_s3
+    rng = random.Random(41)
+    old, new = rng.randbytes(256 * KiB), rng.randbytes(256 * KiB)
+    client = api(server)
+    client.put_object(Bucket=server.bucket, Key="t.bin", Body=old)
+    ctx = pyfuse3.RequestContext()
+    offsets = (0, 64 * KiB, 192 * KiB)
+
+    async def main() -> None:
+        tier = ObjectStoreTier.from_uri(
+            server.uri() + "&request_timeout=60", access_key=server.access_key,
+            secret_key=server.secret_key, dir_markers=server.kind == "moto", stat_ttl=0.0,
+            negative_ttl=0.0, list_ttl=0.0)
+        await tier.start()
+        engine = Engine(tier, stats=Stats(), pagecache=PageCache(4 * MiB, 4096))
+        ops = Operations(tier, engine)
+        try:
+            ino = (await ops.lookup(pyfuse3.ROOT_INODE, b"t.bin", ctx)).st_ino
+            a = await ops.open(ino, os.O_RDONLY, ctx)
+            for off in offsets:
+                assert await ops.read(a.fh, off, 4096) == old[off:off + 4096]
+            client.put_object(Bucket=server.bucket, Key="t.bin", Body=new)
+            assert (await ops.lookup(pyfuse3.ROOT_INODE, b"t.bin", ctx)).st_ino == ino
+            b = await ops.open(ino, os.O_RDONLY, ctx)
+            for off in offsets:
+                assert await ops.read(b.fh, off, 4096) == new[off:off + 4096]
+            for off in offsets:
+                try:
+                    got = await ops.read(a.fh, off, 4096)
+                except pyfuse3.FUSEError as exc:
+                    assert exc.errno == errno.ESTALE, exc.errno
+                    continue
+                assert got == old[off:off + 4096], f"old handle at {off}: not its version"
+            assert engine.dram.check() == []
+            await ops.release(a.fh)
+            await ops.release(b.fh)
+        finally:
+            await engine.close()
+            await tier.close()
+    trio.run(main)

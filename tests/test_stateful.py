@@ -194,7 +194,7 @@ class ReadPath(RuleBasedStateMachine):
             self._src_write(name, self._content(name, 1000 + i * 90 * KiB))
         self.portal = Portal()
         self.inst = self._start()
-        # fh -> (path, writable, comparable)
+        # fh -> [path, writable, comparable, bytes a stale handle must read (or None)]
         self.open_fh: dict[int, list[Any]] = {}
 
     # -- helpers -----------------------------------------------------------------
@@ -243,9 +243,15 @@ class ReadPath(RuleBasedStateMachine):
             return ino
         return self.portal.run(walk)
 
-    def _stale_handles_of(self, name: bytes) -> None:
+    def _stale_handles_of(self, name: bytes, *, replaced: bool = False) -> None:
+        """``name`` changed behind the mount. Its open handles are stale; a read-only one
+        whose file was replaced or deleted (not rewritten in place) must still read the
+        bytes it opened, or ESTALE where the source cannot serve them: never the new
+        version's, never a mix (its caches are tied to the version it opened)."""
         for ent in self.open_fh.values():
             if ent[0] == name:
+                if ent[2] and replaced and not ent[1]:
+                    ent[3] = self.model.get(name)
                 ent[2] = False  # opened before the change behind the mount
 
     def _close_all(self) -> None:
@@ -262,7 +268,7 @@ class ReadPath(RuleBasedStateMachine):
         ino = self._ino(name)
         flags = os.O_RDWR if write else os.O_RDONLY
         fi = self.portal.run(self.inst.ops.open, ino, flags, CTX)
-        self.open_fh[fi.fh] = [name, write, True]
+        self.open_fh[fi.fh] = [name, write, True, None]
         return fi.fh
 
     @rule(fh=consumes(handles))
@@ -273,7 +279,7 @@ class ReadPath(RuleBasedStateMachine):
         del self.open_fh[fh]
 
     def _check_read(self, fh: int, offset: int, size: int) -> None:
-        name, _, comparable = self.open_fh[fh]
+        name, _, comparable, old = self.open_fh[fh]
         try:
             got = self.portal.run(self.inst.ops.read, fh, offset, size)
         except pyfuse3.FUSEError as exc:
@@ -283,8 +289,8 @@ class ReadPath(RuleBasedStateMachine):
             assert not comparable and (gone or self.STALE_ON_CHANGE) \
                 and exc.errno == errno.ESTALE, (name, exc.errno)
             return
-        if comparable:
-            want = self.model[name][offset:offset + size]
+        if comparable or old is not None:
+            want = (self.model[name] if comparable else old)[offset:offset + size]
             assert got == want, (f"{name!r} at {offset}+{size}: {len(got)} bytes, "
                                  f"first difference at "
                                  f"{next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))}")
@@ -326,7 +332,7 @@ class ReadPath(RuleBasedStateMachine):
     def write(self, fh: Any, where: float, n: int) -> None:
         if fh is None or fh not in self.open_fh:
             return
-        name, writable, comparable = self.open_fh[fh]
+        name, writable, comparable, _ = self.open_fh[fh]
         if not writable or not comparable or not self.WRITES:
             return
         offset = int(where * len(self.model[name]))
@@ -359,17 +365,26 @@ class ReadPath(RuleBasedStateMachine):
             size = len(old)
         elif not self.SAME_SIZE_CHANGES and old is not None and size == len(old):
             size += 1
+        stale_bytes = old
         self._src_write(name, self._content(name, size), keep_mtime=how != "replace",
                         in_place=how == "in_place_keep_mtime")
-        self._stale_handles_of(name)
+        if stale_bytes is not None:
+            self.model[name], new = stale_bytes, self.model[name]
+            # In place, a local file changes under its open descriptors too; an object
+            # is replaced whole either way.
+            self._stale_handles_of(name, replaced=how != "in_place_keep_mtime"
+                                   or self.STALE_ON_CHANGE)
+            self.model[name] = new
+        else:
+            self._stale_handles_of(name)
 
     @rule(name=st.sampled_from(NAMES))
     def delete_behind(self, name: bytes) -> None:
         if name not in self.model:
             return
         os.unlink(self._src_path(name))
+        self._stale_handles_of(name, replaced=True)
         del self.model[name]
-        self._stale_handles_of(name)
 
     @rule(name=st.sampled_from(NAMES), pin=st.booleans())
     def warm(self, name: bytes, pin: bool) -> None:

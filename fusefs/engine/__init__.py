@@ -227,14 +227,14 @@ class Engine:
         them."""
         self.consistency.bump(ino)
         whole = start == 0 and end is None
-        eid = self.dram.current(ino)
-        if self.pagecache is not None and eid is not None:
-            if whole:
-                self.pagecache.invalidate(eid)
-            else:
-                ps = self.page_size
-                stop = (1 << 62) if end is None else (max(start, end - 1) // ps) + 1
-                self.pagecache.invalidate(eid, start // ps, end=stop)
+        if self.pagecache is not None:
+            ps = self.page_size
+            stop = (1 << 62) if end is None else (max(start, end - 1) // ps) + 1
+            for eid in self.dram.entries_of(ino):
+                if whole:
+                    self.pagecache.invalidate(eid)
+                else:
+                    self.pagecache.invalidate(eid, start // ps, end=stop)
         if whole:
             for p in (self.policy, self.dram_policy):
                 if p is not None:
@@ -264,9 +264,10 @@ class Engine:
         if changed:
             self.invalidate(h.ino)
         if self.consistency.written(h.ino):
-            self.dram.of(h.ino)  # the inode's bytes are ours, not any version's
+            h.dram = self.dram.of(h.ino)  # the inode's bytes are ours, not any version's
         else:
-            self.dram.bind(h.ino, h.path, h.version)
+            h.dram = self.dram.bind(h.ino, h.path, h.version)
+        self.dram.hold(h.ino, h.dram)
         self.consistency.set_eof(h.ino, st.st_size)
         if self.fast is not None and not self.consistency.written(h.ino):
             h.fast = self.fast.file_for(h.path, h.version)
@@ -347,7 +348,7 @@ class Engine:
         if label == Label.SEQUENTIAL:
             # Streams never enter DRAM, but what random readers put there serves them
             # too (also while the capacity tier is down, when nothing else could).
-            eid = self.dram.current(h.ino)
+            eid = h.dram
             hit = None
             if eid is not None and size > 0 and self.paged.dram_holds_start(eid, offset):
                 hit = self.paged.from_dram(h, eid, offset, size, info)
@@ -514,6 +515,9 @@ class Engine:
 
     async def release(self, h: FileHandle, *, last: bool = True) -> None:
         """The handle is closed; ``last`` if no other handle of its inode is open."""
+        if h.dram is not None:
+            self.dram.let_go(h.ino, h.dram)
+            h.dram = None
         if last:
             self.consistency.closed_last(h.ino)
         for p in (self.policy, self.dram_policy):

@@ -134,23 +134,6 @@ class Consistency:
         self._eof.pop(ino, None)
         self._writers.pop(ino, None)
 
-    def bound_inodes(self) -> list[int]:
-        return list(self._ino)
-
-    def check(self) -> list[str]:
-        """Problems in the bookkeeping (tests): every count and name agrees."""
-        problems = []
-        counts: dict[int, int] = {}
-        for eid in self._ino.values():
-            counts[eid] = counts.get(eid, 0) + 1
-        if counts != self._bound:
-            problems.append(f"bound counts {self._bound} != inodes per entry {counts}")
-        if {eid: p for p, (_, eid) in self._paths.items()} != self._named:
-            problems.append("paths and names disagree")
-        if len(self._paths) > self._limit:
-            problems.append(f"{len(self._paths)} paths named, limit {self._limit}")
-        return problems
-
     def statistics(self) -> dict[str, int]:
         return {"inodes_tracked": len(self._gen) + len(self._kernel),
                 "written_open": len(self._written), "writers": len(self._writers)}
@@ -163,10 +146,12 @@ class DramEntries:
     DRAM pages keyed by inode would go with them, and a file whose only cached copy was in
     DRAM would read EIO through a later capacity-tier outage. Pages are keyed by entry id
     instead. An open binds its inode to the entry of the path and version it opened; the same
-    version opened again under a new inode finds the same pages. A different version, a
-    write, truncate, rename or unlink through the mount, or an evict *unnames* the path: its
-    pages are dropped at once. An entry no path names any more lives as long as the inodes
-    bound to it, then its pages are dropped.
+    version opened again under a new inode finds the same pages. The handle keeps the entry
+    of its own open (`hold`): after another open saw a new version, an older handle still
+    reads only its version's pages, never the new ones. A different version, a write,
+    truncate, rename or unlink through the mount, or an evict *unnames* the path: its pages
+    are dropped at once. An entry no path names any more lives as long as the inodes and
+    handles bound to it, then its pages are dropped.
 
     Args:
         drop: drops every DRAM page of an entry id (`PageCache.invalidate`; cheap: per-entry
@@ -182,7 +167,8 @@ class DramEntries:
         self._paths: OrderedDict[bytes, tuple[SourceVersion, int]] = OrderedDict()
         self._named: dict[int, bytes] = {}  # entry -> the path naming it
         self._ino: dict[int, int] = {}  # inode -> entry
-        self._bound: dict[int, int] = {}  # entry -> inodes bound to it
+        self._held: dict[int, dict[int, int]] = {}  # inode -> {entry: handles holding it}
+        self._bound: dict[int, int] = {}  # entry -> inodes and handles bound to it
         self._next = 1
 
     def bind(self, ino: int, path: bytes, version: SourceVersion) -> int:
@@ -212,6 +198,32 @@ class DramEntries:
     def current(self, ino: int) -> int | None:
         return self._ino.get(ino)
 
+    def hold(self, ino: int, eid: int) -> None:
+        """A handle of ``ino`` opened on entry ``eid`` reads it until `let_go`."""
+        held = self._held.setdefault(ino, {})
+        held[eid] = held.get(eid, 0) + 1
+        self._bound[eid] = self._bound.get(eid, 0) + 1
+
+    def let_go(self, ino: int, eid: int) -> None:
+        held = self._held.get(ino, {})
+        n = held.get(eid, 0) - 1
+        if n > 0:
+            held[eid] = n
+        else:
+            held.pop(eid, None)
+            if not held:
+                self._held.pop(ino, None)
+        self._release(eid)
+
+    def entries_of(self, ino: int) -> set[int]:
+        """Every entry whose pages are of ``ino``: its current one and those its open
+        handles hold (writes and truncates invalidate them all)."""
+        out = set(self._held.get(ino, ()))
+        eid = self._ino.get(ino)
+        if eid is not None:
+            out.add(eid)
+        return out
+
     def unname(self, path: bytes, *, tree: bool = False,
                keep: Callable[[bytes], bool] | None = None) -> int:
         """``path`` changed (or, with ``tree``, anything under it but what ``keep``
@@ -239,7 +251,7 @@ class DramEntries:
             self._release(eid)
 
     def bound_inodes(self) -> list[int]:
-        return list(self._ino)
+        return sorted(set(self._ino) | set(self._held))
 
     def check(self) -> list[str]:
         """Problems in the bookkeeping (tests): every count and name agrees."""
@@ -247,6 +259,9 @@ class DramEntries:
         counts: dict[int, int] = {}
         for eid in self._ino.values():
             counts[eid] = counts.get(eid, 0) + 1
+        for held in self._held.values():
+            for eid, n in held.items():
+                counts[eid] = counts.get(eid, 0) + n
         if counts != self._bound:
             problems.append(f"bound counts {self._bound} != inodes per entry {counts}")
         if {eid: p for p, (_, eid) in self._paths.items()} != self._named:

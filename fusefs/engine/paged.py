@@ -58,9 +58,8 @@ class PagedReader:
         last = (offset + size - 1) // ps
         start = first * ps
         pc = self.pagecache
-        # The DRAM entry as of now: a read that outlives a rebinding admits nothing (the
-        # generation check below), and never under another version's entry.
-        eid = engine.dram.of(h.ino)
+        # The handle's own version's entry: never pages of a version opened after it.
+        eid = h.dram if h.dram is not None else engine.dram.of(h.ino)
         if pc is not None and size > 0:
             if engine.mrc_dram is not None:
                 engine.mrc_dram.record((eid, offset // self.dram_unit))
