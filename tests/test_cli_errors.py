@@ -312,14 +312,14 @@ def test_every_subcommand_piped_never_a_traceback(src: str, make_mount: Callable
     with make_mount(src) as m:
         live = {"default": m.mountpoint, "mountpoint": m.mountpoint, "source": src,
                 "paths": f"{m.mountpoint}/f", "target": m.mountpoint, "trace": str(trace),
-                "file": str(tmp_path / "snap.parquet")}
+                "file": str(tmp_path / "snap.parquet"), "output": str(tmp_path / "report")}
         for name in order:
             check("live", name, [name, *arguments(subs[name], live)])
         check("live", "--help", ["--help"])
         check("live", "--version", ["--version"])
     absent = {"default": str(plain), "mountpoint": str(plain), "source": str(tmp_path / "no"),
               "paths": str(plain / "f"), "target": str(plain), "trace": str(plain / "f"),
-              "file": str(plain / "snap")}
+              "file": str(plain / "snap"), "output": str(tmp_path / "report-none")}
     for name in order:
         check("no mount", name, [name, *arguments(subs[name], absent)])
         check("bad args", name, [name])
