@@ -146,6 +146,13 @@ class SourceConfig:
                              "Set false for servers that store a marker as a file and then "
                              "hide the directory (rclone serve s3): mkdir then makes the "
                              "directory in this mount only, until a file is written below it.")
+    etag_reads: bool = _opt(True, "bool",
+                            "S3: tie every ranged read of an open to the ETag the open saw "
+                            "(If-Match, and the answer's ETag and size checked): an object "
+                            "another client replaced while it is open answers ESTALE, never "
+                            "bytes of two versions. false reads with pyarrow, tied to no "
+                            "version (about 0.8-1.0x the read rate on loopback; "
+                            "docs/objectstore.md).")
 
 
 @dataclass(frozen=True, slots=True)

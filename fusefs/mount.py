@@ -136,6 +136,7 @@ def source_options(cfg: Config) -> dict[str, Any]:
         "list_after": s.list_after,
         "max_dir_rename_keys": s.max_dir_rename_keys,
         "dir_markers": s.dir_markers,
+        "etag_reads": s.etag_reads,
         "read_timeout": s.read_timeout,
         "retry_budget": s.retry_budget,
     }

@@ -110,3 +110,15 @@ def test_example_presets_parse_and_comment_every_choice(preset: str) -> None:
                 j -= 1  # keys that share one comment: the comment is above the group
             assert j >= 0 and (lines[j].lstrip().startswith("#")
                                or lines[j].startswith("[")), f"{path}:{i + 1}: no comment"
+
+
+def test_etag_reads_reaches_the_object_store_tier() -> None:
+    """[source] etag_reads (default on) is what the S3 tier is built with."""
+    from fusefs.mount import source_options
+    from fusefs.tiers.objectstore.options import ObjectStoreOptions
+
+    assert source_options(parse_config(""))["etag_reads"] is True
+    opts = source_options(parse_config("[source]\netag_reads = false\n"))
+    assert opts["etag_reads"] is False
+    assert ObjectStoreOptions.make({k: v for k, v in opts.items()
+                                    if k in ObjectStoreOptions.__dataclass_fields__}).etag_reads is False
