@@ -130,3 +130,17 @@ def holdings(snap: dict[str, Any]) -> str:
     dram, fast = snap.get("dram", {}), snap.get("fast", {})
     return (f"tiers now hold: dram {size(dram.get('bytes_used', 0))}, fast "
             f"{size(fast.get('bytes_used', 0))} in {fast.get('files', 0)} files")
+
+
+def drop_kernel_cache(path: str) -> None:
+    """Ask the kernel to forget its cached pages of one file (of this mount only)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def percentile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]

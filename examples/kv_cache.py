@@ -60,20 +60,6 @@ def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def drop_kernel_cache(path: str) -> None:
-    """Ask the kernel to forget its cached pages of one file (of this mount only)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def percentile(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
 def write_blocks(root: str, n: int) -> float:
     """Write blocks 0..n-1 under ``root`` (a mount); returns the seconds it took."""
     t = time.perf_counter()
@@ -184,7 +170,7 @@ def run(args: argparse.Namespace, source: str, n: int, threads: int, reads: int)
         last = _tierfs.stats(mnt)
         for name in ("first", "repeat"):
             for i in sorted(set(ids)):
-                drop_kernel_cache(block_path(mnt, i))
+                _tierfs.drop_kernel_cache(block_path(mnt, i))
             before = _tierfs.stats(mnt)  # the drops' opens are not the pass's
             t = time.perf_counter()
             lat, pass_bad = read_pass(mnt, ids, threads, want)
@@ -195,8 +181,8 @@ def run(args: argparse.Namespace, source: str, n: int, threads: int, reads: int)
             bad += pass_bad
             if lat:
                 print(f"{name}: {len(lat)} random block reads ({len(set(ids))} distinct) from "
-                      f"{threads} threads in {secs:.2f}s: p50 {percentile(lat, 50) * 1e3:.2f} ms, "
-                      f"p99 {percentile(lat, 99) * 1e3:.2f} ms, "
+                      f"{threads} threads in {secs:.2f}s: p50 {_tierfs.percentile(lat, 50) * 1e3:.2f} ms, "
+                      f"p99 {_tierfs.percentile(lat, 99) * 1e3:.2f} ms, "
                       f"{len(lat) * BLOCK / 2**20 / secs:.1f} MiB/s; what tierfs did:")
                 print(_tierfs.describe(_tierfs.delta(before, after), len(lat) * BLOCK))
         print(_tierfs.holdings(last))

@@ -99,15 +99,6 @@ def scan(root: str, days: int) -> tuple[pa.Table, list[str]]:
     return table.sort_by("id"), files
 
 
-def drop_kernel_cache(path: str) -> None:
-    """Ask the kernel to forget its cached pages of one file (of this mount only)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source", help="dataset folder (written here if empty or missing; "
@@ -150,7 +141,7 @@ def run(args: argparse.Namespace, source: str, days: int) -> int:
         for name in ("cold", "warm"):
             if name == "warm":
                 for path in files:
-                    drop_kernel_cache(path)
+                    _tierfs.drop_kernel_cache(path)
                 last = _tierfs.stats(mnt)  # the opens above are not the pass's
             before = last
             t = time.perf_counter()

@@ -77,20 +77,6 @@ def sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def drop_kernel_cache(path: str) -> None:
-    """Ask the kernel to forget its cached pages of one file (of this mount only)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def percentile(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source", help="corpus folder (written here if it has no index; "
@@ -155,7 +141,7 @@ def run(args: argparse.Namespace, source: str, n_queries: int) -> int:
         for name in ("cold", "tierfs-warm", "kernel-warm"):
             if name == "tierfs-warm":
                 for path in fetched:
-                    drop_kernel_cache(path)
+                    _tierfs.drop_kernel_cache(path)
                 last = _tierfs.stats(mnt)  # the opens above are not the pass's
             before = last
             lat, nbytes = [], 0
@@ -185,7 +171,7 @@ def run(args: argparse.Namespace, source: str, n_queries: int) -> int:
                     checked += 1
             after = last = _tierfs.stats(mnt)
             print(f"{name}: {n_queries} queries x top-{TOP_K} documents: query+fetch "
-                  f"p50 {percentile(lat, 50) * 1e3:.2f} ms, p99 {percentile(lat, 99) * 1e3:.2f} "
+                  f"p50 {_tierfs.percentile(lat, 50) * 1e3:.2f} ms, p99 {_tierfs.percentile(lat, 99) * 1e3:.2f} "
                   f"ms; what tierfs did:")
             print(_tierfs.describe(_tierfs.delta(before, after), nbytes))
         snap = last
