@@ -113,7 +113,9 @@ def build_parser(*, replay: bool = True) -> argparse.ArgumentParser:
                 "stderr, and exits 1 if that left nothing to warm. The sizes printed are "
                 "what the fast tier holds afterwards, not what passed through it.",
         "evict": " Pinned files stay (their pin too) and are counted apart; --unpin "
-                 "removes the pins at or below PATH first and drops those files as well.",
+                 "removes the pins at or below PATH first and drops those files as well. "
+                 "The kernel's cached pages of every file under PATH are dropped before "
+                 "evict answers, so the next read reaches the mount.",
         "pin": " Prints the bytes the fast tier holds pinned afterwards.",
         "unpin": " Their bytes stay cached until the policy evicts them.",
     }

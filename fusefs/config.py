@@ -46,6 +46,14 @@ class CacheConfig:
                              "aligned block of this size around it in one ranged GET and "
                              "offers all of its pages to the DRAM cache. A multiple of "
                              "page_size, at most chunk_size; page_size turns it off.")
+    readahead_memory: int = _opt(parse_size("256MiB"), "size",
+                                 "Bytes the read-ahead buffers of all streams, and the pages "
+                                 "pushed into the kernel's cache, may hold together. A "
+                                 "stream still gets the chunk it reads; 0 turns read-ahead "
+                                 "off.")
+    walk_memory: int = _opt(parse_size("64MiB"), "size",
+                            "Object stores: bytes the small files fetched ahead of a "
+                            "directory walk may hold; 0 turns walk-ahead off.")
 
 
 @dataclass(frozen=True, slots=True)

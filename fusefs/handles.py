@@ -46,6 +46,8 @@ class FileHandle:
     dirty: bool = False
     #: Read-ahead state, once the handle is read as a stream.
     stream: StreamState | None = None
+    #: True once a read found the source changed under this open (ESTALE).
+    stale: bool = False
 
 
 @dataclass(slots=True, eq=False)

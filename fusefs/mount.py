@@ -447,6 +447,7 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
                   policy=policy, dram_policy=dram_policy, pagecache=pagecache, fast=fast,
                   immutable=cfg.mount.consistency == "immutable",
                   chunk_size=cfg.cache.chunk_size, remote_block=cfg.cache.remote_block,
+                  stream_budget=cfg.cache.readahead_memory, walk_budget=cfg.cache.walk_memory,
                   kernel_invalidate=pyfuse3.invalidate_inode,
                   kernel_push=pyfuse3.notify_store
                   if cfg.mount.consistency == "immutable" else None,

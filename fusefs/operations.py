@@ -108,6 +108,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = inodes if inodes is not None else InodeTable(
             use_identity=capacity.supports_links, on_free=self._inode_freed)
         self.handles = handles if handles is not None else HandleTable()
+        engine.kernel_files = self.inodes.files_at
         self.timeouts = timeouts
         self.override_for = override_for
         #: Count of finished mutating requests (see `_MUTATING`).

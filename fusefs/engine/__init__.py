@@ -161,6 +161,9 @@ class Engine:
                                fill_slots=2 * fill_parallel)
         self.kernel = KernelPages(self.consistency, stats, push=kernel_push,
                                   drop=kernel_invalidate, budget=stream_budget)
+        #: The inodes the kernel knows at or below a path (`InodeTable.files_at`), given
+        #: by the FUSE layer, which owns the inode table.
+        self.kernel_files: Callable[[bytes], list[int]] = lambda path: []
         self.walk = WalkAhead(capacity, stats, ahead=walk_ahead if capacity.remote else 0,
                               small_file=small_file, budget=walk_budget)
         self.paged = PagedReader(self, pagecache, dram_policy, stats, remote_block=remote_block)
@@ -240,6 +243,13 @@ class Engine:
                 if p is not None:
                     p.forget_history(ino)
             self.classifier.forget_file(ino)
+
+    async def drop_kernel_pages(self, path: bytes) -> int:
+        """Make the kernel forget its pages of the files at or below ``path`` and return
+        once it has (``tierfs evict``): the next read of them reaches the mount. Files with
+        a writer open keep theirs (the kernel may hold writes not yet sent to us)."""
+        inos = [i for i in self.kernel_files(path) if not self.consistency.has_writer(i)]
+        return await self.kernel.drop_now(inos)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot the inode: its number is never reused, so drop its state.
@@ -338,6 +348,14 @@ class Engine:
         token = _SERVED.set(set()) if self.trace is not None else None
         try:
             return await self._read(h, offset, size, t0)
+        except OSError as exc:
+            if exc.errno == errno.ESTALE and not h.stale:
+                # The source changed under this open: what the kernel holds of the
+                # inode is of the old version, and other open handles must not be
+                # served it from the kernel's cache either.
+                h.stale = True
+                self.kernel.drop(h.ino)
+            raise
         finally:
             if token is not None:
                 _SERVED.reset(token)

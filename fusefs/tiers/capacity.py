@@ -254,6 +254,21 @@ class CapacityTier(ABC):
         """The directory's children if a fresh listing of it is cached, without a request."""
         return None
 
+    async def fetch_small(self, path: bytes, listed: Stat) -> tuple[SourceVersion, bytes]:
+        """A small file whole, and the version it was read at (walk-ahead's fetch).
+
+        ``listed`` is what a listing said of it; the bytes may be of another version
+        (the caller compares). Reads one byte past the listed size, so growth shows.
+        Tiers override it where fewer requests do (an object store: one GET).
+        """
+        f = await self.open(path, os.O_RDONLY)
+        try:
+            version = (await f.fstat()).version()
+            data = await f.pread(0, listed.st_size + 1)
+        finally:
+            await f.close()
+        return version, data
+
     # -- metadata --------------------------------------------------------
     @abstractmethod
     async def stat(self, path: bytes) -> Stat:

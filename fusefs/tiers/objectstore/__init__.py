@@ -45,7 +45,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import trio
 
-from ..capacity import CapacityFile, CapacityTier, Stat, StatFs, TierUnavailable
+from ..capacity import CapacityFile, CapacityTier, SourceVersion, Stat, StatFs, TierUnavailable
 from .file import ObjectFile, OpenFiles
 from .metacache import MetaCache
 from .namespace import Namespace
@@ -218,6 +218,17 @@ class ObjectStoreTier(CapacityTier):
 
     def cached_listing(self, path: bytes) -> dict[bytes, Stat] | None:
         return self._cache.cached_listing(path)
+
+    async def fetch_small(self, path: bytes, listed: Stat) -> tuple[SourceVersion, bytes]:
+        """On S3 one GET, whose answer states the version (ETag, size, Last-Modified), in
+        place of the HEAD an open costs and the GET after it. The stat cache keeps what it
+        stated, so the reader's own open needs no HEAD either."""
+        if not self._store.versioned or self._files.writer_stat(path) is not None:
+            return await super().fetch_small(path, listed)
+        head, data = await self._store.get_small(self._store.key(path), listed.st_size,
+                                                 f"read {show(path)}")
+        self._cache.remember(path, head)
+        return head.version(), data
 
     async def listdir(self, path: bytes) -> list[tuple[bytes, Stat]]:
         return await self._ns.listdir(path)

@@ -67,8 +67,10 @@ Versioned reads
     checked; another version is ``ESTALE`` (counted as ``changed``). Those GETs
     are `SignedGets`: signed with botocore's SigV4 signer, sent with urllib3, for
     about the CPU of pyarrow's ``read_at`` (botocore's ``get_object`` costs five
-    times that; benchmarks/etag_reads.py). Other stores read with pyarrow's
-    ``read_at`` (`open_input`, `read_at`), tied to no version.
+    times that; benchmarks/etag_reads.py). A small file fetched whole ahead of a
+    walk is one GET tied to no version whose answer states it (`get_small`): the
+    HEAD and the GET an open and a read would cost, in one request. Other stores
+    read with pyarrow's ``read_at`` (`open_input`, `read_at`), tied to no version.
 
 Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 (``max_threads``), so the event loop never waits on the network.
@@ -78,6 +80,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import email.utils
 import errno
 import logging
 import math
@@ -405,11 +408,7 @@ class SignedGets:
         r = self._pool.request("GET", url, headers=headers, preload_content=True,
                                redirect=False)
         data: bytes = r.data
-        if r.status not in (200, 206):
-            code = _CODE.search(data)
-            msg = _MESSAGE.search(data)
-            raise HttpAnswer(r.status, code.group(1).decode(errors="replace") if code else "",
-                             msg.group(1).decode(errors="replace") if msg else "")
+        _check_status(r.status, data)
         got = plain_etag(r.headers.get("ETag"))
         if etag and got and got != etag:
             raise HttpAnswer(412, "ETagChanged", f"the object's ETag is {got}, not {etag}")
@@ -426,6 +425,46 @@ class SignedGets:
                                  f"the object is {len(data)} bytes long, not {total}")
             data = data[offset:offset + size]
         return data[:size]
+
+    def get_whole(self, url: str, size: int) -> tuple[bytes, str, str | None]:
+        """The object at ``url`` as it is now, listed at ``size`` bytes: its bytes, its
+        ETag and its ``Last-Modified``. One GET tied to no version: the answer says which
+        version it is, so it does what an open's HEAD and a read do, in one request.
+        Another size is an `HttpAnswer` 412 (the caller fetches nothing then)."""
+        headers = dict(self._auth(url))
+        if size:
+            headers["Range"] = f"bytes=0-{size - 1}"
+        r = self._pool.request("GET", url, headers=headers, preload_content=True,
+                               redirect=False)
+        data: bytes = r.data
+        _check_status(r.status, data)
+        m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+        if m is not None:
+            total = int(m.group(3)) if m.group(3) != "*" else -1
+        else:
+            total = len(data) if r.status == 200 else -1
+        if total != size or len(data) < size:
+            raise HttpAnswer(412, "ETagChanged", f"the object is {total} bytes long, not {size}")
+        return data[:size], plain_etag(r.headers.get("ETag")), r.headers.get("Last-Modified")
+
+
+def _check_status(status: int, body: bytes) -> None:
+    """Raise `HttpAnswer` for an S3 answer other than 200/206, with its error code."""
+    if status not in (200, 206):
+        code = _CODE.search(body)
+        msg = _MESSAGE.search(body)
+        raise HttpAnswer(status, code.group(1).decode(errors="replace") if code else "",
+                         msg.group(1).decode(errors="replace") if msg else "")
+
+
+def _http_date_ns(value: str | None) -> int:
+    """An HTTP date (``Last-Modified``) in whole seconds as ns; 0 if absent or unreadable."""
+    if not value:
+        return 0
+    try:
+        return int(email.utils.parsedate_to_datetime(value).timestamp()) * 1_000_000_000
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0
 
 
 class Store:
@@ -945,6 +984,23 @@ class Store:
                 self.requests["changed"] += 1
             raise
         return data
+
+    async def get_small(self, key: str, size: int, what: str) -> tuple[Stat, bytes]:
+        """The whole object at ``key``, listed at ``size`` bytes, in one GET ("get"; see
+        `SignedGets.get_whole`): its `Stat` as `head_version` would give it, and its
+        bytes. `versioned` only."""
+        reads = self._reads
+        assert reads is not None
+        bucket, name = self._bucket_key(key)
+        url = reads.url(bucket, name)
+        self.requests["get"] += 1
+        data, etag, modified = await self._run(what, lambda: reads.get_whole(url, size),
+                                               bounded=True)
+        mtime_ns = _http_date_ns(modified)
+        st = self._attrs.file(len(data), mtime_ns or self._attrs.started_ns)
+        st.mtime_known = bool(mtime_ns)
+        st.etag = etag
+        return st, data
 
     async def upload(self, key: str, fd: int, what: str) -> None:
         """Write the whole content of local descriptor ``fd`` as object ``key`` ("put")."""
