@@ -449,8 +449,7 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
                   chunk_size=cfg.cache.chunk_size, remote_block=cfg.cache.remote_block,
                   stream_budget=cfg.cache.readahead_memory, walk_budget=cfg.cache.walk_memory,
                   kernel_invalidate=pyfuse3.invalidate_inode,
-                  kernel_push=pyfuse3.notify_store
-                  if cfg.mount.consistency == "immutable" else None,
+                  kernel_push=pyfuse3.notify_store,
                   mrc_dram=mrc_dram, mrc_fast=mrc_fast)
 
 

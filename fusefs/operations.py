@@ -416,6 +416,10 @@ class Operations(pyfuse3.Operations):
         if _writable(flags):
             self.engine.writer_opened(h.ino)
             await self.engine.pushes_drained(h.ino)
+        elif not info.keep_cache:
+            # The kernel drops the inode's pages when this answer reaches it: a push of
+            # the version it replaces must not land after that.
+            await self.engine.pushes_drained(h.ino)
         return info
 
     @_translate

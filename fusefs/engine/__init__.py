@@ -104,8 +104,10 @@ class Engine:
         walk_budget: bytes the files fetched ahead may hold.
         kernel_invalidate: drops an inode's pages from the kernel's cache.
         kernel_push: stores bytes in the kernel's page cache for an inode
-            (``pyfuse3.notify_store``); given only where the kernel may keep a file's pages
-            across opens.
+            (``pyfuse3.notify_store``). The kernel keeps them across opens while the
+            version does not change; an open that finds another version waits for the
+            pushes in flight before it answers (`pushes_drained`), so none lands after
+            the kernel dropped the inode's pages at that open.
         memory: the memory domain (a big stream's pages are dropped when it ends).
         stream_keep_fraction: streams over files larger than this share of memory have
             their kernel pages dropped at close.
@@ -352,8 +354,10 @@ class Engine:
             if exc.errno == errno.ESTALE and not h.stale:
                 # The source changed under this open: what the kernel holds of the
                 # inode is of the old version, and other open handles must not be
-                # served it from the kernel's cache either.
+                # served it from the kernel's cache either. The new generation stops
+                # the pushes of old bytes still in flight.
                 h.stale = True
+                self.consistency.bump(h.ino)
                 self.kernel.drop(h.ino)
             raise
         finally:

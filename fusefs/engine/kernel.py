@@ -2,11 +2,14 @@
 
 `KernelPages.push` stores the pages of a fetched block that a random reader did not ask for
 in the kernel's page cache (``pyfuse3.notify_store``), so its next reads there never reach
-the daemon, where each costs ~100-200 µs. Given only where the kernel may keep a file's pages
-across opens. A push in flight would overwrite pages a write has just filled, so a file with
-a writer open gets no pushes, and opening one for writing (or truncating it) first waits for
-the pushes in flight (`wait_drained`); a write request itself must never wait for them (the
-kernel holds the written pages locked while it waits for our answer).
+the daemon, where each costs ~100-200 µs. The kernel keeps them across opens while the file's
+version does not change (close-to-open) or always (``immutable``). A push in flight would
+overwrite pages a write has just filled, so a file with a writer open gets no pushes, and
+opening one for writing (or truncating it) first waits for the pushes in flight
+(`wait_drained`); so does an open that finds another version (the kernel drops the inode's
+pages when that open's answer reaches it; a push must not land after). A write request
+itself must never wait for them (the kernel holds the written pages locked while it waits
+for our answer).
 
 `KernelPages.drop` makes the kernel forget an inode's pages: a finished big stream (so it
 does not push the hot random set out), a read that found its object replaced, and
