@@ -13,8 +13,9 @@ for our answer).
 
 `KernelPages.drop` makes the kernel forget an inode's pages: a finished big stream (so it
 does not push the hot random set out), a read that found its object replaced, and
-``tierfs evict`` (`drop_now`, which returns once the kernel has). Both calls run in worker threads: the kernel locks each
-page, and a read in flight holds that lock until this event loop answers it.
+``tierfs evict`` (`drop_now`, which returns once the kernel has). Both calls run in worker
+threads: the kernel locks each page, and a read in flight holds that lock until this event
+loop answers it.
 """
 
 from __future__ import annotations
