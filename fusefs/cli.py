@@ -182,11 +182,13 @@ def build_parser(*, replay: bool = True) -> argparse.ArgumentParser:
                                    "a terminal it prints one plain-text block per refresh.")
     s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the tierfs mount is")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument("--by-path", metavar="N", type=int, nargs="?", const=20,
-                   help="the N files with the most bytes read (default 20): class, "
+    s.add_argument("--by-path", action="store_true",
+                   help="the files with the most bytes read (--top of them): class, "
                         "serving tiers, hit ratio, opens the kernel cached, errors; then "
                         "totals per [[rule]]. The daemon keeps figures for "
                         "[stats] path_limit files (4096), the heaviest")
+    s.add_argument("-n", "--top", metavar="N", type=int, default=20,
+                   help="--by-path: how many files (default 20)")
     s.add_argument("--sort", choices=SORT_KEYS, default="bytes",
                    help="order of --by-path: bytes read (default), misses (bytes from the "
                         "capacity tier), requests, errors or opens")
@@ -456,10 +458,10 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    if args.by_path is not None and args.by_path < 1:
-        raise UsageError(f"--by-path takes a number of files from 1, not {args.by_path}")
+    if args.top < 1:
+        raise UsageError(f"--top takes a number of files from 1, not {args.top}")
     if args.watch:
-        if args.json or args.by_path is not None:
+        if args.json or args.by_path:
             raise UsageError("--watch shows its own view: it takes no --json or --by-path")
         if not 0.05 <= args.interval <= 3600:
             raise UsageError(f"--interval must be 0.05 to 3600 seconds, not {args.interval}")
@@ -469,8 +471,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
         return watch(os.path.abspath(args.mountpoint), interval=args.interval,
                      count=args.count)
-    if args.by_path is not None:
-        res = call(args.mountpoint, "by_path", limit=args.by_path, sort=args.sort)["by_path"]
+    if args.by_path:
+        res = call(args.mountpoint, "by_path", limit=args.top, sort=args.sort)["by_path"]
         if args.json:
             print(json.dumps(res, indent=2, sort_keys=True))
         else:

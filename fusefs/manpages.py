@@ -51,8 +51,8 @@ _EXAMPLES = [
      "tierfs evict --unpin /mnt/corpus/index"),
     ("See which files are read most, how (class), and which tier served them; then "
      "watch the rates live (Ctrl-C ends it; piped, it prints one block per refresh):",
-     "tierfs stats --by-path 10 /mnt/corpus\n"
-     "tierfs stats --by-path 10 --sort misses /mnt/corpus\n"
+     "tierfs stats --by-path --top 10 /mnt/corpus\n"
+     "tierfs stats --by-path --top 10 --sort misses /mnt/corpus\n"
      "tierfs stats --watch --interval 1 /mnt/corpus"),
     ("The form mount.fuse3 runs for `mount -t fuse.tierfs` and fstab lines "
      "(see mount.tierfs(8)):",

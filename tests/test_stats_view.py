@@ -30,7 +30,7 @@ def _stats(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _by_path(mnt: str, *extra: str) -> dict[str, Any]:
-    res = _stats("--json", "--by-path", "100", *extra, mnt)
+    res = _stats("--json", "--by-path", "--top", "100", *extra, mnt)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -120,7 +120,7 @@ def test_by_path_bound_keeps_the_heavy_files(src: str, make_mount: Callable[...,
         # The rule totals stay exact whatever the table let go.
         (total,) = got["rules"]
         assert total["bytes"] >= 3 * (1 << 20) + 40 * 4096
-        human = _stats("--by-path", "50", m.mountpoint).stdout
+        human = _stats("--by-path", "--top", "50", m.mountpoint).stdout
         rows = [line for line in human.splitlines() if line.startswith(("heavy", "light"))]
         assert 3 <= len(rows) <= 8, human
 
