@@ -238,10 +238,11 @@ def _class_chart(plt: Any, reads: dict[str, list[Any]], nbins: int, path: str) -
     return {c: {"requests": int(sum(reqs[c])), "bytes": int(sum(nbytes[c]))} for c in present}
 
 
-def _occupancy_chart(plt: Any, occ: dict[str, list[Any]], path: str) -> dict[str, Any]:
-    """Bytes held by the DRAM and fast tiers (and pinned) over time, as steps."""
-    t0 = min(occ["time"])
-    span = max(occ["time"]) - t0
+def _occupancy_chart(plt: Any, occ: dict[str, list[Any]], t0: float, t1: float,
+                     path: str) -> dict[str, Any]:
+    """Bytes held by the DRAM and fast tiers (and pinned) over time, as steps: each sample
+    holds until the next one, the last until the trace ends (``t1``)."""
+    span = max(t1 - t0, 1e-6)
     xlabel, scale = _time_label(span)
     fig, ax = plt.subplots(figsize=(9, 3.8))
     out: dict[str, Any] = {}
@@ -255,14 +256,17 @@ def _occupancy_chart(plt: Any, occ: dict[str, list[Any]], path: str) -> dict[str
         pts = [(t, v) for t, v in zip(occ["time"], occ[col]) if v is not None]
         if not pts:
             continue
-        ax.step([(t - t0) / scale for t, _ in pts], [v / div for _, v in pts], where="post",
-                color=color, ls=style, lw=1.8, label=label)
+        xs = [(t - t0) / scale for t, _ in pts] + [span / scale]
+        ys = [v / div for _, v in pts]
+        ax.step(xs, ys + ys[-1:], where="post", color=color, ls=style, lw=1.8, label=label)
+        ax.plot(xs[:-1], ys, ls="none", marker="o", ms=3, color=color)
         vals = [v for _, v in pts]
         out[col] = {"samples": len(vals), "first": vals[0], "last": vals[-1], "max": max(vals)}
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0, top=max(biggest / div * 1.1, 1.0))
+    ax.set_xlim(0, span / scale)
     ax.set_ylabel(f"bytes held ({unit})")
     ax.set_xlabel(xlabel)
-    ax.set_title("Tier occupancy over time", loc="left")
+    ax.set_title("Tier occupancy over time (dots: samples, at most one a second)", loc="left")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -370,7 +374,8 @@ def build_report(trace: str | os.PathLike[str], output: str | os.PathLike[str], 
     if sampled.num_rows:
         p = os.path.join(out, "occupancy.png")
         occ = sampled.select(["time", "dram_bytes", "fast_bytes", "fast_pinned"]).to_pydict()
-        rep.summary["occupancy"] = _occupancy_chart(plt, occ, p)
+        times = table["time"].to_pylist()
+        rep.summary["occupancy"] = _occupancy_chart(plt, occ, min(times), max(times), p)
         rep.charts["occupancy"] = p
     else:
         rep.notes.append("This trace has no occupancy samples (recorded by an older tierfs, "

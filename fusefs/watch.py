@@ -89,9 +89,9 @@ def render(r: Rates, mountpoint: str, sample: int, interval: float, *, plain: bo
 
     cur = r.cur
     mount = cur.get("mount", {})
-    span = "since the mount" if r.since_mount else f"last {r.dt:.1f} s"
+    span = "since the mount" if r.since_mount else f"over the last {r.dt:.1f} s"
     # The sample number first: a long source or mount point never wraps it.
-    head = Text(f"sample {sample}: rates over the {span}, every {interval:g} s"
+    head = Text(f"sample {sample}: rates {span}, every {interval:g} s"
                 + ("" if plain else " (Ctrl-C to quit)") + f"; tierfs "
                 f"{mount.get('source', '')} on {mountpoint} (pid {mount.get('pid')}, up "
                 f"{cur.get('uptime_s', 0):.0f} s)", style="bold")
@@ -127,7 +127,7 @@ def render(r: Rates, mountpoint: str, sample: int, interval: float, *, plain: bo
                     format_size(fast.get("pinned_bytes", 0)))
     parts: list[Any] = [head, t, line, occ]
     if r.busy:
-        b = _table(f"files read most over the {span}", ["file", "MiB/s", "class", "hit"],
+        b = _table(f"files read most {span}", ["file", "MiB/s", "class", "hit"],
                    plain=plain)
         for n, p, d in r.busy:
             hit = 1 - d["capacity"] / n
