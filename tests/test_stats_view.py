@@ -262,3 +262,48 @@ def test_report_draws_tier_occupancy(src: str, make_mount: Callable[..., Mounted
     assert "Tier occupancy over time" in page and "src='occupancy.png'" in page
     data = json.loads((out / "report.json").read_text())
     assert data["summary"]["occupancy"]["dram_bytes"]["max"] > 0
+
+
+@pytest.mark.allow_log_errors("disk gone")
+def test_by_path_counts_failed_reads(src: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read the capacity tier fails is an error of its file and of its rule."""
+    import errno
+
+    import pyfuse3
+    import trio
+
+    from fusefs.engine import Engine
+    from fusefs.operations import Operations
+    from fusefs.stats import Stats
+    from fusefs.tiers.posix import PosixTier
+
+    data = os.urandom(64 << 10)
+    with open(os.path.join(src, "f"), "wb") as f:
+        f.write(data)
+    ctx = pyfuse3.RequestContext()
+
+    async def main() -> None:
+        tier = PosixTier(src)
+        await tier.start()
+        try:
+            ops = Operations(tier, Engine(tier, stats=Stats()))
+            e = await ops.lookup(pyfuse3.ROOT_INODE, b"f", ctx)
+            fi = await ops.open(e.st_ino, os.O_RDONLY, ctx)
+            assert await ops.read(fi.fh, 0, 4096) == data[:4096]
+
+            async def broken(*args: Any) -> bytes:
+                raise OSError(errno.EIO, "disk gone")
+            monkeypatch.setattr(type(ops.handles.file(fi.fh).file), "pread", broken)
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await ops.read(fi.fh, 32 << 10, 4096)  # not in DRAM: the tier is asked
+            assert exc.value.errno == errno.EIO
+            (row,) = ops.engine.paths.top(5)
+            assert row["path"] == "f" and row["errors"] == 1 and row["requests"] == 2
+            assert row["bytes"] == 4096
+            (rule,) = ops.engine.paths.rules()
+            assert rule["errors"] == 1
+            await ops.release(fi.fh)
+        finally:
+            await tier.close()
+
+    trio.run(main)
