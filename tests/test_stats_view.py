@@ -20,6 +20,7 @@ import pytest
 from fusefs.pathstats import PathStats
 from fusefs.trace import read_trace_extended
 from mounting import Mounted, env, tierfs_cmd
+from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -94,6 +95,31 @@ def test_by_path_names_files_with_class_and_serving_tier(
         assert "rule 0 'stream*'" in human.stdout and "(no rule)" in human.stdout
         # The main view says what the kernel's page cache may have answered.
         assert "with the kernel's cached pages kept" in _stats(mnt).stdout
+
+
+def test_by_path_on_s3_after_a_warm(s3: S3Server, make_mount: Callable[..., Mounted],  # noqa: F811
+                                    tmp_path: Path) -> None:
+    """On an object store: a file read at random is fetched from the store; a warmed one
+    is served by the fast tier (and DRAM, which its 64 KiB blocks fill), never the store."""
+    rnd = random.Random(9)
+    for name in ("table.bin", "index.bin"):
+        (s3.bucket_dir / name).write_bytes(rnd.randbytes(512 << 10))
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'[source]\naccess_key = "{s3.access_key}"\n'
+                   f'secret_key = "{s3.secret_key}"\n')
+    with make_mount(s3.uri(), config=str(cfg)) as m:
+        mnt = m.mountpoint
+        res = subprocess.run(tierfs_cmd("warm", "-q", os.path.join(mnt, "index.bin")),
+                             capture_output=True, text=True, timeout=120, env=env())
+        assert res.returncode == 0, res.stderr
+        _random_pages(os.path.join(mnt, "table.bin"), rnd.sample(range(128), 40))
+        _random_pages(os.path.join(mnt, "index.bin"), rnd.sample(range(128), 128))
+        files = {p["path"]: p for p in _by_path(mnt)["paths"]}
+        assert files["table.bin"]["class"] == "random"
+        assert files["table.bin"]["tiers"]["capacity"] > 0
+        index = files["index.bin"]
+        assert index["tiers"]["capacity"] == 0 and index["tiers"]["fast"] > 0, index
+        assert index["hit_ratio"] == 1.0 and index["errors"] == 0
 
 
 def test_by_path_bound_keeps_the_heavy_files(src: str, make_mount: Callable[..., Mounted],
