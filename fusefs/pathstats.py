@@ -15,6 +15,10 @@ files a walk opens (about 1 KiB per path: 4 MiB at the default), every path that
 than 1/limit of all bytes read is in the table, and a tracked path's bytes are exact
 except for what its floor says. Rules are the config's, few: all are kept, exact.
 
+A path is the file's name in the mount when it was opened (a renamed file's figures stay
+under the old name; its next open starts a new row). Reads the kernel's page cache answers
+never reach the daemon and are in no figure; ``kept`` counts the opens that allowed them.
+
 The read path pays one attribute check per request and a few dict increments per piece
 served (`Engine.served`); the heap is touched only when a path enters the table.
 """
