@@ -188,6 +188,10 @@ class WriteConfig:
 class StatsConfig:
     prometheus: str | None = _opt(None, "str", "host:port to serve Prometheus metrics on.")
     trace: str | None = _opt(None, "path", "Write an access trace (Parquet) to this file.")
+    path_limit: int = _opt(4096, "int",
+                           "Files 'tierfs stats --by-path' keeps figures for (about 1KiB "
+                           "each). Past it the lightest file tracked makes room "
+                           "(space-saving), so the files read most stay; 0 keeps none.")
 
 
 @dataclass(frozen=True, slots=True)
