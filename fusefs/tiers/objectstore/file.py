@@ -19,9 +19,17 @@ Reads
     of the path is forgotten so that the next open asks the store. The handle
     stays stale (``ESTALE`` without a request) until it is closed.
 
-    Other stores (GCS, ``hdfs://``, ...): ``RandomAccessFile.read_at`` on one
-    pyarrow input file per handle, opened lazily (a HEAD, then GETs); nothing
-    ties the GETs to one version (see docs/objectstore.md).
+    On ``gs://`` sources (`Store.pins_generation`) a read-only open opens its pyarrow
+    input file at once (one metadata GET, which a first read would have sent): its
+    ranged reads name the generation it found, and that generation is the handle's
+    version (``Stat.etag`` ``g<generation>``). An object replaced since answers
+    not-found to them: ``ESTALE``, one WARNING, as on S3. If the store does not
+    answer at open, the input is opened at the first read as before (cached data
+    stays readable during an outage) and the version is size + mtime.
+
+    Other stores (``hdfs://``, ...): ``RandomAccessFile.read_at`` on one pyarrow
+    input file per handle, opened lazily (a HEAD, then GETs); nothing ties the GETs
+    to one version (see docs/objectstore.md).
 
 Writes
     A handle opened for writing keeps the whole object in a spool file: empty
@@ -46,6 +54,7 @@ Writes
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -110,6 +119,26 @@ class ObjectFile(CapacityFile):
                     key, f"open {show(self.path)}")
             return self._input
 
+    async def pin_generation(self) -> None:
+        """Open the input file now and make the generation it found this handle's
+        version (see Reads); a store that does not answer leaves it to the first read."""
+        try:
+            f = await self._open_input()
+        except TierUnavailable:
+            return
+        generation, updated_ns = self._store.input_version(f)
+        if not generation:
+            return
+        st = self._stat
+        if self._input_size != st.st_size or (updated_ns and updated_ns != st.st_mtime_ns):
+            # Replaced between the stat and this open: the version is what the input
+            # file reads, not what the stat said.
+            st = self._attrs.file(self._input_size, updated_ns or st.st_mtime_ns)
+        else:
+            st = dataclasses.replace(st)
+        st.etag = f"g{generation}"
+        self._stat = st
+
     async def _read_version(self, offset: int, size: int) -> bytes:
         """A ranged GET tied to the ETag this handle was opened with (see Reads)."""
         if self._stale is not None:
@@ -145,6 +174,8 @@ class ObjectFile(CapacityFile):
             if self._closed:
                 raise err(errno.EBADF, "file is closed")
             return await self._read_version(offset, size)
+        if self._stale is not None:
+            raise err(errno.ESTALE, self._stale)
         self._reads += 1
         try:
             f = await self._open_input()
@@ -153,10 +184,17 @@ class ObjectFile(CapacityFile):
             size = min(size, self._input_size - offset)
             return await self._store.read_at(f, size, offset, f"read {show(self.path)}")
         except FileNotFoundError:
-            # Deleted by another client since the open: the handle is stale, as on NFS
-            # (a name that is gone is ENOENT at lookup, not on an open file's read).
-            raise err(errno.ESTALE, f"{show(self.path)}: the object was deleted after "
-                                    f"it was opened") from None
+            # Deleted by another client since the open (or, where reads name the
+            # generation, replaced): the handle is stale, as on NFS (a name that is
+            # gone is ENOENT at lookup, not on an open file's read).
+            if self._stat.etag and self._stale is None:
+                self._stale = (f"{show(self.path)}: the object changed or was deleted "
+                               f"after it was opened (generation {self._stat.etag[1:]})")
+                log.warning("%s: this open reads ESTALE from now on, a new open reads the "
+                            "new version", self._stale)
+                self._files.changed(self.path)
+            raise err(errno.ESTALE, self._stale or f"{show(self.path)}: the object was "
+                                    f"deleted after it was opened") from None
         except TierUnavailable:
             # A read abandoned at its bound may still run in its thread: closing the
             # input under it is unsafe. Drop it instead (it closes when that read
@@ -478,6 +516,8 @@ class OpenFiles:
                     f._mtime_ns = view.mtime_ns
                 except FileNotFoundError:
                     pass  # uploaded and removed meanwhile: the store has it
+            if f._fd < 0 and self.store.pins_generation:
+                await f.pin_generation()
             return f
         f = ObjectFile(self, path, writable=True, st=st)
         sp = f.spool = self._new_spool(path)

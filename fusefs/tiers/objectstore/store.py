@@ -940,6 +940,32 @@ class Store:
         f = await self._run(what, self._fs.open_input_file, key, bounded=True)
         return f, f.size()
 
+    @property
+    def pins_generation(self) -> bool:
+        """Whether an input file's ranged reads are tied to the object generation it
+        found when it was opened (pyarrow's GCS reads pass ``generation=``; a newer
+        generation makes them fail with not-found): ``gs://`` sources."""
+        return self._fs.type_name == "gcs"
+
+    @staticmethod
+    def input_version(f: Any) -> tuple[str, int]:
+        """The generation and update time (ns, 0 if unknown) of a GCS input file, as
+        its metadata states them; ("", 0) where it states none."""
+        try:
+            md = f.metadata()
+        except (OSError, ValueError):
+            return "", 0
+        def get(name: str) -> str:
+            v = md.get(name, md.get(name.encode()))
+            return v.decode() if isinstance(v, bytes) else str(v or "")
+        generation, updated = get("generation"), get("updated")
+        try:
+            ns = int(datetime.datetime.fromisoformat(updated.replace("Z", "+00:00"))
+                     .timestamp()) * 1_000_000_000 if updated else 0
+        except ValueError:
+            ns = 0
+        return (generation if generation not in ("", "0") else ""), ns
+
     async def read_at(self, f: Any, size: int, offset: int, what: str) -> bytes:
         """One ranged GET on a file from `open_input` ("get")."""
         self.requests["get"] += 1
