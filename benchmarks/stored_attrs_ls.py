@@ -33,7 +33,7 @@ def config(path: Path, server: S3Server, stored: bool) -> str:
 
 
 def one(tmp: Path, server: S3Server, stored: bool, n: int, what: str) -> float:
-    tag = f"{what}-{int(stored)}-{n}-{time.monotonic_ns()}"
+    tag = f"{what.replace(' ', '')}-{int(stored)}-{n}-{time.monotonic_ns()}"
     m = Mounted(server.uri(), str(tmp / f"mnt-{tag}"), cache=str(tmp / f"cache-{tag}"),
                 log=str(tmp / f"log-{tag}"), config=config(tmp / f"{tag}.toml", server, stored))
     with m:
