@@ -289,6 +289,43 @@ def test_chmod_keeps_open_readers(attr_s3: S3Server,
         assert os.stat(path).st_mtime_ns == MTIME_NS
 
 
+def test_chmod_of_multipart_object_keeps_open_readers(
+        moto_server: S3Server, mount_attrs: Callable[..., Mounted]) -> None:  # noqa: F811
+    """moto, like S3, gives a multipart object a new ETag when it is copied onto itself
+    (a chmod): an open made before reads on, tied to the new ETag, never ESTALE."""
+    server = S3Server.__new__(type(moto_server))
+    server.__dict__.update(moto_server.__dict__)
+    server.bucket = f"a{next(_buckets):04d}"
+    server.markers = True  # type: ignore[attr-defined]
+    client = api(server)
+    client.create_bucket(Bucket=server.bucket)
+    part = 5 * 1024 * 1024
+    data = os.urandom(2 * part)
+    upload = client.create_multipart_upload(Bucket=server.bucket, Key="mp")["UploadId"]
+    parts = []
+    for n in (1, 2):
+        answer = client.upload_part(Bucket=server.bucket, Key="mp", UploadId=upload,
+                                    PartNumber=n, Body=data[(n - 1) * part:n * part])
+        parts.append({"PartNumber": n, "ETag": answer["ETag"]})
+    client.complete_multipart_upload(Bucket=server.bucket, Key="mp", UploadId=upload,
+                                     MultipartUpload={"Parts": parts})
+    before = client.head_object(Bucket=server.bucket, Key="mp")["ETag"]
+    with mount_attrs(server) as m:
+        path = f"{m.mountpoint}/mp"
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert os.pread(fd, 4096, 0) == data[:4096]
+            os.chmod(path, 0o640)
+            assert client.head_object(Bucket=server.bucket, Key="mp")["ETag"] != before
+            for off in (9 * 1024 * 1024, 3 * 1024 * 1024 + 7, 6 * 1024 * 1024):
+                assert os.pread(fd, 4096, off) == data[off:off + 4096]
+        finally:
+            os.close(fd)
+        with open(path, "rb") as f:
+            assert f.read() == data
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
 def test_permission_checks_use_stored_modes(attr_s3: S3Server,
                                             mount_attrs: Callable[..., Mounted]) -> None:
     """The kernel checks the stored mode and owner (default_permissions): a user the
