@@ -709,7 +709,15 @@ class OpenFiles:
             # none is lost before the spool stops being what the path shows.
             sent = _attrs_of(spool)
             meta = self.attrs.to_meta(self._owner_of(path, spool))
-            etag = await self.store.set_meta(key, meta, f"setattr {show(path)}")
+            try:
+                etag = await self.store.set_meta(key, meta, f"setattr {show(path)}")
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # Beyond the store's own limit of metadata (below the one checked at
+                # setxattr): the object keeps what its upload stored.
+                log.warning("%s: the store refuses its new attributes: %s", show(path), exc)
+                break
             self.store.note_same_bytes(key, st.etag, etag)
             st = self.attrs.from_meta(st, meta)
             st.etag = etag if st.etag is not None else None

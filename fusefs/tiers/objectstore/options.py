@@ -136,8 +136,9 @@ def encode_xattrs(xattrs: dict[str, bytes]) -> str | None:
 
 
 def meta_size(meta: dict[str, str]) -> int:
-    """The bytes S3 counts against `META_LIMIT`."""
-    return sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+    """The bytes counted against `META_LIMIT`: every name (with its ``x-amz-meta-``
+    prefix, as some servers count it) and value."""
+    return sum(len(k.encode()) + 11 + len(v.encode()) for k, v in meta.items())
 
 
 def format_time(ns: int) -> str:

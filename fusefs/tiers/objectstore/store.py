@@ -219,6 +219,8 @@ def _classify_boto(exc: BaseException) -> tuple[str, int]:
             return "fail", errno.EACCES
         if status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout"):
             return "retry", errno.EIO
+        if code == "MetadataTooLarge":  # user metadata beyond the store's limit
+            return "fail", errno.ENOSPC
         if code in ("KeyTooLongError", "InvalidObjectName"):
             return "fail", errno.ENAMETOOLONG if code == "KeyTooLongError" else errno.EINVAL
     return "fail", errno.EIO
@@ -992,7 +994,18 @@ class Store:
         standard headers; one PUT up to `_SINGLE_PUT` bytes, a multipart upload above)."""
         if meta is not None and self._api is not None:
             self.requests["put"] += 1
-            await self._run(what, self._upload_with_meta, key, fd, meta, cuttable=False)
+            try:
+                await self._run(what, self._upload_with_meta, key, fd, meta, cuttable=False)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or "xattr" not in meta:
+                    raise
+                # The store's limit is below the one checked at setxattr: the bytes
+                # matter more than the extended attributes.
+                log.warning("%s: the store refuses the extended attributes of %s (%s): "
+                            "uploaded without them", self.description, key, short(exc))
+                meta = {k: v for k, v in meta.items() if k != "xattr"}
+                self.requests["put"] += 1
+                await self._run(what, self._upload_with_meta, key, fd, meta, cuttable=False)
             return
 
         def upload() -> None:
