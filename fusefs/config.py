@@ -161,6 +161,20 @@ class SourceConfig:
                             "bytes of two versions. false reads with pyarrow, tied to no "
                             "version (about 0.8-1.0x the read rate on loopback; "
                             "docs/objectstore.md).")
+    stored_attributes: bool = _opt(
+        False, "bool",
+        "S3: keep each object's mode, owner and times in its metadata, as s3fs does "
+        "(x-amz-meta-mode, -uid, -gid, -mtime, -atime, -ctime; the mtime as rclone reads "
+        "it too): uploads store them, chmod/chown/utimes update them (one metadata-only "
+        "copy of the object onto itself), stat reads them (one HEAD per object, at most "
+        "once per stat_ttl; a listing sends them concurrently), and permission checks use "
+        "them. Directories keep theirs in their marker (dir_markers; without markers in "
+        "this mount only). Also enables extended attributes (x-amz-meta-xattr, s3fs's "
+        "encoding; 2 KiB of metadata per object: E2BIG/ENOSPC beyond) and symbolic links, "
+        "stored as s3fs stores them (an object holding the target, its mode saying "
+        "S_IFLNK). Objects without the "
+        "metadata show the configured modes and owner. false: no HEAD per object; modes "
+        "and owners are the configured ones and chmod/chown/utimes are ignored.")
 
 
 @dataclass(frozen=True, slots=True)

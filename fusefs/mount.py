@@ -138,6 +138,7 @@ def source_options(cfg: Config) -> dict[str, Any]:
         "max_dir_rename_keys": s.max_dir_rename_keys,
         "dir_markers": s.dir_markers,
         "etag_reads": s.etag_reads,
+        "stored_attributes": s.stored_attributes,
         "read_timeout": s.read_timeout,
         "retry_budget": s.retry_budget,
     }

@@ -59,6 +59,13 @@ class Stat:
     #: servers' listings give no mtime): the mtime shown is a stand-in, and a
     #: version needs a request that states it (`open` asks one).
     mtime_known: bool = True
+    #: False where the source stores attributes per object (mode, owner, times:
+    #: object-store metadata) that this Stat does not carry yet (a listing gives
+    #: none): the mode and owner shown are the configured stand-ins.
+    attrs_known: bool = True
+    #: Object stores with stored attributes: the extended attributes the object
+    #: stores, as its ``x-amz-meta-xattr`` value (s3fs's encoding), or None.
+    xattr: str | None = None
 
     @classmethod
     def from_os(cls, st: os.stat_result) -> Stat:
