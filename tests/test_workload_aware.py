@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from fusefs.policies import AccessInfo, Label, Override, Tier, get_policy
 from fusefs.policies.workload_aware import WorkloadAwarePolicy
 
 PAGE = 4096
-# The in-process mount test: a hot set rotating by 15% every MOUNT_DRIFT requests, a 12.5%
-# fast tier (its miniatures sample 1/8 of the keys in a mount, OBSERVED_MAX_RATE).
+# The in-process mount test: Zipf reads (a hot set rotating by 15% every MOUNT_DRIFT requests,
+# or none), a 12.5% fast tier (its miniatures sample 1/8 of the keys in a mount).
 MOUNT_OBJECTS = 4000
 MOUNT_CACHE = 500
 MOUNT_DRIFT = 2400
@@ -187,11 +189,14 @@ def test_reported_uses_replace_hits_as_the_miniatures_feed_and_are_sampled() -> 
     assert not p.check()
 
 
-def test_in_a_mount_the_miniatures_learn_from_every_request_and_choose_as_offline(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("shape", "expert"), [("drift", "recency"), ("zipf", "frequency")])
+def test_in_a_mount_the_miniatures_learn_from_every_request_and_choose_as_offline(
+        tmp_path, shape: str, expert: str) -> None:  # type: ignore[no-untyped-def]
     """Inside a mount the fast tier's policy hears of its hits only (the engine finds misses
     itself); the engine reports every request that reaches the tier (`Policy.on_use`), so
     the default's miniature simulations see the whole stream and choose the expert the same
-    trace chooses offline: on a hot set that moves, the recency expert (ARC)."""
+    trace chooses offline: on a hot set that moves, the recency expert (ARC); on a
+    stationary Zipf, the frequency expert (W-TinyLFU), where hits alone chose recency."""
     import os
 
     import trio
@@ -206,11 +211,14 @@ def test_in_a_mount_the_miniatures_learn_from_every_request_and_choose_as_offlin
     from fusefs.tiers.posix import PosixTier
 
     objects, cache = MOUNT_OBJECTS, MOUNT_CACHE
-    trace = tracegen.drifting_zipf_trace(n_objects=objects, n_requests=MOUNT_REQUESTS,
-                                         drift_every=MOUNT_DRIFT, seed=1)
+    if shape == "drift":
+        trace = tracegen.drifting_zipf_trace(n_objects=objects, n_requests=MOUNT_REQUESTS,
+                                             drift_every=MOUNT_DRIFT, seed=1)
+    else:
+        trace = tracegen.zipf_trace(n_objects=objects, n_requests=MOUNT_REQUESTS, alpha=1.0, seed=1)
     offsets = trace["offset"].to_pylist()
     offline = replay(trace, "workload_aware", cache * PAGE, PAGE, tier=Tier.FAST, belady=False)
-    assert offline.policy_stats["leader_recency"] == 1  # the trace favours recency offline
+    assert offline.policy_stats["leader_recency"] == (expert == "recency")  # the replay's choice
 
     src = tmp_path / "src"
     src.mkdir()
@@ -254,7 +262,7 @@ def test_in_a_mount_the_miniatures_learn_from_every_request_and_choose_as_offlin
 
     policy = trio.run(run)
     stats = policy.statistics()
-    assert policy.leader == "recency", stats
+    assert policy.leader == expert, stats
     # The miniatures were offered every request, not only the fast tier's hits.
     assert stats["mini_uses"] >= 0.9 * len(offsets), stats
     assert 0 < stats["hits"] < 0.9 * len(offsets), stats  # the tier served some, not all
