@@ -452,11 +452,12 @@ class SignedGets:
             data = data[offset:offset + size]
         return data[:size]
 
-    def get_whole(self, url: str, size: int) -> tuple[bytes, str, str | None]:
+    def get_whole(self, url: str, size: int) -> tuple[bytes, str, dict[str, str]]:
         """The object at ``url`` as it is now, listed at ``size`` bytes: its bytes, its
-        ETag and its ``Last-Modified``. One GET tied to no version: the answer says which
-        version it is, so it does what an open's HEAD and a read do, in one request.
-        Another size is an `HttpAnswer` 412 (the caller fetches nothing then)."""
+        ETag and its other headers by lower-case name (``last-modified``,
+        ``x-amz-meta-*``, as `head` gives them). One GET tied to no version: the answer
+        says which version it is, so it does what an open's HEAD and a read do, in one
+        request. Another size is an `HttpAnswer` 412 (the caller fetches nothing then)."""
         headers = dict(self._auth(url))
         if size:
             headers["Range"] = f"bytes=0-{size - 1}"
@@ -471,7 +472,8 @@ class SignedGets:
             total = len(data) if r.status == 200 else -1
         if total != size or len(data) < size:
             raise HttpAnswer(412, "ETagChanged", f"the object is {total} bytes long, not {size}")
-        return data[:size], plain_etag(r.headers.get("ETag")), r.headers.get("Last-Modified")
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        return data[:size], plain_etag(headers.get("etag")), headers
 
 
 def _check_status(status: int, body: bytes) -> None:
@@ -1060,13 +1062,9 @@ class Store:
         bucket, name = self._bucket_key(key)
         url = reads.url(bucket, name)
         self.requests["get"] += 1
-        data, etag, modified = await self._run(what, lambda: reads.get_whole(url, size),
-                                               bounded=True)
-        mtime_ns = _http_date_ns(modified)
-        st = self._attrs.file(len(data), mtime_ns or self._attrs.started_ns)
-        st.mtime_known = bool(mtime_ns)
-        st.etag = etag
-        return st, data
+        data, etag, headers = await self._run(what, lambda: reads.get_whole(url, size),
+                                              bounded=True)
+        return self._stat_of(len(data), etag, headers, "file"), data
 
     async def upload(self, key: str, fd: int, what: str,
                      meta: dict[str, str] | None = None) -> None:
@@ -1139,17 +1137,18 @@ class Store:
             size, etag, headers = await self._run(what, reads.head, url, bounded=True)
         except FileNotFoundError:
             return None
-        mtime_ns = 0
-        if headers.get("last-modified"):
-            try:
-                mtime_ns = int(email.utils.parsedate_to_datetime(
-                    headers["last-modified"]).timestamp()) * 1_000_000_000
-            except (TypeError, ValueError):
-                pass
+        return self._stat_of(size, etag, headers, kind)
+
+    def _stat_of(self, size: int, etag: str, headers: dict[str, str], kind: str) -> Stat:
+        """The `Stat` an S3 answer (HEAD or GET) states: size, Last-Modified, ETag, and
+        with `stored_attributes` what its user metadata stores."""
+        mtime_ns = _http_date_ns(headers.get("last-modified"))
         base = (self._attrs.dir(mtime_ns or self._attrs.started_ns) if kind == "dir"
                 else self._attrs.file(size, mtime_ns or self._attrs.started_ns))
         base.mtime_known = bool(mtime_ns)
         base.etag = etag
+        if not self._attrs.stored:
+            return base
         meta = {k[11:]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
         st = self._attrs.from_meta(base, meta)
         st.etag, st.mtime_known = etag, base.mtime_known or "mtime" in meta
