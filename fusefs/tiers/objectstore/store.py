@@ -1064,7 +1064,7 @@ class Store:
         self.requests["get"] += 1
         data, etag, headers = await self._run(what, lambda: reads.get_whole(url, size),
                                               bounded=True)
-        return self._stat_of(len(data), etag, headers, "file"), data
+        return self._answer_stat(len(data), etag, headers, "file"), data
 
     async def upload(self, key: str, fd: int, what: str,
                      meta: dict[str, str] | None = None) -> None:
@@ -1137,9 +1137,9 @@ class Store:
             size, etag, headers = await self._run(what, reads.head, url, bounded=True)
         except FileNotFoundError:
             return None
-        return self._stat_of(size, etag, headers, kind)
+        return self._answer_stat(size, etag, headers, kind)
 
-    def _stat_of(self, size: int, etag: str, headers: dict[str, str], kind: str) -> Stat:
+    def _answer_stat(self, size: int, etag: str, headers: dict[str, str], kind: str) -> Stat:
         """The `Stat` an S3 answer (HEAD or GET) states: size, Last-Modified, ETag, and
         with `stored_attributes` what its user metadata stores."""
         mtime_ns = _http_date_ns(headers.get("last-modified"))
