@@ -235,7 +235,7 @@ class ObjectStoreTier(CapacityTier):
         stated, so the reader's own open needs no HEAD either."""
         if not self._store.versioned or self._files.writer_stat(path) is not None:
             return await super().fetch_small(path, listed)
-        head, data = await self._store.get_small(self._store.key(path), listed.st_size,
+        head, data = await self._store.get_whole(self._store.key(path), listed.st_size,
                                                  f"read {show(path)}")
         self._cache.remember(path, head)
         return head.version(), data

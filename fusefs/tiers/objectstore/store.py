@@ -68,7 +68,7 @@ Versioned reads
     are `SignedGets`: signed with botocore's SigV4 signer, sent with urllib3, for
     about the CPU of pyarrow's ``read_at`` (botocore's ``get_object`` costs five
     times that; benchmarks/etag_reads.py). A small file fetched whole ahead of a
-    walk is one GET tied to no version whose answer states it (`get_small`): the
+    walk is one GET tied to no version whose answer states it (`get_whole`): the
     HEAD and the GET an open and a read would cost, in one request. Other stores
     read with pyarrow's ``read_at`` (`open_input`, `read_at`), tied to no version.
 
@@ -1053,7 +1053,7 @@ class Store:
             raise
         return data
 
-    async def get_small(self, key: str, size: int, what: str) -> tuple[Stat, bytes]:
+    async def get_whole(self, key: str, size: int, what: str) -> tuple[Stat, bytes]:
         """The whole object at ``key``, listed at ``size`` bytes, in one GET ("get"; see
         `SignedGets.get_whole`): its `Stat` as `head_version` would give it, and its
         bytes. `versioned` only."""
