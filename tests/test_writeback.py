@@ -512,3 +512,50 @@ def test_tier_pending_writes_follow_renames_in_the_journal(s3: S3Server, tmp_pat
         assert not exists_in_store(s3, "top2") and not exists_in_store(s3, "top")
 
     trio.run(main)
+
+
+# -- uploads wait for the writers to pause, but are never starved ------------------------
+def test_uploads_wait_for_writers_to_pause_but_never_starve(tmp_path: Path) -> None:
+    """The destager's rule, on trio's virtual clock (no real waiting, no timing): an upload
+    starts once no write reached a spool for ``quiet`` seconds, at the latest ``defer_max``
+    after its spool was ready, and at once when the unmount drains the queue."""
+    import trio
+    import trio.testing
+
+    from fusefs.tiers.objectstore.writeback import WriteBack
+
+    async def main() -> None:
+        wb = WriteBack(str(tmp_path), None, quiet=0.25, defer_max=10.0)  # type: ignore[arg-type]
+        t0 = trio.current_time()
+        await wb.writers_paused(t0)  # nothing written yet: no wait
+        assert trio.current_time() == t0
+        await trio.sleep(1.0)
+        wb.wrote()
+        t1 = trio.current_time()
+        await wb.writers_paused(t0)  # the write just now: wait for a pause of `quiet`
+        assert trio.current_time() == pytest.approx(t1 + 0.25)
+        async with trio.open_nursery() as nursery:
+            async def writer() -> None:  # never pauses for `quiet`
+                while True:
+                    wb.wrote()
+                    await trio.sleep(0.1)
+
+            nursery.start_soon(writer)
+            await trio.sleep(0.05)
+            t2 = trio.current_time()
+            with trio.fail_after(60):  # a starved upload fails here, not by hanging
+                await wb.writers_paused(t2)  # deferred, but not longer than defer_max
+            assert trio.current_time() == pytest.approx(t2 + 10.0)
+
+            async def drain_soon() -> None:
+                await trio.sleep(0.5)
+                wb._draining = True  # what drain() sets: the unmount waits for nobody
+
+            nursery.start_soon(drain_soon)
+            t3 = trio.current_time()
+            await wb.writers_paused(t3)
+            assert trio.current_time() <= t3 + 0.5 + 0.25
+            nursery.cancel_scope.cancel()
+        assert wb.stats.snapshot()["counters"]["writeback.deferred_to_writers"] == 3
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -10,10 +10,12 @@
 * the *pending* spools by path: released (no descriptor open any more), not uploaded
   yet. `OpenFiles` shows the newest pending spool as the file (stat, listings, opens)
   until its upload is done;
-* the destager: uploads ready spools, ``parallel`` (2) at a time, each after the engine's
-  throughput rule (``calm``: wait while latency reads crowd the store), retrying failures
-  with backoff for as long as the row exists (one WARNING when the store stops taking
-  them, one INFO when it takes them again);
+* the destager: uploads ready spools, ``parallel`` (2) at a time, each once the mount's
+  writers pause (``quiet``, 0.25 s without a write to a spool; at most ``defer_max``, 10 s,
+  after the spool became ready) and after the engine's throughput rule (``calm``: wait
+  while latency reads crowd the store), retrying failures with backoff for as long as the
+  row exists (one WARNING when the store stops taking them, one INFO when it takes them
+  again);
 * recovery at mount and the drain at unmount.
 
 Life of a spool (`Spool`): created by a writable open (empty for ``O_TRUNC`` or a new file,
@@ -31,6 +33,14 @@ Decisions:
   directory that names it) precedes the row's commit, and the journal commits with
   ``synchronous=FULL``. A row's size is never larger than its spool unless the cache disk
   lost data; a shrinking truncate of a recorded spool rewrites the row first.
+* Writers before uploads: an upload shares the CPU, the memory bandwidth and often the
+  disk with the writers still writing (on a small machine also with the store's own
+  server), and slowed a checkpoint burst's writer several-fold when it ran beside it
+  (docs/architecture.md, "Write-back"). So the destager waits until no write has reached
+  a spool for ``quiet`` seconds, but never more than ``defer_max`` after the spool was
+  ready: a writer that never pauses delays uploads, it cannot starve them. Uploads that
+  someone waits on (``durability = "capacity"``, a directory rename, the unmount drain)
+  never wait.
 * Last close wins, as with uploads at close: a spool released after another of the same
   path supersedes it (the older one's row and file go once the newer row is committed);
   one upload per path at a time, always of the newest ready spool.
@@ -81,6 +91,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds between progress lines while an unmount drains the queue.
 PROGRESS_EVERY = 5.0
+#: An upload starts once no write has reached a spool for this long (seconds) ...
+WRITERS_QUIET = 0.25
+#: ... or this long after its spool became ready, whichever comes first.
+DEFER_MAX = 10.0
 
 
 @dataclass(eq=False)
@@ -130,7 +144,8 @@ class WriteBack:
     def __init__(self, root: str, files: OpenFiles, *, durability: str = "fast",
                  stats: Stats | None = None,
                  calm: Callable[[], Awaitable[None]] | None = None,
-                 parallel: int = 2, retry_max: float = 10.0) -> None:
+                 parallel: int = 2, retry_max: float = 10.0,
+                 quiet: float = WRITERS_QUIET, defer_max: float = DEFER_MAX) -> None:
         if durability not in ("fast", "capacity"):
             raise ValueError(f"durability must be 'fast' or 'capacity', not {durability!r}")
         self.root = root
@@ -141,6 +156,10 @@ class WriteBack:
         self._calm = calm
         self._slots = trio.CapacityLimiter(parallel)
         self._retry_max = retry_max
+        self.quiet = quiet
+        self.defer_max = defer_max
+        #: trio time of the last write to a spool (`wrote`).
+        self._last_write = float("-inf")
         #: Released spools not uploaded yet, by path, in release order.
         self.pending: dict[bytes, list[Spool]] = {}
         #: Rows whose spool is missing or short: kept, never served or uploaded.
@@ -433,8 +452,27 @@ class WriteBack:
                 del self.pending[sp.path]
 
     # -- destaging ------------------------------------------------------------------
+    def wrote(self) -> None:
+        """A write reached a spool (called for every write: keep it cheap)."""
+        self._last_write = trio.current_time()
+
+    async def writers_paused(self, since: float) -> None:
+        """Return once no write has reached a spool for `quiet` seconds, or at
+        ``since`` + `defer_max`, or at once when the unmount drains the queue."""
+        deadline = since + self.defer_max
+        counted = False
+        while not self._draining:
+            until = min(self._last_write + self.quiet, deadline)
+            if until <= trio.current_time():
+                return
+            if not counted:
+                counted = True
+                self.stats.add("writeback.deferred_to_writers")
+            await trio.sleep_until(until)
+
     async def _destage(self, sp: Spool) -> None:
         try:
+            await self.writers_paused(trio.current_time())
             async with self._slots:
                 if self._calm is not None and not self._draining:
                     await self._calm()
