@@ -491,6 +491,15 @@ def test_tier_pending_writes_follow_renames_in_the_journal(s3: S3Server, tmp_pat
         await tier.mkdir(b"d", 0o755, 0, 0)
         await write_file(tier, b"d/a", b"AAAA")
         await write_file(tier, b"top", b"T")
+        # Those writes hold uploads back (the destager waits for writers to pause).
+        wb = tier.writeback
+        assert wb is not None
+        quiet, defer_max = wb.quiet, wb.defer_max
+        wb.quiet = wb.defer_max = 3600.0
+        with trio.move_on_after(0.2) as scope:
+            await wb.writers_paused(trio.current_time())
+        assert scope.cancelled_caught
+        wb.quiet, wb.defer_max = quiet, defer_max
         assert (await tier.stat(b"d/a")).st_size == 4
         assert not exists_in_store(s3, "d/a")  # pending: nobody uploads it here
         await tier.rename(b"top", b"top2")
