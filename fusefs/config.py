@@ -174,6 +174,13 @@ class WriteConfig:
                            "them). capacity: fsync and close return once the object store "
                            "holds the file (a failed upload is answered EIO and still "
                            "retried in the background).", ("fast", "capacity"))
+    destage_defer: float = _opt(10.0, "duration",
+                                "writeback: the longest an upload waits, once its file is "
+                                "closed, for the mount's writers to pause (0.25 s without a "
+                                "write): writers come first, so a checkpoint burst does not "
+                                "share CPU and disk with its own uploads. 0: uploads start at "
+                                "once, beside the writers (the store holds a burst sooner, the "
+                                "writer is slower).")
 
 
 @dataclass(frozen=True, slots=True)

@@ -457,7 +457,8 @@ def test_a_schema_3_catalog_gains_the_journal(tmp_path: Path) -> None:
 def test_capacity_durability_uploads_before_close_returns(
         s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     put(s3, "c", b"old object")
-    with mount_s3(s3, extra='[write]\ndurability = "capacity"\n') as m:
+    with mount_s3(s3, extra='[write]\ndurability = "capacity"\ndestage_defer = "0s"\n') as m:
+        assert stats(m.mountpoint)["writeback"]["destage_defer_s"] == 0  # the config's
         p = os.path.join(m.mountpoint, "c")
         fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
         os.close(os.dup(fd))  # a close before any write: the object is not emptied
@@ -566,5 +567,11 @@ def test_uploads_wait_for_writers_to_pause_but_never_starve(tmp_path: Path) -> N
             assert trio.current_time() <= t3 + 0.5 + 0.25
             nursery.cancel_scope.cancel()
         assert wb.stats.snapshot()["counters"]["writeback.deferred_to_writers"] == 3
+        # [write] destage_defer = 0: uploads start at once, writing or not.
+        wb0 = WriteBack(str(tmp_path), None, defer_max=0.0)  # type: ignore[arg-type]
+        wb0.wrote()
+        t4 = trio.current_time()
+        await wb0.writers_paused(t4)
+        assert trio.current_time() == t4
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -11,8 +11,8 @@
   yet. `OpenFiles` shows the newest pending spool as the file (stat, listings, opens)
   until its upload is done;
 * the destager: uploads ready spools, ``parallel`` (2) at a time, each once the mount's
-  writers pause (``quiet``, 0.25 s without a write to a spool; at most ``defer_max``, 10 s,
-  after the spool became ready) and after the engine's throughput rule (``calm``: wait
+  writers pause (``quiet``, 0.25 s without a write to a spool; at most ``defer_max``
+  (``[write] destage_defer``, 10 s) after the spool became ready) and after the engine's throughput rule (``calm``: wait
   while latency reads crowd the store), retrying failures with backoff for as long as the
   row exists (one WARNING when the store stops taking them, one INFO when it takes them
   again);
@@ -600,6 +600,7 @@ class WriteBack:
         n, size = self.pending_totals()
         return {
             "durability": self.durability,
+            "destage_defer_s": self.defer_max,
             "pending_files": n,
             "pending_bytes": size,
             "uploading": sum(1 for lst in self.pending.values() for s in lst if s.uploading is not None),
