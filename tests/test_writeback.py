@@ -497,10 +497,11 @@ def test_tier_pending_writes_follow_renames_in_the_journal(s3: S3Server, tmp_pat
         assert wb is not None
         quiet, defer_max = wb.quiet, wb.defer_max
         wb.quiet = wb.defer_max = 3600.0
+        wb._running = 1  # an upload in progress: a second one waits for the writers
         with trio.move_on_after(0.2) as scope:
-            await wb.writers_paused(trio.current_time())
+            await wb.turn(trio.current_time())
         assert scope.cancelled_caught
-        wb.quiet, wb.defer_max = quiet, defer_max
+        wb.quiet, wb.defer_max, wb._running = quiet, defer_max, 0
         assert (await tier.stat(b"d/a")).st_size == 4
         assert not exists_in_store(s3, "d/a")  # pending: nobody uploads it here
         await tier.rename(b"top", b"top2")
@@ -524,11 +525,12 @@ def test_tier_pending_writes_follow_renames_in_the_journal(s3: S3Server, tmp_pat
     trio.run(main)
 
 
-# -- uploads wait for the writers to pause, but are never starved ------------------------
-def test_uploads_wait_for_writers_to_pause_but_never_starve(tmp_path: Path) -> None:
-    """The destager's rule, on trio's virtual clock (no real waiting, no timing): an upload
-    starts once no write reached a spool for ``quiet`` seconds, at the latest ``defer_max``
-    after its spool was ready, and at once when the unmount drains the queue."""
+# -- while writers write, one upload at a time; never starved --------------------------
+def test_uploads_beside_writers_one_at_a_time_never_starved(tmp_path: Path) -> None:
+    """The destager's rule, on trio's virtual clock (no real waiting, no timing): with an
+    upload running, another starts once no write reached a spool for ``quiet`` seconds,
+    at the latest ``defer_max`` after its spool was ready, when the running one ends, or
+    at once when the unmount drains the queue; with none running, at once."""
     import trio
     import trio.testing
 
@@ -536,13 +538,14 @@ def test_uploads_wait_for_writers_to_pause_but_never_starve(tmp_path: Path) -> N
 
     async def main() -> None:
         wb = WriteBack(str(tmp_path), None, quiet=0.25, defer_max=10.0)  # type: ignore[arg-type]
+        wb._running = 1  # an upload is in progress
         t0 = trio.current_time()
-        await wb.writers_paused(t0)  # nothing written yet: no wait
+        await wb.turn(t0)  # nothing written yet: no wait
         assert trio.current_time() == t0
         await trio.sleep(1.0)
         wb.wrote()
         t1 = trio.current_time()
-        await wb.writers_paused(t0)  # the write just now: wait for a pause of `quiet`
+        await wb.turn(t0)  # the write just now: wait for a pause of `quiet`
         assert trio.current_time() == pytest.approx(t1 + 0.25)
         async with trio.open_nursery() as nursery:
             async def writer() -> None:  # never pauses for `quiet`
@@ -554,24 +557,38 @@ def test_uploads_wait_for_writers_to_pause_but_never_starve(tmp_path: Path) -> N
             await trio.sleep(0.05)
             t2 = trio.current_time()
             with trio.fail_after(60):  # a starved upload fails here, not by hanging
-                await wb.writers_paused(t2)  # deferred, but not longer than defer_max
+                await wb.turn(t2)  # deferred, but not longer than defer_max
             assert trio.current_time() == pytest.approx(t2 + 10.0)
+
+            async def upload_ends() -> None:
+                await trio.sleep(3.0)
+                wb._ended()
+
+            nursery.start_soon(upload_ends)
+            t3 = trio.current_time()
+            await wb.turn(t3)  # the running upload ended: the next one starts
+            assert trio.current_time() == pytest.approx(t3 + 3.0)
+            await wb.turn(t3)  # none running: at once, writer or not
+            assert trio.current_time() == pytest.approx(t3 + 3.0)
+
+            wb._running = 1
 
             async def drain_soon() -> None:
                 await trio.sleep(0.5)
                 wb._draining = True  # what drain() sets: the unmount waits for nobody
 
             nursery.start_soon(drain_soon)
-            t3 = trio.current_time()
-            await wb.writers_paused(t3)
-            assert trio.current_time() <= t3 + 0.5 + 0.25
+            t4 = trio.current_time()
+            await wb.turn(t4 + 100)
+            assert trio.current_time() <= t4 + 0.5 + 0.25
             nursery.cancel_scope.cancel()
-        assert wb.stats.snapshot()["counters"]["writeback.deferred_to_writers"] == 3
+        assert wb.stats.snapshot()["counters"]["writeback.deferred_to_writers"] == 4
         # [write] destage_defer = 0: uploads start at once, writing or not.
         wb0 = WriteBack(str(tmp_path), None, defer_max=0.0)  # type: ignore[arg-type]
+        wb0._running = 1
         wb0.wrote()
-        t4 = trio.current_time()
-        await wb0.writers_paused(t4)
-        assert trio.current_time() == t4
+        t5 = trio.current_time()
+        await wb0.turn(t5)
+        assert trio.current_time() == t5
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -10,11 +10,12 @@
 * the *pending* spools by path: released (no descriptor open any more), not uploaded
   yet. `OpenFiles` shows the newest pending spool as the file (stat, listings, opens)
   until its upload is done;
-* the destager: uploads ready spools, ``parallel`` (2) at a time, each once the mount's
-  writers pause (``quiet``, 0.25 s without a write to a spool; at most ``defer_max``
-  (``[write] destage_defer``, 10 s) after the spool became ready) and after the engine's throughput rule (``calm``: wait
-  while latency reads crowd the store), retrying failures with backoff for as long as the
-  row exists (one WARNING when the store stops taking them, one INFO when it takes them
+* the destager: uploads ready spools, ``parallel`` (2) at a time, but only one while the
+  mount's writers write (a second starts once they pause: ``quiet``, 0.25 s without a
+  write to a spool, or at most ``defer_max`` (``[write] destage_defer``, 10 s) after its
+  spool became ready), each after the engine's throughput rule (``calm``: wait while
+  latency reads crowd the store), retrying failures with backoff for as long as the row
+  exists (one WARNING when the store stops taking them, one INFO when it takes them
   again);
 * recovery at mount and the drain at unmount.
 
@@ -35,10 +36,12 @@ Decisions:
   lost data; a shrinking truncate of a recorded spool rewrites the row first.
 * Writers before uploads: an upload shares the CPU, the memory bandwidth and often the
   disk with the writers still writing (on a small machine also with the store's own
-  server), and slowed a checkpoint burst's writer several-fold when it ran beside it
-  (docs/architecture.md, "Write-back"). So the destager waits until no write has reached
-  a spool for ``quiet`` seconds, but never more than ``defer_max`` after the spool was
-  ready: a writer that never pauses delays uploads, it cannot starve them. Uploads that
+  server), and two of them slowed a checkpoint burst's writer several-fold
+  (docs/architecture.md, "Write-back"). So while writes reach spools, one upload runs at
+  a time; more start once no write has reached a spool for ``quiet`` seconds, or
+  ``defer_max`` after their spool was ready: a writer that never pauses slows uploads, it
+  cannot starve them. Not none at all: then a burst's uploads only begin after it, and
+  the time until the store holds it grew by the whole writer's time. Uploads that
   someone waits on (``durability = "capacity"``, a directory rename, the unmount drain)
   never wait.
 * Last close wins, as with uploads at close: a spool released after another of the same
@@ -160,6 +163,9 @@ class WriteBack:
         self.defer_max = defer_max
         #: trio time of the last write to a spool (`wrote`).
         self._last_write = float("-inf")
+        #: Destager uploads in progress, and an event set whenever one ends.
+        self._running = 0
+        self._upload_ended = trio.Event()
         #: Released spools not uploaded yet, by path, in release order.
         self.pending: dict[bytes, list[Spool]] = {}
         #: Rows whose spool is missing or short: kept, never served or uploaded.
@@ -456,29 +462,42 @@ class WriteBack:
         """A write reached a spool (called for every write: keep it cheap)."""
         self._last_write = trio.current_time()
 
-    async def writers_paused(self, since: float) -> None:
-        """Return once no write has reached a spool for `quiet` seconds, or at
-        ``since`` + `defer_max`, or at once when the unmount drains the queue."""
+    async def turn(self, since: float) -> None:
+        """Return when an upload ready since ``since`` may start: at once when no other
+        upload runs or the unmount drains the queue; else once no write has reached a
+        spool for `quiet` seconds, or at ``since`` + `defer_max`."""
         deadline = since + self.defer_max
         counted = False
-        while not self._draining:
+        while not self._draining and self._running:
             until = min(self._last_write + self.quiet, deadline)
             if until <= trio.current_time():
                 return
             if not counted:
                 counted = True
                 self.stats.add("writeback.deferred_to_writers")
-            await trio.sleep_until(until)
+            with trio.move_on_at(until):
+                await self._upload_ended.wait()
+
+    def _ended(self) -> None:
+        """A destager upload ended: an upload waiting for its `turn` may start."""
+        self._running -= 1
+        self._upload_ended.set()
+        self._upload_ended = trio.Event()
 
     async def _destage(self, sp: Spool) -> None:
+        ready = trio.current_time()
         try:
-            await self.writers_paused(trio.current_time())
             async with self._slots:
                 if self._calm is not None and not self._draining:
                     await self._calm()
+                await self.turn(ready)
                 if sp.gone or not sp.ready:
                     return
-                await self._upload(sp)
+                self._running += 1  # no checkpoint since `turn` returned
+                try:
+                    await self._upload(sp)
+                finally:
+                    self._ended()
         except OSError as exc:
             self._failed(sp, exc)
         finally:
