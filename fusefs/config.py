@@ -175,12 +175,12 @@ class WriteConfig:
                            "holds the file (a failed upload is answered EIO and still "
                            "retried in the background).", ("fast", "capacity"))
     destage_defer: float = _opt(10.0, "duration",
-                                "writeback: the longest an upload waits, once its file is "
-                                "closed, for the mount's writers to pause (0.25 s without a "
-                                "write): writers come first, so a checkpoint burst does not "
-                                "share CPU and disk with its own uploads. 0: uploads start at "
-                                "once, beside the writers (the store holds a burst sooner, the "
-                                "writer is slower).")
+                                "writeback: while the mount's writers write, one upload runs at "
+                                "a time; a second one waits, once its file is closed, at most "
+                                "this long for them to pause (0.25 s without a write): writers "
+                                "come first, so a checkpoint burst shares less CPU and disk "
+                                "with its own uploads. 0: two uploads at once, beside the "
+                                "writers.")
 
 
 @dataclass(frozen=True, slots=True)
