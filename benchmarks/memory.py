@@ -45,6 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 import targets as T  # noqa: E402
 from dataset import BUCKET, FULL, QUICK, ensure_dataset  # noqa: E402
 
+from fusefs.config import CacheConfig  # noqa: E402
 from fusefs.units import parse_size  # noqa: E402
 
 MiB = 1 << 20
@@ -178,11 +179,12 @@ def main() -> int:
 
 
 def bounds(dram: int) -> dict[str, int]:
-    """The bounds of what the daemon holds in memory: the DRAM tier as configured, the
-    engine's stream and walk-ahead budgets at their defaults (`Engine` arguments, not
-    configurable today). Kernel pushes count against the stream budget."""
-    return {"dram tier": dram, "stream read-ahead budget": 256 * MiB,
-            "walk-ahead budget": 64 * MiB}
+    """The bounds of what the daemon holds in memory: ``[cache] dram`` as configured,
+    ``readahead_memory`` and ``walk_memory`` at their defaults (this benchmark leaves
+    them). Kernel pushes count against the read-ahead bound."""
+    c = CacheConfig()
+    return {"dram tier": dram, "stream read-ahead budget": c.readahead_memory,
+            "walk-ahead budget": c.walk_memory}
 
 
 def load(ds: Any, mnt: Path, pid: int, seconds: float, args: argparse.Namespace,

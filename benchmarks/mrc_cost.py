@@ -174,8 +174,9 @@ def pyspy_exe() -> str | None:
 
 
 def mrc_share(raw: Path) -> dict[str, Any]:
-    """Samples (py-spy's raw format: ``frame;frame;... count``) inside policies/mrc.py."""
-    total = inside = 0
+    """Samples (py-spy's raw format: ``frame;frame;... count``) inside policies/mrc.py, and
+    inside the fast tier's policy's ``on_use`` (the default's miniature simulations)."""
+    total = inside = on_use = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
@@ -184,8 +185,12 @@ def mrc_share(raw: Path) -> dict[str, Any]:
         total += n
         if "mrc.py" in stack:
             inside += n
+        if "on_use (" in stack:
+            on_use += n
     return {"samples": total, "samples_in_mrc": inside,
-            "mrc_share_pct": round(100 * inside / total, 3) if total else None}
+            "mrc_share_pct": round(100 * inside / total, 3) if total else None,
+            "samples_in_on_use": on_use,
+            "on_use_share_pct": round(100 * on_use / total, 3) if total else None}
 
 
 def profile_run(args: argparse.Namespace, work: Path, src: Path, names: list[str]) -> dict[str, Any]:
@@ -218,7 +223,7 @@ def profile_run(args: argparse.Namespace, work: Path, src: Path, names: list[str
         s1 = m.stats()
     out = mrc_share(raw)
     for sec, name in (("policy_dram", "dram"), ("policy", "fast")):
-        for k in ("mrc.uses", "mrc.sampled"):
+        for k in ("mrc.uses", "mrc.sampled", "mini_uses", "mini_sampled"):
             out[f"{name}.{k}"] = s1.get(sec, {}).get(k, 0) - s0.get(sec, {}).get(k, 0)
     out["read_requests"] = s1["counters"].get("read.requests", 0) - s0["counters"].get("read.requests", 0)
     out["fio_iops"] = round(fio["iops"], 1)
@@ -350,7 +355,10 @@ def main() -> int:
               f"policies/mrc.py = {profile['mrc_share_pct']}% of the daemon's CPU; "
               f"{profile['read_requests']} requests, DRAM shadows {profile['dram.mrc.uses']} "
               f"uses ({profile['dram.mrc.sampled']} sampled), fast-tier shadows "
-              f"{profile['fast.mrc.uses']} uses ({profile['fast.mrc.sampled']} sampled)")
+              f"{profile['fast.mrc.uses']} uses ({profile['fast.mrc.sampled']} sampled); "
+              f"{profile['samples_in_on_use']} samples inside the fast-tier policy's on_use = "
+              f"{profile['on_use_share_pct']}% (its miniatures: {profile['fast.mini_uses']} uses, "
+              f"{profile['fast.mini_sampled']} sampled)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

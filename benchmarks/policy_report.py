@@ -18,8 +18,12 @@ Goals checked (issue 18), for the default (``workload_aware``):
 * every family and size: miss ratio <= 1.02x the best of LRU, SIEVE, S3-FIFO and ARC;
 * ``zipf`` at 1%: <= 1.25x Belady.
 
-Usage: ``python benchmarks/policy_report.py [--objects N] [--requests N] [--jobs N]
-[--families a,b] [--out PATH]``. Pure-Python policies: at the defaults it takes minutes.
+Usage: ``python benchmarks/policy_report.py [--objects N] [--requests N] [--sizes 1,10]
+[--drift-every N] [--jobs N] [--families a,b] [--out PATH]``, or ``--scale issue`` for issue
+18's scale: 100,000 objects, 1,000,000 random requests, the ``drift`` hot set rotating every
+150,000 requests, caches of 1.5625% and 12.5% (16 MiB and 128 MiB of the issue's 1 GiB
+index). Pure-Python policies: at the defaults it takes minutes, at the issue's scale about
+ten times longer per family.
 """
 
 from __future__ import annotations
@@ -43,14 +47,19 @@ LIBCACHESIM = ["lru", "fifo", "sieve", "s3fifo", "arc", "wtinylfu"]
 GOAL_CLASSIC = 1.02
 GOAL_BELADY = 1.25
 
-_traces: dict[tuple[str, int, int, int], Any] = {}
+#: ``--scale issue``: issue 18's drifting retriever (a 1 GiB index of 4 KiB pages, 16 MiB and
+#: 128 MiB caches), at 100,000 objects instead of 262,144 to keep pure-Python replays in hours.
+ISSUE_SCALE = {"objects": 100_000, "requests": 1_000_000, "drift_every": 150_000, "sizes": "1.5625,12.5"}
+
+_traces: dict[tuple[str, int, int, int, int | None], Any] = {}
 
 
-def _trace(family: str, objects: int, requests: int, seed: int) -> Any:
+def _trace(family: str, objects: int, requests: int, seed: int, drift_every: int | None = None) -> Any:
     # Each worker process builds a family once and keeps it (generation is seeded).
-    key = (family, objects, requests, seed)
+    key = (family, objects, requests, seed, drift_every)
     if key not in _traces:
-        _traces[key] = tracegen.family_trace(family, n_objects=objects, n_requests=requests, seed=seed)
+        _traces[key] = tracegen.family_trace(family, n_objects=objects, n_requests=requests, seed=seed,
+                                             drift_every=drift_every)
     return _traces[key]
 
 
@@ -89,7 +98,7 @@ def _lcs_random_part(trace: Any, name: str, cache_pages: int) -> float | None:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    trace = _trace(job["family"], job["objects"], job["requests"], job["seed"])
+    trace = _trace(job["family"], job["objects"], job["requests"], job["seed"], job.get("drift_every"))
     started = time.perf_counter()
     out: dict[str, Any] = {k: v for k, v in job.items()}
     if job["policy"] == "belady":
@@ -112,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--objects", type=int, default=20_000, help="random readers' objects (the working set)")
     parser.add_argument("--requests", type=int, default=200_000, help="random requests (streams come on top)")
+    parser.add_argument("--sizes", default="1,10", help="cache sizes in percent of the objects, e.g. 1,10")
+    parser.add_argument("--drift-every", type=int, default=None,
+                        help="requests between two shifts of the drift family's ranking (default: 0.6x objects)")
+    parser.add_argument("--scale", choices=["issue"], default=None,
+                        help="issue 18's scale: " + ", ".join(f"{k} {v}" for k, v in ISSUE_SCALE.items()))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--families", default=",".join(tracegen.FAMILIES))
@@ -120,16 +134,28 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "policies.json")
     )
     args = parser.parse_args(argv)
+    if args.scale == "issue":
+        for k, v in ISSUE_SCALE.items():
+            setattr(args, k, v)
+    try:
+        percents = [float(x) for x in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes: not a list of percentages: {args.sizes!r}")
+    if not percents or any(not 0 < x <= 100 for x in percents):
+        parser.error(f"--sizes: each size must be above 0 and at most 100 percent, not {args.sizes!r}")
+    unknown = set(args.families.split(",")) - set(tracegen.FAMILIES)
+    if unknown:
+        parser.error(f"--families: unknown {', '.join(sorted(unknown))}; families: {', '.join(tracegen.FAMILIES)}")
 
     started = time.perf_counter()
     families = args.families.split(",")
-    sizes = {"1%": max(args.objects // 100, 1) * PAGE, "10%": max(args.objects // 10, 1) * PAGE}
+    sizes = {f"{x:g}%": max(int(args.objects * x / 100), 1) * PAGE for x in percents}
     names = ["belady", *POLICIES]
     if not args.no_libcachesim:
         names += [f"libcachesim:{p}" for p in LIBCACHESIM]
     jobs = [
         {"family": f, "size": s, "cache": c, "policy": p, "objects": args.objects, "requests": args.requests,
-         "seed": args.seed}
+         "seed": args.seed, "drift_every": args.drift_every}
         for f in families for s, c in sizes.items() for p in names
     ]
     # The default (two experts, two miniatures) is the slowest: first, so the pool ends even.
@@ -141,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     report["parameters"] = {
         "objects": args.objects,
         "random_requests": args.requests,
+        "drift_every": args.drift_every,
         "page_size": PAGE,
         "cache_sizes": sizes,
         "seed": args.seed,
@@ -216,6 +243,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{params['objects']} objects of 4 KiB, {params['random_requests']} random requests per family, "
             f"seed {params['seed']}, DRAM tier, classifier on"
+            + (f", drift every {params['drift_every']} requests" if params.get("drift_every") else "")
         )
     return "\n".join(lines)
 

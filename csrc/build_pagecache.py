@@ -69,6 +69,7 @@ int64_t pagecache_get_range(pagecache_t *pc, uint64_t file_id, uint64_t first,
                             void *buf, size_t buflen);
 int64_t pagecache_peek(pagecache_t *pc, uint64_t file_id, uint64_t page,
                        void *buf, size_t buflen);
+int pagecache_contains(pagecache_t *pc, uint64_t file_id, uint64_t page);
 int pagecache_put(pagecache_t *pc, uint64_t file_id, uint64_t page,
                   const void *data, size_t len, int hint);
 int pagecache_pin(pagecache_t *pc, uint64_t file_id, uint64_t page);

@@ -866,6 +866,18 @@ int64_t pagecache_peek(pagecache_t *pc, uint64_t file_id, uint64_t page,
     return lookup_copy(pc, file_id, page, buf, buflen, false, false);
 }
 
+int pagecache_contains(pagecache_t *pc, uint64_t file_id, uint64_t page)
+{
+    if (pc == NULL)
+        return -EINVAL;
+    uint64_t h = key_hash(file_id, page);
+    shard_t *sh = shard_for(pc, h);
+    pthread_mutex_lock(&sh->lock);
+    int found = shard_find_slot(pc, sh, h, file_id, page) != NIL;
+    pthread_mutex_unlock(&sh->lock);
+    return found;
+}
+
 int pagecache_put(pagecache_t *pc, uint64_t file_id, uint64_t page,
                   const void *data, size_t len, int hint)
 {

@@ -113,6 +113,13 @@ int64_t pagecache_peek(pagecache_t *pc, uint64_t file_id, uint64_t page,
                        void *buf, size_t buflen);
 
 /*
+ * 1 if the page is cached, 0 if not, -EINVAL on bad arguments. Takes only the
+ * page's shard lock (never the queue lock) and touches no frequency or
+ * counter: a probe for the read path.
+ */
+int pagecache_contains(pagecache_t *pc, uint64_t file_id, uint64_t page);
+
+/*
  * Store len bytes (1..page_size; a short last page keeps its length) for a
  * page. An already cached page is overwritten in place and keeps its queue
  * and frequency. Returns 0, or -EBUSY when nothing can be evicted.

@@ -27,7 +27,8 @@ import trio
 from . import __version__, credentials
 from .config import Config, ConfigError, load_config, with_overrides
 from .control import ControlError, call
-from .exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, MountError
+from .exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, MountError
+from .pathstats import SORT_KEYS, TIERS
 from .safefiles import open_private_log
 from .units import format_size
 
@@ -113,7 +114,9 @@ def build_parser(*, replay: bool = True) -> argparse.ArgumentParser:
                 "stderr, and exits 1 if that left nothing to warm. The sizes printed are "
                 "what the fast tier holds afterwards, not what passed through it.",
         "evict": " Pinned files stay (their pin too) and are counted apart; --unpin "
-                 "removes the pins at or below PATH first and drops those files as well.",
+                 "removes the pins at or below PATH first and drops those files as well. "
+                 "The kernel's cached pages of every file under PATH are dropped before "
+                 "evict answers, so the next read reaches the mount.",
         "pin": " Prints the bytes the fast tier holds pinned afterwards.",
         "unpin": " Their bytes stay cached until the policy evicts them.",
     }
@@ -173,9 +176,31 @@ def build_parser(*, replay: bool = True) -> argparse.ArgumentParser:
                        description="Print what a live mount has done: bytes served by tier "
                                    "and access class, hit ratios, errors answered, pending "
                                    "uploads, counters, latency percentiles and each tier's "
-                                   "occupancy (--json: the same as one JSON object).")
+                                   "occupancy (--json: the same as one JSON object). "
+                                   "--by-path: the files read most, and totals per rule. "
+                                   "--watch: a live view of rates, refreshed every "
+                                   "--interval seconds until Ctrl-C (exit 0) or until the "
+                                   "mount goes away (one line, exit 1); when stdout is not "
+                                   "a terminal it prints one plain-text block per refresh.")
     s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the tierfs mount is")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--by-path", action="store_true",
+                   help="the files with the most bytes read (--top of them): class, "
+                        "serving tiers, hit ratio, opens the kernel cached, errors; then "
+                        "totals per [[rule]]. The daemon keeps figures for "
+                        "[stats] path_limit files (4096), the heaviest")
+    s.add_argument("-n", "--top", metavar="N", type=int, default=20,
+                   help="--by-path: how many files (default 20)")
+    s.add_argument("--sort", choices=SORT_KEYS, default="bytes",
+                   help="order of --by-path: bytes read (default), misses (bytes from the "
+                        "capacity tier), requests, errors or opens")
+    s.add_argument("--watch", action="store_true",
+                   help="live view of rates (reads/s, MiB/s per tier and class, hit "
+                        "ratios, errors, occupancy, busiest files) until Ctrl-C")
+    s.add_argument("--interval", metavar="SECONDS", type=float, default=2.0,
+                   help="--watch: seconds between refreshes (default 2)")
+    s.add_argument("--count", metavar="N", type=int,
+                   help="--watch: stop after N refreshes (default: until Ctrl-C)")
     return p
 
 
@@ -435,12 +460,89 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise UsageError(f"--top takes a number of files from 1, not {args.top}")
+    if args.watch:
+        if args.json or args.by_path:
+            raise UsageError("--watch shows its own view: it takes no --json or --by-path")
+        if not 0.05 <= args.interval <= 3600:
+            raise UsageError(f"--interval must be 0.05 to 3600 seconds, not {args.interval}")
+        if args.count is not None and args.count < 1:
+            raise UsageError(f"--count must be at least 1, not {args.count}")
+        from .watch import watch  # rich only here
+
+        return watch(os.path.abspath(args.mountpoint), interval=args.interval,
+                     count=args.count)
+    if args.by_path:
+        res = call(args.mountpoint, "by_path", limit=args.top, sort=args.sort)["by_path"]
+        if args.json:
+            print(json.dumps(res, indent=2, sort_keys=True))
+        else:
+            print(render_by_path(res))
+        return EXIT_OK
     snap = call(args.mountpoint, "stats")["stats"]
     if args.json:
         print(json.dumps(snap, indent=2, sort_keys=True))
         return 0
     print(render_stats(snap))
     return 0
+
+
+def _ellipsize(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, its start replaced by '...' (the file name
+    at the end is what tells files apart)."""
+    return text if len(text) <= width else "..." + text[len(text) - width + 3:]
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+def render_by_path(res: dict[str, Any]) -> str:
+    """The ``tierfs stats --by-path`` tables of a ``by_path`` answer."""
+    size = format_size
+    paths, rules = res.get("paths", []), res.get("rules", [])
+    tiers = [t for t in TIERS if t != "ahead" or any(p["tiers"].get("ahead") for p in
+                                                          paths + rules)]
+    head = (f"{'read':>9}{'reqs':>8}  {'class':<16}" + "".join(f"{t:>10}" for t in tiers)
+            + f"{'hit':>6}{'opens':>7}{'kept':>6}{'errors':>7}")
+
+    def row(f: dict[str, Any]) -> str:
+        n = f["bytes"]
+        cls = f.get("class") or "-"
+        if n and f["classes"].get(cls, 0) < n:
+            cls += f" {_share(f['classes'][cls], n)}"
+        hit = f"{100 * f['hit_ratio']:.0f}%" if f.get("hit_ratio") is not None else "-"
+        mark = "*" if f.get("uncounted_max") else " "
+        return (f"{size(n):>8}{mark}{f['requests']:>8}  {cls:<16}"
+                + "".join(f"{size(f['tiers'].get(t, 0)):>10}" for t in tiers)
+                + f"{hit:>6}{f['opens']:>7}{f['kernel_kept_opens']:>6}{f['errors']:>7}")
+
+    lines = [f"files by {res.get('sort', 'bytes')}: top {len(paths)} of "
+             f"{res.get('tracked', 0)} tracked (figures for at most {res.get('limit')} "
+             f"files; {res.get('evicted', 0)} light ones let go to make room)"]
+    if not res.get("limit"):
+        lines = ["no per-file figures: [stats] path_limit is 0"]
+    width = max([4, *(len(p["path"]) for p in paths)])
+    width = min(width, 48)
+    if paths:
+        lines.append(f"{'file':<{width}} {head}")
+        lines += [f"{_ellipsize(p['path'], width):<{width}} {row(p)}" for p in paths]
+    if rules:
+        rw = min(48, max(len(r["rule"]) for r in rules))
+        lines += ["", "totals by rule (every file opened, tracked or not):",
+                  f"{'rule':<{rw}} {head}"]
+        lines += [f"{_ellipsize(r['rule'], rw):<{rw}} {row(r)}" for r in rules]
+    lines += ["", "class: the access class of most of the bytes (and its share); tier "
+                  "columns: bytes each tier served; hit: bytes not fetched from the "
+                  "capacity tier while the reader waited; kept: opens at which the kernel "
+                  "kept its cached pages, whose reads it may answer without tierfs (those "
+                  "reads are not counted here)."]
+    if any(p.get("uncounted_max") for p in paths):
+        lines.append("*: tracked since other files were let go; up to "
+                     f"{size(max(p.get('uncounted_max', 0) for p in paths))} read before "
+                     "that is not counted.")
+    return "\n".join(lines)
 
 
 def render_stats(snap: dict[str, Any]) -> str:
@@ -470,6 +572,12 @@ def render_stats(snap: dict[str, Any]) -> str:
         lines.append(f"{'hit ratio':<10}" + "".join(
             f"{(100 * hits[k] / s if (s := sum(by[t, k] for t in ('dram', 'fast', 'capacity'))) else 0):>13.1f}%"
             for k in classes))
+    opens = c.get("meta.open", 0)
+    if opens:
+        lines += ["", f"opens: {opens}, {c.get('open.kernel_cache_kept', 0)} with the kernel's "
+                  f"cached pages kept (reads it answers from them never reach tierfs and are "
+                  f"not counted above); {format_size(c.get('kernel.pushed_bytes', 0))} pushed "
+                  f"into the kernel's page cache; per file: tierfs stats --by-path"]
     errors = {k: v for k, v in c.items() if k.startswith("errors.")}
     if errors:
         lines += ["", f"errors answered: {errors.get('errors.total', 0)} "

@@ -46,6 +46,14 @@ class CacheConfig:
                              "aligned block of this size around it in one ranged GET and "
                              "offers all of its pages to the DRAM cache. A multiple of "
                              "page_size, at most chunk_size; page_size turns it off.")
+    readahead_memory: int = _opt(parse_size("256MiB"), "size",
+                                 "Bytes the read-ahead buffers of all streams, and the pages "
+                                 "pushed into the kernel's cache, may hold together. A "
+                                 "stream still gets the chunk it reads; 0 turns read-ahead "
+                                 "off.")
+    walk_memory: int = _opt(parse_size("64MiB"), "size",
+                            "Object stores: bytes the small files fetched ahead of a "
+                            "directory walk may hold; 0 turns walk-ahead off.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +161,20 @@ class SourceConfig:
                             "bytes of two versions. false reads with pyarrow, tied to no "
                             "version (about 0.8-1.0x the read rate on loopback; "
                             "docs/objectstore.md).")
+    stored_attributes: bool = _opt(
+        False, "bool",
+        "S3: keep each object's mode, owner and times in its metadata, as s3fs does "
+        "(x-amz-meta-mode, -uid, -gid, -mtime, -atime, -ctime; the mtime as rclone reads "
+        "it too): uploads store them, chmod/chown/utimes update them (one metadata-only "
+        "copy of the object onto itself), stat reads them (one HEAD per object, at most "
+        "once per stat_ttl; a listing sends them concurrently), and permission checks use "
+        "them. Directories keep theirs in their marker (dir_markers; without markers in "
+        "this mount only). Also enables extended attributes (x-amz-meta-xattr, s3fs's "
+        "encoding; 2 KiB of metadata per object: E2BIG/ENOSPC beyond) and symbolic links, "
+        "stored as s3fs stores them (an object holding the target, its mode saying "
+        "S_IFLNK). Objects without the "
+        "metadata show the configured modes and owner. false: no HEAD per object; modes "
+        "and owners are the configured ones and chmod/chown/utimes are ignored.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +209,10 @@ class WriteConfig:
 class StatsConfig:
     prometheus: str | None = _opt(None, "str", "host:port to serve Prometheus metrics on.")
     trace: str | None = _opt(None, "path", "Write an access trace (Parquet) to this file.")
+    path_limit: int = _opt(4096, "int",
+                           "Files 'tierfs stats --by-path' keeps figures for (about 1KiB "
+                           "each). Past it the lightest file tracked makes room "
+                           "(space-saving), so the files read most stay; 0 keeps none.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from .tiers.capacity import CapacityFile, SourceVersion, Stat
 
 if TYPE_CHECKING:
     from .engine.stream import StreamState
+    from .pathstats import Figures
     from .tiers.fast import CacheEntry
 
 
@@ -46,6 +47,10 @@ class FileHandle:
     dirty: bool = False
     #: Read-ahead state, once the handle is read as a stream.
     stream: StreamState | None = None
+    #: True once a read found the source changed under this open (ESTALE).
+    stale: bool = False
+    #: The path's figures for `tierfs stats --by-path` (`fusefs.pathstats`), if tracked.
+    figures: Figures | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -92,6 +92,40 @@ class InodeTable:
     def find(self, parent: int, name: bytes) -> int | None:
         return self._by_loc.get((parent, name))
 
+    def files_at(self, path: bytes) -> list[int]:
+        """The non-directory inodes the kernel knows at or below ``path`` (b"" is the root).
+
+        For dropping the kernel's pages of what a command changed (``tierfs evict``): one
+        walk of the table, so not for a request's hot path.
+        """
+        ino: int | None = ROOT
+        for name in (path.split(b"/") if path else ()):
+            ino = self._by_loc.get((ino, name)) if ino is not None else None
+        node = self._inodes.get(ino) if ino is not None else None
+        if node is None:
+            return []
+        if not node.is_dir:
+            return [node.ino]
+        children: dict[int, list[int]] = {}
+        for (parent, _name), child in self._by_loc.items():
+            children.setdefault(parent, []).append(child)
+        out: list[int] = []
+        stack = [node.ino]
+        seen = {node.ino}
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                if child in seen:
+                    continue
+                seen.add(child)
+                cnode = self._inodes.get(child)
+                if cnode is None:
+                    continue
+                if cnode.is_dir:
+                    stack.append(child)
+                else:
+                    out.append(child)
+        return out
+
     def remember(self, parent: int, name: bytes, *, is_dir: bool,
                  identity: tuple[int, int] | None, count: int = 1) -> Inode:
         """The inode for ``parent/name``, created if new; adds ``count`` lookups."""

@@ -49,6 +49,11 @@ _EXAMPLES = [
      "warm: /mnt/corpus/docs: 2000 files, 7.8MiB cached, 7.8MiB copied now\n"
      "tierfs evict /mnt/corpus\n"
      "tierfs evict --unpin /mnt/corpus/index"),
+    ("See which files are read most, how (class), and which tier served them; then "
+     "watch the rates live (Ctrl-C ends it; piped, it prints one block per refresh):",
+     "tierfs stats --by-path --top 10 /mnt/corpus\n"
+     "tierfs stats --by-path --top 10 --sort misses /mnt/corpus\n"
+     "tierfs stats --watch --interval 1 /mnt/corpus"),
     ("The form mount.fuse3 runs for `mount -t fuse.tierfs` and fstab lines "
      "(see mount.tierfs(8)):",
      "tierfs /data/imagenet /mnt/imagenet -o cache=/nvme/tierfs,nofail"),
@@ -147,7 +152,9 @@ def tierfs_1() -> str:
             "4 source missing or unreachable; 5 mount point missing, not a directory or busy; "
             "6 FUSE unavailable. Every command: 1 the mount (or its daemon) cannot be "
             "reached, 2 bad arguments, 130 interrupted, 141 its output pipe was closed "
-            "(as when killed by SIGPIPE); fsck as fsck(8). Failures are one line on stderr.",
+            "(as when killed by SIGPIPE); fsck as fsck(8). stats \\-\\-watch: 0 when ended "
+            "by Ctrl-C or after \\-\\-count refreshes, 1 when the mount goes away. "
+            "Failures are one line on stderr.",
             ".SH ENVIRONMENT",
             ".TP", ".B TIERFS_TRACEBACK",
             "Set: an unexpected error shows its Python traceback, not one line.",

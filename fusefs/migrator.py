@@ -195,7 +195,7 @@ class Migrator:
         return copied
 
     async def evict(self, path: bytes, *, unpin: bool = False) -> dict[str, Any]:
-        """Drop the fast tier's and DRAM's copies of everything under ``path``.
+        """Drop the fast tier's, DRAM's and the kernel's copies of everything under ``path``.
 
         Pinned files stay (that is what a pin is for) and are counted in
         ``pinned``/``pinned_bytes``; with ``unpin``, the pins at or below ``path``
@@ -217,8 +217,11 @@ class Migrator:
                 continue
             dropped += self.fast.drop_path(fpath)
             files += 1
+        # Last, so that no read between the drops refills the kernel from a tier that
+        # still held the bytes.
+        kernel = await self.engine.drop_kernel_pages(path)
         return {"files": files, "bytes": dropped, "pinned": kept, "pinned_bytes": kept_bytes,
-                "pinned_by": reasons[:5], "unpinned": unpinned}
+                "pinned_by": reasons[:5], "unpinned": unpinned, "kernel_files": kernel}
 
     async def pin(self, path: bytes) -> dict[str, Any]:
         await trio.to_thread.run_sync(self.fast.catalog.set_pin, path, True)  # type: ignore[union-attr]

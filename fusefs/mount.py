@@ -42,6 +42,7 @@ from .policies import get_policy
 from .access import DramKey, FastKey, Override
 from .policies.base import Tier
 from .policies.mrc import MOUNT_MAX_RATE, ShadowMRC
+from .pathstats import PathStats
 from .stats import Stats
 from .tiers import open_capacity
 from .tiers.capacity import CapacityTier, TierUnavailable
@@ -137,6 +138,7 @@ def source_options(cfg: Config) -> dict[str, Any]:
         "max_dir_rename_keys": s.max_dir_rename_keys,
         "dir_markers": s.dir_markers,
         "etag_reads": s.etag_reads,
+        "stored_attributes": s.stored_attributes,
         "read_timeout": s.read_timeout,
         "retry_budget": s.retry_budget,
     }
@@ -311,6 +313,12 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
         async def on_stats(req: dict[str, Any]) -> dict[str, Any]:
             return {"stats": stats.snapshot()}
 
+        async def on_by_path(req: dict[str, Any]) -> dict[str, Any]:
+            limit = req.get("limit", 20)
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise ValueError("limit must be a non-negative integer")
+            return {"by_path": engine.paths.snapshot(limit, str(req.get("sort", "bytes")))}
+
         async def on_ping(req: dict[str, Any]) -> dict[str, Any]:
             return {"pid": os.getpid(), "source": capacity.description}
 
@@ -324,6 +332,7 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             return {"path": os.path.abspath(target), "entries": entries}
 
         control.register("stats", on_stats)
+        control.register("by_path", on_by_path)
         control.register("ping", on_ping)
         control.register("snapshot", on_snapshot)
         if engine.fast is not None:
@@ -448,10 +457,11 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
                   policy=policy, dram_policy=dram_policy, pagecache=pagecache, fast=fast,
                   immutable=cfg.mount.consistency == "immutable",
                   chunk_size=cfg.cache.chunk_size, remote_block=cfg.cache.remote_block,
+                  stream_budget=cfg.cache.readahead_memory, walk_budget=cfg.cache.walk_memory,
                   kernel_invalidate=pyfuse3.invalidate_inode,
-                  kernel_push=pyfuse3.notify_store
-                  if cfg.mount.consistency == "immutable" else None,
-                  mrc_dram=mrc_dram, mrc_fast=mrc_fast)
+                  kernel_push=pyfuse3.notify_store,
+                  mrc_dram=mrc_dram, mrc_fast=mrc_fast,
+                  paths=PathStats(cfg.stats.path_limit, [r.path for r in cfg.rules]))
 
 
 def register_migrator(control: ControlServer, migrator: Migrator) -> None:

@@ -108,6 +108,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = inodes if inodes is not None else InodeTable(
             use_identity=capacity.supports_links, on_free=self._inode_freed)
         self.handles = handles if handles is not None else HandleTable()
+        engine.kernel_files = self.inodes.files_at
         self.timeouts = timeouts
         self.override_for = override_for
         #: Count of finished mutating requests (see `_MUTATING`).
@@ -414,6 +415,10 @@ class Operations(pyfuse3.Operations):
         info = self._opened(h, st)
         if _writable(flags):
             self.engine.writer_opened(h.ino)
+            await self.engine.pushes_drained(h.ino)
+        elif not info.keep_cache:
+            # The kernel drops the inode's pages when this answer reaches it: a push of
+            # the version it replaces must not land after that.
             await self.engine.pushes_drained(h.ino)
         return info
 

@@ -242,7 +242,11 @@ class PageCache:
         return bytes(memoryview(buf)[:rc])
 
     def __contains__(self, key: tuple[int, int]) -> bool:
-        return self.entry(*key) is not None
+        """Whether the page is cached: one shard lock, no counters (a read path probe)."""
+        rc = lib.pagecache_contains(self._handle(), key[0], key[1])
+        if rc < 0:
+            _raise(rc, "contains")
+        return rc == 1
 
     # -- writes ----------------------------------------------------------
     def put(self, file_id: int, page: int, data: Any, *, hint: Hint = Hint.NORMAL) -> None:

@@ -12,6 +12,10 @@ writes into an output directory:
     p50 and p99. Needs the ``latency`` column.
 ``classes.png``
     Classification over time: read requests and read bytes per second in each class.
+``occupancy.png``
+    Bytes the DRAM tier and the fast tier held over time, and the fast tier's pinned bytes.
+    Needs the trace's occupancy columns (sampled at most once a second, with the requests;
+    older traces lack them).
 ``replay.png``
     The shipped policies replayed on the trace's reads (:func:`fusefs.replay.replay`) at
     several cache sizes, beside Belady's offline bound.
@@ -19,7 +23,8 @@ writes into an output directory:
     The charts, the numbers behind them (tables) and notes on what a trace cannot show.
 
 Reads answered by the kernel's page cache never reach the daemon and so are not in the
-trace; tier occupancy is not recorded in a trace (``tierfs stats`` shows it live).
+trace, nor is what the kernel's page cache holds; occupancy samples come with requests, so
+an idle stretch has none.
 
 matplotlib is imported only here, lazily, with the Agg backend: the daemon never loads it.
 It is the ``report`` extra (``pip install 'tierfs[report]'``).
@@ -233,6 +238,42 @@ def _class_chart(plt: Any, reads: dict[str, list[Any]], nbins: int, path: str) -
     return {c: {"requests": int(sum(reqs[c])), "bytes": int(sum(nbytes[c]))} for c in present}
 
 
+def _occupancy_chart(plt: Any, occ: dict[str, list[Any]], t0: float, t1: float,
+                     path: str) -> dict[str, Any]:
+    """Bytes held by the DRAM and fast tiers (and pinned) over time, as steps: each sample
+    holds until the next one, the last until the trace ends (``t1``)."""
+    span = max(t1 - t0, 1e-6)
+    xlabel, scale = _time_label(span)
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    out: dict[str, Any] = {}
+    series = (("dram_bytes", "DRAM page cache", TIER_COLORS["dram"], "-"),
+              ("fast_bytes", "fast tier (NVMe)", TIER_COLORS["fast"], "-"),
+              ("fast_pinned", "fast tier, pinned", TIER_COLORS["fast"], "--"))
+    biggest = max((v for col, *_ in series for v in occ[col] if v is not None), default=0)
+    unit, div = next(((u, f) for u, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+                      if biggest >= f), ("bytes", 1))
+    for col, label, color, style in series:
+        pts = [(t, v) for t, v in zip(occ["time"], occ[col]) if v is not None]
+        if not pts:
+            continue
+        xs = [(t - t0) / scale for t, _ in pts] + [span / scale]
+        ys = [v / div for _, v in pts]
+        ax.step(xs, ys + ys[-1:], where="post", color=color, ls=style, lw=1.8, label=label)
+        ax.plot(xs[:-1], ys, ls="none", marker="o", ms=3, color=color)
+        vals = [v for _, v in pts]
+        out[col] = {"samples": len(vals), "first": vals[0], "last": vals[-1], "max": max(vals)}
+    ax.set_ylim(bottom=0, top=max(biggest / div * 1.1, 1.0))
+    ax.set_xlim(0, span / scale)
+    ax.set_ylabel(f"bytes held ({unit})")
+    ax.set_xlabel(xlabel)
+    ax.set_title("Tier occupancy over time (dots: samples, at most one a second)", loc="left")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return out
+
+
 def _replay_chart(plt: Any, rows: list[dict[str, Any]], sizes: list[int], path: str) -> None:
     """Miss ratio against cache size per policy, with Belady's bound."""
     fig, ax = plt.subplots(figsize=(9, 4.8))
@@ -328,6 +369,18 @@ def build_report(trace: str | os.PathLike[str], output: str | os.PathLike[str], 
     p = os.path.join(out, "classes.png")
     rep.summary["classes"] = _class_chart(plt, reads, nbins, p)
     rep.charts["classes"] = p
+    sampled = table.filter(pc.or_(pc.is_valid(table["dram_bytes"]),
+                                  pc.is_valid(table["fast_bytes"])))
+    if sampled.num_rows:
+        p = os.path.join(out, "occupancy.png")
+        occ = sampled.select(["time", "dram_bytes", "fast_bytes", "fast_pinned"]).to_pydict()
+        times = table["time"].to_pylist()
+        rep.summary["occupancy"] = _occupancy_chart(plt, occ, min(times), max(times), p)
+        rep.charts["occupancy"] = p
+    else:
+        rep.notes.append("This trace has no occupancy samples (recorded by an older tierfs, "
+                         "or generated): the tier occupancy chart is left out; `tierfs stats` "
+                         "shows occupancy live.")
 
     sizes = sorted(set(cache_sizes)) if cache_sizes else _default_sizes(table, page_size)
     names = list(policies) if policies else sorted(builtin_policies())
@@ -344,7 +397,9 @@ def build_report(trace: str | os.PathLike[str], output: str | os.PathLike[str], 
     rep.charts["replay"] = p
     rep.notes.append("Reads the kernel's page cache answered never reach the daemon, so they "
                      "are not in the trace: the ratios here are of the reads tierfs saw.")
-    rep.notes.append("Tier occupancy is not recorded in a trace; `tierfs stats` shows it live.")
+    rep.notes.append("What the kernel's page cache holds is not recorded (the daemon cannot "
+                     "see it); occupancy is sampled with requests, at most once a second, so "
+                     "an idle stretch has no samples and a change shows at the next request.")
     rep.summary["seconds"] = time.perf_counter() - started
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump({"summary": rep.summary, "replay": rep.replay, "notes": rep.notes}, f, indent=2)
@@ -363,6 +418,9 @@ _CAPTIONS = {
                 "by access class and by the tier(s) that served it."),
     "classes": ("Classification over time",
                 "Read requests and bytes per second in each access class."),
+    "occupancy": ("Tier occupancy over time",
+                  "Bytes the DRAM page cache and the fast tier held (and the fast tier's "
+                  "pinned bytes), sampled at most once a second with the requests."),
     "replay": ("Replay of the shipped policies against Belady's bound",
                "Each shipped policy replayed offline on this trace's reads (tierfs replay), at "
                "several cache sizes; the dashed line is Belady's offline optimum."),
@@ -384,7 +442,7 @@ def _html(rep: Report, sizes: list[int], names: list[str], page_size: int) -> st
         f"{s['writes']} writes) on {s['files']} files over {s['duration_s']:.2f} s; "
         f"{e(format_size(s['read_bytes']))} read.</p>",
     ]
-    for name in ("tiers", "latency", "classes", "replay"):
+    for name in ("tiers", "latency", "classes", "occupancy", "replay"):
         if name not in rep.charts:
             continue
         title, caption = _CAPTIONS[name]
@@ -413,6 +471,14 @@ def _html(rep: Report, sizes: list[int], names: list[str], page_size: int) -> st
                 parts.append(f"<tr><td>{e(label)}</td><td>{row['requests']}</td>"
                              f"<td>{e(format_size(row['bytes']))}</td></tr>")
             parts.append("</table>")
+        elif name == "occupancy":
+            parts.append("<table><tr><th>series</th><th>samples</th><th>first</th>"
+                         "<th>last</th><th>max</th></tr>")
+            for col, row in s["occupancy"].items():
+                parts.append(f"<tr><td>{e(col)}</td><td>{row['samples']}</td>" + "".join(
+                    f"<td>{e(format_size(row[k]))}</td>" for k in ("first", "last", "max"))
+                    + "</tr>")
+            parts.append("</table>")
         elif name == "replay":
             parts.append(f"<p>Page size {e(format_size(page_size))}. Miss ratio (page misses / "
                          "page accesses) per policy and cache size; the best policy per size "
@@ -440,7 +506,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="tierfs report",
         description="Write an HTML page with PNG charts from an access trace (Parquet): hit "
                     "ratio over time per tier and class, latency distributions, "
-                    "classification over time, and a replay of the shipped policies "
+                    "classification over time, tier occupancy over time (traces that "
+                    "have it), and a replay of the shipped policies "
                     "beside Belady's bound. Needs matplotlib (the 'report' extra).")
     parser.add_argument("trace", metavar="TRACE", help="the Parquet trace ([stats] trace)")
     parser.add_argument("-o", "--output", metavar="DIR", required=True,

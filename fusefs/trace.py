@@ -18,7 +18,7 @@ label     string     the recorder's label: ``"sequential"``, ``"random"``, ``"un
                      (a generated trace puts the ground truth here)
 ========  =========  =============================================================
 
-A mount's recorder also writes two optional columns after these (`EXTRA_FIELDS`; traces
+A mount's recorder also writes optional columns after these (`EXTRA_FIELDS`; traces
 recorded before they existed, and generated ones, lack them and read as null):
 
 ========  =========  =============================================================
@@ -26,7 +26,14 @@ tier      string     tiers that served the read's bytes, ``+``-joined and sorted
                      (``"dram"``, ``"fast"``, ``"ahead"``, ``"capacity"``,
                      ``"capacity+dram"``); empty for writes and for a read of zero bytes
 latency   float64    seconds the daemon took to answer the request
+dram_bytes   uint64  bytes the DRAM tier held when the row was recorded
+fast_bytes   uint64  bytes the fast tier held
+fast_pinned  uint64  bytes of those the fast tier held pinned
 ========  =========  =============================================================
+
+The three occupancy columns are set on one row a second at most (the first request
+after a second has passed; null on the others and for a tier the mount lacks): a
+recorder adds no work per request for them, and an idle mount records no samples.
 
 `read_trace` and `iter_batches` return the eight core columns only (what replay needs);
 `read_trace_extended` adds the optional ones.
@@ -39,6 +46,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,6 +75,9 @@ COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 EXTRA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("tier", pa.string(), nullable=True),
     pa.field("latency", pa.float64(), nullable=True),
+    pa.field("dram_bytes", pa.uint64(), nullable=True),
+    pa.field("fast_bytes", pa.uint64(), nullable=True),
+    pa.field("fast_pinned", pa.uint64(), nullable=True),
 )
 """Optional columns a mount's recorder appends after `COLUMNS` (null when absent)."""
 RECORDED_SCHEMA = pa.schema(list(SCHEMA) + list(EXTRA_FIELDS), metadata=SCHEMA.metadata)
@@ -74,8 +85,9 @@ RECORDED_SCHEMA = pa.schema(list(SCHEMA) + list(EXTRA_FIELDS), metadata=SCHEMA.m
 
 TraceRow = tuple[float, int, str, int, int, int, str, str]
 """One request in column order: time, pid, file, file_id, offset, size, op, label."""
-RecordedRow = tuple[float, int, str, int, int, int, str, str, str, float]
-"""A recorder's row: a `TraceRow`, then tier and latency (`EXTRA_FIELDS`)."""
+RecordedRow = tuple[Any, ...]
+"""A recorder's row: a `TraceRow`, then tier and latency, and maybe the occupancy columns
+(`EXTRA_FIELDS`; missing trailing values are null)."""
 
 
 class TraceWriter:

@@ -434,7 +434,8 @@ FAMILIES: tuple[str, ...] = ("zipf", "drift", "loop", "scan", "tenants")
 """The named workload families of :func:`family_trace`, in report order."""
 
 
-def family_trace(name: str, *, n_objects: int, n_requests: int, seed: int = 0, object_size: int = 4096) -> pa.Table:
+def family_trace(name: str, *, n_objects: int, n_requests: int, seed: int = 0, object_size: int = 4096,
+                 drift_every: int | None = None) -> pa.Table:
     """One workload family at a scale: ``n_objects`` random-read objects (the working set
     caches are sized against) and ``n_requests`` random requests (scan requests come on top).
 
@@ -442,8 +443,8 @@ def family_trace(name: str, *, n_objects: int, n_requests: int, seed: int = 0, o
 
     * ``zipf``: stationary Zipf(1.0), the shape of :func:`zipf_trace`.
     * ``drift``: Zipf(0.9) whose ranking shifts by 15% of the objects every
-      ``0.6 * n_objects`` requests, beside two streams reading four shards (each an eighth
-      of the index) twice: issue 18's trace, scaled.
+      ``drift_every`` requests (default ``0.6 * n_objects``), beside two streams reading
+      four shards (each an eighth of the index) twice: issue 18's trace, scaled.
     * ``loop``: all ``n_objects`` read over and over in one scattered order.
     * ``scan``: Zipf(0.9) beside two streams reading four small shards (each 2.5% of the
       index) epoch after epoch, as many pages as the random reads; a shard fits in half of
@@ -466,7 +467,8 @@ def family_trace(name: str, *, n_objects: int, n_requests: int, seed: int = 0, o
     if name in ("drift", "scan"):
         if name == "drift":
             rand = drifting_zipf_trace(
-                n_objects=n, n_requests=r, alpha=0.9, drift_every=max(n * 6 // 10, 1), drift_fraction=0.15,
+                n_objects=n, n_requests=r, alpha=0.9,
+                drift_every=drift_every if drift_every else max(n * 6 // 10, 1), drift_fraction=0.15,
                 object_size=page, seed=seed,
             )
             shard_pages, epochs = max(n // 8, 16), 2

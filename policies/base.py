@@ -23,7 +23,8 @@ Two ways to drive a policy:
 
 * Simulation: :meth:`Policy.access` replays one use of a key and returns whether it hit; on a
   miss it applies the policy's own admission decision and evicts as needed.
-* The engine, which owns the data: :meth:`lookup` (or :meth:`record_hit`) on every use,
+* The engine, which owns the data: :meth:`lookup` (or :meth:`record_hit`) on every use
+  of a resident key, :meth:`on_use` on every request for the tier's data (hit or miss),
   :meth:`should_admit` on a miss, :meth:`insert` (which returns the keys to drop),
   :meth:`victims` under space pressure, :meth:`remove` when data is gone,
   :meth:`invalidate_file` when an owner's data is gone, :meth:`forget_history` when a
@@ -427,6 +428,21 @@ class Policy:
 
     def on_close(self, file_id: int) -> None:
         """A file handle was closed. Default: nothing."""
+
+    def on_use(self, key: Key, info: AccessInfo | None = None) -> None:
+        """One use of this tier's data as the engine saw it, whether or not the tier holds it.
+
+        In a mount :meth:`lookup` and :meth:`record_hit` only hear of keys the tier holds
+        (the engine checks its extents itself), so this is the one call that carries the
+        tier's whole request stream: every random or unclassified read request that DRAM
+        did not serve reaches the fast tier's policy as one use. ``key`` names the data,
+        not a resident key (in a mount ``(DRAM entry, chunk index)``: one path at one
+        version, in units of the tier's objects), so it is never checked against
+        ``key_type``. For policies that learn from the request stream (miniature
+        simulations); it must not change residency. Called once per request on the event
+        loop, so keep it cheap (sample). Simulations (:meth:`access`) never call it.
+        Default: nothing.
+        """
 
     def on_write(self, key: Key, size: int, info: AccessInfo | None = None) -> None:
         """Bytes of ``key`` were written (the engine inserts and pins dirty data itself).

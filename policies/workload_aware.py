@@ -29,6 +29,15 @@ victims; the other is told which keys left. The leader is chosen by miniature si
 small cache) is replayed through one standalone cache per expert, scaled down by the same
 rate, and every ``period`` sampled uses the expert whose miniature missed less (misses
 decayed by half each period, with a 1% margin against flapping) takes the lead.
+
+What the miniatures are fed: in a simulation, every non-stream use (:meth:`access`). In a
+mount the policy hears of the fast tier's hits only (the engine finds misses by itself), a
+stream that would make the miniatures of a cache that always hits; so once the engine
+reports the tier's request stream through :meth:`on_use` (every random request DRAM did not
+serve), the miniatures learn from that instead and no longer from hits. A request in a mount
+costs the daemon some 200 us, so there the sampling rate is also capped at
+:data:`OBSERVED_MAX_RATE` of the keys (the miniatures are rebuilt at the capped rate when
+the first use is reported).
 """
 
 from __future__ import annotations
@@ -41,9 +50,13 @@ from .base import AccessInfo, Key, Label, Policy, Tier
 from .mrc import ShadowMRC
 from .wtinylfu import _M1, _MASK64, WTinyLFUPolicy
 
-__all__ = ["WorkloadAwarePolicy"]
+__all__ = ["OBSERVED_MAX_RATE", "WorkloadAwarePolicy"]
 
 _SAMPLE_BITS = 24
+#: Largest share of the keys whose uses reported by :meth:`WorkloadAwarePolicy.on_use` (a
+#: mount's requests) the miniatures replay: a sampled use costs two miniature accesses, a
+#: request in a mount some 200 us (measured: docs/policies.md, benchmarks/miniature_cost.py).
+OBSERVED_MAX_RATE = 1 / 8
 
 
 def _is_stream(info: AccessInfo) -> bool:
@@ -90,7 +103,8 @@ class WorkloadAwarePolicy(Policy):
         protected_ratio: The W-TinyLFU expert's protected share of its main cache.
         sample_factor: The W-TinyLFU expert's sketch aging (see :mod:`.wtinylfu`).
         mini_objects: Objects a miniature cache holds at most: the sampling rate is
-            ``mini_objects`` over the objects the tier holds (at most 1).
+            ``mini_objects`` over the objects the tier holds (at most 1; at most
+            :data:`OBSERVED_MAX_RATE` once :meth:`on_use` reports a mount's requests).
         period_factor: Sampled uses between two choices of the leader, per object in a
             miniature (at least 512).
         experts: ``"adaptive"`` (the choice above), or ``"frequency"`` / ``"recency"`` to
@@ -136,21 +150,18 @@ class WorkloadAwarePolicy(Policy):
         self._lead: Policy = self._rec if experts == "recency" else self._freq
         self._other: Policy = self._freq if self._lead is self._rec else self._rec
         # Miniatures: standalone caches of unit objects fed the sampled keys' uses.
-        items = max(self.capacity // obj, 1)
-        rate = min(1.0, mini_objects / items)
-        self._sample_below = int(rate * (1 << _SAMPLE_BITS))
-        mini_cap = max(int(items * rate), 1)
+        self._wt = wt
+        self._items = max(self.capacity // obj, 1)
+        self._mini_objects = mini_objects
+        self._period_factor = period_factor
         self._mini_freq: Policy | None = None
         self._mini_rec: Policy | None = None
-        if experts == "adaptive":
-            self._mini_freq = _FrequencyExpert(mini_cap, object_size=1, **wt)  # type: ignore[arg-type]
-            self._mini_rec = ARCPolicy(mini_cap, object_size=1)
-        self._period = max(period_factor * mini_cap, 512)
-        self._sampled = 0
-        self._miss_freq = 0.0  # decayed misses of each miniature
-        self._miss_rec = 0.0
+        self._observed = False  # the engine reports the request stream (on_use)
+        self._mini_uses = 0  # non-stream uses offered to the miniatures
+        self._mini_sampled = 0  # of which sampled
         self._switches = 0
-        self._mrc = ShadowMRC(items) if mrc else None
+        self._build_miniatures(min(1.0, mini_objects / self._items))
+        self._mrc = ShadowMRC(self._items) if mrc else None
         self._ghost_cap = int(self.capacity * ghost_ratio)
         self._ghost: OrderedDict[Key, int] = OrderedDict()
         self._ghost_bytes = 0
@@ -164,6 +175,28 @@ class WorkloadAwarePolicy(Policy):
 
     # -- the two experts ---------------------------------------------------------------------
 
+    def _build_miniatures(self, rate: float) -> None:
+        """(Re)start the miniatures at sampling ``rate``, empty, with no misses counted."""
+        self._sample_below = int(rate * (1 << _SAMPLE_BITS))
+        mini_cap = max(int(self._items * rate), 1)
+        if self._experts == "adaptive":
+            self._mini_freq = _FrequencyExpert(mini_cap, object_size=1, **self._wt)  # type: ignore[arg-type]
+            self._mini_rec = ARCPolicy(mini_cap, object_size=1)
+        self._period = max(self._period_factor * mini_cap, 512)
+        self._sampled = 0
+        self._miss_freq = 0.0  # decayed misses of each miniature
+        self._miss_rec = 0.0
+
+    def on_use(self, key: Key, info: AccessInfo | None = None) -> None:
+        """A request for the tier's data, hit or miss: from the first one on, the
+        miniatures (and ``mrc`` curves) learn from these instead of from the hits."""
+        if not self._observed:
+            self._observed = True
+            rate = min(1.0, self._mini_objects / self._items, OBSERVED_MAX_RATE)
+            if self._sample_below > int(rate * (1 << _SAMPLE_BITS)):
+                self._build_miniatures(rate)
+        self._simulate(key, info if info is not None else UNKNOWN_ACCESS)
+
     def _simulate(self, key: Key, info: AccessInfo) -> None:
         """Feed one non-stream use to the miniatures if its key is sampled; choose the
         leader at the end of a period."""
@@ -174,6 +207,7 @@ class WorkloadAwarePolicy(Policy):
         mini_f = self._mini_freq
         if mini_f is None:
             return
+        self._mini_uses += 1
         if (((hash(key) & _MASK64) * _M1) & _MASK64) >> (64 - _SAMPLE_BITS) >= self._sample_below:
             return
         mini_r = self._mini_rec
@@ -183,6 +217,7 @@ class WorkloadAwarePolicy(Policy):
             self._miss_freq += 1
         if not mini_r.access(key, 1, UNKNOWN_ACCESS):
             self._miss_rec += 1
+        self._mini_sampled += 1
         self._sampled += 1
         if self._sampled >= self._period:
             self._sampled = 0
@@ -217,12 +252,14 @@ class WorkloadAwarePolicy(Policy):
     def _on_hit(self, key: Key, info: AccessInfo) -> None:
         self._freq._on_hit(key, info)
         self._rec._on_hit(key, info)
-        self._simulate(key, info)
+        if not self._observed:
+            self._simulate(key, info)
 
     def _on_miss(self, key: Key, info: AccessInfo) -> None:
         self._freq._on_miss(key, info)
         self._rec._on_miss(key, info)
-        self._simulate(key, info)
+        if not self._observed:
+            self._simulate(key, info)
 
     def _evict(self, incoming: int) -> Key | None:
         victim = self._lead._evict(incoming)
@@ -294,7 +331,9 @@ class WorkloadAwarePolicy(Policy):
 
     def statistics(self) -> dict[str, int]:
         """Base counters plus ``whole_file_admitted``, ``ghost_bytes``, ``leader_recency``
-        (1 while ARC leads), ``leader_switches`` and the miniatures' decayed misses."""
+        (1 while ARC leads), ``leader_switches``, the miniatures' decayed misses, and
+        ``mini_uses`` / ``mini_sampled``: the uses offered to the miniatures and the sampled
+        ones among them."""
         out = super().statistics()
         out["whole_file_admitted"] = self._whole_admitted
         out["ghost_bytes"] = self._ghost_bytes
@@ -302,6 +341,8 @@ class WorkloadAwarePolicy(Policy):
         out["leader_switches"] = self._switches
         out["mini_misses_frequency"] = int(self._miss_freq)
         out["mini_misses_recency"] = int(self._miss_rec)
+        out["mini_uses"] = self._mini_uses
+        out["mini_sampled"] = self._mini_sampled
         if self._mrc is not None:
             out.update(self._mrc.statistics())
         return out

@@ -17,6 +17,9 @@ checks such a file.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import mmap
 import os
 import re
 import shutil
@@ -27,6 +30,35 @@ import time
 from typing import Iterable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def resident_pages(fd: int, length: int) -> int:
+    """Pages of the first ``length`` bytes of open file ``fd`` in the kernel's page cache.
+
+    mincore(2) on a shared read-only mapping that is never touched: it reports the file's
+    page cache, and mapping it reads nothing.
+    """
+    ps = mmap.PAGESIZE
+    length = max(ps, (length + ps - 1) // ps * ps)
+    addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    try:
+        vec = (ctypes.c_ubyte * (length // ps))()
+        if _libc.mincore(addr, length, vec) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return sum(b & 1 for b in vec)
+    finally:
+        _libc.munmap(addr, length)
 
 
 def tierfs_cmd(*args: str) -> list[str]:

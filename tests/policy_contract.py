@@ -243,6 +243,19 @@ class PolicyContract:
         p.on_close(1)
         assert isinstance(p.statistics(), dict)
 
+    def test_on_use_reports_the_request_stream_and_changes_no_residency(self) -> None:
+        # docs/policies.md: a name for the data, not a resident key, so never refused for
+        # its type, and the bookkeeping stays as it was.
+        p = self.make_policy(8, object_size=1, key_type=int)
+        for k in range(4):
+            p.insert(k, 1)
+        before = sorted(p)
+        for i in range(200):
+            p.on_use((7, i % 12), AccessInfo(label=Label.RANDOM, file_id=7, offset=i, size=1))
+        p.on_use(("any", "hashable"))
+        assert sorted(p) == before
+        check_invariants(p)
+
     def test_labels_do_not_break_bookkeeping(self) -> None:
         p = self.make_policy(64, object_size=1)
         rng = random.Random(5)

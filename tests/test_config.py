@@ -45,7 +45,7 @@ class = "stream"
 
 
 @pytest.mark.parametrize("text,where", [
-    ("[cache]\nsise = 1\n", "t.toml:2: cache.sise: unknown key; allowed: chunk_size, dir, dram, page_size, remote_block, size"),
+    ("[cache]\nsise = 1\n", "t.toml:2: cache.sise: unknown key; allowed: chunk_size, dir, dram, page_size, readahead_memory, remote_block, size, walk_memory"),
     ("[cache]\ndram = \"lots\"\n", "t.toml:2: cache.dram: not a size"),
     ("[caches]\n", "t.toml:1: unknown table [caches]"),
     ("[mount]\nconsistency = \"sometimes\"\n", "t.toml:2: mount.consistency: expected one of: close-to-open, immutable"),

@@ -163,3 +163,42 @@ def test_a_schema_2_catalog_is_migrated_and_its_unchecked_entries_dropped(
         assert cf is not None and await fast.read(cf, 0, CHUNK) == b"y" * CHUNK
         await fast.close()
     trio.run(main)
+
+
+def test_a_pin_during_a_commit_reaches_the_catalog(tmp_path: Any) -> None:
+    """`set_pinned` while a commit's rows are being written (worker thread): the catalog
+    must end up with the extent's pin as memory has it, and keep it across a reopen."""
+    import threading
+
+    async def main() -> None:
+        fast = make(str(tmp_path), 100 * CHUNK)
+        await fast.open()
+        cf = await fast.file_create(b"f", V)
+        assert await fast.admit(cf, 0, b"a" * CHUNK)
+        ext = cf.extents[0]
+        catalog = fast.catalog
+        assert catalog is not None
+        real_apply = catalog.apply
+        writing, resume = threading.Event(), threading.Event()
+
+        def apply(**kw: Any) -> Any:  # the real write, held until the pin happened
+            writing.set()
+            assert resume.wait(60)
+            return real_apply(**kw)
+
+        catalog.apply = apply  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fast.commit)
+            await trio.to_thread.run_sync(writing.wait)
+            fast.set_pinned(cf, ext, True)
+            resume.set()
+        catalog.apply = real_apply  # type: ignore[method-assign]
+        await fast.commit()
+        assert await fast.check_catalog() == []
+        await fast.close()
+        again = make(str(tmp_path), 100 * CHUNK)
+        await again.open()
+        assert again.policy.pinned_bytes == CHUNK
+        await again.close()
+
+    trio.run(main)

@@ -240,6 +240,41 @@ def test_another_client_changes_objects(gcs: GcsServer, mount_gcs: Callable[...,
             assert f.read() == b"4444"
 
 
+def test_one_open_never_mixes_generations(gcs: GcsServer,
+                                          mount_gcs: Callable[..., Mounted]) -> None:
+    """An object replaced (same size) between two reads of one open: the open's next read
+    of bytes no cache holds is ESTALE, never bytes of the new generation; a new open reads
+    the new object whole, though its size is unchanged (the generation is its version)."""
+    size = MiB + 4321
+    old = random.Random(1).randbytes(size)
+    new = random.Random(2).randbytes(size)
+    gcs.put("v/obj", old)
+    with mount_gcs(gcs, source={"stat_ttl": "0s", "list_ttl": "0s"},
+                   extra="[policy]\nfill_random_max = 0\n") as m:
+        path = os.path.join(m.mountpoint, "v", "obj")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            buf = mmap.mmap(-1, 64 * KiB)
+            assert os.preadv(fd, [buf], 0) == 64 * KiB
+            assert bytes(buf) == old[:64 * KiB]
+            gcs.put("v/obj", new)
+            with pytest.raises(OSError) as caught:
+                os.preadv(fd, [buf], 768 * KiB)  # in no block fetched so far
+            assert caught.value.errno == errno.ESTALE
+            for where in (0, size - 4096):  # stale for good; cached old bytes at most
+                try:
+                    n = os.preadv(fd, [memoryview(buf)[:4096]], where)
+                except OSError as exc:
+                    assert exc.errno == errno.ESTALE, exc
+                else:
+                    assert bytes(buf[:n]) == old[where:where + n]
+        finally:
+            os.close(fd)
+        with open(path, "rb") as f:
+            assert f.read() == new
+        assert "changed or was deleted after it was opened" in m.read_log()
+
+
 def test_server_down_and_back(restartable_gcs: GcsServer,
                               mount_gcs: Callable[..., Mounted]) -> None:
     """The store stops under a live mount: uncached reads and lookups are EIO (never

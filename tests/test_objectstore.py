@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from fusefs.tiers.capacity import TierUnavailable
+from fusefs.tiers.capacity import TierUnavailable, same_version
 from fusefs.tiers.objectstore import ObjectStoreTier
-from s3server import S3Server, restartable_s3, s3, s3_server  # noqa: F401  (fixtures)
+from s3server import S3Server, restartable_s3, s3, s3_md5, s3_md5_server, s3_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.s3
 
@@ -301,6 +301,43 @@ def test_ranged_reads_at_every_alignment(s3: S3Server) -> None:
         finally:
             await f.close()
             await f.close()  # idempotent
+
+    run(main)
+
+
+def test_a_small_file_fetched_whole_states_its_version(s3_md5: S3Server) -> None:
+    """Walk-ahead's `fetch_small`: one GET whose answer states the version (ETag, size,
+    Last-Modified), kept by the stat cache, so the reader's open sends no HEAD; an object
+    that changed size since it was listed is refused, never fetched under the old name."""
+    a, b = os.urandom(3000), os.urandom(10)
+    put_file(s3_md5, "d/a", a)
+    put_file(s3_md5, "d/b", b)
+    put_file(s3_md5, "d/empty", b"")
+
+    async def main() -> None:
+        tier = await started(s3_md5)
+        try:
+            listed = dict(await tier.listdir(b"d"))
+            assert listed[b"a"].etag is None  # listings through pyarrow carry none
+            heads, gets = tier.requests["stat"], tier.requests["get"]
+            version, got = await tier.fetch_small(b"d/a", listed[b"a"])
+            assert got == a
+            assert version.etag is not None and version.etag.strip('"') == hashlib.md5(a).hexdigest()
+            assert same_version(listed[b"a"].version(), version)
+            assert (tier.requests["stat"], tier.requests["get"]) == (heads, gets + 1)
+            f = await tier.open(b"d/a", os.O_RDONLY)
+            try:
+                assert (await f.fstat()).version() == version
+                assert tier.requests["stat"] == heads, "the open sent a HEAD"
+                assert await f.pread(0, 5000) == a
+            finally:
+                await f.close()
+            version, got = await tier.fetch_small(b"d/empty", listed[b"empty"])
+            assert got == b"" and version.size == 0
+            put_file(s3_md5, "d/b", os.urandom(20))  # longer than listed
+            await raises(errno.ESTALE, tier.fetch_small(b"d/b", listed[b"b"]))
+        finally:
+            await tier.close()
 
     run(main)
 

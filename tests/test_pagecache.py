@@ -33,6 +33,19 @@ def test_miss_then_hit_copies_into_buffer(cache: PageCache) -> None:
     assert (s["hits"], s["misses"], s["insertions"]) == (1, 1, 1)
 
 
+def test_contains_probes_without_counting(cache: PageCache) -> None:
+    assert (1, 0) not in cache
+    cache.put(1, 0, page_bytes(1, 0))
+    cache.put(1, 1, page_bytes(1, 1, 10))
+    assert (1, 0) in cache and (1, 1) in cache
+    assert (1, 2) not in cache and (2, 0) not in cache
+    s = cache.stats()
+    assert (s["hits"], s["misses"]) == (0, 0)
+    assert cache.entry(1, 0)[1] == 0  # the probe left its frequency alone
+    cache.invalidate(1, 0)
+    assert (1, 0) not in cache and (1, 1) in cache
+
+
 def test_get_into_accepts_memoryview_slices(cache: PageCache) -> None:
     cache.put(1, 0, page_bytes(1, 0))
     big = bytearray(3 * PS)

@@ -113,6 +113,7 @@ def test_report_of_a_trace_without_the_optional_columns(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.glob("*.png")) == ["classes.png", "replay.png"]
     page = (out / "index.html").read_text()
     assert "no tier column" in page and "no latency column" in page
+    assert "no occupancy samples" in page
 
 
 def test_report_errors(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import pytest
 
-from mounting import Mounted, is_mounted, tierfs_cmd
+from mounting import Mounted, is_mounted, resident_pages, tierfs_cmd
 from s3server import S3Server, restartable_s3, s3, s3_server  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.s3, pytest.mark.mount]
@@ -762,15 +762,17 @@ def test_a_walk_over_small_files_is_fetched_ahead(s3: S3Server,
         assert stats(m.mountpoint)["counters"].get("walk.fetched_files", 0) == 0
 
 
-# -- immutable mounts hand the rest of a fetched block to the kernel ----------------------
-def test_immutable_mount_pushes_the_rest_of_a_block_to_the_kernel(
-        s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+# -- the rest of a fetched block goes to the kernel ----------------------------------------
+@pytest.mark.parametrize("consistency", ["close-to-open", "immutable"])
+def test_the_rest_of_a_block_is_pushed_to_the_kernel(
+        s3: S3Server, mount_s3: Callable[..., Mounted], consistency: str) -> None:
     """A random miss fetches a 64 KiB block; the pages the reader did not ask for go
-    into the kernel's page cache, so reading them never reaches the daemon. A file
-    open for writing gets no pushes, and its readers see the written bytes."""
+    into the kernel's page cache, so reading them never reaches the daemon (with the
+    default consistency too: the kernel keeps them while the version does not change).
+    A file open for writing gets no pushes, and its readers see the written bytes."""
     data = random.Random(21).randbytes(2 * MiB + 10000)
     put(s3, "kv/blocks", data)
-    extra = '[mount]\nconsistency = "immutable"\n[policy]\nfill_random_max = 0\n'
+    extra = f'[mount]\nconsistency = "{consistency}"\n[policy]\nfill_random_max = 0\n'
     with mount_s3(s3, extra=extra) as m:
         path = os.path.join(m.mountpoint, "kv", "blocks")
         fd = os.open(path, os.O_RDONLY)
@@ -807,6 +809,35 @@ def test_immutable_mount_pushes_the_rest_of_a_block_to_the_kernel(
             assert f.read(12288) == data[MiB:MiB + 4096] + b"X" * 4096 + \
                 data[MiB + 8192:MiB + 12288]
     assert read_back(s3, "kv/blocks")[MiB + 4096:MiB + 8192] == b"X" * 4096
+
+
+def test_pushed_pages_of_an_old_version_are_never_served(
+        s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
+    """Default consistency: pages pushed into the kernel belong to the version read; an
+    object replaced between two opens (same size) is read whole at its new version."""
+    rng = random.Random(31)
+    for i in range(3):
+        put(s3, f"kv/b{i}", rng.randbytes(512 * KiB))
+    with mount_s3(s3, source={"stat_ttl": "0s", "list_ttl": "0s"},
+                  extra="[policy]\nfill_random_max = 0\n") as m:
+        for i in range(3):
+            path = os.path.join(m.mountpoint, "kv", f"b{i}")
+            old = (s3.bucket_dir / "kv" / f"b{i}").read_bytes()
+            new = rng.randbytes(len(old))
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                assert os.pread(fd, 4096, 100 * KiB) == old[100 * KiB:104 * KiB]
+                # The rest of the block [64 KiB, 128 KiB) lands in the kernel's cache.
+                wait_for(lambda: resident_pages(fd, 128 * KiB) >= 16, "the push")
+            finally:
+                os.close(fd)
+            p = s3.bucket_dir / "kv" / f"b{i}"
+            p.write_bytes(new)
+            st = p.stat()
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # a new second
+            with open(path, "rb") as f:
+                assert f.read() == new, "bytes of the old version were served"
 
 
 # -- the warm cache survives a remount and serves with the store gone --------------------

@@ -16,13 +16,14 @@ from __future__ import annotations
 import errno
 import os
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from mounting import Mounted
+from mounting import Mounted, resident_pages
 from s3server import S3Server, api, moto_server  # noqa: F401
 from test_s3_mount import config, read_direct, stats
 
@@ -134,6 +135,39 @@ def test_overwrite_between_two_reads_of_one_open(
         log = m.read_log()
         assert "the object changed after it was opened" in log
         assert " WARNING " in log or "WARNING" in log
+
+
+def test_a_change_found_mid_read_drops_the_kernels_pages(
+        versioned_s3: S3Server, mount_versions: Callable[..., Mounted]) -> None:
+    """A read that finds the object replaced answers ESTALE, and the kernel forgets what it
+    cached of the old version: no handle is served it from the kernel's cache afterwards."""
+    s = versioned_s3
+    size = 2 * MiB
+    old = random.Random(3).randbytes(size)
+    new = random.Random(4).randbytes(size)
+    api(s).put_object(Bucket=s.bucket, Key="d/obj", Body=old)
+    with mount_versions(s) as m:
+        path = os.path.join(m.mountpoint, "d", "obj")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            # No kernel read-ahead: each read below reaches the daemon as asked.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            assert os.pread(fd, 4096, 0) == old[:4096]
+            assert resident_pages(fd, 4096) == 1
+            overwrite_same_size(s, "d/obj", new)
+            with pytest.raises(OSError) as caught:
+                os.pread(fd, 4096, size - 4096)  # no cache holds it: the store answers
+            assert caught.value.errno == errno.ESTALE
+            # The drop runs beside the read (the kernel holds the page locked until we
+            # answer), so it lands soon after, not before the answer.
+            deadline = time.monotonic() + 60
+            while resident_pages(fd, 4096) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert resident_pages(fd, 4096) == 0, "the kernel still holds the old version"
+        finally:
+            os.close(fd)
+        with open(path, "rb") as f:
+            assert f.read() == new
 
 
 def test_change_before_the_first_read(

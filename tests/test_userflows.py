@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import pytest
 
-from mounting import Mounted, tierfs_cmd
+from mounting import Mounted, resident_pages, tierfs_cmd
 from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
 from test_s3_mount import mount_s3, put  # noqa: F401  (mount_s3: a fixture)
 from test_tiering import counter, stats
@@ -147,6 +147,40 @@ def test_warm_pin_evict_over_many_small_documents(
     # offline check of what the mounts left
     res = subprocess.run(tierfs_cmd("fsck", cache), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_evict_tells_an_immutable_mount_that_a_file_changed(
+        src: str, make_mount: Callable[..., Mounted], tmp_path: Path) -> None:
+    """An immutable mount keeps the kernel's pages across opens without asking the source;
+    `tierfs evict` is how its user says a file changed. It must drop every copy, the
+    kernel's page cache included, before it answers: then the next read is the new file."""
+    size = 256 * KiB
+    old = random.Random(1).randbytes(size)
+    new = random.Random(2).randbytes(size)
+    p = Path(src, "idx", "table.bin")
+    p.parent.mkdir()
+    p.write_bytes(old)
+    cfg = tmp_path / "immutable.toml"
+    cfg.write_text('[mount]\nconsistency = "immutable"\n')
+    with make_mount(src, config=str(cfg)) as m:
+        path = os.path.join(m.mountpoint, "idx", "table.bin")
+        with open(path, "rb") as f:
+            assert f.read() == old
+            assert resident_pages(f.fileno(), size) > 0, "the kernel did not cache the file"
+        # Replaced at the source: same size, same mtime (what `cp -p` and `rsync -a` give).
+        st = p.stat()
+        tmp = p.with_name("table.new")
+        tmp.write_bytes(new)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(tmp, p)
+        out = subprocess.run(tierfs_cmd("evict", os.path.join(m.mountpoint, "idx")),
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        with open(path, "rb") as f:
+            assert resident_pages(f.fileno(), size) == 0, "evict left the kernel's pages"
+            assert f.read() == new
+        with open(path, "rb") as f:  # and again, now from the caches
+            assert f.read() == new
 
 
 def _damage_cache_files(cache: str) -> int:

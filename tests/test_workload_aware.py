@@ -1,13 +1,22 @@
-"""The default policy's admission rules, one by one."""
+"""The default policy's admission rules, one by one, and what its choice of expert learns
+from inside a mount."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
+
 from fusefs.policies import AccessInfo, Label, Override, Tier, get_policy
 from fusefs.policies.workload_aware import WorkloadAwarePolicy
 
 PAGE = 4096
+# The in-process mount test: Zipf reads (a hot set rotating by 15% every MOUNT_DRIFT requests,
+# or none), a 12.5% fast tier (its miniatures sample 1/8 of the keys in a mount).
+MOUNT_OBJECTS = 4000
+MOUNT_CACHE = 500
+MOUNT_DRIFT = 2400
+MOUNT_REQUESTS = 40_000
 
 
 def make(capacity_pages: int = 100, tier: Tier = Tier.FAST) -> WorkloadAwarePolicy:
@@ -155,3 +164,105 @@ def test_invalidate_forgets_the_epoch_history() -> None:
     for off in range(0, fsize, 8 * PAGE):  # the changed file's first pass again
         read(p, 3, off, 8 * PAGE, Label.SEQUENTIAL, file_size=fsize)
     assert len(p) == 0
+
+
+def test_reported_uses_replace_hits_as_the_miniatures_feed_and_are_sampled() -> None:
+    from fusefs.policies.workload_aware import OBSERVED_MAX_RATE
+
+    p = make(capacity_pages=100)  # 100 objects: a simulation samples every key
+    info = AccessInfo(label=Label.RANDOM, file_id=1, size=PAGE)
+    rng = random.Random(3)
+    for _ in range(2000):
+        p.access((1, rng.randrange(400)), PAGE, info)
+    before = p.statistics()
+    assert before["mini_sampled"] == before["mini_uses"] == 2000
+    for i in range(20_000):  # a mount reports every request: at most 1/8 of the keys sampled
+        p.on_use((9, i % 5000), info)
+    p.on_use((9, 1), AccessInfo(label=Label.SEQUENTIAL, file_id=9))  # streams are not fed
+    mid = p.statistics()
+    assert mid["mini_uses"] - before["mini_uses"] == 20_000
+    share = (mid["mini_sampled"] - before["mini_sampled"]) / 20_000
+    assert 0.3 * OBSERVED_MAX_RATE < share < 2 * OBSERVED_MAX_RATE
+    for _ in range(500):  # hits and misses no longer feed them
+        p.access((1, rng.randrange(400)), PAGE, info)
+    assert p.statistics()["mini_uses"] == mid["mini_uses"]
+    assert not p.check()
+
+
+@pytest.mark.parametrize(("shape", "expert"), [("drift", "recency"), ("zipf", "frequency")])
+def test_in_a_mount_the_miniatures_learn_from_every_request_and_choose_as_offline(
+        tmp_path, shape: str, expert: str) -> None:  # type: ignore[no-untyped-def]
+    """Inside a mount the fast tier's policy hears of its hits only (the engine finds misses
+    itself); the engine reports every request that reaches the tier (`Policy.on_use`), so
+    the default's miniature simulations see the whole stream and choose the expert the same
+    trace chooses offline: on a hot set that moves, the recency expert (ARC); on a
+    stationary Zipf, the frequency expert (W-TinyLFU), where hits alone chose recency."""
+    import os
+
+    import trio
+
+    from fusefs import tracegen
+    from fusefs.access import Override
+    from fusefs.config import parse_config
+    from fusefs.handles import HandleTable
+    from fusefs.mount import build_engine
+    from fusefs.replay import replay
+    from fusefs.stats import Stats
+    from fusefs.tiers.posix import PosixTier
+
+    objects, cache = MOUNT_OBJECTS, MOUNT_CACHE
+    if shape == "drift":
+        trace = tracegen.drifting_zipf_trace(n_objects=objects, n_requests=MOUNT_REQUESTS,
+                                             drift_every=MOUNT_DRIFT, seed=1)
+    else:
+        trace = tracegen.zipf_trace(n_objects=objects, n_requests=MOUNT_REQUESTS, alpha=1.0, seed=1)
+    offsets = trace["offset"].to_pylist()
+    offline = replay(trace, "workload_aware", cache * PAGE, PAGE, tier=Tier.FAST, belady=False)
+    assert offline.policy_stats["leader_recency"] == (expert == "recency")  # the replay's choice
+
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(objects * PAGE)
+    (src / "index").write_bytes(data)
+    (tmp_path / "cache").mkdir(mode=0o700)
+    # No DRAM tier: every request reaches the fast tier, as every request reaches the
+    # offline replay; one object per 4 KiB chunk, as in the replay.
+    cfg = parse_config(f'[cache]\ndram = 0\nsize = "{cache * PAGE}"\nchunk_size = "4KiB"\n'
+                       f'remote_block = "4KiB"\ndir = "{tmp_path / "cache"}"\n')
+
+    async def run() -> WorkloadAwarePolicy:
+        tier = PosixTier(str(src))
+        await tier.start()
+        engine = build_engine(tier, cfg, Stats())
+        assert engine.fast is not None and isinstance(engine.policy, WorkloadAwarePolicy)
+        await engine.fast.open()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(engine.run)  # fast-tier admissions run, as in a mount
+                f = await tier.open(b"index", os.O_RDONLY)
+                st = await f.fstat()
+                h = HandleTable().add_file(ino=2, path=b"index", file=f, flags=os.O_RDONLY, pid=1,
+                                           size=st.st_size, override=Override(access_class="random"))
+                engine.opened(h, st)
+                for i, o in enumerate(offsets):
+                    assert await engine.read(h, o, PAGE) == data[o:o + PAGE]
+                    if i % 50 == 49:
+                        # Reads from a local file never wait, so let the admissions they
+                        # started land (as a mount's requests, each its own task, do).
+                        with trio.fail_after(60):  # a guard against a hang, not a timing check
+                            while engine.queues()["admissions_in_flight"]:
+                                await trio.sleep(0.001)
+                await engine.release(h)
+                nursery.cancel_scope.cancel()
+        finally:
+            await engine.fast.close()
+            await engine.close()
+            await tier.close()
+        return engine.policy
+
+    policy = trio.run(run)
+    stats = policy.statistics()
+    assert policy.leader == expert, stats
+    # The miniatures were offered every request, not only the fast tier's hits.
+    assert stats["mini_uses"] >= 0.9 * len(offsets), stats
+    assert 0 < stats["hits"] < 0.9 * len(offsets), stats  # the tier served some, not all

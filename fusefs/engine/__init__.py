@@ -49,6 +49,7 @@ from ..classifier import Classifier
 from ..handles import FileHandle
 from ..memory import MemoryDomain
 from ..pagecache import PageCache
+from ..pathstats import PathStats
 from ..policies.base import Policy
 from ..policies.mrc import ShadowMRC
 from ..stats import Stats
@@ -68,6 +69,9 @@ from .walk import WalkAhead
 _SERVED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("tierfs_served", default=None)
 
 __all__ = ["Chunk", "Consistency", "Engine", "StreamState"]
+
+# Seconds between trace rows that carry the tiers' occupancy (piggybacked on requests).
+OCCUPANCY_INTERVAL = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +108,18 @@ class Engine:
         walk_budget: bytes the files fetched ahead may hold.
         kernel_invalidate: drops an inode's pages from the kernel's cache.
         kernel_push: stores bytes in the kernel's page cache for an inode
-            (``pyfuse3.notify_store``); given only where the kernel may keep a file's pages
-            across opens.
+            (``pyfuse3.notify_store``). The kernel keeps them across opens while the
+            version does not change; an open that finds another version waits for the
+            pushes in flight before it answers (`pushes_drained`), so none lands after
+            the kernel dropped the inode's pages at that open.
         memory: the memory domain (a big stream's pages are dropped when it ends).
         stream_keep_fraction: streams over files larger than this share of memory have
             their kernel pages dropped at close.
         trace: records every request, if given.
         mrc_dram: live miss-ratio curves of the DRAM tier, fed one use per random request.
         mrc_fast: live miss-ratio curves of the fast tier, fed one use per DRAM miss.
+        paths: per-path and per-rule read figures (`tierfs stats --by-path`); a bounded
+            table of 4096 paths if omitted.
     """
 
     def __init__(
@@ -141,6 +149,7 @@ class Engine:
         trace: TraceRecorder | None = None,
         mrc_dram: ShadowMRC | None = None,
         mrc_fast: ShadowMRC | None = None,
+        paths: PathStats | None = None,
     ) -> None:
         self.capacity = capacity
         self.stats = stats
@@ -161,6 +170,9 @@ class Engine:
                                fill_slots=2 * fill_parallel)
         self.kernel = KernelPages(self.consistency, stats, push=kernel_push,
                                   drop=kernel_invalidate, budget=stream_budget)
+        #: The inodes the kernel knows at or below a path (`InodeTable.files_at`), given
+        #: by the FUSE layer, which owns the inode table.
+        self.kernel_files: Callable[[bytes], list[int]] = lambda path: []
         self.walk = WalkAhead(capacity, stats, ahead=walk_ahead if capacity.remote else 0,
                               small_file=small_file, budget=walk_budget)
         self.paged = PagedReader(self, pagecache, dram_policy, stats, remote_block=remote_block)
@@ -174,6 +186,9 @@ class Engine:
         self.memory = memory if memory is not None else MemoryDomain()
         self.stream_keep_fraction = stream_keep_fraction
         self.trace = trace
+        self.paths = paths if paths is not None else PathStats()
+        # When the trace last got a row with the tiers' occupancy (`_record`).
+        self._occupancy_at = 0.0
         stats.sources["classifier"] = self.classifier.stats
         if pagecache is not None:
             stats.sources["dram"] = pagecache.stats
@@ -241,6 +256,13 @@ class Engine:
                     p.forget_history(ino)
             self.classifier.forget_file(ino)
 
+    async def drop_kernel_pages(self, path: bytes) -> int:
+        """Make the kernel forget its pages of the files at or below ``path`` and return
+        once it has (``tierfs evict``): the next read of them reaches the mount. Files with
+        a writer open keep theirs (the kernel may hold writes not yet sent to us)."""
+        inos = [i for i in self.kernel_files(path) if not self.consistency.has_writer(i)]
+        return await self.kernel.drop_now(inos)
+
     def forget(self, ino: int) -> None:
         """The kernel forgot the inode: its number is never reused, so drop its state.
 
@@ -275,7 +297,13 @@ class Engine:
             if p is not None:
                 p.on_open(h.ino, file_size=st.st_size, pid=h.pid)
         self.walk.opened(h.path, st.st_size)
-        return keep and not self.direct_io(h)
+        kept = keep and not self.direct_io(h)
+        if kept:
+            self.stats.add("open.kernel_cache_kept")
+        f = h.figures = self.paths.enter(h.path, h.rule)
+        if f is not None:
+            f.opened(kept)
+        return kept
 
     def created(self, ino: int, path: bytes) -> None:
         """A file was created (or opened through a stale negative entry): nothing cached
@@ -336,8 +364,26 @@ class Engine:
     async def read(self, h: FileHandle, offset: int, size: int) -> bytes:
         t0 = time.perf_counter()
         token = _SERVED.set(set()) if self.trace is not None else None
+        f = h.figures
+        if f is not None and not f.live:  # the bounded table let the path go: back in
+            f = h.figures = self.paths.enter(h.path, h.rule)
         try:
-            return await self._read(h, offset, size, t0)
+            data = await self._read(h, offset, size, t0)
+            if f is not None:
+                f.request()
+            return data
+        except Exception as exc:
+            if f is not None:
+                f.request(failed=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ESTALE and not h.stale:
+                # The source changed under this open: what the kernel holds of the
+                # inode is of the old version, and other open handles must not be
+                # served it from the kernel's cache either. The new generation stops
+                # the pushes of old bytes still in flight.
+                h.stale = True
+                self.consistency.bump(h.ino)
+                self.kernel.drop(h.ino)
+            raise
         finally:
             if token is not None:
                 _SERVED.reset(token)
@@ -372,8 +418,19 @@ class Engine:
         if tiers is not None:
             tiers.add(tier)
         self.stats.add(f"read.bytes.{tier}.{label}", n)
+        f = h.figures
+        if f is not None:
+            f.add(tier, label, n)
         if h.rule is not None:
             self.stats.add(f"rule.{h.rule}.bytes.{tier}", n)
+
+    def occupancy(self) -> tuple[int | None, int | None, int | None]:
+        """Bytes the DRAM tier and the fast tier hold, and the fast tier's pinned bytes
+        (None for a tier the mount does not have): the trace's occupancy columns."""
+        dram = self.pagecache.stats()["bytes_used"] if self.pagecache is not None else None
+        if self.fast is None:
+            return dram, None, None
+        return dram, self.fast.policy.used, self.fast.policy.pinned_bytes
 
     def queues(self) -> dict[str, int]:
         """Gauges of the background work in flight."""
@@ -467,8 +524,12 @@ class Engine:
     def _record(self, h: FileHandle, op: str, offset: int, size: int, label: str,
                 tier: str = "", latency: float | None = None) -> None:
         assert self.trace is not None
-        row = (time.time(), h.pid, h.path.decode("utf-8", "surrogateescape"), h.ino,
-               offset, size, op, label, tier, latency)
+        now = time.time()
+        row: tuple[Any, ...] = (now, h.pid, h.path.decode("utf-8", "surrogateescape"),
+                                h.ino, offset, size, op, label, tier, latency)
+        if now - self._occupancy_at >= OCCUPANCY_INTERVAL:
+            self._occupancy_at = now
+            row += self.occupancy()
         if self.trace.record(row) and self._nursery is not None:
             self._nursery.start_soon(self.trace.flush_batch)
 

@@ -2,15 +2,20 @@
 
 `KernelPages.push` stores the pages of a fetched block that a random reader did not ask for
 in the kernel's page cache (``pyfuse3.notify_store``), so its next reads there never reach
-the daemon, where each costs ~100-200 µs. Given only where the kernel may keep a file's pages
-across opens. A push in flight would overwrite pages a write has just filled, so a file with
-a writer open gets no pushes, and opening one for writing (or truncating it) first waits for
-the pushes in flight (`wait_drained`); a write request itself must never wait for them (the
-kernel holds the written pages locked while it waits for our answer).
+the daemon, where each costs ~100-200 µs. The kernel keeps them across opens while the file's
+version does not change (close-to-open) or always (``immutable``). A push in flight would
+overwrite pages a write has just filled, so a file with a writer open gets no pushes, and
+opening one for writing (or truncating it) first waits for the pushes in flight
+(`wait_drained`); so does an open that finds another version (the kernel drops the inode's
+pages when that open's answer reaches it; a push must not land after). A write request
+itself must never wait for them (the kernel holds the written pages locked while it waits
+for our answer).
 
-`KernelPages.drop` makes the kernel forget an inode's pages (a finished big stream, so it does
-not push the hot random set out). Both calls run in worker threads: the kernel locks each
-page, and a read in flight holds that lock until this event loop answers it.
+`KernelPages.drop` makes the kernel forget an inode's pages: a finished big stream (so it
+does not push the hot random set out), a read that found its object replaced, and
+``tierfs evict`` (`drop_now`, which returns once the kernel has). Both calls run in worker
+threads: the kernel locks each page, and a read in flight holds that lock until this event
+loop answers it.
 """
 
 from __future__ import annotations
@@ -114,12 +119,34 @@ class KernelPages:
             return
         self.nursery.start_soon(self._drop, ino)
 
-    async def _drop(self, ino: int) -> None:
+    async def _drop(self, ino: int) -> bool:
         assert self.drop_fn is not None
         try:
-            await trio.to_thread.run_sync(self.drop_fn, ino)
-        except OSError as exc:
+            await trio.to_thread.run_sync(self.drop_fn, ino, limiter=self._threads)
+        except OSError as exc:  # the kernel forgot the inode already: nothing cached
             log.debug("kernel invalidation of inode %d failed: %s", ino, exc)
+            return False
+        self.stats.add("kernel.dropped_files")
+        return True
+
+    async def drop_now(self, inos: list[int]) -> int:
+        """Have the kernel forget the pages of ``inos``; returns once it has.
+
+        For a command that must not answer before the kernel stops serving what it
+        changed (``tierfs evict``). Returns how many inodes the kernel still knew.
+        """
+        if self.drop_fn is None or not inos:
+            return 0
+        dropped = 0
+
+        async def one(ino: int) -> None:
+            nonlocal dropped
+            dropped += await self._drop(ino)
+
+        async with trio.open_nursery() as nursery:
+            for ino in inos:
+                nursery.start_soon(one, ino)
+        return dropped
 
     def statistics(self) -> dict[str, int]:
         return {"push_bytes_in_flight": self._bytes}

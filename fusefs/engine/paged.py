@@ -8,7 +8,8 @@ whatever its size, and the neighbours become DRAM hits (and kernel pushes where 
 What was fetched is offered to DRAM (the DRAM policy decides, by `DramKey`) and to the fast
 tier (the fast tier's policy decides; the copy runs in the background), and a remote miss
 may start a whole-file fill. With live miss-ratio curves, every request is one use for the
-DRAM tier's shadows and every DRAM miss one use for the fast tier's (`Engine`).
+DRAM tier's shadows and every DRAM miss one use for the fast tier's (`Engine`); each DRAM
+miss is also reported to the fast tier's policy (`Policy.on_use`).
 """
 
 from __future__ import annotations
@@ -67,8 +68,14 @@ class PagedReader:
             if hit is not None:
                 return hit
             self.stats.add("dram.miss")
-        if engine.mrc_fast is not None and size > 0:
-            engine.mrc_fast.record((eid, offset // engine.chunk_size))
+        if size > 0 and engine.fast is not None:
+            # The fast tier's request stream, hit or miss: its policy hears of hits only
+            # otherwise (e.g. the default's miniature simulations learn from this).
+            use = (eid, offset // engine.chunk_size)
+            if engine.mrc_fast is not None:
+                engine.mrc_fast.record(use)
+            if engine.policy is not None:
+                engine.policy.on_use(use, info)
         gen = engine.consistency.generation(h.ino)
         length = (last + 1) * ps - start
         req_start, req_end = start, start + length  # the pages the reader asked for

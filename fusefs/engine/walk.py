@@ -11,7 +11,6 @@ the version it was fetched at: a reader of another version gets nothing from it.
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 
 import trio
@@ -84,12 +83,7 @@ class WalkAhead:
         mine = self._flight[path]
         try:
             async with self._slots:
-                f = await self.capacity.open(path, os.O_RDONLY)
-                try:
-                    version = (await f.fstat()).version()
-                    data = await f.pread(0, st.st_size + 1)
-                finally:
-                    await f.close()
+                version, data = await self.capacity.fetch_small(path, st)
             # The object as listed (a listing that gave no mtime names no version:
             # then the one the open found, of the listed size).
             listed = same_version(st.version(), version) or (not st.mtime_known

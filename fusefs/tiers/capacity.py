@@ -59,6 +59,13 @@ class Stat:
     #: servers' listings give no mtime): the mtime shown is a stand-in, and a
     #: version needs a request that states it (`open` asks one).
     mtime_known: bool = True
+    #: False where the source stores attributes per object (mode, owner, times:
+    #: object-store metadata) that this Stat does not carry yet (a listing gives
+    #: none): the mode and owner shown are the configured stand-ins.
+    attrs_known: bool = True
+    #: Object stores with stored attributes: the extended attributes the object
+    #: stores, as its ``x-amz-meta-xattr`` value (s3fs's encoding), or None.
+    xattr: str | None = None
 
     @classmethod
     def from_os(cls, st: os.stat_result) -> Stat:
@@ -255,6 +262,21 @@ class CapacityTier(ABC):
     def cached_listing(self, path: bytes) -> dict[bytes, Stat] | None:
         """The directory's children if a fresh listing of it is cached, without a request."""
         return None
+
+    async def fetch_small(self, path: bytes, listed: Stat) -> tuple[SourceVersion, bytes]:
+        """A small file whole, and the version it was read at (walk-ahead's fetch).
+
+        ``listed`` is what a listing said of it; the bytes may be of another version
+        (the caller compares). Reads one byte past the listed size, so growth shows.
+        Tiers override it where fewer requests do (an object store: one GET).
+        """
+        f = await self.open(path, os.O_RDONLY)
+        try:
+            version = (await f.fstat()).version()
+            data = await f.pread(0, listed.st_size + 1)
+        finally:
+            await f.close()
+        return version, data
 
     # -- metadata --------------------------------------------------------
     @abstractmethod

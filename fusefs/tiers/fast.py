@@ -306,14 +306,16 @@ class FastTier:
                 if not cf.dropped and cf.extents.get(e.start) is e]
         new_rows = [cf for cf in new if not cf.dropped]
         gone = [cf for cf in dropped if cf.recorded]
+        # The rows are taken here, on the event loop: an extent pinned or unpinned while
+        # the worker thread writes them must not reach the catalog half-seen.
+        files = [FileRow(cf.id, cf.path, cf.version.size, cf.version.mtime_ns,
+                         cf.version.etag or "", cf.version.ident or "") for cf in new_rows]
+        gone_ids = {cf.id for cf in gone}
+        remove = [r for r in removed if r[0] not in gone_ids]
+        rows = [ExtentRow(cf.id, e.start, e.length, e.crcs, e.pinned) for cf, e in live]
         try:
             await trio.to_thread.run_sync(lambda: self.catalog.apply(  # type: ignore[union-attr]
-                drop_files=[cf.id for cf in gone],
-                new_files=[FileRow(cf.id, cf.path, cf.version.size, cf.version.mtime_ns,
-                                   cf.version.etag or "", cf.version.ident or "")
-                           for cf in new_rows],
-                remove=[r for r in removed if r[0] not in {cf.id for cf in gone}],
-                add=[ExtentRow(cf.id, e.start, e.length, e.crcs, e.pinned) for cf, e in live]))
+                drop_files=sorted(gone_ids), new_files=files, remove=remove, add=rows))
         except (sqlite3.Error, OSError) as exc:
             self._requeue(pending, removed, new, dropped)
             self._commit_failed(f"catalog update failed ({exc})")
@@ -323,8 +325,13 @@ class FastTier:
             self._catalog_failing = False
         for cf in new_rows:
             cf.recorded = True
-        for cf, e in live:
-            e.committed = True
+        for (cf, e), row in zip(live, rows):
+            if (e.length, e.crcs, e.pinned) == (row.length, row.crcs, row.pinned):
+                e.committed = True
+            elif not cf.dropped and cf.extents.get(e.start) is e:
+                # Changed while its row was written (`set_pinned` saw it uncommitted
+                # and queued nothing): its row is written again at the next commit.
+                self._pending.append((cf, e))
         for cf in dropped:
             cf.recorded = False
         await trio.to_thread.run_sync(lambda: [self._unlink(cf.id) for cf in dropped])

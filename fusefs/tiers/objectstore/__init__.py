@@ -27,15 +27,18 @@ Modules (one concern each):
   attached by `start_writeback`.
 
 Each module's docstring describes its part of the behaviour. What the facade
-adds: ``mknod`` of anything but a regular file is ``EPERM``; objects have no
-mode, owner or times of their own, so ``setattr`` of those is accepted and
-ignored (what ``cp -p``, ``rsync -a`` and ``tar`` need), or ``EPERM`` with
+adds: ``mknod`` of anything but a regular file is ``EPERM``; with
+``stored_attributes`` (``s3://``) ``setattr`` of mode, owner and times is stored
+in the object's metadata (`Namespace.set_attrs`); otherwise objects have no mode,
+owner or times of their own, so ``setattr`` of those is accepted and ignored (what
+``cp -p``, ``rsync -a`` and ``tar`` need), or ``EPERM`` with
 ``strict_setattr=True``; ``setattr(size=...)`` rewrites the object.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat as stat_mod
 import time
@@ -45,7 +48,8 @@ from typing import Any
 import pyarrow.fs as pafs
 import trio
 
-from ..capacity import CapacityFile, CapacityTier, Stat, StatFs, TierUnavailable
+from ..capacity import (UTIME_NOW, CapacityFile, CapacityTier, SourceVersion, Stat, StatFs,
+                        TierUnavailable)
 from .file import ObjectFile, OpenFiles
 from .metacache import MetaCache
 from .namespace import Namespace
@@ -54,6 +58,8 @@ from .store import NAME_MAX, ApiFactory, ReadsFactory, Store, err, resolve_sourc
 from .writeback import WriteBack
 
 __all__ = ["ObjectFile", "ObjectStoreOptions", "ObjectStoreTier"]
+
+log = logging.getLogger(__name__)
 
 
 class ObjectStoreTier(CapacityTier):
@@ -93,6 +99,10 @@ class ObjectStoreTier(CapacityTier):
         """
         self.opts = ObjectStoreOptions.make(options)
         self._attrs = Attributes(self.opts, time.time_ns())
+        self._attrs.stored = self.opts.stored_attributes and api is not None and reads is not None
+        if self.opts.stored_attributes and not self._attrs.stored:
+            log.warning("%s: stored_attributes applies to s3:// sources only: the configured "
+                        "modes and owner are shown", description or root)
         self._store = Store(fs, root, description=description, endpoint=endpoint,
                             opts=self.opts, attrs=self._attrs, clock=clock, api=api, reads=reads)
         self._cache = MetaCache(self.opts, self._attrs, root=self._store.root, clock=clock,
@@ -221,8 +231,19 @@ class ObjectStoreTier(CapacityTier):
     def cached_listing(self, path: bytes) -> dict[bytes, Stat] | None:
         return self._cache.cached_listing(path)
 
+    async def fetch_small(self, path: bytes, listed: Stat) -> tuple[SourceVersion, bytes]:
+        """On S3 one GET, whose answer states the version (ETag, size, Last-Modified), in
+        place of the HEAD an open costs and the GET after it. The stat cache keeps what it
+        stated, so the reader's own open needs no HEAD either."""
+        if not self._store.versioned or self._files.writer_stat(path) is not None:
+            return await super().fetch_small(path, listed)
+        head, data = await self._store.get_small(self._store.key(path), listed.st_size,
+                                                 f"read {show(path)}")
+        self._cache.remember(path, head)
+        return head.version(), data
+
     async def listdir(self, path: bytes) -> list[tuple[bytes, Stat]]:
-        return await self._ns.listdir(path)
+        return await self._ns.listdir_attrs(path)
 
     async def readlink(self, path: bytes) -> bytes:
         return await self._ns.readlink(path)
@@ -240,6 +261,17 @@ class ObjectStoreTier(CapacityTier):
         file: CapacityFile | None = None,
     ) -> Stat:
         cur = await self.stat(path)
+        if self._attrs.stored:
+            if size is not None:
+                await self._truncate(path, cur, size, file)
+            if mode is None and uid is None and gid is None and atime_ns is None \
+                    and mtime_ns is None:
+                return await self.stat(path)
+            now = time.time_ns()
+            return await self._ns.set_attrs(
+                path, mode=mode, uid=uid, gid=gid,
+                atime_ns=now if atime_ns is UTIME_NOW else atime_ns,
+                mtime_ns=now if mtime_ns is UTIME_NOW else mtime_ns)
         if self.opts.strict_setattr:
             changes = (
                 (mode is not None and stat_mod.S_IMODE(mode) != stat_mod.S_IMODE(cur.st_mode))
@@ -250,21 +282,54 @@ class ObjectStoreTier(CapacityTier):
             if changes:
                 raise err(errno.EPERM, f"{show(path)}: objects have no mode, owner or times to change")
         if size is not None:
-            if cur.is_dir:
-                raise err(errno.EISDIR, f"{show(path)}: is a directory")
-            target = file if isinstance(file, ObjectFile) and file.writable else None
-            if target is None:
-                target = self._files.latest(path)
-            if target is not None:
-                await target.truncate(size)
-            else:
-                f = await self.open(path, os.O_WRONLY | (os.O_TRUNC if size == 0 else 0))
-                try:
-                    await f.truncate(size)
-                    await f.flush()
-                finally:
-                    await f.close()
+            await self._truncate(path, cur, size, file)
         return await self.stat(path)
+
+    async def _truncate(self, path: bytes, cur: Stat, size: int, file: CapacityFile | None) -> None:
+        if cur.is_dir:
+            raise err(errno.EISDIR, f"{show(path)}: is a directory")
+        target = file if isinstance(file, ObjectFile) and file.writable else None
+        if target is None:
+            target = self._files.latest(path)
+        if target is not None:
+            await target.truncate(size)
+        else:
+            f = await self.open(path, os.O_WRONLY | (os.O_TRUNC if size == 0 else 0))
+            try:
+                await f.truncate(size)
+                await f.flush()
+            finally:
+                await f.close()
+
+    # -- extended attributes (stored_attributes) ----------------------------
+    def _xattr_name(self, name: bytes) -> str:
+        if not self._attrs.stored:
+            raise err(errno.ENOTSUP, "extended attributes need stored_attributes = true "
+                                     "(s3:// sources)")
+        if name.startswith(b"system."):  # ACLs and the like: the kernel's, not data
+            raise err(errno.ENOTSUP, f"{name!r}: system attributes are not stored")
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise err(errno.EINVAL, f"attribute name is not valid UTF-8: {name!r}") from None
+
+    async def getxattr(self, path: bytes, name: bytes) -> bytes:
+        key = self._xattr_name(name)
+        value = (await self._ns.xattrs(path)).get(key)
+        if value is None:
+            raise err(errno.ENODATA, f"{show(path)}: no attribute {key}")
+        return value
+
+    async def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int = 0) -> None:
+        await self._ns.set_xattr(path, self._xattr_name(name), bytes(value), flags)
+
+    async def listxattr(self, path: bytes) -> list[bytes]:
+        if not self._attrs.stored:
+            return []
+        return [n.encode() for n in sorted(await self._ns.xattrs(path))]
+
+    async def removexattr(self, path: bytes, name: bytes) -> None:
+        await self._ns.set_xattr(path, self._xattr_name(name), None)
 
     async def statfs(self) -> StatFs:
         # A store has no capacity to report: large fixed numbers, as mountpoint-s3 does.
@@ -274,21 +339,20 @@ class ObjectStoreTier(CapacityTier):
 
     # -- namespace ---------------------------------------------------------
     async def mkdir(self, path: bytes, mode: int, uid: int, gid: int) -> Stat:
-        return await self._ns.mkdir(path)
+        return await self._ns.mkdir(path, stat_mod.S_IFDIR | stat_mod.S_IMODE(mode), uid, gid)
 
     async def mknod(self, path: bytes, mode: int, rdev: int, uid: int, gid: int) -> Stat:
         if not stat_mod.S_ISREG(mode):
             raise err(errno.EPERM, "object stores hold only regular files and directories")
         f, _ = await self.create(path, os.O_WRONLY, mode, uid, gid)
-        try:
+        try:  # (mode and owner: stored where objects store attributes)
             await f.flush()
         finally:
             await f.close()
         return await self.stat(path)
 
     async def symlink(self, path: bytes, target: bytes, uid: int, gid: int) -> Stat:
-        self._store.key(path)
-        raise err(errno.EPERM, "object stores have no symbolic links")
+        return await self._ns.symlink(path, target, uid, gid)
 
     async def link(self, path: bytes, new_path: bytes) -> Stat:
         self._store.key(new_path)
@@ -323,7 +387,7 @@ class ObjectStoreTier(CapacityTier):
             # (Write-back keeps it in the cache directory until the store answers.)
             raise TierUnavailable(f"{self.description}: create {show(path)}: the store is "
                                   "down (new files wait until it answers)")
-        return self._files.create(path)
+        return self._files.create(path, mode, uid, gid)
 
     # -- whole-object transfer (the seam for the fast tier's destager) ----
     async def put_object(self, path: bytes, fd: int) -> Stat:

@@ -19,9 +19,17 @@ Reads
     of the path is forgotten so that the next open asks the store. The handle
     stays stale (``ESTALE`` without a request) until it is closed.
 
-    Other stores (GCS, ``hdfs://``, ...): ``RandomAccessFile.read_at`` on one
-    pyarrow input file per handle, opened lazily (a HEAD, then GETs); nothing
-    ties the GETs to one version (see docs/objectstore.md).
+    On ``gs://`` sources (`Store.pins_generation`) a read-only open opens its pyarrow
+    input file at once (one metadata GET, which a first read would have sent): its
+    ranged reads name the generation it found, and that generation is the handle's
+    version (``Stat.etag`` ``g<generation>``). An object replaced since answers
+    not-found to them: ``ESTALE``, one WARNING, as on S3. If the store does not
+    answer at open, the input is opened at the first read as before (cached data
+    stays readable during an outage) and the version is size + mtime.
+
+    Other stores (``hdfs://``, ...): ``RandomAccessFile.read_at`` on one pyarrow
+    input file per handle, opened lazily (a HEAD, then GETs); nothing ties the GETs
+    to one version (see docs/objectstore.md).
 
 Writes
     A handle opened for writing keeps the whole object in a spool file: empty
@@ -46,10 +54,12 @@ Writes
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import re
+import stat as stat_mod
 import tempfile
 import time
 from typing import Any
@@ -110,6 +120,26 @@ class ObjectFile(CapacityFile):
                     key, f"open {show(self.path)}")
             return self._input
 
+    async def pin_generation(self) -> None:
+        """Open the input file now and make the generation it found this handle's
+        version (see Reads); a store that does not answer leaves it to the first read."""
+        try:
+            f = await self._open_input()
+        except TierUnavailable:
+            return
+        generation, updated_ns = self._store.input_version(f)
+        if not generation:
+            return
+        st = self._stat
+        if self._input_size != st.st_size or (updated_ns and updated_ns != st.st_mtime_ns):
+            # Replaced between the stat and this open: the version is what the input
+            # file reads, not what the stat said.
+            st = self._attrs.file(self._input_size, updated_ns or st.st_mtime_ns)
+        else:
+            st = dataclasses.replace(st)
+        st.etag = f"g{generation}"
+        self._stat = st
+
     async def _read_version(self, offset: int, size: int) -> bytes:
         """A ranged GET tied to the ETag this handle was opened with (see Reads)."""
         if self._stale is not None:
@@ -145,6 +175,8 @@ class ObjectFile(CapacityFile):
             if self._closed:
                 raise err(errno.EBADF, "file is closed")
             return await self._read_version(offset, size)
+        if self._stale is not None:
+            raise err(errno.ESTALE, self._stale)
         self._reads += 1
         try:
             f = await self._open_input()
@@ -153,10 +185,17 @@ class ObjectFile(CapacityFile):
             size = min(size, self._input_size - offset)
             return await self._store.read_at(f, size, offset, f"read {show(self.path)}")
         except FileNotFoundError:
-            # Deleted by another client since the open: the handle is stale, as on NFS
-            # (a name that is gone is ENOENT at lookup, not on an open file's read).
-            raise err(errno.ESTALE, f"{show(self.path)}: the object was deleted after "
-                                    f"it was opened") from None
+            # Deleted by another client since the open (or, where reads name the
+            # generation, replaced): the handle is stale, as on NFS (a name that is
+            # gone is ENOENT at lookup, not on an open file's read).
+            if self._stat.etag and self._stale is None:
+                self._stale = (f"{show(self.path)}: the object changed or was deleted "
+                               f"after it was opened (generation {self._stat.etag[1:]})")
+                log.warning("%s: this open reads ESTALE from now on, a new open reads the "
+                            "new version", self._stale)
+                self._files.changed(self.path)
+            raise err(errno.ESTALE, self._stale or f"{show(self.path)}: the object was "
+                                    f"deleted after it was opened") from None
         except TierUnavailable:
             # A read abandoned at its bound may still run in its thread: closing the
             # input under it is unsafe. Drop it instead (it closes when that read
@@ -240,7 +279,8 @@ class ObjectFile(CapacityFile):
 
     def spool_stat(self) -> Stat:
         """Attributes of what this writable handle holds now."""
-        return self._attrs.file(os.fstat(self._fd).st_size, self._mtime_ns)
+        return self._files.dress(self._attrs.file(os.fstat(self._fd).st_size, self._mtime_ns),
+                                 self.spool, self._mtime_ns)
 
     async def fstat(self) -> Stat:
         if self._fd >= 0:
@@ -276,7 +316,7 @@ class ObjectFile(CapacityFile):
                         and sp.uploaded_gen != sp.gen and (explicit or not self._trunc_only):
                     await wb.wait_uploads(self.path)  # an older spool's upload first
                     gen = sp.gen
-                    self._stat = await self._files.put_object(self.path, self._fd)
+                    self._stat = await self._files.put_object(self.path, self._fd, spool=sp)
                     sp.uploaded_gen = gen
             return
         if not self._dirty or (self._trunc_only and not final and not explicit):
@@ -286,7 +326,7 @@ class ObjectFile(CapacityFile):
                 return  # re-check: another flush uploaded while we waited
             self._dirty = False
             try:
-                self._stat = await self._files.put_object(self.path, self._fd)
+                self._stat = await self._files.put_object(self.path, self._fd, spool=sp)
             except BaseException:
                 self._dirty = True
                 raise
@@ -307,7 +347,7 @@ class ObjectFile(CapacityFile):
                 await wb.record(sp, "open")
             await wb.wait_uploads(self.path)
             gen = sp.gen
-            self._stat = await self._files.put_object(self.path, self._fd)
+            self._stat = await self._files.put_object(self.path, self._fd, spool=sp)
             sp.uploaded_gen = gen
 
     async def close(self) -> None:
@@ -467,7 +507,42 @@ class OpenFiles:
         return None
 
     def _view_stat(self, sp: Spool) -> Stat:
-        return self.attrs.file(sp.current_size(), sp.mtime_ns)
+        return self.dress(self.attrs.file(sp.current_size(), sp.mtime_ns), sp, sp.mtime_ns)
+
+    def dress(self, st: Stat, sp: Spool | None, mtime_ns: int) -> Stat:
+        """``st`` of a spool with the attributes its upload will store (where objects
+        store them): its owner and mode, its exact mtime."""
+        if not self.attrs.stored:
+            return st
+        if sp is not None and sp.owner is not None:
+            st = self.attrs.with_owner(st, *sp.owner)
+            st.xattr = sp.xattr
+        st.st_mtime_ns = st.st_ctime_ns = mtime_ns
+        st.st_atime_ns = sp.atime_ns if sp is not None and sp.atime_ns else mtime_ns
+        return st
+
+    def set_owner(self, path: bytes, st: Stat) -> bool:
+        """chmod/chown/utimes of ``path`` while spools of it are open or pending: their
+        uploads store ``st``'s mode, owner and mtime. Returns whether an upload of it is
+        due (then the store need not be asked now)."""
+        owner = (st.st_mode, st.st_uid, st.st_gid)
+        due = False
+        for w in self._writers.get(path, []):
+            w._mtime_ns = st.st_mtime_ns
+            sp = w.spool
+            if sp is None:
+                continue
+            sp.owner, sp.xattr, sp.mtime_ns = owner, st.xattr, st.st_mtime_ns
+            sp.atime_ns = st.st_atime_ns
+            if sp.id:  # write-back: due until the store holds its last change
+                due = due or (sp.changed and sp.uploaded_gen != sp.gen and not sp.gone)
+            else:
+                due = due or w._dirty
+        for sp in self.writeback.pending.get(path, []) if self.writeback is not None else []:
+            sp.owner, sp.xattr, sp.mtime_ns = owner, st.xattr, st.st_mtime_ns
+            sp.atime_ns = st.st_atime_ns
+            due = due or not sp.gone
+        return due
 
     async def open(self, path: bytes, flags: int, st: Stat) -> ObjectFile:
         """Open the existing object ``path`` (``st``), as `CapacityTier.open`."""
@@ -481,12 +556,19 @@ class OpenFiles:
                     f._mtime_ns = view.mtime_ns
                 except FileNotFoundError:
                     pass  # uploaded and removed meanwhile: the store has it
+            if f._fd < 0 and self.store.pins_generation:
+                await f.pin_generation()
             return f
         f = ObjectFile(self, path, writable=True, st=st)
         sp = f.spool = self._new_spool(path)
         f._fd = sp.fd
+        if self.attrs.stored and st.attrs_known:
+            sp.owner = (st.st_mode, st.st_uid, st.st_gid)  # an overwrite keeps them
+            sp.xattr = st.xattr
         try:
             view = self.view(path)
+            if view is not None and view.owner is not None:
+                sp.owner, sp.xattr = view.owner, view.xattr
             if flags & os.O_TRUNC:
                 f._dirty = True
                 f._trunc_only = True
@@ -523,12 +605,16 @@ class OpenFiles:
             os.close(sp.fd)
             sp.fd = -1
 
-    def create(self, path: bytes) -> tuple[ObjectFile, Stat]:
-        """A new empty object ``path``, uploaded even if nothing is written."""
+    def create(self, path: bytes, mode: int = 0o644, uid: int = 0,
+               gid: int = 0) -> tuple[ObjectFile, Stat]:
+        """A new empty object ``path``, uploaded even if nothing is written (with
+        ``mode`` and owner ``uid``:``gid`` where objects store attributes)."""
         now = time.time_ns()
         f = ObjectFile(self, path, writable=True, st=self.attrs.file(0, now))
         sp = f.spool = self._new_spool(path)
         f._fd = sp.fd
+        if self.attrs.stored:
+            sp.owner = (stat_mod.S_IFREG | stat_mod.S_IMODE(mode), uid, gid)
         f._dirty = True  # an empty object is uploaded on flush even if nothing is written
         sp.gen = 1
         self._cache.drop_negative(path)
@@ -641,22 +727,74 @@ class OpenFiles:
             await self.move(p, new + p[len(old):])
 
     # -- whole-object transfer (the seam for the fast tier's destager) ----
-    async def put_object(self, path: bytes, fd: int) -> Stat:
-        """Upload the whole content of local descriptor ``fd`` as object ``path``."""
+    async def put_object(self, path: bytes, fd: int, *, spool: Spool | None = None) -> Stat:
+        """Upload the whole content of local descriptor ``fd`` as object ``path``
+        (the bytes of ``spool``, whose owner and mtime it stores where objects store
+        attributes; without one, what the cache knows of the path, else the
+        configured ones, and now)."""
         key = self.store.key(path)
-        await self.store.upload(key, fd, f"upload {show(path)}")
+        meta = None
+        if self.attrs.stored:
+            meta = self.attrs.to_meta(self._owner_of(path, spool))
+            sent = _attrs_of(spool)
+        await self.store.upload(key, fd, f"upload {show(path)}", meta)
+        self.store.forget_same_bytes(key)  # new bytes: no open of old ones follows them
         # With its ETag where reads are tied to one: the next open needs no HEAD, and
         # the version this mount wrote is the one that open sees.
         head = self.store.head_version if self.store.versioned else self.store.head
+        if self.attrs.stored:
+            head = self.store.head_meta
         st = (await head(key, f"stat {show(path)}")
               or self.attrs.file(os.fstat(fd).st_size, time.time_ns()))
+        while meta is not None and spool is not None and sent != _attrs_of(spool):
+            # A chmod/chown/utimes/setxattr came while it was on its way (`set_owner`
+            # left it to this upload): store it now. No await after the last check, so
+            # none is lost before the spool stops being what the path shows.
+            sent = _attrs_of(spool)
+            meta = self.attrs.to_meta(self._owner_of(path, spool))
+            try:
+                etag = await self.store.set_meta(key, meta, f"setattr {show(path)}")
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # Beyond the store's own limit of metadata (below the one checked at
+                # setxattr): the object keeps what its upload stored.
+                log.warning("%s: the store refuses its new attributes: %s", show(path), exc)
+                break
+            self.store.note_same_bytes(key, st.etag, etag)
+            st = self.attrs.from_meta(st, meta)
+            st.etag = etag if st.etag is not None else None
         self._cache.note_object(path, st)
+        return st
+
+    def _owner_of(self, path: bytes, spool: Spool | None) -> Stat:
+        """The attributes an upload of ``path`` stores (see `put_object`)."""
+        now = time.time_ns()
+        st = self.attrs.file(0, now)
+        owner = spool.owner if spool is not None else None
+        xattr = spool.xattr if spool is not None else None
+        if owner is None:
+            known = self._cache.known_stat(path)
+            if known is not None and known.attrs_known and known.is_reg:
+                owner, xattr = (known.st_mode, known.st_uid, known.st_gid), known.xattr
+        if owner is not None:
+            st = self.attrs.with_owner(st, *owner)
+            st.xattr = xattr
+        mtime = spool.mtime_ns if spool is not None and spool.mtime_ns else now
+        st.st_mtime_ns = mtime
+        st.st_atime_ns = spool.atime_ns if spool is not None and spool.atime_ns else mtime
+        st.st_ctime_ns = now
         return st
 
     async def get_object_into(self, path: bytes, fd: int) -> int:
         """Download object ``path`` into local descriptor ``fd``; returns its size."""
         key = self.store.key(path)
         return await self.store.download(key, fd, f"download {show(path)}")
+
+
+def _attrs_of(sp: Spool | None) -> tuple[Any, ...] | None:
+    """What of ``sp`` an upload stores besides its bytes (see `OpenFiles.put_object`)."""
+    return None if sp is None else (sp.owner, sp.xattr, sp.mtime_ns, sp.atime_ns)
 
 
 def _copy_fd(src: int, dst: int) -> None:

@@ -38,7 +38,7 @@ from ..capacity import Stat
 from .options import Attributes, ObjectStoreOptions
 from .store import err, short, show, split, under
 
-_SNAPSHOT_FORMAT = b"1"
+_SNAPSHOT_FORMAT = b"2"  # 2: mode, uid, gid, xattr (stored attributes; 0 mode: not read)
 
 Lister = Callable[[bytes], Awaitable[object]]
 
@@ -105,7 +105,7 @@ class MetaCache:
         if own is not None and own.stat_expires > now:
             # Its own listing is known (e.g. from a snapshot whose parent was
             # never listed): only a directory has one.
-            return self._attrs.dir(0)
+            return self._attrs.dir(0, known=False)
         parent, name = split(path)
         listing = self._lists.get(parent)
         if listing is None or listing.list_expires <= now:
@@ -185,6 +185,14 @@ class MetaCache:
         # (Also from a listing kept for outages only: one object, one version across
         # mounts, as with a configured snapshot.)
         old = self._lists.get(path)
+        if self._attrs.stored:
+            # A listing carries no user metadata: keep the attributes a HEAD read within
+            # stat_ttl for the same object (same kind, same size).
+            for name, st in entries.items():
+                hit = None if st.attrs_known else self._stats.get(path + b"/" + name if path else name)
+                if hit is not None and hit[0] > now and hit[1].attrs_known \
+                        and hit[1].is_dir == st.is_dir and (st.is_dir or hit[1].st_size == st.st_size):
+                    entries[name] = hit[1]
         for name, st in entries.items():
             if st.mtime_known or not st.is_reg:
                 continue
@@ -260,6 +268,15 @@ class MetaCache:
         for table in (self._stats, self._negative, self._lists):
             for p in [p for p in table if under(p, path)]:
                 del table[p]
+
+    def known_stat(self, path: bytes) -> Stat | None:
+        """The last Stat of ``path`` the cache holds, fresh or not, without a request."""
+        hit = self._stats.get(path)
+        if hit is not None:
+            return hit[1]
+        parent, name = split(path)
+        listing = self._lists.get(parent)
+        return listing.entries.get(name) if listing is not None else None
 
     def drop_stat(self, path: bytes) -> None:
         self._stats.pop(path, None)
@@ -358,6 +375,10 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
     is_dir: list[bool] = []
     sizes: list[int] = []
     mtimes: list[int] = []
+    modes: list[int] = []
+    uids: list[int] = []
+    gids: list[int] = []
+    xattrs: list[str | None] = []
     count = 0
     for d, entries in lists:
         dirs.append(d)
@@ -365,12 +386,20 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
         is_dir.append(True)
         sizes.append(0)
         mtimes.append(0)
+        modes.append(0)
+        uids.append(0)
+        gids.append(0)
+        xattrs.append(None)
         for name, st in entries:
             dirs.append(d)
             names.append(name)
             is_dir.append(st.is_dir)
             sizes.append(st.st_size)
             mtimes.append(st.st_mtime_ns if st.mtime_known else 0)  # 0: not stated
+            modes.append(st.st_mode if st.attrs_known else 0)  # 0: the store was not asked
+            uids.append(st.st_uid)
+            gids.append(st.st_gid)
+            xattrs.append(st.xattr if st.attrs_known else None)
             count += 1
     table = pa.table(
         {
@@ -379,6 +408,10 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
             "is_dir": pa.array(is_dir, pa.bool_()),
             "size": pa.array(sizes, pa.int64()),
             "mtime_ns": pa.array(mtimes, pa.int64()),
+            "mode": pa.array(modes, pa.int64()),
+            "uid": pa.array(uids, pa.int64()),
+            "gid": pa.array(gids, pa.int64()),
+            "xattr": pa.array(xattrs, pa.string()),
         }
     ).replace_schema_metadata({b"tierfs.snapshot": _SNAPSHOT_FORMAT, b"tierfs.root": root.encode()})
     # A private temporary file of a random name beside the snapshot, renamed over it:
@@ -412,15 +445,21 @@ def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[
     if saved_root != root:
         raise err(errno.EINVAL, f"{path}: snapshot of '{saved_root}', not of '{root}'")
     out: dict[bytes, dict[bytes, Stat]] = {}
-    cols = [table.column(c).to_pylist() for c in ("dir", "name", "is_dir", "size", "mtime_ns")]
-    for d, name, isdir, size, mtime in zip(*cols):
+    cols = [table.column(c).to_pylist()
+            for c in ("dir", "name", "is_dir", "size", "mtime_ns", "mode", "uid", "gid", "xattr")]
+    for d, name, isdir, size, mtime, mode, uid, gid, xattr in zip(*cols):
         entries = out.setdefault(d, {})
         if name is not None:
             if isdir:
-                entries[name] = attrs.dir(mtime)
+                st = attrs.dir(mtime, known=False)
             else:
-                entries[name] = attrs.file(size, mtime or attrs.started_ns)
-                entries[name].mtime_known = bool(mtime)
+                st = attrs.file(size, mtime or attrs.started_ns, known=False)
+                st.mtime_known = bool(mtime)
+            if mode:  # the attributes the store holds, as a HEAD read them
+                st = attrs.with_owner(st, mode, uid, gid)
+                st.st_mtime_ns = st.st_atime_ns = st.st_ctime_ns = mtime or st.st_mtime_ns
+                st.xattr = xattr
+            entries[name] = st
     return out
 
 

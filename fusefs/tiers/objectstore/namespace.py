@@ -28,28 +28,43 @@ Namespace operations
     delete of every key below it, refused with ``EXDEV`` above
     ``max_dir_rename_keys`` keys (``mv`` then falls back to copying).
     ``RENAME_NOREPLACE`` is checked before copying (a race with another client
-    is possible); ``RENAME_EXCHANGE`` is ``EINVAL``. ``symlink`` and ``link``
-    are ``EPERM`` (the errno POSIX gives for a file system without that kind
-    of node).
+    is possible); ``RENAME_EXCHANGE`` is ``EINVAL``. ``link`` is ``EPERM``
+    (the errno POSIX gives for a file system without that kind of node), and
+    so is ``symlink`` unless objects store attributes.
+
+Stored attributes (``stored_attributes``, ``s3://``)
+    Mode, owner, times and extended attributes live in each object's user
+    metadata (a directory's in its marker), in s3fs's convention (see
+    `options`). A listing carries none, so `_fill` HEADs an entry whose
+    metadata was not read within ``stat_ttl`` (`listdir_attrs`: concurrently);
+    `set_attrs` and `set_xattr` store changes with a metadata-only copy of the
+    object onto itself (or leave them to the upload that is due). Symbolic
+    links are objects holding the target, S_IFLNK in their mode; the daemon
+    never follows one.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import stat as stat_mod
 import time
 from dataclasses import replace
+
+import trio
 
 from ..capacity import Stat, TierUnavailable
 from .file import OpenFiles
 from .metacache import Listing, MetaCache
-from .options import Attributes, ObjectStoreOptions
+from .options import META_LIMIT, Attributes, ObjectStoreOptions, decode_xattrs, encode_xattrs, meta_size
 from .store import Store, concurrently, err, show, split, under
 
 log = logging.getLogger(__name__)
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
+_PATH_MAX = 4096
+_LINK_MODE = stat_mod.S_IFLNK | 0o777
 
 
 async def _no_listing(path: bytes) -> None:
@@ -91,7 +106,7 @@ class Namespace:
         listed it (the last listing, with this mount's own directories), else 1:
         "not counted", as btrfs and most network file systems say, which find(1)
         and fts understand; counting would cost a LIST per directory stat."""
-        st = await self._stat(path, exact)
+        st = await self._fill(path, await self._stat(path, exact))
         if not st.is_dir:
             return st
         links = self._dir_links(path)
@@ -140,27 +155,188 @@ class Namespace:
         key = self._store.key(path)
         # While the store is down a lookup lists nothing: a HEAD gives up sooner.
         st = await self._cache.lookup(path, _no_listing if self._store.down else self.listdir)
+        if st is None and self._attrs.stored:
+            # An object's HEAD with its metadata first: a file then costs one request.
+            st = await self._store.head_meta(key, f"stat {show(path)}")
+            if st is not None:
+                self._cache.note_object(path, st)
+                return st
         if st is None:
             st = await self._store.head(key, f"stat {show(path)}")
             self._cache.remember(path, st)
             if st is None:
                 raise err(errno.ENOENT, f"{show(path)}: no such object")
         versioned = self._store.versioned
-        if exact and st.is_reg and (not st.mtime_known or (versioned and st.etag is None)):
+        stored = self._attrs.stored and not st.attrs_known
+        if exact and st.is_reg and (not st.mtime_known or (versioned and st.etag is None) or stored):
             # An open's version: stated by a HEAD (on S3 with the ETag, which a
             # listing through pyarrow lacks; cached as long as a stat).
             try:
-                if versioned:
+                if self._attrs.stored:
+                    head = await self._store.head_meta(key, f"stat {show(path)}")
+                elif versioned:
                     head = await self._store.head_version(key, f"stat {show(path)}")
                 else:
                     head = await self._store.head(key, f"stat {show(path)}")
             except TierUnavailable:
                 self._store.requests["stale_served"] += 1
                 return st  # stale-if-error: what the listing said
-            self._cache.remember(path, head)
+            if head is not None and self._attrs.stored:
+                self._cache.note_object(path, head)  # the listing's entry too: it has them now
+            else:
+                self._cache.remember(path, head)
             if head is None:
                 raise err(errno.ENOENT, f"{show(path)}: no such object")
             return head
+        return st
+
+    # -- stored attributes --------------------------------------------------
+    async def _fill(self, path: bytes, st: Stat) -> Stat:
+        """``st`` with the attributes the store holds for ``path`` where objects store
+        them and ``st`` does not carry them yet (a listing's): one HEAD of the object
+        (a directory: of its marker), cached as a stat (``stat_ttl``). While the store
+        is down, or without an answer, ``st`` as it is (stale-if-error)."""
+        if st.attrs_known or not self._attrs.stored or not path or self._store.down:
+            return st
+        if st.is_dir and (not self._markers or path in self._local_dirs):
+            done = replace(st, attrs_known=True)  # without markers a directory stores nothing
+            self._cache.note_object(path, done)
+            return done
+        key = self._store.key(path)
+        try:
+            if st.is_dir:
+                head = await self._store.head_meta(key + "/", f"stat {show(path)}", kind="dir")
+                if head is None:  # implied by keys below it, no marker: nothing stored
+                    head = replace(st, attrs_known=True)
+            else:
+                head = await self._store.head_meta(key, f"stat {show(path)}")
+        except TierUnavailable:
+            self._store.requests["stale_served"] += 1
+            return st
+        if head is None:
+            self._cache.note_gone(path, tree=False)
+            raise err(errno.ENOENT, f"{show(path)}: no such object")
+        self._cache.note_object(path, head)
+        return head
+
+    async def listdir_attrs(self, path: bytes) -> list[tuple[bytes, Stat]]:
+        """`listdir`, every entry with the attributes the store holds for it (where
+        objects store them): the HEADs a listing needs, ``max_threads`` at a time."""
+        entries = await self.listdir(path)
+        if not self._attrs.stored or self._store.down:
+            return entries
+        todo = [i for i, (_, st) in enumerate(entries) if not st.attrs_known]
+        if not todo:
+            return entries
+        out: list[tuple[bytes, Stat] | None] = list(entries)
+        # Each HEAD's read_timeout must start when it gets a thread, not in a queue of
+        # thousands: no more at once than there are threads.
+        slots = trio.CapacityLimiter(self._opts.max_threads)
+
+        async def one(i: int) -> None:
+            name, st = entries[i]
+            async with slots:
+                try:
+                    out[i] = (name, await self._fill(path + b"/" + name if path else name, st))
+                except FileNotFoundError:
+                    out[i] = None  # gone since the listing
+
+        await concurrently([(one, i) for i in todo])
+        return [e for e in out if e is not None]
+
+    async def set_attrs(self, path: bytes, *, mode: int | None, uid: int | None,
+                        gid: int | None, atime_ns: int | None, mtime_ns: int | None) -> Stat:
+        """chmod/chown/utimes where objects store attributes.
+
+        A file: one CopyObject of the object onto itself with the new metadata (its
+        bytes stay; a new ETag is followed by this mount's opens), or, while a write of
+        it waits for its upload, only that write's attributes. A directory: its marker
+        is written again with them (marker mode); without markers it keeps them in
+        this mount only."""
+        cur = await self.stat(path, exact=True)
+        now = time.time_ns()
+        new = self._attrs.with_owner(
+            cur, stat_mod.S_IFMT(cur.st_mode) | stat_mod.S_IMODE(cur.st_mode if mode is None else mode),
+            cur.st_uid if uid is None else uid, cur.st_gid if gid is None else gid)
+        if atime_ns is not None:
+            new.st_atime_ns = atime_ns
+        if mtime_ns is not None:
+            new.st_mtime_ns = mtime_ns
+        new.st_ctime_ns = now
+        return await self._store_attrs(path, cur, new)
+
+    async def _store_attrs(self, path: bytes, cur: Stat, new: Stat) -> Stat:
+        """Make ``path`` (now ``cur``) store the attributes of ``new`` (see `set_attrs`)."""
+        if not path:  # the bucket (or prefix) has no marker of its own to hold them
+            self.root_stat = new
+            return new
+        if cur.is_dir:
+            if path in self._local_dirs or not self._markers:
+                self._local_dirs[path] = new
+                return new
+            await self._store.create_dir(self._store.key(path), f"setattr {show(path)}",
+                                         self._attrs.to_meta(new))
+            self._cache.note_object(path, new)
+            return new
+        if self._files.set_owner(path, new):
+            return new  # the upload that is due carries them
+        key = self._store.key(path)
+        etag = await self._store.set_meta(key, self._attrs.to_meta(new), f"setattr {show(path)}")
+        self._store.note_same_bytes(key, cur.etag, etag)
+        new.etag = etag if cur.etag is not None else None
+        new.mtime_known = True
+        self._cache.note_object(path, new)
+        return new
+
+    async def xattrs(self, path: bytes) -> dict[str, bytes]:
+        """The extended attributes ``path`` stores (name -> value)."""
+        return decode_xattrs((await self.stat(path)).xattr)
+
+    async def set_xattr(self, path: bytes, name: str, value: bytes | None, flags: int = 0) -> None:
+        """Set (``value``) or remove (None) one extended attribute of ``path``: stored
+        as `set_attrs` stores a mode. ``flags``: XATTR_CREATE (1), XATTR_REPLACE (2).
+
+        Raises:
+            OSError: ``ENODATA`` (removing or replacing what is not there), ``EEXIST``
+                (creating what is), ``E2BIG`` (the attribute alone would not fit in
+                S3's 2 KiB of user metadata), ``ENOSPC`` (not beside the others).
+        """
+        cur = await self.stat(path, exact=True)
+        xs = decode_xattrs(cur.xattr)
+        if name not in xs and (value is None or flags & 2):
+            raise err(errno.ENODATA, f"{show(path)}: no attribute {name}")
+        if name in xs and value is not None and flags & 1:
+            raise err(errno.EEXIST, f"{show(path)}: attribute {name} exists")
+        if value is None:
+            del xs[name]
+        else:
+            xs[name] = value
+        new = replace(cur, xattr=encode_xattrs(xs), st_ctime_ns=time.time_ns())
+        if value is not None and meta_size(self._attrs.to_meta(new)) > META_LIMIT:
+            alone = replace(cur, xattr=encode_xattrs({name: value}))
+            big = meta_size(self._attrs.to_meta(alone)) > META_LIMIT
+            raise err(errno.E2BIG if big else errno.ENOSPC,
+                      f"{show(path)}: extended attributes beyond the store's {META_LIMIT} bytes "
+                      "of metadata per object")
+        await self._store_attrs(path, cur, new)
+
+    async def symlink(self, path: bytes, target: bytes, uid: int, gid: int) -> Stat:
+        """A symbolic link: an object holding the target, ``x-amz-meta-mode`` saying
+        S_IFLNK (as s3fs stores them). The daemon never follows it."""
+        key = self._store.key(path)
+        if not self._attrs.stored:
+            raise err(errno.EPERM, "symbolic links need stored_attributes = true (s3:// sources)")
+        if not target or len(target) >= _PATH_MAX:
+            raise err(errno.ENAMETOOLONG if target else errno.ENOENT,
+                      f"{show(path)}: symlink target of {len(target)} bytes")
+        await self.require_dir(split(path)[0])
+        await self.absent(path)
+        now = time.time_ns()
+        st = self._attrs.with_owner(self._attrs.file(len(target), now), _LINK_MODE, uid, gid)
+        st.st_mtime_ns = st.st_atime_ns = st.st_ctime_ns = now
+        await self._store.put_bytes(key, target, self._attrs.to_meta(st), f"symlink {show(path)}")
+        self._store.forget_same_bytes(key)
+        self._cache.note_object(path, st)
         return st
 
     async def listdir(self, path: bytes) -> list[tuple[bytes, Stat]]:
@@ -223,8 +399,13 @@ class Namespace:
         raise err(errno.EEXIST, f"{show(path)}: already exists")
 
     async def readlink(self, path: bytes) -> bytes:
-        await self.stat(path)
-        raise err(errno.EINVAL, f"{show(path)}: not a symbolic link (object stores have none)")
+        st = await self.stat(path)
+        if not stat_mod.S_ISLNK(st.st_mode):
+            raise err(errno.EINVAL, f"{show(path)}: not a symbolic link")
+        if not st.st_size:
+            return b""
+        return await self._store.get_small(self._store.key(path), min(st.st_size, _PATH_MAX),
+                                           f"readlink {show(path)}")
 
     def _gone(self, path: bytes, *, tree: bool = True) -> None:
         """``path`` (and, if ``tree``, everything below it) no longer exists."""
@@ -235,15 +416,19 @@ class Namespace:
                 del self._local_dirs[p]
 
     # -- directories and markers -------------------------------------------
-    async def mkdir(self, path: bytes) -> Stat:
+    async def mkdir(self, path: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Stat:
         if not path:
             raise err(errno.EEXIST, "the root exists")
         key = self._store.key(path)
         await self.require_dir(split(path)[0])
         await self.absent(path)
         st = self._attrs.dir(time.time_ns())
+        meta = None
+        if self._attrs.stored:
+            st = self._attrs.with_owner(st, mode, uid, gid)
+            meta = self._attrs.to_meta(st)
         if self._markers:
-            await self._store.create_dir(key, f"mkdir {show(path)}")
+            await self._store.create_dir(key, f"mkdir {show(path)}", meta)
             if not self._markers_checked:
                 await self._check_markers(path, key)
         if self._markers:
@@ -364,6 +549,7 @@ class Namespace:
                 self._gone(path, tree=False)
                 raise
         self._gone(path, tree=False)
+        self._store.forget_same_bytes(key)
         await self._keep_parent(path)
         if not self._markers and not self._store.sends_own_requests:
             await self._remove_stand_ins(split(path)[0])
@@ -433,6 +619,19 @@ class Namespace:
             await self._rename_file(old, new, okey, nkey)
 
     async def _rename_file(self, old: bytes, new: bytes, okey: str, nkey: str) -> None:
+        wb = self._files.writeback
+        if wb is None or not self._files.has_changes(old):
+            await self._rename_file_held(old, new, okey, nkey)
+            return
+        # No upload of ``old`` may start while its spools move to ``new``: it would
+        # write the old key after it was deleted here.
+        wb.hold_uploads(old)
+        try:
+            await self._rename_file_held(old, new, okey, nkey)
+        finally:
+            wb.release_uploads(old)
+
+    async def _rename_file_held(self, old: bytes, new: bytes, okey: str, nkey: str) -> None:
         if self._files.has_changes(old):
             # Write-back: what ``old`` holds here is newer than the store's object (if
             # any). Nothing to copy: the old key goes, and the pending write (its
@@ -464,7 +663,10 @@ class Namespace:
         self._gone(old, tree=False)
         self._cache.drop_stat(new)
         self._cache.drop_negative(new)
-        st = await self._store.head(nkey, f"stat {show(new)}")
+        head = self._store.head_meta if self._attrs.stored else self._store.head
+        st = await head(nkey, f"stat {show(new)}")
+        self._store.forget_same_bytes(okey)
+        self._store.forget_same_bytes(nkey)
         if st is not None:
             self._cache.note_object(new, st)
         await self._keep_parent(old)
@@ -486,8 +688,10 @@ class Namespace:
             await self._store.copy(src_key, nkey + src_key[cut:], f"rename {src_key}")
 
         if self._markers:  # first, so that stores with real directories have the parents
+            meta = self._attrs.to_meta(src) if self._attrs.stored and src.attrs_known else None
             for d in [okey, *dirs]:
-                await self._store.create_dir(nkey + d[cut:], f"mkdir {nkey + d[cut:]}")
+                await self._store.create_dir(nkey + d[cut:], f"mkdir {nkey + d[cut:]}",
+                                             meta if d == okey else None)
         await concurrently([(copy, k) for k in files])
         if self._store.sends_own_requests:
             # Exactly the keys copied, then the markers below (deepest first) and the
@@ -511,7 +715,8 @@ class Namespace:
         await self._files.move_under(old, new)
         self._cache.invalidate(new)
         if self._markers or infos:
-            self._cache.note_object(new, self._attrs.dir(src.st_mtime_ns))
+            self._cache.note_object(new, src if self._markers and src.attrs_known
+                                    else self._attrs.dir(src.st_mtime_ns, known=False))
         if not self._markers:
             self._local_dirs.update(moved_local)
             if not infos:

@@ -67,8 +67,10 @@ Versioned reads
     checked; another version is ``ESTALE`` (counted as ``changed``). Those GETs
     are `SignedGets`: signed with botocore's SigV4 signer, sent with urllib3, for
     about the CPU of pyarrow's ``read_at`` (botocore's ``get_object`` costs five
-    times that; benchmarks/etag_reads.py). Other stores read with pyarrow's
-    ``read_at`` (`open_input`, `read_at`), tied to no version.
+    times that; benchmarks/etag_reads.py). A small file fetched whole ahead of a
+    walk is one GET tied to no version whose answer states it (`get_small`): the
+    HEAD and the GET an open and a read would cost, in one request. Other stores
+    read with pyarrow's ``read_at`` (`open_input`, `read_at`), tied to no version.
 
 Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 (``max_threads``), so the event loop never waits on the network.
@@ -78,6 +80,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import email.utils
 import errno
 import logging
 import math
@@ -103,6 +106,8 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 KEY_MAX = 1024
 CHUNK = 8 * 1024 * 1024  # upload/download copy unit
+_SINGLE_PUT = 64 * 1024 * 1024  # uploads with metadata: one PUT up to this size
+_PART = 16 * 1024 * 1024  # then parts of at least this size
 
 # Fragments of pyarrow's S3 error messages (the AWS SDK error name or HTTP status).
 _UNREACHABLE = (
@@ -216,6 +221,8 @@ def _classify_boto(exc: BaseException) -> tuple[str, int]:
             return "fail", errno.EACCES
         if status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout"):
             return "retry", errno.EIO
+        if code == "MetadataTooLarge":  # user metadata beyond the store's limit
+            return "fail", errno.ENOSPC
         if code in ("KeyTooLongError", "InvalidObjectName"):
             return "fail", errno.ENAMETOOLONG if code == "KeyTooLongError" else errno.EINVAL
     return "fail", errno.EIO
@@ -371,23 +378,45 @@ class SignedGets:
             return f"{self._scheme}://{bucket}.{self._endpoint}/{path}"
         return f"{self._scheme}://{self._endpoint}/{bucket}/{path}"
 
-    def _auth(self, url: str) -> dict[str, str]:
+    def _auth(self, url: str, method: str = "GET") -> dict[str, str]:
         if self._credentials is None:
             return {}
         now = time.monotonic()
-        hit = self._signed.get(url)
+        hit = self._signed.get(method + url)
         if hit is not None and now - hit[0] < self.SIGN_REUSE:
             return hit[1]
         from botocore.awsrequest import AWSRequest
 
-        req = AWSRequest(method="GET", url=url)
+        req = AWSRequest(method=method, url=url)
         self._auth_class(self._credentials.get_frozen_credentials(), "s3",
                          self.region).add_auth(req)
         headers = {k: str(v) for k, v in req.headers.items()}
         if len(self._signed) >= self._SIGNED_MAX:
             self._signed.clear()
-        self._signed[url] = (now, headers)
+        self._signed[method + url] = (now, headers)
         return headers
+
+    def head(self, url: str) -> tuple[int, str, dict[str, str]]:
+        """HEAD of the object at ``url``: its size, ETag ("" if none), and its other
+        headers by lower-case name (``last-modified``, ``x-amz-meta-*``). Raises
+        `HttpAnswer` (404: no such object) or a urllib3 error (no answer)."""
+        r = self._pool.request("HEAD", url, headers=self._auth(url, "HEAD"),
+                               preload_content=True, redirect=False)
+        if r.status != 200:
+            raise HttpAnswer(r.status, "NoSuchKey" if r.status == 404 else "", "")
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        return int(headers.get("content-length") or 0), plain_etag(headers.get("etag")), headers
+
+    def fetch(self, url: str, limit: int) -> bytes:
+        """The whole object at ``url`` (at most ``limit`` bytes are asked for)."""
+        headers = dict(self._auth(url))
+        headers["Range"] = f"bytes=0-{max(limit, 1) - 1}"
+        r = self._pool.request("GET", url, headers=headers, preload_content=True, redirect=False)
+        data: bytes = r.data
+        if r.status not in (200, 206):
+            code = _CODE.search(data)
+            raise HttpAnswer(r.status, code.group(1).decode(errors="replace") if code else "", "")
+        return data[:limit]
 
     def get(self, url: str, offset: int, size: int, *, etag: str | None, total: int) -> bytes:
         """Bytes ``[offset, offset+size)`` of the object at ``url`` if it is still the
@@ -405,11 +434,7 @@ class SignedGets:
         r = self._pool.request("GET", url, headers=headers, preload_content=True,
                                redirect=False)
         data: bytes = r.data
-        if r.status not in (200, 206):
-            code = _CODE.search(data)
-            msg = _MESSAGE.search(data)
-            raise HttpAnswer(r.status, code.group(1).decode(errors="replace") if code else "",
-                             msg.group(1).decode(errors="replace") if msg else "")
+        _check_status(r.status, data)
         got = plain_etag(r.headers.get("ETag"))
         if etag and got and got != etag:
             raise HttpAnswer(412, "ETagChanged", f"the object's ETag is {got}, not {etag}")
@@ -426,6 +451,48 @@ class SignedGets:
                                  f"the object is {len(data)} bytes long, not {total}")
             data = data[offset:offset + size]
         return data[:size]
+
+    def get_whole(self, url: str, size: int) -> tuple[bytes, str, dict[str, str]]:
+        """The object at ``url`` as it is now, listed at ``size`` bytes: its bytes, its
+        ETag and its other headers by lower-case name (``last-modified``,
+        ``x-amz-meta-*``, as `head` gives them). One GET tied to no version: the answer
+        says which version it is, so it does what an open's HEAD and a read do, in one
+        request. Another size is an `HttpAnswer` 412 (the caller fetches nothing then)."""
+        headers = dict(self._auth(url))
+        if size:
+            headers["Range"] = f"bytes=0-{size - 1}"
+        r = self._pool.request("GET", url, headers=headers, preload_content=True,
+                               redirect=False)
+        data: bytes = r.data
+        _check_status(r.status, data)
+        m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+        if m is not None:
+            total = int(m.group(3)) if m.group(3) != "*" else -1
+        else:
+            total = len(data) if r.status == 200 else -1
+        if total != size or len(data) < size:
+            raise HttpAnswer(412, "ETagChanged", f"the object is {total} bytes long, not {size}")
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        return data[:size], plain_etag(headers.get("etag")), headers
+
+
+def _check_status(status: int, body: bytes) -> None:
+    """Raise `HttpAnswer` for an S3 answer other than 200/206, with its error code."""
+    if status not in (200, 206):
+        code = _CODE.search(body)
+        msg = _MESSAGE.search(body)
+        raise HttpAnswer(status, code.group(1).decode(errors="replace") if code else "",
+                         msg.group(1).decode(errors="replace") if msg else "")
+
+
+def _http_date_ns(value: str | None) -> int:
+    """An HTTP date (``Last-Modified``) in whole seconds as ns; 0 if absent or unreadable."""
+    if not value:
+        return 0
+    try:
+        return int(email.utils.parsedate_to_datetime(value).timestamp()) * 1_000_000_000
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0
 
 
 class Store:
@@ -483,6 +550,15 @@ class Store:
         self._closed = False
         #: Requests sent to the store, by kind ("list", "stat", "get", "put", ...).
         self.requests: collections.Counter[str] = collections.Counter()
+        #: key -> {ETag before: ETag after} of this mount's metadata-only copies (the
+        #: bytes stayed the same): reads of opens made before follow the new ETag.
+        self._same_bytes: dict[str, dict[str, str]] = {}
+
+    @property
+    def supports_meta(self) -> bool:
+        """Whether objects can carry attributes in user metadata here (``s3://``: the
+        requests are sent with botocore and `SignedGets`)."""
+        return self._api_factory is not None and self._reads_factory is not None
 
     @property
     def type_name(self) -> str | None:
@@ -736,12 +812,13 @@ class Store:
         # directories have no mtime, and rclone's listings now and then give the epoch:
         # take those as unknown and show the mount's start time.
         mtime = info.mtime_ns if info.mtime_ns else self._attrs.started_ns
+        # Nor user metadata: where objects store attributes, these are stand-ins.
         if info.type == pafs.FileType.File:
-            st = self._attrs.file(info.size or 0, mtime)
+            st = self._attrs.file(info.size or 0, mtime, known=False)
             st.mtime_known = bool(info.mtime_ns)
             return st
         if info.type == pafs.FileType.Directory:
-            return self._attrs.dir(mtime)
+            return self._attrs.dir(mtime, known=False)
         return None
 
     # -- metadata requests -------------------------------------------------
@@ -807,12 +884,15 @@ class Store:
         bucket, _, name = key.partition("/")
         return bucket, name
 
-    async def create_dir(self, key: str, what: str) -> None:
-        """Write the directory marker ``key/`` ("put"; pyarrow writes its parents' too)."""
+    async def create_dir(self, key: str, what: str, meta: dict[str, str] | None = None) -> None:
+        """Write the directory marker ``key/`` ("put"; pyarrow writes its parents' too),
+        with the user metadata ``meta`` (botocore only)."""
         self.requests["put"] += 1
         if self._api is not None:
             bucket, name = self._bucket_key(key)
-            await self._run(what, lambda: self._api.put_object(Bucket=bucket, Key=name + "/", Body=b""))
+            extra = {"Metadata": meta} if meta else {}
+            await self._run(what, lambda: self._api.put_object(Bucket=bucket, Key=name + "/",
+                                                               Body=b"", **extra))
             return
         await self._run(what, self._fs.create_dir, key)
 
@@ -901,6 +981,32 @@ class Store:
         f = await self._run(what, self._fs.open_input_file, key, bounded=True)
         return f, f.size()
 
+    @property
+    def pins_generation(self) -> bool:
+        """Whether an input file's ranged reads are tied to the object generation it
+        found when it was opened (pyarrow's GCS reads pass ``generation=``; a newer
+        generation makes them fail with not-found): ``gs://`` sources."""
+        return self._fs.type_name == "gcs"
+
+    @staticmethod
+    def input_version(f: Any) -> tuple[str, int]:
+        """The generation and update time (ns, 0 if unknown) of a GCS input file, as
+        its metadata states them; ("", 0) where it states none."""
+        try:
+            md = f.metadata()
+        except (OSError, ValueError):
+            return "", 0
+        def get(name: str) -> str:
+            v = md.get(name, md.get(name.encode()))
+            return v.decode() if isinstance(v, bytes) else str(v or "")
+        generation, updated = get("generation"), get("updated")
+        try:
+            ns = int(datetime.datetime.fromisoformat(updated.replace("Z", "+00:00"))
+                     .timestamp()) * 1_000_000_000 if updated else 0
+        except ValueError:
+            ns = 0
+        return (generation if generation not in ("", "0") else ""), ns
+
     async def read_at(self, f: Any, size: int, offset: int, what: str) -> bytes:
         """One ranged GET on a file from `open_input` ("get")."""
         self.requests["get"] += 1
@@ -921,7 +1027,7 @@ class Store:
         modified = answer.get("LastModified")
         mtime_ns = int(modified.timestamp()) * 1_000_000_000 if modified is not None else 0
         st = self._attrs.file(int(answer.get("ContentLength") or 0),
-                              mtime_ns or self._attrs.started_ns)
+                              mtime_ns or self._attrs.started_ns, known=False)
         st.mtime_known = bool(mtime_ns)
         st.etag = plain_etag(answer.get("ETag"))
         return st
@@ -935,6 +1041,7 @@ class Store:
         assert reads is not None
         bucket, name = self._bucket_key(key)
         url = reads.url(bucket, name)
+        etag = self.current_etag(key, etag)
         self.requests["get"] += 1
         try:
             data: bytes = await self._run(
@@ -946,8 +1053,40 @@ class Store:
             raise
         return data
 
-    async def upload(self, key: str, fd: int, what: str) -> None:
-        """Write the whole content of local descriptor ``fd`` as object ``key`` ("put")."""
+    async def get_small(self, key: str, size: int, what: str) -> tuple[Stat, bytes]:
+        """The whole object at ``key``, listed at ``size`` bytes, in one GET ("get"; see
+        `SignedGets.get_whole`): its `Stat` as `head_version` would give it, and its
+        bytes. `versioned` only."""
+        reads = self._reads
+        assert reads is not None
+        bucket, name = self._bucket_key(key)
+        url = reads.url(bucket, name)
+        self.requests["get"] += 1
+        data, etag, headers = await self._run(what, lambda: reads.get_whole(url, size),
+                                              bounded=True)
+        return self._answer_stat(len(data), etag, headers, "file"), data
+
+    async def upload(self, key: str, fd: int, what: str,
+                     meta: dict[str, str] | None = None) -> None:
+        """Write the whole content of local descriptor ``fd`` as object ``key`` ("put"),
+        with the user metadata ``meta`` if given (botocore: pyarrow sends only a few
+        standard headers; one PUT up to `_SINGLE_PUT` bytes, a multipart upload above)."""
+        if meta is not None and self._api is not None:
+            self.requests["put"] += 1
+            try:
+                await self._run(what, self._upload_with_meta, key, fd, meta, cuttable=False)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or "xattr" not in meta:
+                    raise
+                # The store's limit is below the one checked at setxattr: the bytes
+                # matter more than the extended attributes.
+                log.warning("%s: the store refuses the extended attributes of %s (%s): "
+                            "uploaded without them", self.description, key, short(exc))
+                meta = {k: v for k, v in meta.items() if k != "xattr"}
+                self.requests["put"] += 1
+                await self._run(what, self._upload_with_meta, key, fd, meta, cuttable=False)
+            return
+
         def upload() -> None:
             with self._fs.open_output_stream(key) as out:
                 off = 0
@@ -957,6 +1096,116 @@ class Store:
 
         self.requests["put"] += 1
         await self._run(what, upload, cuttable=False)
+
+    def _upload_with_meta(self, key: str, fd: int, meta: dict[str, str]) -> None:
+        """`upload` with user metadata, in a worker thread (a retry starts it again)."""
+        bucket, name = self._bucket_key(key)
+        size = os.fstat(fd).st_size
+        if size <= _SINGLE_PUT:
+            body = os.pread(fd, size, 0) if size else b""
+            self._api.put_object(Bucket=bucket, Key=name, Body=body, Metadata=meta)
+            return
+        part = max(_PART, -(-size // 9000))  # S3 allows 10,000 parts
+        upload_id = self._api.create_multipart_upload(Bucket=bucket, Key=name,
+                                                      Metadata=meta)["UploadId"]
+        try:
+            parts = []
+            for n, off in enumerate(range(0, size, part), start=1):
+                answer = self._api.upload_part(Bucket=bucket, Key=name, UploadId=upload_id,
+                                               PartNumber=n, Body=os.pread(fd, part, off))
+                parts.append({"PartNumber": n, "ETag": answer["ETag"]})
+            self._api.complete_multipart_upload(Bucket=bucket, Key=name, UploadId=upload_id,
+                                                MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:
+                self._api.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload_id)
+            except _FAILURES:
+                pass  # the store's lifecycle rules clean up what is left
+            raise
+
+    # -- stored attributes (S3: user metadata) ------------------------------
+    async def head_meta(self, key: str, what: str, *, kind: str = "file") -> Stat | None:
+        """The object at ``key`` with its ETag and the attributes its user metadata
+        stores (a signed HEAD, "stat"), or None if there is none. ``kind`` "dir":
+        ``key`` is a directory marker (``dir/``). `supports_meta` only."""
+        reads = self._reads
+        assert reads is not None
+        bucket, name = self._bucket_key(key)
+        url = reads.url(bucket, name)
+        self.requests["stat"] += 1
+        try:
+            size, etag, headers = await self._run(what, reads.head, url, bounded=True)
+        except FileNotFoundError:
+            return None
+        return self._answer_stat(size, etag, headers, kind)
+
+    def _answer_stat(self, size: int, etag: str, headers: dict[str, str], kind: str) -> Stat:
+        """The `Stat` an S3 answer (HEAD or GET) states: size, Last-Modified, ETag, and
+        with `stored_attributes` what its user metadata stores."""
+        mtime_ns = _http_date_ns(headers.get("last-modified"))
+        base = (self._attrs.dir(mtime_ns or self._attrs.started_ns) if kind == "dir"
+                else self._attrs.file(size, mtime_ns or self._attrs.started_ns))
+        base.mtime_known = bool(mtime_ns)
+        base.etag = etag
+        if not self._attrs.stored:
+            return base
+        meta = {k[11:]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
+        st = self._attrs.from_meta(base, meta)
+        st.etag, st.mtime_known = etag, base.mtime_known or "mtime" in meta
+        return st
+
+    async def set_meta(self, key: str, meta: dict[str, str], what: str) -> str:
+        """Replace the user metadata of object ``key`` (CopyObject onto itself with
+        ``MetadataDirective=REPLACE``, "copy"); returns the new ETag ("" if none).
+
+        The bytes stay; the ETag may change (a multipart object's does on S3): the
+        old one is remembered as naming the same bytes (`current_etag`)."""
+        bucket, name = self._bucket_key(key)
+        self.requests["copy"] += 1
+        answer = await self._run(what, lambda: self._api.copy_object(
+            Bucket=bucket, Key=name, CopySource={"Bucket": bucket, "Key": name},
+            Metadata=meta, MetadataDirective="REPLACE"))
+        return plain_etag((answer.get("CopyObjectResult") or {}).get("ETag"))
+
+    def note_same_bytes(self, key: str, old: str | None, new: str | None) -> None:
+        """Object ``key`` of ETag ``old`` is now ``new`` with the same bytes (this
+        mount changed its metadata only)."""
+        if not old or not new or old == new:
+            return
+        if len(self._same_bytes) >= 10_000:
+            self._same_bytes.clear()  # bounded; at worst an old open reads ESTALE
+        self._same_bytes.setdefault(key, {})[old] = new
+
+    def current_etag(self, key: str, etag: str | None) -> str | None:
+        """The ETag that names the bytes of ``etag`` now (see `note_same_bytes`)."""
+        aliases = self._same_bytes.get(key)
+        for _ in range(64):
+            if not aliases or etag not in aliases:
+                break
+            etag = aliases[etag]
+        return etag
+
+    def forget_same_bytes(self, key: str) -> None:
+        """``key`` was replaced or removed: old opens must not follow it any more."""
+        self._same_bytes.pop(key, None)
+
+    async def put_bytes(self, key: str, data: bytes, meta: dict[str, str], what: str) -> None:
+        """Write object ``key`` holding ``data`` with user metadata ``meta`` (one botocore
+        PutObject, "put"; a symlink). `supports_meta` only."""
+        bucket, name = self._bucket_key(key)
+        self.requests["put"] += 1
+        await self._run(what, lambda: self._api.put_object(Bucket=bucket, Key=name, Body=data,
+                                                           Metadata=meta))
+
+    async def get_small(self, key: str, limit: int, what: str) -> bytes:
+        """The first ``limit`` bytes of object ``key`` (a symlink's target; "get")."""
+        reads = self._reads
+        assert reads is not None
+        bucket, name = self._bucket_key(key)
+        url = reads.url(bucket, name)
+        self.requests["get"] += 1
+        data: bytes = await self._run(what, reads.fetch, url, limit, bounded=True)
+        return data
 
     async def download(self, key: str, fd: int, what: str) -> int:
         """Copy object ``key`` into local descriptor ``fd``; returns its size ("get")."""

@@ -129,6 +129,14 @@ class Spool:
     #: A destage task holds it (queued or uploading).
     queued: bool = False
     uploading: trio.Event | None = None
+    #: Where objects store attributes: the mode (type bits included), uid and gid its
+    #: upload stores (None: what the store holds for the path, else the configured
+    #: ones). Not journaled: a write recovered after a crash takes the store's.
+    owner: tuple[int, int, int] | None = None
+    #: Its upload's extended attributes (``x-amz-meta-xattr``), with ``owner``.
+    xattr: str | None = None
+    #: The atime its upload stores (a utimes' since it was opened; 0: its mtime).
+    atime_ns: int = 0
     #: Serialises its journal writes (a row written late must not outlive a drop).
     jlock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -175,6 +183,8 @@ class WriteBack:
         self._dir_fd = -1
         self._lock_fd = -1
         self._wake = trio.Event()
+        #: Paths no upload may start for (`hold_uploads`), with the number of holders.
+        self._held: dict[bytes, int] = {}
         self._retry_at = 0.0
         self._backoff = 0.0
         self._failing = False
@@ -273,8 +283,8 @@ class WriteBack:
                     await trio.sleep_until(self._retry_at)
                 self._wake = trio.Event()
                 for path, spools in list(self.pending.items()):
-                    if any(s.queued for s in spools):
-                        continue  # one upload per path at a time
+                    if any(s.queued for s in spools) or path in self._held:
+                        continue  # one upload per path at a time; none while held
                     sp = spools[-1]
                     if sp.ready and not sp.gone:
                         sp.queued = True
@@ -491,7 +501,7 @@ class WriteBack:
                 if self._calm is not None and not self._draining:
                     await self._calm()
                 await self.turn(ready)
-                if sp.gone or not sp.ready:
+                if sp.gone or not sp.ready or sp.path in self._held:
                     return
                 self._running += 1  # no checkpoint since `turn` returned
                 try:
@@ -510,7 +520,7 @@ class WriteBack:
         try:
             fd = os.open(sp.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                st = await self.files.put_object(sp.path, fd)
+                st = await self.files.put_object(sp.path, fd, spool=sp)
             finally:
                 os.close(fd)
         finally:
@@ -549,6 +559,17 @@ class WriteBack:
                         format_size(size))
         self._backoff = min(self._retry_max, max(1.0, 2 * self._backoff))
         self._retry_at = trio.current_time() + self._backoff
+
+    def hold_uploads(self, path: bytes) -> None:
+        """Start no upload of ``path`` until `release_uploads` (a rename moves its spools: an
+        upload started meanwhile would still write the old key)."""
+        self._held[path] = self._held.get(path, 0) + 1
+
+    def release_uploads(self, path: bytes) -> None:
+        n = self._held.pop(path, 1) - 1
+        if n > 0:
+            self._held[path] = n
+        self._wake.set()
 
     async def wait_uploads(self, path: bytes) -> None:
         """Return once no upload of ``path`` is in flight."""
