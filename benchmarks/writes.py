@@ -19,7 +19,9 @@ Three scenarios, side by side in one run, every byte checked on the store at the
 Targets: ``direct`` (local disk, no FUSE: the baseline), ``pyarrow`` (plain
 ``pyarrow.fs.S3FileSystem`` upload from this process, no FUSE: the store's own
 speed), ``tierfs-wb-fast``, ``tierfs-wb-capacity`` (``[write] mode = "writeback"``,
-``durability`` fast or capacity), ``tierfs-wt`` (``mode = "writethrough"``),
+``durability`` fast or capacity), ``tierfs-wb-fast-nodefer`` (``destage_defer = 0``: uploads
+start at each close, beside the writer, instead of once it pauses), ``tierfs-wt`` (``mode =
+"writethrough"``),
 ``rclone-sync`` (``rclone mount --vfs-cache-mode writes --vfs-write-back 0s``: close
 uploads), ``rclone-wb`` (the same with ``--vfs-write-back 5s``, rclone's default:
 upload 5 s after the last close), ``s3fs`` (s3fs-fuse with ``use_cache``). The S3
@@ -72,8 +74,8 @@ WORK_PREFIX = "tierfs-bench-"
 CHUNK = MiB  # the writer's write(2) size
 WARM_FILE = "warm/emb.bin"
 
-CKPT_TARGETS = ["direct", "pyarrow", "tierfs-wb-fast", "tierfs-wb-capacity", "tierfs-wt",
-                "rclone-sync", "rclone-wb", "s3fs"]
+CKPT_TARGETS = ["direct", "pyarrow", "tierfs-wb-fast", "tierfs-wb-fast-nodefer",
+                "tierfs-wb-capacity", "tierfs-wt", "rclone-sync", "rclone-wb", "s3fs"]
 KV_TARGETS = ["direct", "tierfs-wb-fast", "rclone-wb"]
 ALL_TARGETS = CKPT_TARGETS
 SCENARIOS = ["ckpt", "reads", "kv"]
@@ -270,8 +272,8 @@ class TierfsWrite(T.TierfsS3):
     """tierfs over the S3 server with a [write] section (and no dir markers: rclone
     serve s3 stores a marker as a file and then hides the directory)."""
 
-    def __init__(self, name: str, mode: str, durability: str) -> None:
-        self.name, self.mode, self.durability = name, mode, durability
+    def __init__(self, name: str, mode: str, durability: str, extra: str = "") -> None:
+        self.name, self.mode, self.durability, self.extra = name, mode, durability, extra
 
     def argv(self, ctx: T.RunContext, mnt: Path) -> list[str]:
         cache = ctx.fresh_dir(f"{self.name}-cache")
@@ -280,7 +282,8 @@ class TierfsWrite(T.TierfsS3):
             "[cache]", 'size = "16GiB"', f'dram = "{ctx.tierfs_dram}"',
             "[source]", f'access_key = "{T.ACCESS_KEY}"', f'secret_key = "{T.SECRET_KEY}"',
             'region = "us-east-1"', "dir_markers = false",
-            "[write]", f'mode = "{self.mode}"', f'durability = "{self.durability}"']) + "\n")
+            "[write]", f'mode = "{self.mode}"', f'durability = "{self.durability}"',
+            self.extra]) + "\n")
         return [sys.executable, "-m", "fusefs.cli", "mount", "-f", self.source_of(ctx),
                 str(mnt), "--cache", str(cache), "--config", str(cfg),
                 "--log", str(cache.parent / f"{cache.name}.log")]
@@ -317,6 +320,8 @@ def make_target(name: str) -> T.Target | None:
     """A mountable target, or None for the two that need no mount (direct, pyarrow)."""
     return {
         "tierfs-wb-fast": lambda: TierfsWrite("tierfs-wb-fast", "writeback", "fast"),
+        "tierfs-wb-fast-nodefer": lambda: TierfsWrite("tierfs-wb-fast-nodefer", "writeback",
+                                                      "fast", "destage_defer = 0"),
         "tierfs-wb-capacity": lambda: TierfsWrite("tierfs-wb-capacity", "writeback", "capacity"),
         "tierfs-wt": lambda: TierfsWrite("tierfs-wt", "writethrough", "fast"),
         "rclone-sync": lambda: RcloneWrite("rclone-sync", "0s"),

@@ -196,6 +196,13 @@ class WriteConfig:
                            "them). capacity: fsync and close return once the object store "
                            "holds the file (a failed upload is answered EIO and still "
                            "retried in the background).", ("fast", "capacity"))
+    destage_defer: float = _opt(10.0, "duration",
+                                "writeback: while the mount's writers write, one upload runs at "
+                                "a time; a second one waits, once its file is closed, at most "
+                                "this long for them to pause (0.25 s without a write): writers "
+                                "come first, so a checkpoint burst shares less CPU and disk "
+                                "with its own uploads. 0: two uploads at once, beside the "
+                                "writers.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,7 +258,8 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             try:
                 await capacity.start_writeback(
                     cfg.cache.dir, durability=cfg.write.durability, stats=stats,
-                    take_lock=engine.fast is None, calm=engine.sched.wait_calm)
+                    take_lock=engine.fast is None, calm=engine.sched.wait_calm,
+                    defer_max=cfg.write.destage_defer)
             except (OSError, CatalogError) as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise MountError(f"write-back in {cfg.cache.dir}: {why}", EXIT_USAGE) from None

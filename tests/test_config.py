@@ -112,6 +112,13 @@ def test_example_presets_parse_and_comment_every_choice(preset: str) -> None:
                                or lines[j].startswith("[")), f"{path}:{i + 1}: no comment"
 
 
+def test_write_destage_defer() -> None:
+    assert parse_config("").write.destage_defer == 10.0
+    assert parse_config('[write]\ndestage_defer = "500ms"\n').write.destage_defer == 0.5
+    with pytest.raises(ConfigError, match="write.destage_defer"):
+        parse_config("[write]\ndestage_defer = -1\n", "t.toml")
+
+
 def test_etag_reads_reaches_the_object_store_tier() -> None:
     """[source] etag_reads (default on) is what the S3 tier is built with."""
     from fusefs.mount import source_options

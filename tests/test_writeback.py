@@ -457,7 +457,8 @@ def test_a_schema_3_catalog_gains_the_journal(tmp_path: Path) -> None:
 def test_capacity_durability_uploads_before_close_returns(
         s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     put(s3, "c", b"old object")
-    with mount_s3(s3, extra='[write]\ndurability = "capacity"\n') as m:
+    with mount_s3(s3, extra='[write]\ndurability = "capacity"\ndestage_defer = "0s"\n') as m:
+        assert stats(m.mountpoint)["writeback"]["destage_defer_s"] == 0  # the config's
         p = os.path.join(m.mountpoint, "c")
         fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
         os.close(os.dup(fd))  # a close before any write: the object is not emptied
@@ -491,6 +492,16 @@ def test_tier_pending_writes_follow_renames_in_the_journal(s3: S3Server, tmp_pat
         await tier.mkdir(b"d", 0o755, 0, 0)
         await write_file(tier, b"d/a", b"AAAA")
         await write_file(tier, b"top", b"T")
+        # Those writes hold uploads back (the destager waits for writers to pause).
+        wb = tier.writeback
+        assert wb is not None
+        quiet, defer_max = wb.quiet, wb.defer_max
+        wb.quiet = wb.defer_max = 3600.0
+        wb._running = 1  # an upload in progress: a second one waits for the writers
+        with trio.move_on_after(0.2) as scope:
+            await wb.turn(trio.current_time())
+        assert scope.cancelled_caught
+        wb.quiet, wb.defer_max, wb._running = quiet, defer_max, 0
         assert (await tier.stat(b"d/a")).st_size == 4
         assert not exists_in_store(s3, "d/a")  # pending: nobody uploads it here
         await tier.rename(b"top", b"top2")
@@ -512,3 +523,72 @@ def test_tier_pending_writes_follow_renames_in_the_journal(s3: S3Server, tmp_pat
         assert not exists_in_store(s3, "top2") and not exists_in_store(s3, "top")
 
     trio.run(main)
+
+
+# -- while writers write, one upload at a time; never starved --------------------------
+def test_uploads_beside_writers_one_at_a_time_never_starved(tmp_path: Path) -> None:
+    """The destager's rule, on trio's virtual clock (no real waiting, no timing): with an
+    upload running, another starts once no write reached a spool for ``quiet`` seconds,
+    at the latest ``defer_max`` after its spool was ready, when the running one ends, or
+    at once when the unmount drains the queue; with none running, at once."""
+    import trio
+    import trio.testing
+
+    from fusefs.tiers.objectstore.writeback import WriteBack
+
+    async def main() -> None:
+        wb = WriteBack(str(tmp_path), None, quiet=0.25, defer_max=10.0)  # type: ignore[arg-type]
+        wb._running = 1  # an upload is in progress
+        t0 = trio.current_time()
+        await wb.turn(t0)  # nothing written yet: no wait
+        assert trio.current_time() == t0
+        await trio.sleep(1.0)
+        wb.wrote()
+        t1 = trio.current_time()
+        await wb.turn(t0)  # the write just now: wait for a pause of `quiet`
+        assert trio.current_time() == pytest.approx(t1 + 0.25)
+        async with trio.open_nursery() as nursery:
+            async def writer() -> None:  # never pauses for `quiet`
+                while True:
+                    wb.wrote()
+                    await trio.sleep(0.1)
+
+            nursery.start_soon(writer)
+            await trio.sleep(0.05)
+            t2 = trio.current_time()
+            with trio.fail_after(60):  # a starved upload fails here, not by hanging
+                await wb.turn(t2)  # deferred, but not longer than defer_max
+            assert trio.current_time() == pytest.approx(t2 + 10.0)
+
+            async def upload_ends() -> None:
+                await trio.sleep(3.0)
+                wb._ended()
+
+            nursery.start_soon(upload_ends)
+            t3 = trio.current_time()
+            await wb.turn(t3)  # the running upload ended: the next one starts
+            assert trio.current_time() == pytest.approx(t3 + 3.0)
+            await wb.turn(t3)  # none running: at once, writer or not
+            assert trio.current_time() == pytest.approx(t3 + 3.0)
+
+            wb._running = 1
+
+            async def drain_soon() -> None:
+                await trio.sleep(0.5)
+                wb._draining = True  # what drain() sets: the unmount waits for nobody
+
+            nursery.start_soon(drain_soon)
+            t4 = trio.current_time()
+            await wb.turn(t4 + 100)
+            assert trio.current_time() <= t4 + 0.5 + 0.25
+            nursery.cancel_scope.cancel()
+        assert wb.stats.snapshot()["counters"]["writeback.deferred_to_writers"] == 4
+        # [write] destage_defer = 0: uploads start at once, writing or not.
+        wb0 = WriteBack(str(tmp_path), None, defer_max=0.0)  # type: ignore[arg-type]
+        wb0._running = 1
+        wb0.wrote()
+        t5 = trio.current_time()
+        await wb0.turn(t5)
+        assert trio.current_time() == t5
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -213,9 +213,11 @@ class CapacityTier(ABC):
     supports_writeback: bool = False
 
     async def start_writeback(self, cache_dir: str, *, durability: str, stats: Any,
-                              take_lock: bool, calm: Any = None) -> None:
+                              take_lock: bool, calm: Any = None,
+                              defer_max: float = 10.0) -> None:
         """Write back through ``cache_dir`` from now on; recover what a crash left there
-        (called after `start`, before the mount serves)."""
+        (called after `start`, before the mount serves). ``defer_max``: the longest an
+        upload waits for the mount's writers to pause."""
         raise OSError(errno.ENOTSUP, f"{self.kind} sources write in place")
 
     async def run_writeback(self, *, task_status: Any = None) -> None:

@@ -192,8 +192,10 @@ class ObjectStoreTier(CapacityTier):
 
     # -- write-back --------------------------------------------------------
     async def start_writeback(self, cache_dir: str, *, durability: str, stats: Any,
-                              take_lock: bool, calm: Any = None) -> None:
-        wb = WriteBack(cache_dir, self._files, durability=durability, stats=stats, calm=calm)
+                              take_lock: bool, calm: Any = None,
+                              defer_max: float = 10.0) -> None:
+        wb = WriteBack(cache_dir, self._files, durability=durability, stats=stats, calm=calm,
+                       defer_max=defer_max)
         await wb.open(take_lock=take_lock, source=self.description)
         self._files.writeback = wb
 

@@ -257,6 +257,9 @@ class ObjectFile(CapacityFile):
 
     async def pwrite(self, offset: int, data: bytes) -> int:
         sp = self._check_writable()
+        wb = self._files.writeback
+        if wb is not None and sp.id:
+            wb.wrote()  # uploads wait for writers to pause (see writeback)
         async with self._lock:
             if len(data) >= _THREAD_IO:
                 n = await trio.to_thread.run_sync(os.pwrite, self._fd, data, offset)

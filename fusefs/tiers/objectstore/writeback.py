@@ -10,10 +10,13 @@
 * the *pending* spools by path: released (no descriptor open any more), not uploaded
   yet. `OpenFiles` shows the newest pending spool as the file (stat, listings, opens)
   until its upload is done;
-* the destager: uploads ready spools, ``parallel`` (2) at a time, each after the engine's
-  throughput rule (``calm``: wait while latency reads crowd the store), retrying failures
-  with backoff for as long as the row exists (one WARNING when the store stops taking
-  them, one INFO when it takes them again);
+* the destager: uploads ready spools, ``parallel`` (2) at a time, but only one while the
+  mount's writers write (a second starts once they pause: ``quiet``, 0.25 s without a
+  write to a spool, or at most ``defer_max`` (``[write] destage_defer``, 10 s) after its
+  spool became ready), each after the engine's throughput rule (``calm``: wait while
+  latency reads crowd the store), retrying failures with backoff for as long as the row
+  exists (one WARNING when the store stops taking them, one INFO when it takes them
+  again);
 * recovery at mount and the drain at unmount.
 
 Life of a spool (`Spool`): created by a writable open (empty for ``O_TRUNC`` or a new file,
@@ -31,6 +34,16 @@ Decisions:
   directory that names it) precedes the row's commit, and the journal commits with
   ``synchronous=FULL``. A row's size is never larger than its spool unless the cache disk
   lost data; a shrinking truncate of a recorded spool rewrites the row first.
+* Writers before uploads: an upload shares the CPU, the memory bandwidth and often the
+  disk with the writers still writing (on a small machine also with the store's own
+  server), and two of them slowed a checkpoint burst's writer several-fold
+  (docs/architecture.md, "Write-back"). So while writes reach spools, one upload runs at
+  a time; more start once no write has reached a spool for ``quiet`` seconds, or
+  ``defer_max`` after their spool was ready: a writer that never pauses slows uploads, it
+  cannot starve them. Not none at all: then a burst's uploads only begin after it, and
+  the time until the store holds it grew by the whole writer's time. Uploads that
+  someone waits on (``durability = "capacity"``, a directory rename, the unmount drain)
+  never wait.
 * Last close wins, as with uploads at close: a spool released after another of the same
   path supersedes it (the older one's row and file go once the newer row is committed);
   one upload per path at a time, always of the newest ready spool.
@@ -81,6 +94,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds between progress lines while an unmount drains the queue.
 PROGRESS_EVERY = 5.0
+#: An upload starts once no write has reached a spool for this long (seconds) ...
+WRITERS_QUIET = 0.25
+#: ... or this long after its spool became ready, whichever comes first.
+DEFER_MAX = 10.0
 
 
 @dataclass(eq=False)
@@ -138,7 +155,8 @@ class WriteBack:
     def __init__(self, root: str, files: OpenFiles, *, durability: str = "fast",
                  stats: Stats | None = None,
                  calm: Callable[[], Awaitable[None]] | None = None,
-                 parallel: int = 2, retry_max: float = 10.0) -> None:
+                 parallel: int = 2, retry_max: float = 10.0,
+                 quiet: float = WRITERS_QUIET, defer_max: float = DEFER_MAX) -> None:
         if durability not in ("fast", "capacity"):
             raise ValueError(f"durability must be 'fast' or 'capacity', not {durability!r}")
         self.root = root
@@ -149,6 +167,13 @@ class WriteBack:
         self._calm = calm
         self._slots = trio.CapacityLimiter(parallel)
         self._retry_max = retry_max
+        self.quiet = quiet
+        self.defer_max = defer_max
+        #: trio time of the last write to a spool (`wrote`).
+        self._last_write = float("-inf")
+        #: Destager uploads in progress, and an event set whenever one ends.
+        self._running = 0
+        self._upload_ended = trio.Event()
         #: Released spools not uploaded yet, by path, in release order.
         self.pending: dict[bytes, list[Spool]] = {}
         #: Rows whose spool is missing or short: kept, never served or uploaded.
@@ -443,14 +468,46 @@ class WriteBack:
                 del self.pending[sp.path]
 
     # -- destaging ------------------------------------------------------------------
+    def wrote(self) -> None:
+        """A write reached a spool (called for every write: keep it cheap)."""
+        self._last_write = trio.current_time()
+
+    async def turn(self, since: float) -> None:
+        """Return when an upload ready since ``since`` may start: at once when no other
+        upload runs or the unmount drains the queue; else once no write has reached a
+        spool for `quiet` seconds, or at ``since`` + `defer_max`."""
+        deadline = since + self.defer_max
+        counted = False
+        while not self._draining and self._running:
+            until = min(self._last_write + self.quiet, deadline)
+            if until <= trio.current_time():
+                return
+            if not counted:
+                counted = True
+                self.stats.add("writeback.deferred_to_writers")
+            with trio.move_on_at(until):
+                await self._upload_ended.wait()
+
+    def _ended(self) -> None:
+        """A destager upload ended: an upload waiting for its `turn` may start."""
+        self._running -= 1
+        self._upload_ended.set()
+        self._upload_ended = trio.Event()
+
     async def _destage(self, sp: Spool) -> None:
+        ready = trio.current_time()
         try:
             async with self._slots:
                 if self._calm is not None and not self._draining:
                     await self._calm()
+                await self.turn(ready)
                 if sp.gone or not sp.ready or sp.path in self._held:
                     return
-                await self._upload(sp)
+                self._running += 1  # no checkpoint since `turn` returned
+                try:
+                    await self._upload(sp)
+                finally:
+                    self._ended()
         except OSError as exc:
             self._failed(sp, exc)
         finally:
@@ -583,6 +640,7 @@ class WriteBack:
         n, size = self.pending_totals()
         return {
             "durability": self.durability,
+            "destage_defer_s": self.defer_max,
             "pending_files": n,
             "pending_bytes": size,
             "uploading": sum(1 for lst in self.pending.values() for s in lst if s.uploading is not None),
