@@ -30,6 +30,7 @@ from fusefs.tiers.objectstore import ObjectStoreTier
 from fusefs.tiers.objectstore.store import _classify, resolve_source
 from gcsserver import GcsServer, gcs, gcs_memory_server, gcs_server, restartable_gcs  # noqa: F401
 from s3server import free_port
+from test_objectstore import pread_all
 
 pytestmark = pytest.mark.gcs
 
@@ -248,7 +249,7 @@ def test_ranged_reads_at_every_alignment(gcs: GcsServer) -> None:
                 for n in sizes:
                     assert await f.pread(off, n) == data[off:off + n], (off, n)
             ranges = [(o, s) for o in offsets for s in (1, 4096, 5000)]
-            assert await f.pread_many(ranges) == [data[o:o + s] for o, s in ranges]
+            assert await pread_all(f, ranges) == [data[o:o + s] for o, s in ranges]
         finally:
             await f.close()
 

@@ -7,8 +7,8 @@ transfer (`put_object` / `get_object_into`, the seam the fast tier's destager
 will use).
 
 Reads
-    `ObjectFile.pread` is one ranged GET; `ObjectFile.pread_many` issues its
-    ranges concurrently.
+    `ObjectFile.pread` is one ranged GET; concurrent preads of one handle are
+    concurrent GETs (the engine's read-ahead and fills send them so).
 
     On ``s3://`` sources (`Store.versioned`) a read-only open knows its object's
     ETag (the open's exact stat: a HEAD, or the stat cache) and every ranged GET
@@ -69,7 +69,7 @@ import trio
 from ..capacity import CapacityFile, Stat, TierUnavailable
 from .metacache import MetaCache
 from .options import Attributes, ObjectStoreOptions
-from .store import CHUNK, Store, concurrently, err, show, under
+from .store import CHUNK, Store, err, show, under
 from .writeback import Spool, WriteBack
 
 log = logging.getLogger(__name__)
@@ -224,22 +224,6 @@ class ObjectFile(CapacityFile):
                 return await trio.to_thread.run_sync(os.pread, self._fd, size, offset)
             return os.pread(self._fd, size, offset)
         return await self._read_remote(offset, size)
-
-    async def pread_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Read several ``(offset, size)`` ranges, as concurrent ranged GETs."""
-        if self._fd >= 0 or len(ranges) <= 1:
-            return [await self.pread(off, size) for off, size in ranges]
-        if self._closed:
-            raise err(errno.EBADF, "file is closed")
-        if not self._store.versioned:
-            await self._open_input()
-        out: list[bytes] = [b""] * len(ranges)
-
-        async def one(i: int, off: int, size: int) -> None:
-            out[i] = await self._read_remote(off, size)
-
-        await concurrently([(one, i, off, size) for i, (off, size) in enumerate(ranges)])
-        return out
 
     # -- writing -----------------------------------------------------------
     def _check_writable(self) -> Spool:
