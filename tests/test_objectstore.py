@@ -143,7 +143,9 @@ def test_start_errors_are_clear(s3: S3Server) -> None:
         t0 = time.monotonic()
         exc = await raises(errno.EIO, started(dead))
         assert isinstance(exc, TierUnavailable)
-        assert "127.0.0.1:1" in str(exc) and time.monotonic() - t0 < 5
+        # Refused at once: no retry loop (that would last the 30 s retry budget). The
+        # bound is that behaviour, with room for a loaded machine (6.5 s seen at load 12).
+        assert "127.0.0.1:1" in str(exc) and time.monotonic() - t0 < 25
 
         tier = ObjectStoreTier.from_uri(s3.uri(), access_key="WRONGACCESSKEY99",
                                         secret_key="wrong-secret-key-000", dir_markers=False)
