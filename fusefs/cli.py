@@ -44,6 +44,8 @@ MOUNT_OPTIONS = {
     "config=FILE": "TOML configuration file",
     "immutable": "the source never changes: keep kernel caches across opens",
     "log=FILE": "daemon log file",
+    "noxattr": "no extended attributes: the kernel stops asking for them (as [mount] "
+               "xattrs = \"off\")",
     "snapshot=FILE": "object stores: listing snapshot file, loaded at mount and saved at "
                      "unmount (as [source] listing_snapshot)",
     "debug": "log at DEBUG level",
@@ -302,6 +304,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cfg = with_overrides(cfg, "mount", allow_other=True)
     if opts.get("immutable"):
         cfg = with_overrides(cfg, "mount", consistency="immutable")
+    if opts.get("noxattr"):
+        cfg = with_overrides(cfg, "mount", xattrs="off")
     if "://" not in source:
         if not os.path.isdir(source):
             what = "does not exist" if not os.path.exists(source) else "is not a directory"

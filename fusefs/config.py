@@ -87,6 +87,13 @@ class MountConfig:
     attr_timeout: float = _opt(1.0, "duration", "How long the kernel may cache attributes.")
     negative_timeout: float = _opt(1.0, "duration",
                                    "How long the kernel may cache 'no such file'.")
+    xattrs: str = _opt("auto", "enum",
+                       "Extended attributes: on (every getxattr/listxattr/setxattr/"
+                       "removexattr goes to the source), off (the kernel is told once that "
+                       "there are none and stops asking: ls -l and writes cost no xattr "
+                       "round trip; callers get 'Operation not supported'), or auto (on "
+                       "where the source keeps them: a local directory, an s3:// source "
+                       "with stored_attributes; off elsewhere).", ("auto", "on", "off"))
     allow_other: bool = _opt(False, "bool", "Let users other than the mounting one in.")
     kernel_readahead: int = _opt(parse_size("1MiB"), "size",
                                  "Read-ahead of the kernel on this mount (its FUSE requests "

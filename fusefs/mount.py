@@ -275,7 +275,8 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             immutable=immutable,
         )
         ops = Operations(capacity, engine, timeouts=timeouts,
-                         override_for=overrides_from(cfg))
+                         override_for=overrides_from(cfg),
+                         xattrs=capacity.has_xattrs if m.xattrs == "auto" else m.xattrs == "on")
         stats.sources["mount"] = lambda: {
             "source": capacity.description,
             "mountpoint": mountpoint,

@@ -101,6 +101,7 @@ class Operations(pyfuse3.Operations):
         handles: HandleTable | None = None,
         timeouts: Timeouts = Timeouts(),
         override_for: Callable[[bytes], Any] = lambda path: None,
+        xattrs: bool = True,
     ) -> None:
         super().__init__()
         self.capacity = capacity
@@ -111,6 +112,10 @@ class Operations(pyfuse3.Operations):
         engine.kernel_files = self.inodes.files_at
         self.timeouts = timeouts
         self.override_for = override_for
+        #: False: the xattr handlers answer ENOSYS, which the kernel remembers for the
+        #: connection (it answers EOPNOTSUPP itself from then on): ``ls -l`` asks for
+        #: two attributes per file, and each write for security.capability.
+        self.xattrs = xattrs
         #: Count of finished mutating requests (see `_MUTATING`).
         self.mutations = 0
         # Last attributes of objects whose last name went (unlink, rmdir,
@@ -544,18 +549,30 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes ----------------------------------------------------
     @_translate
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        self.engine.stats.add("meta.xattr")
+        if not self.xattrs:
+            raise FUSEError(errno.ENOSYS)
         return await self.capacity.getxattr(self.inodes.path(inode), name)
 
     @_translate
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
+        self.engine.stats.add("meta.xattr")
+        if not self.xattrs:
+            raise FUSEError(errno.ENOSYS)
         await self.capacity.setxattr(self.inodes.path(inode), name, value)
 
     @_translate
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        self.engine.stats.add("meta.xattr")
+        if not self.xattrs:
+            raise FUSEError(errno.ENOSYS)
         return await self.capacity.listxattr(self.inodes.path(inode))
 
     @_translate
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.engine.stats.add("meta.xattr")
+        if not self.xattrs:
+            raise FUSEError(errno.ENOSYS)
         await self.capacity.removexattr(self.inodes.path(inode), name)
 

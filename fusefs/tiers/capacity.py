@@ -185,6 +185,8 @@ class CapacityTier(ABC):
     kind: str = "?"
     #: Whether the tier can keep hard links, device nodes, ownership, xattrs.
     supports_links: bool = False
+    #: Whether the tier keeps extended attributes (``[mount] xattrs = "auto"`` asks).
+    has_xattrs: bool = False
     #: Whether a read is a network request (object stores), so that fetching a
     #: larger aligned block per miss costs little more than the bytes asked for.
     remote: bool = False

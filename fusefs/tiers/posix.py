@@ -119,6 +119,7 @@ class PosixTier(CapacityTier):
 
     kind = "posix"
     supports_links = True
+    has_xattrs = True
     needs_flush = False  # writes reach the source file at once; close has nothing to do
 
     def __init__(self, root: str, *, drop_source_cache: bool = True) -> None:

@@ -302,6 +302,10 @@ class ObjectStoreTier(CapacityTier):
                 await f.close()
 
     # -- extended attributes (stored_attributes) ----------------------------
+    @property
+    def has_xattrs(self) -> bool:  # type: ignore[override]
+        return self._attrs.stored
+
     def _xattr_name(self, name: bytes) -> str:
         if not self._attrs.stored:
             raise err(errno.ENOTSUP, "extended attributes need stored_attributes = true "

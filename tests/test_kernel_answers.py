@@ -1,0 +1,100 @@
+"""What the kernel is told once so that it stops asking: extended attributes.
+
+A source that keeps no extended attributes (an ``s3://`` bucket without
+``stored_attributes``) answers the first xattr request of each kind with ENOSYS; the
+kernel remembers it for the mount and answers EOPNOTSUPP itself, so ``ls -l`` (two
+getxattr per file) and writes (security.capability) stop costing round trips to the
+daemon. A local source keeps its attributes unless ``-o noxattr`` is given. Counts
+asserted here are of requests that reach the daemon in a single-threaded sequence
+(no timing in them): the kernel forwards none once it was told.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from mounting import Mounted, tierfs_cmd
+from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.mount]
+
+
+def counters(mnt: str) -> dict[str, Any]:
+    out = subprocess.run(tierfs_cmd("stats", mnt, "--json"), capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return json.loads(out)["counters"]
+
+
+def errno_of(fn: Callable[[], object]) -> int | None:
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def ls_l(path: str) -> str:
+    return subprocess.run(["ls", "-l", path], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+
+
+@pytest.mark.s3
+def test_a_store_without_attributes_is_asked_once(s3: S3Server, tmp_path: Path,  # noqa: F811
+                                                   make_mount: Callable[..., Mounted]) -> None:
+    for i in range(20):
+        (s3.bucket_dir / "x" / f"f{i:02d}").parent.mkdir(parents=True, exist_ok=True)
+        (s3.bucket_dir / "x" / f"f{i:02d}").write_bytes(b"%d" % i * 100)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'[source]\naccess_key = "{s3.access_key}"\n'
+                   f'secret_key = "{s3.secret_key}"\ndir_markers = false\n'
+                   'read_timeout = "120s"\n')
+    with make_mount(s3.uri("x") + "&request_timeout=60", config=str(cfg)) as m:
+        mp = m.mountpoint
+        f = f"{mp}/f00"
+        for fn in (lambda: os.getxattr(f, "user.a"), lambda: os.listxattr(f),
+                   lambda: os.setxattr(f, "user.a", b"v"), lambda: os.removexattr(f, "user.a")):
+            assert errno_of(fn) == errno.ENOTSUP
+        told = counters(mp).get("meta.xattr", 0)
+        assert told >= 1  # the daemon was asked, and said ENOSYS
+        listing = ls_l(mp)
+        assert listing.count(" f") == 20
+        for i in range(20):
+            p = f"{mp}/f{i:02d}"
+            assert errno_of(lambda: os.getxattr(p, "security.selinux")) == errno.ENOTSUP
+            with open(p, "r+b") as fh:  # a write asks for security.capability
+                fh.write(b"w")
+            with open(p, "rb") as fh:
+                assert fh.read() == b"w" + (b"%d" % i * 100)[1:]
+        assert counters(mp).get("meta.xattr", 0) == told
+
+
+def test_a_local_source_keeps_its_attributes_unless_told(tmp_path: Path,
+                                                         make_mount: Callable[..., Mounted]
+                                                         ) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data")
+    os.setxattr(src / "f", "user.colour", b"blue")
+    with make_mount(str(src)) as m:
+        assert os.getxattr(f"{m.mountpoint}/f", "user.colour") == b"blue"
+        assert os.listxattr(f"{m.mountpoint}/f") == ["user.colour"]
+    with make_mount(str(src), options=["noxattr"]) as m:
+        f = f"{m.mountpoint}/f"
+        assert errno_of(lambda: os.getxattr(f, "user.colour")) == errno.ENOTSUP
+        assert errno_of(lambda: os.listxattr(f)) == errno.ENOTSUP
+        assert errno_of(lambda: os.setxattr(f, "user.x", b"1")) == errno.ENOTSUP
+        told = counters(m.mountpoint).get("meta.xattr", 0)
+        ls_l(m.mountpoint)
+        assert errno_of(lambda: os.getxattr(f, "user.colour")) == errno.ENOTSUP
+        assert counters(m.mountpoint).get("meta.xattr", 0) == told
+        with open(f, "rb") as fh:
+            assert fh.read() == b"data"
+    assert os.getxattr(src / "f", "user.colour") == b"blue"  # nothing lost at the source
+    assert "user.x" not in os.listxattr(src / "f")
