@@ -37,6 +37,8 @@ class Inode:
     locations: list[Location] = field(default_factory=list)
     lookups: int = 0
     open_handles: int = 0
+    #: The size the kernel was last told (an entry or attributes); -1: none yet.
+    told_size: int = -1
 
 
 class InodeTable:
@@ -65,6 +67,15 @@ class InodeTable:
             return self._inodes[ino]
         except KeyError:
             raise OSError(errno.ESTALE, f"unknown inode {ino}") from None
+
+    def told(self, ino: int, size: int) -> int:
+        """Note that the kernel was told ``ino`` is ``size`` bytes; returns the size it
+        was told before (-1: none, or an inode this table does not hold)."""
+        node = self._inodes.get(ino)
+        if node is None:
+            return -1
+        before, node.told_size = node.told_size, size
+        return before
 
     def path(self, ino: int) -> bytes:
         """The tier path of ``ino`` through its first known location."""

@@ -148,6 +148,7 @@ class Operations(pyfuse3.Operations):
 
     # -- helpers -----------------------------------------------------------
     def _entry(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
+        self.inodes.told(ino, st.st_size)
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
@@ -418,6 +419,13 @@ class Operations(pyfuse3.Operations):
         h = self.handles.add_file(ino=node.ino, path=path, file=f, flags=flags,
                                   pid=ctx.pid, size=st.st_size)
         info = self._opened(h, st)
+        if self.inodes.told(node.ino, st.st_size) not in (-1, st.st_size):
+            # The open found another size than the kernel holds (a lookup answered by
+            # a listing, then the open's HEAD): its reads stop at the size it holds
+            # while its attributes are valid, so they must not be. Attributes only:
+            # no page lock is taken, safe inside a request.
+            self.engine.stats.add("open.kernel_attrs_dropped")
+            self.engine.kernel.forget_attrs(node.ino)
         if _writable(flags):
             self.engine.writer_opened(h.ino)
             await self.engine.pushes_drained(h.ino)

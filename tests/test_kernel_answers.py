@@ -98,3 +98,32 @@ def test_a_local_source_keeps_its_attributes_unless_told(tmp_path: Path,
             assert fh.read() == b"data"
     assert os.getxattr(src / "f", "user.colour") == b"blue"  # nothing lost at the source
     assert "user.x" not in os.listxattr(src / "f")
+
+
+@pytest.mark.s3
+def test_an_open_that_finds_a_new_size_tells_the_kernel(s3: S3Server, tmp_path: Path,  # noqa: F811
+                                                        make_mount: Callable[..., Mounted]
+                                                        ) -> None:
+    """The listing (cached for list_ttl) told the kernel one size; the open's HEAD finds
+    the object replaced by a longer one: every byte of the new version is read, not
+    only as many as the kernel's attributes said."""
+    d = s3.bucket_dir / "y"
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        (d / f"f{i}").write_bytes(b"old-%d" % i)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'[source]\naccess_key = "{s3.access_key}"\n'
+                   f'secret_key = "{s3.secret_key}"\ndir_markers = false\n'
+                   'read_timeout = "120s"\n')
+    with make_mount(s3.uri("y") + "&request_timeout=60", config=str(cfg)) as m:
+        mp = m.mountpoint
+        assert sorted(os.listdir(mp)) == ["f0", "f1", "f2", "f3"]  # listed: sizes cached
+        for i in range(4):
+            assert os.stat(f"{mp}/f{i}").st_size == 5
+        new = {i: b"new-%d-" % i + os.urandom(3000) for i in range(4)}
+        for i in range(4):
+            (d / f"f{i}").write_bytes(new[i])
+        for i in range(4):
+            with open(f"{mp}/f{i}", "rb") as fh:
+                assert fh.read() == new[i]
+            assert os.stat(f"{mp}/f{i}").st_size == len(new[i])

@@ -38,13 +38,13 @@ class KernelPages:
         consistency: decides whether bytes are still current when a push runs.
         stats: counters.
         push: ``notify_store(inode, offset, data)``, or None (no pushes).
-        drop: ``invalidate_inode(inode)``, or None.
+        drop: ``invalidate_inode(inode, attr_only=False)``, or None.
         budget: bytes all pushes in flight may hold.
     """
 
     def __init__(self, consistency: Consistency, stats: Stats, *,
                  push: Callable[[int, int, bytes], None] | None = None,
-                 drop: Callable[[int], None] | None = None,
+                 drop: Callable[..., None] | None = None,
                  budget: int = 256 << 20) -> None:
         self.consistency = consistency
         self.stats = stats
@@ -118,6 +118,18 @@ class KernelPages:
         if self.drop_fn is None or self.nursery is None:
             return
         self.nursery.start_soon(self._drop, ino)
+
+    def forget_attrs(self, ino: int) -> None:
+        """Have the kernel ask for the attributes of ``ino`` again (its pages stay).
+
+        Synchronous and safe inside a request: the kernel takes no page or inode lock
+        for it."""
+        if self.drop_fn is None:
+            return
+        try:
+            self.drop_fn(ino, attr_only=True)
+        except OSError as exc:  # ENOENT: the kernel no longer holds the inode
+            log.debug("kernel attributes of inode %d not dropped: %s", ino, exc)
 
     async def _drop(self, ino: int) -> bool:
         assert self.drop_fn is not None
