@@ -83,8 +83,14 @@ class MountConfig:
                             "When cached data is checked against the source: on every open "
                             "(close-to-open), or never (immutable: the dataset never changes).",
                             ("close-to-open", "immutable"))
-    entry_timeout: float = _opt(1.0, "duration", "How long the kernel may cache names.")
-    attr_timeout: float = _opt(1.0, "duration", "How long the kernel may cache attributes.")
+    entry_timeout: float = _opt(1.0, "duration",
+                                "How long the kernel may cache names (on an object store at "
+                                "least as long as the metadata cache would answer the same: "
+                                "the rest of stat_ttl/list_ttl).")
+    attr_timeout: float = _opt(1.0, "duration",
+                               "How long the kernel may cache attributes (on an object store "
+                               "at least as long as the metadata cache would answer the "
+                               "same).")
     negative_timeout: float = _opt(1.0, "duration",
                                    "How long the kernel may cache 'no such file'.")
     xattrs: str = _opt("auto", "enum",
