@@ -276,7 +276,8 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
         )
         ops = Operations(capacity, engine, timeouts=timeouts,
                          override_for=overrides_from(cfg),
-                         xattrs=capacity.has_xattrs if m.xattrs == "auto" else m.xattrs == "on")
+                         xattrs=capacity.has_xattrs if m.xattrs == "auto" else m.xattrs == "on",
+                         forget_entry=_forget_entry)
         stats.sources["mount"] = lambda: {
             "source": capacity.description,
             "mountpoint": mountpoint,
@@ -533,6 +534,16 @@ def _mount_device(mountpoint: str) -> str | None:
         if mnt == target:
             found = fields[2]
     return found
+
+
+async def _forget_entry(parent: int, name: bytes) -> None:
+    """Have the kernel drop its entry ``name`` in directory ``parent``; returns once it
+    has. In a thread: the kernel takes the directory's lock, which a process waiting
+    on another request of this mount may hold."""
+    try:
+        await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name)
+    except OSError as exc:  # ENOENT: the kernel held no such entry
+        log.debug("kernel entry %r in %d not dropped: %s", name, parent, exc)
 
 
 def set_kernel_readahead(mountpoint: str, nbytes: int) -> None:

@@ -102,6 +102,7 @@ class Operations(pyfuse3.Operations):
         timeouts: Timeouts = Timeouts(),
         override_for: Callable[[bytes], Any] = lambda path: None,
         xattrs: bool = True,
+        forget_entry: Callable[[int, bytes], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.capacity = capacity
@@ -116,6 +117,8 @@ class Operations(pyfuse3.Operations):
         #: connection (it answers EOPNOTSUPP itself from then on): ``ls -l`` asks for
         #: two attributes per file, and each write for security.capability.
         self.xattrs = xattrs
+        #: Drops the kernel's entry ``(parent, name)`` of a mount, or None (no kernel).
+        self.forget_entry = forget_entry
         #: Count of finished mutating requests (see `_MUTATING`).
         self.mutations = 0
         # Last attributes of objects whose last name went (unlink, rmdir,
@@ -147,13 +150,16 @@ class Operations(pyfuse3.Operations):
             stats.add(f"errors.eio.{cause or 'tier'}")
 
     # -- helpers -----------------------------------------------------------
-    def _entry(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
+    def _entry(self, ino: int, st: Stat, trusted: float = 0.0) -> pyfuse3.EntryAttributes:
+        """The kernel's entry for ``ino``; ``trusted``: seconds the tier will answer the
+        same without asking its source (`CapacityTier.trusted_for`), which the kernel
+        may keep it too: asking sooner would get the same answer from our cache."""
         self.inodes.told(ino, st.st_size)
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
-        e.entry_timeout = self.timeouts.entry
-        e.attr_timeout = self.timeouts.attr
+        e.entry_timeout = max(self.timeouts.entry, trusted)
+        e.attr_timeout = max(self.timeouts.attr, trusted)
         e.st_mode = st.st_mode
         e.st_nlink = st.st_nlink
         e.st_uid = st.st_uid
@@ -211,7 +217,8 @@ class Operations(pyfuse3.Operations):
                 e.entry_timeout = self.timeouts.negative
                 return e
             raise
-        return self._entry(self._remember(parent_inode, name, st), st)
+        return self._entry(self._remember(parent_inode, name, st), st,
+                           self.capacity.trusted_for(path) if self.capacity.remote else 0.0)
 
     @_translate
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -221,7 +228,14 @@ class Operations(pyfuse3.Operations):
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self.engine.stats.add("meta.getattr")
-        return self._entry(inode, await self._stat_ino(inode))
+        st = await self._stat_ino(inode)
+        trusted = 0.0
+        if self.capacity.remote:
+            try:
+                trusted = self.capacity.trusted_for(self.inodes.path(inode))
+            except OSError:
+                pass  # no name left: an open file's own attributes
+        return self._entry(inode, st, trusted)
 
     @_translate
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -409,7 +423,15 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         self.engine.stats.add("meta.open")
         path = self.inodes.path(inode)
-        f = await self.capacity.open(path, flags)
+        try:
+            f = await self.capacity.open(path, flags)
+        except FileNotFoundError:
+            # Gone from the store though the kernel still holds its name (for as long
+            # as our cache would have vouched for it): the kernel must not keep it.
+            if self.forget_entry is not None and self.capacity.remote:
+                for parent, name in self.inodes.get(inode).locations:
+                    await self.forget_entry(parent, name)
+            raise
         try:
             st = await f.fstat()
             node = self.inodes.opened(inode)
@@ -531,6 +553,7 @@ class Operations(pyfuse3.Operations):
         # it saw before sending that request; after a change since the
         # snapshot, its entries are stated again (a link count, a size).
         restat = start_id > 0 and h.mutations != self.mutations
+        base = self.inodes.path(h.ino) if self.capacity.remote else None
         for i in range(start_id, len(entries)):
             name, st = entries[i]
             if restat:
@@ -541,7 +564,9 @@ class Operations(pyfuse3.Operations):
                 entries[i] = (name, st)
             # readdirplus: every accepted entry is a lookup the kernel will forget.
             ino = self._remember(h.ino, name, st, count=0)
-            if not pyfuse3.readdir_reply(token, name, self._entry(ino, st), i + 1):
+            trusted = 0.0 if base is None else \
+                self.capacity.trusted_for(base + b"/" + name if base else name)
+            if not pyfuse3.readdir_reply(token, name, self._entry(ino, st, trusted), i + 1):
                 self.inodes.forget(ino, 0)
                 break
             self.inodes.get(ino).lookups += 1

@@ -15,11 +15,11 @@ import errno
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
 from mounting import Mounted, tierfs_cmd
 from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
 
@@ -127,3 +127,46 @@ def test_an_open_that_finds_a_new_size_tells_the_kernel(s3: S3Server, tmp_path: 
             with open(f"{mp}/f{i}", "rb") as fh:
                 assert fh.read() == new[i]
             assert os.stat(f"{mp}/f{i}").st_size == len(new[i])
+
+
+def _s3_config(tmp_path: Path, s3: S3Server, extra: str = "") -> str:  # noqa: F811
+    cfg = tmp_path / "ttl.toml"
+    cfg.write_text(f'[source]\naccess_key = "{s3.access_key}"\n'
+                   f'secret_key = "{s3.secret_key}"\ndir_markers = false\n'
+                   f'read_timeout = "120s"\n{extra}')
+    return str(cfg)
+
+
+@pytest.mark.s3
+def test_the_kernel_keeps_what_the_mount_would_answer_anyway(
+        s3: S3Server, tmp_path: Path, make_mount: Callable[..., Mounted]) -> None:  # noqa: F811
+    """Names and attributes the mount's metadata cache vouches for (stat_ttl) are the
+    kernel's for as long: a second walk sends no lookups, though it starts after the
+    configured 1 s timeouts have passed; a name an open finds gone is gone for stat."""
+    d = s3.bucket_dir / "z"
+    d.mkdir(parents=True, exist_ok=True)
+    files = {f"f{i:02d}": b"%02d" % i * (50 + i) for i in range(30)}
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    (d / "a-gone").write_bytes(b"here")
+    cfg = _s3_config(tmp_path, s3, 'stat_ttl = "1h"\nlist_ttl = "1h"\n')
+    with make_mount(s3.uri("z") + "&request_timeout=60", config=cfg) as m:
+        mp = m.mountpoint
+
+        def walk() -> None:
+            for name, data in files.items():
+                assert os.stat(f"{mp}/{name}").st_size == len(data)
+                with open(f"{mp}/{name}", "rb") as fh:
+                    assert fh.read() == data
+
+        walk()
+        time.sleep(1.5)  # past [mount] entry_timeout and attr_timeout (1 s)
+        before = counters(mp).get("meta.lookup", 0)
+        walk()
+        assert counters(mp).get("meta.lookup", 0) - before < len(files) // 4
+
+        # Listed, never opened: its open asks the store, which no longer has it.
+        assert os.stat(f"{mp}/a-gone").st_size == 4
+        (d / "a-gone").unlink()  # behind the mount's back
+        assert errno_of(lambda: open(f"{mp}/a-gone", "rb")) == errno.ENOENT
+        assert errno_of(lambda: os.stat(f"{mp}/a-gone")) == errno.ENOENT

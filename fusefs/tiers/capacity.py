@@ -352,6 +352,13 @@ class CapacityTier(ABC):
     async def fsync_dir(self, path: bytes) -> None:
         """Make a directory's entries durable (no-op where the store has none)."""
 
+    def trusted_for(self, path: bytes) -> float:
+        """Seconds for which `stat` of ``path`` will answer what it answered last without
+        asking the source (a metadata cache's remaining life); 0 where it always asks.
+        The kernel may keep the answer as long (`Operations` adds it to its timeouts):
+        no staler than the mount's own caches."""
+        return 0.0
+
     # -- extended attributes (optional) ----------------------------------
     async def getxattr(self, path: bytes, name: bytes) -> bytes:
         raise OSError(errno.ENOTSUP, "extended attributes are not supported by this tier")

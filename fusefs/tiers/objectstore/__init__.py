@@ -228,6 +228,11 @@ class ObjectStoreTier(CapacityTier):
     async def stat(self, path: bytes) -> Stat:
         return await self._ns.stat(path)
 
+    def trusted_for(self, path: bytes) -> float:
+        if not path or self._files.writer_stat(path) is not None:
+            return 0.0  # the root's and open writers' attributes are not from the cache
+        return self._cache.fresh_for(path)
+
     def cached_listing(self, path: bytes) -> dict[bytes, Stat] | None:
         return self._cache.cached_listing(path)
 

@@ -159,6 +159,19 @@ class MetaCache:
             if old is not None and _same_object_better(old, st):
                 listing.entries[name] = st  # type: ignore[union-attr]
 
+    def fresh_for(self, path: bytes) -> float:
+        """Seconds for which `lookup` will still answer ``path`` from this cache without
+        asking the store (0: it would ask now)."""
+        now = self._clock()
+        hit = self._stats.get(path)
+        if hit is not None and hit[0] > now:
+            return hit[0] - now
+        parent, name = split(path)
+        listing = self._lists.get(parent)
+        if listing is None or name not in listing.entries:
+            return 0.0
+        return max(0.0, min(listing.stat_expires, listing.list_expires) - now)
+
     def _sweep(self) -> None:
         """Drop expired single-object entries once the tables have doubled since the last sweep."""
         size = len(self._stats) + len(self._negative)
