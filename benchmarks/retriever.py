@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": [sys.executable, *sys.argv],
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                    "loadavg_start": os.getloadavg()},
+                    "nice": os.nice(0), "loadavg_start": os.getloadavg()},
         "dataset": {"dir": str(base), **asdict(spec), "dim": DIM},
         "workload": {"queries": n_queries, "docs_per_query": args.docs_per_query,
                      "nprobe": args.nprobe, "list_bytes": [16 * KiB, 64 * KiB], "io": args.io,
