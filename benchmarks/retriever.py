@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="32 MiB index, 2,000 documents, 100 queries: a smoke run of a minute "
                         "or two")
     p.add_argument("--queries", type=int, default=None,
-                   help="queries per pass (default 400, --quick 100); the same for every target")
+                   help="queries per pass (default 300, --quick 100); the same for every target")
     p.add_argument("--docs", type=int, default=None,
                    help="documents in the dataset (default 20000, --quick 2000)")
     p.add_argument("--index-mib", type=int, default=None,
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [t for t in targets if t not in ALL_TARGETS]
     if bad:
         parser.error(f"unknown target {', '.join(bad)}; choose from {', '.join(ALL_TARGETS)}")
-    n_queries = args.queries or (100 if args.quick else 400)
+    n_queries = args.queries or (100 if args.quick else 300)
     n_docs = args.docs or (2000 if args.quick else 20000)
     index_mib = args.index_mib or (32 if args.quick else 128)
     if n_queries < 1 or n_docs < args.docs_per_query or index_mib < 1 or args.nprobe < 1:
