@@ -382,11 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     bad = [t for t in targets if t not in ALL_TARGETS]
     if bad:
         parser.error(f"unknown target {', '.join(bad)}; choose from {', '.join(ALL_TARGETS)}")
-    n_queries = args.queries or (100 if args.quick else 300)
-    n_docs = args.docs or (2000 if args.quick else 20000)
-    index_mib = args.index_mib or (32 if args.quick else 128)
-    if n_queries < 1 or n_docs < args.docs_per_query or index_mib < 1 or args.nprobe < 1:
-        parser.error("--queries, --nprobe and --index-mib must be >= 1 and --docs >= "
+    def pick(given: int | None, quick: int, full: int) -> int:
+        return given if given is not None else quick if args.quick else full
+    n_queries = pick(args.queries, 100, 300)
+    n_docs = pick(args.docs, 2000, 20000)
+    index_mib = pick(args.index_mib, 32, 128)
+    if min(n_queries, index_mib, args.nprobe, args.docs_per_query) < 1 or n_docs < args.docs_per_query:
+        parser.error("--queries, --nprobe, --index-mib and --docs-per-query must be >= 1, --docs >= "
                      "--docs-per-query")
     try:
         import numpy  # noqa: F401
