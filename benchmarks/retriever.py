@@ -228,8 +228,8 @@ def proc_io(pid: int) -> dict[str, int]:
 
 
 def tierfs_counters(mnt: Path) -> dict[str, int]:
-    sys.path.insert(0, str(HERE.parent))
-    from fusefs.control import call
+    """The mount's counters, as `tierfs stats --json` prints them."""
+    from fusefs.control import call  # importable: run.py put the repository on sys.path
 
     return call(str(mnt), "stats")["stats"]["counters"]
 
