@@ -484,6 +484,13 @@ def _check_status(status: int, body: bytes) -> None:
                          msg.group(1).decode(errors="replace") if msg else "")
 
 
+def _metadata_text(md: Any, name: str) -> str:
+    """The value of ``name`` in a pyarrow input file's metadata (keys and values may be
+    bytes or str), or "" where it has none."""
+    v = md.get(name, md.get(name.encode()))
+    return v.decode() if isinstance(v, bytes) else str(v or "")
+
+
 def _http_date_ns(value: str | None) -> int:
     """An HTTP date (``Last-Modified``) in whole seconds as ns; 0 if absent or unreadable."""
     if not value:
@@ -995,10 +1002,7 @@ class Store:
             md = f.metadata()
         except (OSError, ValueError):
             return "", 0
-        def get(name: str) -> str:
-            v = md.get(name, md.get(name.encode()))
-            return v.decode() if isinstance(v, bytes) else str(v or "")
-        generation, updated = get("generation"), get("updated")
+        generation, updated = _metadata_text(md, "generation"), _metadata_text(md, "updated")
         try:
             ns = int(datetime.datetime.fromisoformat(updated.replace("Z", "+00:00"))
                      .timestamp()) * 1_000_000_000 if updated else 0
