@@ -23,7 +23,7 @@ from posix_util import NOBODY, open_dir_fd, run_as
 
 from mounting import Mounted
 from s3server import S3Server, api, moto_server, rclone_api_server  # noqa: F401
-from test_s3_mount import config
+from test_s3_mount import config, stats
 
 pytestmark = [pytest.mark.s3, pytest.mark.mount]
 
@@ -324,6 +324,34 @@ def test_chmod_of_multipart_object_keeps_open_readers(
         with open(path, "rb") as f:
             assert f.read() == data
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+# Not on rclone: its listings give an object's stored mtime as LastModified, its HEAD
+# and GET answers the time of the upload, so no version is common to both there.
+@pytest.mark.parametrize("attr_s3", ["moto", "moto-nomarkers"], indirect=True)
+def test_a_walk_is_served_from_its_fetches_ahead(attr_s3: S3Server,
+                                                 mount_attrs: Callable[..., Mounted]) -> None:
+    """With stored attributes, the files a walk fetched ahead are the versions its opens
+    find (an object's version is what the store says names its bytes: ETag, size and
+    Last-Modified, never the mtime its metadata stores), so the walk's reads are served
+    from what was fetched, and every byte is right."""
+    client = api(attr_s3)
+    files = {f"w/f{i:03d}": os.urandom(1000 + 37 * i) for i in range(24)}
+    for i, (key, data) in enumerate(sorted(files.items())):
+        # A stored mtime unlike the object's Last-Modified (and not whole seconds).
+        client.put_object(Bucket=attr_s3.bucket, Key=key, Body=data, Metadata={
+            "mode": str(stat.S_IFREG | 0o640), "mtime": f"1500000000.{i + 1:09d}"})
+    with mount_attrs(attr_s3) as m:
+        for i, key in enumerate(sorted(files)):
+            p = f"{m.mountpoint}/{key}"
+            st = os.stat(p)
+            assert (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == \
+                (len(files[key]), 1_500_000_000_000_000_000 + i + 1, 0o640)
+            with open(p, "rb") as f:
+                assert f.read() == files[key], key
+        c = stats(m.mountpoint)["counters"]
+        assert c.get("walk.fetched_files", 0) > 0
+        assert c.get("walk.hits", 0) > 0  # what was fetched ahead was used
 
 
 def test_permission_checks_use_stored_modes(attr_s3: S3Server,

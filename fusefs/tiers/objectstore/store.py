@@ -1144,7 +1144,8 @@ class Store:
 
     def _answer_stat(self, size: int, etag: str, headers: dict[str, str], kind: str) -> Stat:
         """The `Stat` an S3 answer (HEAD or GET) states: size, Last-Modified, ETag, and
-        with `stored_attributes` what its user metadata stores."""
+        with `stored_attributes` what its user metadata stores (a stored mtime is shown;
+        the version keeps Last-Modified, as a listing gives it)."""
         mtime_ns = _http_date_ns(headers.get("last-modified"))
         base = (self._attrs.dir(mtime_ns or self._attrs.started_ns) if kind == "dir"
                 else self._attrs.file(size, mtime_ns or self._attrs.started_ns))
