@@ -23,7 +23,7 @@ import trio
 
 from fusefs.tiers.capacity import TierUnavailable, same_version
 from fusefs.tiers.objectstore import ObjectStoreTier
-from s3server import S3Server, restartable_s3, s3, s3_md5, s3_md5_server, s3_server  # noqa: F401  (fixtures)
+from s3server import S3Server
 
 pytestmark = pytest.mark.s3
 
