@@ -14,6 +14,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mounting import Mounted  # noqa: E402
 
+# The loopback servers' fixtures and the S3 mount factory, once for the whole run: a
+# session server starts once however many modules use it (a fixture imported into a
+# module would be that module's own, and start its own server).
+pytest_plugins = ["s3server", "s3mounts", "gcsserver"]
+
 
 class _Errors(logging.Handler):
     def __init__(self) -> None:

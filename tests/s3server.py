@@ -3,8 +3,14 @@
 `S3Server` starts ``rclone serve s3`` on 127.0.0.1 and a free port, with
 buckets as subdirectories of ``data_dir`` (so tests can create thousands of
 objects directly on disk), waits until the port answers, and can be stopped and
-started again on the same port mid-test. The pytest fixtures in this module
-(`s3_server`, `restartable_s3`) always stop what they started.
+started again on the same port mid-test. This module is a pytest plugin
+(``pytest_plugins`` in conftest.py): its fixtures exist once for the whole run, so
+each session server starts once however many test modules use it, and they
+always stop what they started. Session servers: `s3_server`, `s3_md5_server`
+(buckets made on disk), `rclone_api_server`, `rclone_md5_server`, `moto_server`
+(buckets made through the API); a test takes a new bucket of one through
+`bucket_view` (fixtures `s3`, `s3_md5`, `any_s3`, `versioned_s3`), or a server of
+its own from `restartable_s3`.
 
 Flags that matter:
     ``--etag-hash ''``   without it every GET hashes the whole object (seconds
@@ -26,6 +32,8 @@ Known limits of this server (rclone v1.7x), which the tests work with:
     * it refuses ``aws-chunked`` uploads with trailing checksums (HTTP 411), so
       clients need ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required``;
     * short access keys are rejected as unknown: use 12 characters or more.
+    * its listings give an object's stored ``x-amz-meta-mtime`` as LastModified (the
+      file's time on disk), its HEAD and GET answers the time of the upload.
 """
 
 from __future__ import annotations
@@ -121,15 +129,30 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 _bucket_counter = iter(range(1, 1_000_000))
 
 
+def bucket_view(base: S3Server, prefix: str, *, kind: str = "rclone",
+                markers: bool | None = None, on_disk: bool = False) -> S3Server:
+    """``base`` (a session server) pointed at a new, empty bucket named ``prefix`` and a
+    number: made in its data directory (``on_disk``: rclone with a 0 s directory cache)
+    or through the S3 API (its directory cache knows it at once). ``kind`` ("rclone",
+    "moto") and ``markers`` (whether the tier runs with ``dir_markers``: moto's by
+    default) go on the view for the tests and `mount_s3`."""
+    name = f"{prefix}{next(_bucket_counter):04d}"
+    if on_disk:
+        (base.data_dir / name).mkdir()
+    else:
+        api(base).create_bucket(Bucket=name)
+    view = S3Server.__new__(type(base))
+    view.__dict__.update(base.__dict__)
+    view.bucket = name
+    view.kind = kind  # type: ignore[attr-defined]
+    view.markers = kind == "moto" if markers is None else markers  # type: ignore[attr-defined]
+    return view
+
+
 @pytest.fixture
 def s3(s3_server: S3Server) -> S3Server:
     """The session server, pointed at a new, empty bucket for this test."""
-    name = f"b{next(_bucket_counter):04d}"
-    (s3_server.data_dir / name).mkdir()
-    view = S3Server.__new__(S3Server)
-    view.__dict__.update(s3_server.__dict__)
-    view.bucket = name
-    return view
+    return bucket_view(s3_server, "b", on_disk=True)
 
 
 @pytest.fixture(scope="session")
@@ -147,12 +170,7 @@ def s3_md5_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server
 @pytest.fixture
 def s3_md5(s3_md5_server: S3Server) -> S3Server:
     """`s3` on the server with ETags."""
-    name = f"m{next(_bucket_counter):04d}"
-    (s3_md5_server.data_dir / name).mkdir()
-    view = S3Server.__new__(S3Server)
-    view.__dict__.update(s3_md5_server.__dict__)
-    view.bucket = name
-    return view
+    return bucket_view(s3_md5_server, "m", on_disk=True)
 
 
 @pytest.fixture
@@ -240,18 +258,30 @@ def rclone_api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Se
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def rclone_md5_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """`rclone_api_server` with real ETags (MD5 of the content; it hashes every object
+    it serves, so for small objects only)."""
+    server = S3Server(tmp_path_factory.mktemp("s3md5api"), dir_cache_time="2s", etag_hash="MD5")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=["rclone", "moto"])
 def any_s3(request: pytest.FixtureRequest) -> S3Server:
     """A new, empty bucket on each S3 server we can run here: ``rclone serve s3``
     (directories are folders: no markers) and moto (markers are objects)."""
-    name = f"n{next(_bucket_counter):04d}"
-    if request.param == "rclone":
-        base: S3Server = request.getfixturevalue("rclone_api_server")
-    else:
-        base = request.getfixturevalue("moto_server")
-    api(base).create_bucket(Bucket=name)  # through the API: rclone's cache knows it at once
-    view = S3Server.__new__(type(base))
-    view.__dict__.update(base.__dict__)
-    view.bucket = name
-    view.kind = request.param  # type: ignore[attr-defined]
-    return view
+    base = request.getfixturevalue("rclone_api_server" if request.param == "rclone"
+                                   else "moto_server")
+    return bucket_view(base, "n", kind=request.param)
+
+
+@pytest.fixture(params=["rclone", "moto"])
+def versioned_s3(request: pytest.FixtureRequest) -> S3Server:
+    """`any_s3` on servers that give ETags (rclone with ``--etag-hash MD5``, moto)."""
+    base = request.getfixturevalue("rclone_md5_server" if request.param == "rclone"
+                                   else "moto_server")
+    return bucket_view(base, "v", kind=request.param)

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 from mounting import REPO, Mounted, assert_clean_log, force_unmount, is_mounted, tierfs_cmd
-from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
-from test_s3_mount import config as s3_config
+from s3mounts import config as s3_config
+from s3server import S3Server
 
 from fusefs.cli import build_parser
 from fusefs.control import call

@@ -28,7 +28,7 @@ import trio
 from fusefs.tiers.capacity import TierUnavailable
 from fusefs.tiers.objectstore import ObjectStoreTier
 from fusefs.tiers.objectstore.store import _classify, resolve_source
-from gcsserver import GcsServer, gcs, gcs_memory_server, gcs_server, restartable_gcs  # noqa: F401
+from gcsserver import GcsServer
 from s3server import free_port
 from test_objectstore import pread_all
 

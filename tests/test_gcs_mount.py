@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import pytest
 
-from gcsserver import GcsServer, gcs, gcs_memory_server, gcs_server, restartable_gcs  # noqa: F401
+from gcsserver import GcsServer
 from mounting import Mounted, is_mounted, tierfs_cmd
 from s3server import free_port
 

@@ -23,7 +23,7 @@ import trio
 
 from fusefs.tiers.capacity import TierUnavailable, same_version
 from fusefs.tiers.objectstore import ObjectStoreTier
-from s3server import S3Server, restartable_s3, s3, s3_md5, s3_md5_server, s3_server  # noqa: F401  (fixtures)
+from s3server import S3Server
 
 pytestmark = pytest.mark.s3
 
@@ -825,6 +825,33 @@ def test_snapshot_file_is_private_and_never_a_link(s3: S3Server, tmp_path: Path)
         assert other.list_requests == 1
 
     run(main)
+
+
+def test_snapshot_keeps_the_version_the_store_stated(tmp_path: Path) -> None:
+    """Stored attributes show an mtime of their own; a snapshot keeps both it and the
+    store's time that names the version. One of the format before (2) keeps the
+    version an older tierfs gave (its shown mtime), as its fast-tier entries have it."""
+    import pyarrow.parquet as pq
+
+    from fusefs.tiers.objectstore.metacache import _read_snapshot, _write_snapshot
+    from fusefs.tiers.objectstore.options import Attributes, ObjectStoreOptions
+
+    attrs = Attributes(ObjectStoreOptions.make({}), 1)
+    stored_ns = 1_500_000_000_123_456_789
+    st = attrs.from_meta(attrs.file(5, 1_700_000_000 * 10**9),
+                         {"mode": str(stat_mod.S_IFREG | 0o600), "mtime": "1500000000.123456789"})
+    assert st.st_mtime_ns == stored_ns and st.version().mtime_ns == 1_700_000_000 * 10**9
+    snap = str(tmp_path / "s.parquet")
+    _write_snapshot(snap, "b", [(b"d", [(b"f", st)])])
+    back = _read_snapshot(snap, "b", attrs)[b"d"][b"f"]
+    assert (back.st_mtime_ns, stat_mod.S_IMODE(back.st_mode)) == (stored_ns, 0o600)
+    assert back.version() == st.version()
+
+    table = pq.read_table(snap).drop_columns(["modified_ns"])
+    pq.write_table(table.replace_schema_metadata(
+        {**table.schema.metadata, b"tierfs.snapshot": b"2"}), snap)
+    old = _read_snapshot(snap, "b", attrs)[b"d"][b"f"]
+    assert old.st_mtime_ns == stored_ns and old.version() == (5, stored_ns, None, None)
 
 
 # -- the same code over a local directory (markers mode: real directories) ----

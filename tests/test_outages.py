@@ -31,8 +31,9 @@ from pathlib import Path
 
 import pytest
 from mounting import Mounted, is_mounted, tierfs_cmd
-from s3server import S3Server, restartable_s3, s3, s3_server  # noqa: F401  (fixtures)
-from test_s3_mount import config, errno_of, mount_s3, put, read_direct, stats, wait_for  # noqa: F401  (mount_s3: a fixture)
+from s3mounts import config
+from s3server import S3Server
+from test_s3_mount import errno_of, put, read_direct, stats, wait_for
 
 pytestmark = [pytest.mark.s3, pytest.mark.mount]
 

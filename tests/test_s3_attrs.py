@@ -12,22 +12,19 @@ with an independent botocore client.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import stat
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 from posix_util import NOBODY, open_dir_fd, run_as
 
 from mounting import Mounted
-from s3server import S3Server, api, moto_server, rclone_api_server  # noqa: F401
-from test_s3_mount import config
+from s3server import S3Server, api, bucket_view
+from test_s3_mount import stats
 
 pytestmark = [pytest.mark.s3, pytest.mark.mount]
 
-_buckets = itertools.count(1)
 MTIME_NS = 1_600_000_000_123_456_789
 ATIME_NS = 1_500_000_000_000_000_000
 
@@ -35,27 +32,16 @@ ATIME_NS = 1_500_000_000_000_000_000
 @pytest.fixture(params=["rclone", "moto", "moto-nomarkers"])
 def attr_s3(request: pytest.FixtureRequest) -> S3Server:
     """A new bucket on rclone (no markers) or moto (with and without markers)."""
-    base: S3Server = request.getfixturevalue(
-        "rclone_api_server" if request.param == "rclone" else "moto_server")
-    name = f"a{next(_buckets):04d}"
-    api(base).create_bucket(Bucket=name)
-    view = S3Server.__new__(type(base))
-    view.__dict__.update(base.__dict__)
-    view.bucket = name
-    view.markers = request.param == "moto"  # type: ignore[attr-defined]
-    return view
+    base = request.getfixturevalue("rclone_api_server" if request.param == "rclone"
+                                   else "moto_server")
+    return bucket_view(base, "a", kind=request.param.partition("-")[0],
+                       markers=request.param == "moto")
 
 
-@pytest.fixture
-def mount_attrs(make_mount: Callable[..., Mounted], tmp_path: Path) -> Callable[..., Mounted]:
-    def factory(server: S3Server, *, options: tuple[str, ...] = (), **source: Any) -> Mounted:
-        src = {"dir_markers": server.markers, "stored_attributes": True,  # type: ignore[attr-defined]
-               "read_timeout": "120s", **source}
-        n = len(list(tmp_path.glob("attrs*.toml")))
-        cfg = config(tmp_path, server, name=f"attrs{n}.toml", source=src)
-        return make_mount(server.uri() + "&request_timeout=60", config=cfg, options=list(options))
-
-    return factory
+def mount_attrs(mount_s3: Callable[..., Mounted], server: S3Server, *,
+                options: tuple[str, ...] = (), **source: Any) -> Mounted:
+    """`mount_s3` of ``server`` with ``stored_attributes`` (unless ``source`` says)."""
+    return mount_s3(server, source={"stored_attributes": True, **source}, options=options)
 
 
 def head(server: S3Server, key: str) -> dict[str, str]:
@@ -70,10 +56,10 @@ def body(server: S3Server, key: str) -> bytes:
 
 
 def test_modes_owners_times_are_stored(attr_s3: S3Server,
-                                       mount_attrs: Callable[..., Mounted]) -> None:
+                                       mount_s3: Callable[..., Mounted]) -> None:
     """chmod/chown/utimes through the mount reach the object's metadata under s3fs's
     names, and a second mount (a remount) shows them."""
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         mp = m.mountpoint
         os.mkdir(f"{mp}/d", 0o700)
         fd = os.open(f"{mp}/d/f", os.O_CREAT | os.O_WRONLY, 0o640)
@@ -95,7 +81,7 @@ def test_modes_owners_times_are_stored(attr_s3: S3Server,
     assert meta["atime"] == "1500000000"
     if attr_s3.markers:  # type: ignore[attr-defined]
         assert head(attr_s3, "d/")["mode"] == str(stat.S_IFDIR | 0o750)
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         mp = m.mountpoint
         st = os.stat(f"{mp}/d/f")
         assert (st.st_mode, st.st_uid, st.st_gid) == (stat.S_IFREG | 0o604, 1234, 5678)
@@ -109,9 +95,9 @@ def test_modes_owners_times_are_stored(attr_s3: S3Server,
 
 
 def test_overwrite_and_rename_keep_attributes(attr_s3: S3Server,
-                                              mount_attrs: Callable[..., Mounted]) -> None:
+                                              mount_s3: Callable[..., Mounted]) -> None:
     """Rewriting a file keeps its mode and owner (as on a disk); a rename moves them."""
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         mp = m.mountpoint
         with open(f"{mp}/f", "wb") as f:
             f.write(b"one")
@@ -123,17 +109,17 @@ def test_overwrite_and_rename_keep_attributes(attr_s3: S3Server,
         assert not os.path.exists(f"{mp}/f")
     meta = head(attr_s3, "g")
     assert (meta["mode"], meta["uid"], meta["gid"]) == (str(stat.S_IFREG | 0o600), "42", "43")
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         st = os.stat(f"{m.mountpoint}/g")
         assert (st.st_mode, st.st_uid, st.st_gid, st.st_size) == (stat.S_IFREG | 0o600, 42, 43, 4)
 
 
 def test_rename_right_after_rewrites(attr_s3: S3Server,
-                                     mount_attrs: Callable[..., Mounted]) -> None:
+                                     mount_s3: Callable[..., Mounted]) -> None:
     """write, chmod, rewrite, rename, unlink in a loop: the rename comes while an
     upload of the old name is on its way (and stores the chmod); no upload may write
     the old key after the rename, and the new name always exists."""
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         mp = m.mountpoint
         for i in range(25):
             with open(f"{mp}/f", "wb") as f:
@@ -152,7 +138,7 @@ def test_rename_right_after_rewrites(attr_s3: S3Server,
 
 
 def test_metadata_of_another_client(attr_s3: S3Server,
-                                    mount_attrs: Callable[..., Mounted]) -> None:
+                                    mount_s3: Callable[..., Mounted]) -> None:
     """Objects another tool wrote: s3fs-style metadata shows; none shows the defaults."""
     client = api(attr_s3)
     client.put_object(Bucket=attr_s3.bucket, Key="s3fs", Body=b"x", Metadata={
@@ -160,7 +146,7 @@ def test_metadata_of_another_client(attr_s3: S3Server,
     client.put_object(Bucket=attr_s3.bucket, Key="plain", Body=b"y")
     client.put_object(Bucket=attr_s3.bucket, Key="junk", Body=b"z",
                       Metadata={"mode": "rwx", "uid": "-1", "mtime": "soon"})
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         mp = m.mountpoint
         st = os.stat(f"{mp}/s3fs")
         assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime) == \
@@ -170,10 +156,10 @@ def test_metadata_of_another_client(attr_s3: S3Server,
             assert (st.st_mode, st.st_uid, st.st_gid) == (stat.S_IFREG | 0o644, 0, 0)
 
 
-def test_symlinks(attr_s3: S3Server, mount_attrs: Callable[..., Mounted]) -> None:
+def test_symlinks(attr_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     """symlink/readlink/lstat/rename/unlink, stored as s3fs stores them."""
     target = "../somewhere/else with spaces"
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         mp = m.mountpoint
         os.mkdir(f"{mp}/d")
         os.symlink(target, f"{mp}/d/l")
@@ -192,7 +178,7 @@ def test_symlinks(attr_s3: S3Server, mount_attrs: Callable[..., Mounted]) -> Non
         assert sorted(os.listdir(f"{mp}/d")) == ["l2"]
     assert body(attr_s3, "d/l2") == target.encode()
     assert stat.S_ISLNK(int(head(attr_s3, "d/l2")["mode"]))
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         mp = m.mountpoint
         assert os.readlink(f"{mp}/d/l2") == target
         assert os.readlink(f"{mp}/abs") == "/etc/passwd"
@@ -204,14 +190,14 @@ def test_symlinks(attr_s3: S3Server, mount_attrs: Callable[..., Mounted]) -> Non
     assert "d/l2" not in keys and "abs" not in keys
 
 
-def test_extended_attributes(attr_s3: S3Server, mount_attrs: Callable[..., Mounted]) -> None:
+def test_extended_attributes(attr_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     """get/set/list/remove in s3fs's x-amz-meta-xattr, kept by chmod, overwrite and
     rename, seen by a remount; ENODATA, E2BIG and ENOSPC at S3's 2 KiB."""
     import base64
     import json
     from urllib.parse import unquote
 
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         mp = m.mountpoint
         with open(f"{mp}/f", "wb") as f:
             f.write(b"x")
@@ -243,7 +229,7 @@ def test_extended_attributes(attr_s3: S3Server, mount_attrs: Callable[..., Mount
         assert os.getxattr(f"{mp}/g", "user.colour") == b"blue\x00\xff"
     stored = json.loads(unquote(head(attr_s3, "g")["xattr"]))
     assert {k: base64.b64decode(v) for k, v in stored.items()} == {"user.colour": b"blue\x00\xff"}
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         mp = m.mountpoint
         assert os.listxattr(f"{mp}/g") == ["user.colour"]
         assert os.getxattr(f"{mp}/g", "user.colour") == b"blue\x00\xff"
@@ -253,9 +239,9 @@ def test_extended_attributes(attr_s3: S3Server, mount_attrs: Callable[..., Mount
 
 
 def test_without_stored_attributes(attr_s3: S3Server,
-                                   mount_attrs: Callable[..., Mounted]) -> None:
+                                   mount_s3: Callable[..., Mounted]) -> None:
     """Off: the configured modes, chmod ignored, no symlinks (EPERM), no metadata."""
-    with mount_attrs(attr_s3, stored_attributes=False) as m:
+    with mount_attrs(mount_s3, attr_s3, stored_attributes=False) as m:
         mp = m.mountpoint
         with open(f"{mp}/f", "wb") as f:
             f.write(b"x")
@@ -271,12 +257,12 @@ def test_without_stored_attributes(attr_s3: S3Server,
 
 
 def test_chmod_keeps_open_readers(attr_s3: S3Server,
-                                  mount_attrs: Callable[..., Mounted]) -> None:
+                                  mount_s3: Callable[..., Mounted]) -> None:
     """A metadata-only copy under an open reader: the reader goes on reading the same
     bytes (never ESTALE, never other bytes)."""
     data = os.urandom(3 * 1024 * 1024)
     api(attr_s3).put_object(Bucket=attr_s3.bucket, Key="big", Body=data)
-    with mount_attrs(attr_s3) as m:
+    with mount_attrs(mount_s3, attr_s3) as m:
         path = f"{m.mountpoint}/big"
         with open(path, "rb", buffering=0) as f:
             assert f.read(4096) == data[:4096]
@@ -290,15 +276,11 @@ def test_chmod_keeps_open_readers(attr_s3: S3Server,
 
 
 def test_chmod_of_multipart_object_keeps_open_readers(
-        moto_server: S3Server, mount_attrs: Callable[..., Mounted]) -> None:  # noqa: F811
+        moto_server: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     """moto, like S3, gives a multipart object a new ETag when it is copied onto itself
     (a chmod): an open made before reads on, tied to the new ETag, never ESTALE."""
-    server = S3Server.__new__(type(moto_server))
-    server.__dict__.update(moto_server.__dict__)
-    server.bucket = f"a{next(_buckets):04d}"
-    server.markers = True  # type: ignore[attr-defined]
+    server = bucket_view(moto_server, "a", kind="moto")
     client = api(server)
-    client.create_bucket(Bucket=server.bucket)
     part = 5 * 1024 * 1024
     data = os.urandom(2 * part)
     upload = client.create_multipart_upload(Bucket=server.bucket, Key="mp")["UploadId"]
@@ -310,7 +292,7 @@ def test_chmod_of_multipart_object_keeps_open_readers(
     client.complete_multipart_upload(Bucket=server.bucket, Key="mp", UploadId=upload,
                                      MultipartUpload={"Parts": parts})
     before = client.head_object(Bucket=server.bucket, Key="mp")["ETag"]
-    with mount_attrs(server) as m:
+    with mount_attrs(mount_s3, server) as m:
         path = f"{m.mountpoint}/mp"
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -326,8 +308,36 @@ def test_chmod_of_multipart_object_keeps_open_readers(
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
 
+# Not on rclone: its listings give an object's stored mtime as LastModified, its HEAD
+# and GET answers the time of the upload, so no version is common to both there.
+@pytest.mark.parametrize("attr_s3", ["moto", "moto-nomarkers"], indirect=True)
+def test_a_walk_is_served_from_its_fetches_ahead(attr_s3: S3Server,
+                                                 mount_s3: Callable[..., Mounted]) -> None:
+    """With stored attributes, the files a walk fetched ahead are the versions its opens
+    find (an object's version is what the store says names its bytes: ETag, size and
+    Last-Modified, never the mtime its metadata stores), so the walk's reads are served
+    from what was fetched, and every byte is right."""
+    client = api(attr_s3)
+    files = {f"w/f{i:03d}": os.urandom(1000 + 37 * i) for i in range(24)}
+    for i, (key, data) in enumerate(sorted(files.items())):
+        # A stored mtime unlike the object's Last-Modified (and not whole seconds).
+        client.put_object(Bucket=attr_s3.bucket, Key=key, Body=data, Metadata={
+            "mode": str(stat.S_IFREG | 0o640), "mtime": f"1500000000.{i + 1:09d}"})
+    with mount_attrs(mount_s3, attr_s3) as m:
+        for i, key in enumerate(sorted(files)):
+            p = f"{m.mountpoint}/{key}"
+            st = os.stat(p)
+            assert (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == \
+                (len(files[key]), 1_500_000_000_000_000_000 + i + 1, 0o640)
+            with open(p, "rb") as f:
+                assert f.read() == files[key], key
+        c = stats(m.mountpoint)["counters"]
+        assert c.get("walk.fetched_files", 0) > 0
+        assert c.get("walk.hits", 0) > 0  # what was fetched ahead was used
+
+
 def test_permission_checks_use_stored_modes(attr_s3: S3Server,
-                                            mount_attrs: Callable[..., Mounted]) -> None:
+                                            mount_s3: Callable[..., Mounted]) -> None:
     """The kernel checks the stored mode and owner (default_permissions): a user the
     mount made the owner may read their 0600 file; another's 0600 file is EACCES; the
     same after a remount, from the store's metadata."""
@@ -346,7 +356,7 @@ probe("chmod theirs", os.chmod, "theirs", 0o666, dir_fd=r)
 '''
     expected = {"mine": "mine", "theirs": "EACCES", "shared": "shared",
                 "write shared": "EACCES", "chmod theirs": "EPERM"}
-    with mount_attrs(attr_s3, options=("allow_other",)) as m:
+    with mount_attrs(mount_s3, attr_s3, options=("allow_other",)) as m:
         mp = m.mountpoint
         for name in ("mine", "theirs", "shared"):
             with open(f"{mp}/{name}", "w") as f:
@@ -360,7 +370,7 @@ probe("chmod theirs", os.chmod, "theirs", 0o666, dir_fd=r)
             assert run_as(NOBODY, code, fds=[r], r=r) == expected
         finally:
             os.close(r)
-    with mount_attrs(attr_s3, options=("allow_other",)) as m:
+    with mount_attrs(mount_s3, attr_s3, options=("allow_other",)) as m:
         r = open_dir_fd(m.mountpoint)
         try:
             assert run_as(NOBODY, code, fds=[r], r=r) == expected

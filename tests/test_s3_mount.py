@@ -30,7 +30,8 @@ from typing import Any, Callable
 import pytest
 
 from mounting import Mounted, is_mounted, resident_pages, tierfs_cmd
-from s3server import S3Server, restartable_s3, s3, s3_server  # noqa: F401  (fixtures)
+from s3mounts import config
+from s3server import S3Server
 
 pytestmark = [pytest.mark.s3, pytest.mark.mount]
 
@@ -39,20 +40,6 @@ MiB = 1024 * 1024
 
 
 # -- helpers -------------------------------------------------------------------
-def config(tmp_path: Path, server: S3Server | None, *, name: str = "tierfs.toml",
-           creds: bool = True, source: dict[str, Any] | None = None,
-           extra: str = "") -> str:
-    """A config file whose [source] carries the server's keys (unless ``creds=False``)."""
-    lines = ["[source]"]
-    if creds and server is not None:
-        lines += [f'access_key = "{server.access_key}"', f'secret_key = "{server.secret_key}"']
-    for k, v in (source or {}).items():
-        lines.append(f"{k} = {json.dumps(v)}")
-    path = tmp_path / name
-    path.write_text("\n".join(lines) + "\n" + extra)
-    return str(path)
-
-
 def put(server: S3Server, rel: str, data: bytes) -> None:
     p = server.bucket_dir / rel
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -111,27 +98,6 @@ def errno_of(fn: Callable[[], object]) -> int | None:
     except OSError as exc:
         return exc.errno
     return None
-
-
-@pytest.fixture
-def mount_s3(make_mount: Callable[..., Mounted], tmp_path: Path) -> Callable[..., Mounted]:
-    """Factory: a mount of ``server``'s bucket (or a prefix of it) with the keys in a config."""
-
-    def factory(server: S3Server, prefix: str = "", *, source: dict[str, Any] | None = None,
-                extra: str = "", creds: bool = True, **kw: Any) -> Mounted:
-        if "config" not in kw:
-            n = len(list(tmp_path.glob("cfg*.toml")))
-            # rclone stores a marker 'dir/' as a file 'dir': see s3server.py.
-            # A loaded 2-core machine can keep rclone silent for seconds: that must
-            # not look like an outage (tests of outages set their own bound).
-            source = {"dir_markers": False, "read_timeout": "120s", **(source or {})}
-            kw["config"] = config(tmp_path, server, name=f"cfg{n}.toml", creds=creds,
-                                  source=source, extra=extra)
-        # A loaded 2-core machine can keep rclone silent for seconds: it must not
-        # look like a dead server (the default request_timeout is 10 s).
-        return make_mount(server.uri(prefix) + "&request_timeout=60", **kw)
-
-    return factory
 
 
 # -- (a) listings longer than one page ----------------------------------------------

@@ -16,14 +16,12 @@ import os
 import random
 import shutil
 import stat
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
 from mounting import Mounted
-from s3server import S3Server, all_keys, any_s3, api, moto_server, rclone_api_server  # noqa: F401
-from test_s3_mount import config
+from s3server import S3Server, all_keys, api
 
 pytestmark = [pytest.mark.s3, pytest.mark.mount]
 
@@ -41,24 +39,12 @@ def files_in(server: S3Server) -> list[str]:
     return [k for k in all_keys(server) if not k.endswith("/")]
 
 
-@pytest.fixture
-def mount_any(make_mount: Callable[..., Mounted], tmp_path: Path) -> Callable[..., Mounted]:
-    def factory(server: S3Server, **source: Any) -> Mounted:
-        markers = getattr(server, "kind", "rclone") == "moto"
-        src = {"dir_markers": markers, "read_timeout": "120s", **source}
-        n = len(list(tmp_path.glob("ns*.toml")))
-        cfg = config(tmp_path, server, name=f"ns{n}.toml", source=src)
-        return make_mount(server.uri() + "&request_timeout=60", config=cfg)
-
-    return factory
-
-
-def test_delete_keeps_siblings(any_s3: S3Server, mount_any: Callable[..., Mounted]) -> None:
+def test_delete_keeps_siblings(any_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     """The issue's sequence: deletes in a directory that keeps other objects."""
     for i in range(1, 4):
         put(any_s3, f"t3/f{i}", f"file {i}".encode())
     put(any_s3, "t3/deeper/g", b"g")
-    with mount_any(any_s3) as m:
+    with mount_s3(any_s3) as m:
         t3 = os.path.join(m.mountpoint, "t3")
         os.unlink(os.path.join(t3, "f1"))
         assert open(os.path.join(t3, "f2"), "rb").read() == b"file 2"
@@ -86,11 +72,11 @@ def test_delete_keeps_siblings(any_s3: S3Server, mount_any: Callable[..., Mounte
         os.rmdir(t3)
         assert not os.path.exists(t3)
         assert all_keys(any_s3) == []
-    with mount_any(any_s3) as m:
+    with mount_s3(any_s3) as m:
         assert os.listdir(m.mountpoint) == []
 
 
-def test_rm_rf_leaves_nothing(any_s3: S3Server, mount_any: Callable[..., Mounted]) -> None:
+def test_rm_rf_leaves_nothing(any_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     rng = random.Random(7)
     expected = {}
     for i in range(30):
@@ -98,7 +84,7 @@ def test_rm_rf_leaves_nothing(any_s3: S3Server, mount_any: Callable[..., Mounted
         expected[key] = os.urandom(rng.randrange(1, 5000))
         put(any_s3, key, expected[key])
     put(any_s3, "keep/k", b"k")
-    with mount_any(any_s3) as m:
+    with mount_s3(any_s3) as m:
         got = {}
         for root, _dirs, names in os.walk(os.path.join(m.mountpoint, "tree")):
             for n in names:
@@ -111,12 +97,12 @@ def test_rm_rf_leaves_nothing(any_s3: S3Server, mount_any: Callable[..., Mounted
         assert all_keys(any_s3) == ["keep/k"]
 
 
-def test_rename_moves_exactly_its_keys(any_s3: S3Server, mount_any: Callable[..., Mounted]) -> None:
+def test_rename_moves_exactly_its_keys(any_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     put(any_s3, "src/a", b"A")
     put(any_s3, "src/sub/b", b"B")
     put(any_s3, "src/sub/deep/c", b"C")
     put(any_s3, "srcx/other", b"O")  # shares the prefix "src": must not move
-    with mount_any(any_s3) as m:
+    with mount_s3(any_s3) as m:
         mp = m.mountpoint
         os.mkdir(os.path.join(mp, "src", "made"))
         os.rename(os.path.join(mp, "src"), os.path.join(mp, "dst"))
@@ -132,8 +118,8 @@ def test_rename_moves_exactly_its_keys(any_s3: S3Server, mount_any: Callable[...
 
 
 def test_directories_never_show_as_files(any_s3: S3Server,
-                                         mount_any: Callable[..., Mounted]) -> None:
-    with mount_any(any_s3) as m:
+                                         mount_s3: Callable[..., Mounted]) -> None:
+    with mount_s3(any_s3) as m:
         mp = m.mountpoint
         os.makedirs(os.path.join(mp, "a", "b"))
         with open(os.path.join(mp, "a", "b", "f"), "wb") as f:
@@ -145,7 +131,7 @@ def test_directories_never_show_as_files(any_s3: S3Server,
         os.rmdir(os.path.join(mp, "a", "b"))
         # No zero-byte object stands where a directory is (what a marker becomes on rclone).
         assert not [k for k in all_keys(any_s3) if not k.endswith("/")]
-    with mount_any(any_s3) as m:
+    with mount_s3(any_s3) as m:
         for root, dirs, names in os.walk(m.mountpoint):
             assert not names, f"a file appeared in {root}: {names}"
             for d in dirs:
@@ -153,7 +139,7 @@ def test_directories_never_show_as_files(any_s3: S3Server,
 
 
 def test_concurrent_namespace_changes(any_s3: S3Server,
-                                      mount_any: Callable[..., Mounted]) -> None:
+                                      mount_s3: Callable[..., Mounted]) -> None:
     """Eight writers create, rename and delete in one directory at once; the mount and
     the store end with exactly the model's files and bytes."""
     for i in range(8):
@@ -184,7 +170,7 @@ def test_concurrent_namespace_changes(any_s3: S3Server,
             os.unlink(os.path.join(d, f"seed{w}"))
         return mine
 
-    with mount_any(any_s3) as m:
+    with mount_s3(any_s3) as m:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda w: worker(w, m.mountpoint), range(8)))
         model = {f"shared/{n}": b for r in results for n, b in r.items()}
@@ -199,12 +185,12 @@ def test_concurrent_namespace_changes(any_s3: S3Server,
         assert get(any_s3, key) == data
 
 
-def test_link_counts(any_s3: S3Server, mount_any: Callable[..., Mounted]) -> None:
+def test_link_counts(any_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     """A directory counts 2 + its subdirectories; an open, unlinked file has no link."""
     put(any_s3, "ds/x/f", b"f")
     put(any_s3, "ds/y/g", b"g")
     put(any_s3, "ds/h", b"h")
-    with mount_any(any_s3) as m:
+    with mount_s3(any_s3) as m:
         mp = m.mountpoint
         ds = os.path.join(mp, "ds")
         assert sorted(os.listdir(ds)) == ["h", "x", "y"]

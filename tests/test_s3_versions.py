@@ -17,62 +17,23 @@ import errno
 import os
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
 from mounting import Mounted, resident_pages
-from s3server import S3Server, api, moto_server  # noqa: F401
-from test_s3_mount import config, read_direct, stats
+from s3server import S3Server, api
+from test_s3_mount import read_direct, stats
 
 pytestmark = [pytest.mark.s3, pytest.mark.mount]
 
 KiB = 1024
 MiB = 1024 * KiB
-_names = iter(range(1, 1_000_000))
 
 
-@pytest.fixture(scope="session")
-def rclone_md5_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """rclone with real ETags (MD5 of the content; it hashes every object it serves,
-    so only small objects here), buckets made through the API (2 s directory cache)."""
-    server = S3Server(tmp_path_factory.mktemp("s3md5"), dir_cache_time="2s", etag_hash="MD5")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["rclone", "moto"])
-def versioned_s3(request: pytest.FixtureRequest) -> S3Server:
-    """A new, empty bucket on an S3 server that gives ETags."""
-    base: S3Server = request.getfixturevalue(
-        "rclone_md5_server" if request.param == "rclone" else "moto_server")
-    name = f"v{next(_names):04d}"
-    api(base).create_bucket(Bucket=name)
-    view = S3Server.__new__(type(base))
-    view.__dict__.update(base.__dict__)
-    view.bucket = name
-    view.kind = request.param  # type: ignore[attr-defined]
-    return view
-
-
-@pytest.fixture
-def mount_versions(make_mount: Callable[..., Mounted], tmp_path: Path) -> Callable[..., Mounted]:
-    def factory(server: S3Server, extra: str = "") -> Mounted:
-        markers = getattr(server, "kind", "rclone") == "moto"
-        src: dict[str, Any] = {"dir_markers": markers, "read_timeout": "120s"}
-        n = len(list(tmp_path.glob("v*.toml")))
-        # No fast-tier fill: the second read must reach the store (a fill would copy
-        # the old version; its bytes would be right, but would not test the GETs).
-        cfg = config(tmp_path, server, name=f"v{n}.toml", source=src,
-                     extra="[policy]\nfill_random_max = 0\n" + extra)
-        return make_mount(server.uri() + "&request_timeout=60", config=cfg)
-
-    return factory
+# No fast-tier fill: the second read must reach the store (a fill would copy the old
+# version; its bytes would be right, but would not test the GETs).
+_NO_FILL = "[policy]\nfill_random_max = 0\n"
 
 
 def overwrite_same_size(server: S3Server, key: str, data: bytes) -> None:
@@ -92,13 +53,13 @@ def overwrite_same_size(server: S3Server, key: str, data: bytes) -> None:
 
 
 def test_overwrite_between_two_reads_of_one_open(
-        versioned_s3: S3Server, mount_versions: Callable[..., Mounted]) -> None:
+        versioned_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     s = versioned_s3
     size = MiB + 12345
     old = random.Random(1).randbytes(size)
     new = random.Random(2).randbytes(size)
     api(s).put_object(Bucket=s.bucket, Key="d/obj", Body=old)
-    with mount_versions(s) as m:
+    with mount_s3(s, extra=_NO_FILL) as m:
         path = os.path.join(m.mountpoint, "d", "obj")
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
         try:
@@ -138,7 +99,7 @@ def test_overwrite_between_two_reads_of_one_open(
 
 
 def test_a_change_found_mid_read_drops_the_kernels_pages(
-        versioned_s3: S3Server, mount_versions: Callable[..., Mounted]) -> None:
+        versioned_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     """A read that finds the object replaced answers ESTALE, and the kernel forgets what it
     cached of the old version: no handle is served it from the kernel's cache afterwards."""
     s = versioned_s3
@@ -146,7 +107,7 @@ def test_a_change_found_mid_read_drops_the_kernels_pages(
     old = random.Random(3).randbytes(size)
     new = random.Random(4).randbytes(size)
     api(s).put_object(Bucket=s.bucket, Key="d/obj", Body=old)
-    with mount_versions(s) as m:
+    with mount_s3(s, extra=_NO_FILL) as m:
         path = os.path.join(m.mountpoint, "d", "obj")
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -171,14 +132,14 @@ def test_a_change_found_mid_read_drops_the_kernels_pages(
 
 
 def test_change_before_the_first_read(
-        versioned_s3: S3Server, mount_versions: Callable[..., Mounted]) -> None:
+        versioned_s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     """An open whose object changes before its first read: ESTALE, not the new bytes
     under the old version's name (which the fast tier and DRAM would keep)."""
     s = versioned_s3
     old = b"A" * 200_000
     new = b"B" * 200_000
     api(s).put_object(Bucket=s.bucket, Key="e/obj", Body=old)
-    with mount_versions(s) as m:
+    with mount_s3(s, extra=_NO_FILL) as m:
         path = os.path.join(m.mountpoint, "e", "obj")
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
         try:

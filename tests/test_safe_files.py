@@ -19,8 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from mounting import Mounted, tierfs_cmd
-from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
-from test_s3_mount import config as s3_config
+from s3mounts import config as s3_config
+from s3server import S3Server
 
 from fusefs.trace import SCHEMA, write_trace
 

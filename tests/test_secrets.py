@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mounting import Mounted, is_mounted, tierfs_cmd
-from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
+from s3server import S3Server
 
 from fusefs.credentials import merge, redact, split
 

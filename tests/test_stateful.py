@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, invariant, rule,
                                  run_state_machine_as_test)
-from s3server import S3Server, s3_md5, s3_md5_server  # noqa: F401  (fixtures)
+from s3server import S3Server
 
 from fusefs.access import DramKey, FastKey
 from fusefs.config import Config

@@ -20,7 +20,7 @@ import pytest
 from fusefs.pathstats import PathStats
 from fusefs.trace import read_trace_extended
 from mounting import Mounted, env, tierfs_cmd
-from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
+from s3server import S3Server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

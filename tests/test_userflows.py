@@ -20,8 +20,8 @@ from typing import Any, Callable
 import pytest
 
 from mounting import Mounted, resident_pages, tierfs_cmd
-from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
-from test_s3_mount import mount_s3, put  # noqa: F401  (mount_s3: a fixture)
+from s3server import S3Server
+from test_s3_mount import put
 from test_tiering import counter, stats
 
 pytestmark = [pytest.mark.mount]

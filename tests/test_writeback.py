@@ -23,9 +23,8 @@ from typing import Callable
 import pytest
 
 from mounting import Mounted, tierfs_cmd
-from s3server import S3Server, restartable_s3, s3, s3_server  # noqa: F401  (fixtures)
-from test_s3_mount import (exists_in_store, mount_s3, put, read_back,  # noqa: F401
-                           stats, wait_for)
+from s3server import S3Server
+from test_s3_mount import exists_in_store, put, read_back, stats, wait_for
 
 pytestmark = [pytest.mark.s3, pytest.mark.mount]
 

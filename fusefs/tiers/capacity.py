@@ -66,6 +66,11 @@ class Stat:
     #: Object stores with stored attributes: the extended attributes the object
     #: stores, as its ``x-amz-meta-xattr`` value (s3fs's encoding), or None.
     xattr: str | None = None
+    #: Object stores: when the store says the object's bytes last changed (its
+    #: Last-Modified, whole seconds), which names the version with the ETag and size.
+    #: The mtime shown may be another (stored attributes keep the user's in the
+    #: object's metadata, and `utimes` changes it, not the bytes). None: `st_mtime_ns`.
+    modified_ns: int | None = None
 
     @classmethod
     def from_os(cls, st: os.stat_result) -> Stat:
@@ -99,15 +104,20 @@ class Stat:
         # mtime on new bytes, but a replacement gets a new inode or a new ctime.
         ident = f"{self.st_dev}:{self.st_ino}:{self.st_ctime_ns}" if self.st_ino else None
         # An object store that was asked and gives no ETag says "" (see `objectstore`):
-        # as a version that is "no ETag", as the catalog stores it.
-        return SourceVersion(self.st_size, self.st_mtime_ns, self.etag or None, ident)
+        # as a version that is "no ETag", as the catalog stores it. Its time is the
+        # store's own (`modified_ns`), so a listing, a HEAD and a GET of one object state
+        # one version whatever mtime its metadata stores.
+        mtime = self.st_mtime_ns if self.modified_ns is None else self.modified_ns
+        return SourceVersion(self.st_size, mtime, self.etag or None, ident)
 
 
 class SourceVersion(NamedTuple):
     """What a cached copy of a file is tied to; any change invalidates it.
 
-    ``etag`` is the object store's entity tag (or version id) where it gives one;
-    ``ident`` is ``"dev:ino:ctime_ns"`` on a local source.
+    ``mtime_ns`` is the file's mtime on a local source, on an object store the time the
+    store says the object last changed (Last-Modified, `Stat.modified_ns`); ``etag`` is
+    the object store's entity tag (or version id) where it gives one; ``ident`` is
+    ``"dev:ino:ctime_ns"`` on a local source.
     """
 
     size: int

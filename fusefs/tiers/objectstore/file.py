@@ -270,7 +270,7 @@ class ObjectFile(CapacityFile):
         if self._fd >= 0:
             return self.spool_stat()
         if self._input is not None and self._input_size != self._stat.st_size:
-            return self._attrs.file(self._input_size, self._stat.st_mtime_ns)
+            return self._attrs.file(self._input_size, self._stat.version().mtime_ns)
         return self._stat
 
     async def flush(self) -> None:

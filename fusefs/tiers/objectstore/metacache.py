@@ -38,7 +38,10 @@ from ..capacity import Stat
 from .options import Attributes, ObjectStoreOptions
 from .store import err, short, show, split, under
 
-_SNAPSHOT_FORMAT = b"2"  # 2: mode, uid, gid, xattr (stored attributes; 0 mode: not read)
+# 2: mode, uid, gid, xattr (stored attributes; 0 mode: not read). 3: modified_ns, the
+# store's time that names a file's version where the mtime shown is a stored one.
+_SNAPSHOT_FORMAT = b"3"
+_OLDER_FORMATS = (b"2",)  # still read
 
 Lister = Callable[[bytes], Awaitable[object]]
 
@@ -342,7 +345,8 @@ class MetaCache:
     async def save_snapshot(self, path: str | os.PathLike[str]) -> int:
         """Write every cached directory listing to a Parquet file; returns the entries written.
 
-        Rows are ``(dir, name, is_dir, size, mtime_ns)``, plus one row with a
+        Rows are ``(dir, name, is_dir, size, mtime_ns, modified_ns, mode, uid, gid,
+        xattr)`` (`_write_snapshot`), plus one row with a
         null name per listed directory (so empty directories are kept). The
         file's metadata names the source root; it is written to a temporary
         name, fsynced and renamed into place.
@@ -388,6 +392,7 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
     is_dir: list[bool] = []
     sizes: list[int] = []
     mtimes: list[int] = []
+    modified: list[int] = []
     modes: list[int] = []
     uids: list[int] = []
     gids: list[int] = []
@@ -399,6 +404,7 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
         is_dir.append(True)
         sizes.append(0)
         mtimes.append(0)
+        modified.append(0)
         modes.append(0)
         uids.append(0)
         gids.append(0)
@@ -409,6 +415,7 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
             is_dir.append(st.is_dir)
             sizes.append(st.st_size)
             mtimes.append(st.st_mtime_ns if st.mtime_known else 0)  # 0: not stated
+            modified.append(st.version().mtime_ns if st.mtime_known and not st.is_dir else 0)
             modes.append(st.st_mode if st.attrs_known else 0)  # 0: the store was not asked
             uids.append(st.st_uid)
             gids.append(st.st_gid)
@@ -421,6 +428,7 @@ def _write_snapshot(path: str, root: str, lists: list[tuple[bytes, list[tuple[by
             "is_dir": pa.array(is_dir, pa.bool_()),
             "size": pa.array(sizes, pa.int64()),
             "mtime_ns": pa.array(mtimes, pa.int64()),
+            "modified_ns": pa.array(modified, pa.int64()),
             "mode": pa.array(modes, pa.int64()),
             "uid": pa.array(uids, pa.int64()),
             "gid": pa.array(gids, pa.int64()),
@@ -452,7 +460,8 @@ def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[
         except (pa.ArrowException, OSError) as exc:
             raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot: {short(exc)}") from None
     meta = table.schema.metadata or {}
-    if meta.get(b"tierfs.snapshot") != _SNAPSHOT_FORMAT:
+    fmt = meta.get(b"tierfs.snapshot")
+    if fmt != _SNAPSHOT_FORMAT and fmt not in _OLDER_FORMATS:
         raise err(errno.EINVAL, f"{path}: not a tierfs listing snapshot (format {meta.get(b'tierfs.snapshot')!r})")
     saved_root = meta.get(b"tierfs.root", b"").decode()
     if saved_root != root:
@@ -460,18 +469,25 @@ def _read_snapshot(path: str, root: str, attrs: Attributes) -> dict[bytes, dict[
     out: dict[bytes, dict[bytes, Stat]] = {}
     cols = [table.column(c).to_pylist()
             for c in ("dir", "name", "is_dir", "size", "mtime_ns", "mode", "uid", "gid", "xattr")]
-    for d, name, isdir, size, mtime, mode, uid, gid, xattr in zip(*cols):
+    # Format 2 kept only the mtime shown, which an older tierfs also took as the version
+    # (and tied fast-tier entries to): kept as it was, until the store states the version.
+    cols.append(table.column("modified_ns").to_pylist() if fmt == _SNAPSHOT_FORMAT
+                else [None] * table.num_rows)
+    for d, name, isdir, size, mtime, mode, uid, gid, xattr, modified in zip(*cols):
         entries = out.setdefault(d, {})
         if name is not None:
             if isdir:
                 st = attrs.dir(mtime, known=False)
             else:
-                st = attrs.file(size, mtime or attrs.started_ns, known=False)
-                st.mtime_known = bool(mtime)
+                stamp = mtime if modified is None else modified
+                st = attrs.file(size, stamp or attrs.started_ns, known=False)
+                st.mtime_known = bool(stamp)
             if mode:  # the attributes the store holds, as a HEAD read them
                 st = attrs.with_owner(st, mode, uid, gid)
                 st.st_mtime_ns = st.st_atime_ns = st.st_ctime_ns = mtime or st.st_mtime_ns
                 st.xattr = xattr
+                if modified is None and not isdir:
+                    st.modified_ns = st.st_mtime_ns
             entries[name] = st
     return out
 

@@ -185,12 +185,14 @@ class Attributes:
         # Whole seconds: a LIST reports milliseconds, a HEAD (Last-Modified)
         # only seconds. One object must show one mtime, and one cache version,
         # whichever request described it.
+        # ``mtime_ns`` is the store's time (Last-Modified): it stays the version's
+        # (`Stat.modified_ns`) when stored attributes show another mtime.
         mtime_ns -= mtime_ns % 1_000_000_000
         return Stat(
             st_mode=stat_mod.S_IFREG | self._file_mode, st_size=size, st_nlink=1,
             st_uid=self.uid, st_gid=self.gid, st_blocks=(size + 511) // 512,
             st_atime_ns=mtime_ns, st_mtime_ns=mtime_ns, st_ctime_ns=mtime_ns,
-            attrs_known=known,
+            attrs_known=known, modified_ns=mtime_ns,
         )
 
     def dir(self, mtime_ns: int, *, known: bool = True) -> Stat:
@@ -214,7 +216,8 @@ class Attributes:
     def from_meta(self, st: Stat, meta: dict[str, str]) -> Stat:
         """``st`` (size, Last-Modified, ETag from a HEAD) with the attributes ``meta``
         (user metadata, names without ``x-amz-meta-``) stores; what it lacks or holds
-        unreadable keeps ``st``'s value."""
+        unreadable keeps ``st``'s value. The version stays ``st``'s: a stored mtime is
+        shown, not compared (`Stat.modified_ns`)."""
         mode = _parse_int(meta.get("mode"), 0o177777)
         uid = _parse_int(meta.get("uid"), _MAX_ID)
         gid = _parse_int(meta.get("gid"), _MAX_ID)

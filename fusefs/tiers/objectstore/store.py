@@ -407,15 +407,25 @@ class SignedGets:
         headers = {k.lower(): v for k, v in r.headers.items()}
         return int(headers.get("content-length") or 0), plain_etag(headers.get("etag")), headers
 
+    def _get(self, url: str, first: int, last: int | None, *,
+             etag: str | None = None) -> urllib3.BaseHTTPResponse:
+        """A signed GET of bytes ``[first, last]`` of the object at ``url`` (the whole
+        object when ``last`` is None), with ``If-Match`` when ``etag`` is given. Raises
+        `HttpAnswer` for an answer other than 200/206 (`_check_status`) or a urllib3
+        error (no answer). Every GET of this class goes through here."""
+        headers = dict(self._auth(url))
+        if last is not None:
+            headers["Range"] = f"bytes={first}-{last}"
+        if etag:
+            headers["If-Match"] = etag
+        r = self._pool.request("GET", url, headers=headers, preload_content=True,
+                               redirect=False)
+        _check_status(r.status, r.data)
+        return r
+
     def fetch(self, url: str, limit: int) -> bytes:
         """The whole object at ``url`` (at most ``limit`` bytes are asked for)."""
-        headers = dict(self._auth(url))
-        headers["Range"] = f"bytes=0-{max(limit, 1) - 1}"
-        r = self._pool.request("GET", url, headers=headers, preload_content=True, redirect=False)
-        data: bytes = r.data
-        if r.status not in (200, 206):
-            code = _CODE.search(data)
-            raise HttpAnswer(r.status, code.group(1).decode(errors="replace") if code else "", "")
+        data: bytes = self._get(url, 0, max(limit, 1) - 1).data
         return data[:limit]
 
     def get(self, url: str, offset: int, size: int, *, etag: str | None, total: int) -> bytes:
@@ -427,14 +437,8 @@ class SignedGets:
         ``rclone serve s3``, are caught there). Raises `HttpAnswer` (412 for a
         changed object) or a urllib3 error (no answer).
         """
-        headers = dict(self._auth(url))
-        headers["Range"] = f"bytes={offset}-{offset + size - 1}"
-        if etag:
-            headers["If-Match"] = etag
-        r = self._pool.request("GET", url, headers=headers, preload_content=True,
-                               redirect=False)
+        r = self._get(url, offset, offset + size - 1, etag=etag)
         data: bytes = r.data
-        _check_status(r.status, data)
         got = plain_etag(r.headers.get("ETag"))
         if etag and got and got != etag:
             raise HttpAnswer(412, "ETagChanged", f"the object's ETag is {got}, not {etag}")
@@ -458,13 +462,8 @@ class SignedGets:
         ``x-amz-meta-*``, as `head` gives them). One GET tied to no version: the answer
         says which version it is, so it does what an open's HEAD and a read do, in one
         request. Another size is an `HttpAnswer` 412 (the caller fetches nothing then)."""
-        headers = dict(self._auth(url))
-        if size:
-            headers["Range"] = f"bytes=0-{size - 1}"
-        r = self._pool.request("GET", url, headers=headers, preload_content=True,
-                               redirect=False)
+        r = self._get(url, 0, size - 1 if size else None)
         data: bytes = r.data
-        _check_status(r.status, data)
         m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
         if m is not None:
             total = int(m.group(3)) if m.group(3) != "*" else -1
@@ -483,6 +482,13 @@ def _check_status(status: int, body: bytes) -> None:
         msg = _MESSAGE.search(body)
         raise HttpAnswer(status, code.group(1).decode(errors="replace") if code else "",
                          msg.group(1).decode(errors="replace") if msg else "")
+
+
+def _metadata_text(md: Any, name: str) -> str:
+    """The value of ``name`` in a pyarrow input file's metadata (keys and values may be
+    bytes or str), or "" where it has none."""
+    v = md.get(name, md.get(name.encode()))
+    return v.decode() if isinstance(v, bytes) else str(v or "")
 
 
 def _http_date_ns(value: str | None) -> int:
@@ -996,10 +1002,7 @@ class Store:
             md = f.metadata()
         except (OSError, ValueError):
             return "", 0
-        def get(name: str) -> str:
-            v = md.get(name, md.get(name.encode()))
-            return v.decode() if isinstance(v, bytes) else str(v or "")
-        generation, updated = get("generation"), get("updated")
+        generation, updated = _metadata_text(md, "generation"), _metadata_text(md, "updated")
         try:
             ns = int(datetime.datetime.fromisoformat(updated.replace("Z", "+00:00"))
                      .timestamp()) * 1_000_000_000 if updated else 0
@@ -1141,7 +1144,8 @@ class Store:
 
     def _answer_stat(self, size: int, etag: str, headers: dict[str, str], kind: str) -> Stat:
         """The `Stat` an S3 answer (HEAD or GET) states: size, Last-Modified, ETag, and
-        with `stored_attributes` what its user metadata stores."""
+        with `stored_attributes` what its user metadata stores (a stored mtime is shown;
+        the version keeps Last-Modified, as a listing gives it)."""
         mtime_ns = _http_date_ns(headers.get("last-modified"))
         base = (self._attrs.dir(mtime_ns or self._attrs.started_ns) if kind == "dir"
                 else self._attrs.file(size, mtime_ns or self._attrs.started_ns))
