@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 from mounting import Mounted, tierfs_cmd
-from s3server import S3Server, s3, s3_server  # noqa: F401  (fixtures)
+from s3server import S3Server
 
 pytestmark = [pytest.mark.mount]
 
@@ -46,7 +46,7 @@ def ls_l(path: str) -> str:
 
 
 @pytest.mark.s3
-def test_a_store_without_attributes_is_asked_once(s3: S3Server, tmp_path: Path,  # noqa: F811
+def test_a_store_without_attributes_is_asked_once(s3: S3Server, tmp_path: Path,
                                                    make_mount: Callable[..., Mounted]) -> None:
     for i in range(20):
         (s3.bucket_dir / "x" / f"f{i:02d}").parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def test_a_local_source_keeps_its_attributes_unless_told(tmp_path: Path,
 
 
 @pytest.mark.s3
-def test_an_open_that_finds_a_new_size_tells_the_kernel(s3: S3Server, tmp_path: Path,  # noqa: F811
+def test_an_open_that_finds_a_new_size_tells_the_kernel(s3: S3Server, tmp_path: Path,
                                                         make_mount: Callable[..., Mounted]
                                                         ) -> None:
     """The listing (cached for list_ttl) told the kernel one size; the open's HEAD finds
@@ -129,7 +129,7 @@ def test_an_open_that_finds_a_new_size_tells_the_kernel(s3: S3Server, tmp_path: 
             assert os.stat(f"{mp}/f{i}").st_size == len(new[i])
 
 
-def _s3_config(tmp_path: Path, s3: S3Server, extra: str = "") -> str:  # noqa: F811
+def _s3_config(tmp_path: Path, s3: S3Server, extra: str = "") -> str:
     cfg = tmp_path / "ttl.toml"
     cfg.write_text(f'[source]\naccess_key = "{s3.access_key}"\n'
                    f'secret_key = "{s3.secret_key}"\ndir_markers = false\n'
@@ -139,7 +139,7 @@ def _s3_config(tmp_path: Path, s3: S3Server, extra: str = "") -> str:  # noqa: F
 
 @pytest.mark.s3
 def test_the_kernel_keeps_what_the_mount_would_answer_anyway(
-        s3: S3Server, tmp_path: Path, make_mount: Callable[..., Mounted]) -> None:  # noqa: F811
+        s3: S3Server, tmp_path: Path, make_mount: Callable[..., Mounted]) -> None:
     """Names and attributes the mount's metadata cache vouches for (stat_ttl) are the
     kernel's for as long: a second walk sends no lookups, though it starts after the
     configured 1 s timeouts have passed; a name an open finds gone is gone for stat."""
