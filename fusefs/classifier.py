@@ -28,9 +28,10 @@ own runs on the same file (farther than twice that run's reorder allowance), tha
 *interrupted*; a request that then lands at its end restarts the run there (labelled
 ``random``) instead of lengthening it. A stream that advanced ``_CONFIRMED`` times without
 an interruption is confirmed and no longer interrupted: a reader that scans a file and
-looks something up elsewhere in it between two reads still streams. Two windows back to
-back (the fault that lands just past the last one) still make a run of two; that is rare
-at random and costs one window's read-ahead.
+looks something up elsewhere in it between two reads still streams. And a run that a
+process starts (or restarts) by such a jump needs three requests, not two, to be a
+stream: two windows back to back, the second for a fault that landed just past the first,
+happen at random; three seldom do.
 
 The labels:
 
@@ -89,7 +90,7 @@ class _Stream:
     """One run of contiguous reads on one file."""
 
     __slots__ = ("id", "pid", "start", "next", "max_size", "last", "sequential", "sampled",
-                 "advances", "holes", "jumped")
+                 "advances", "holes", "jumped", "searched")
 
     def __init__(self, stream_id: int, pid: int, offset: int, size: int, now: float) -> None:
         self.id = stream_id
@@ -113,6 +114,10 @@ class _Stream:
         # touch this run (the kernel trims read-around to the pages it lacks), not a
         # continuation.
         self.jumped = False
+        # Started by a jump of its process within a file it was already reading (or
+        # restarted by one): it takes a third request to call it a stream, as two windows
+        # of random faults may happen to lie back to back.
+        self.searched = False
 
 
 def _starts_a_gap(holes: list[list[int]], offset: int) -> bool:
@@ -279,6 +284,7 @@ class Classifier:
             if owner is not None:
                 self._add_sample(owner, s.next - s.start if s.advances and not s.holes else 0)
             s.jumped = False
+            s.searched = True
             s.sequential = False
             s.start = offset
             s.next = offset + size
@@ -311,7 +317,8 @@ class Classifier:
             run = s.next - s.start
             if s.sequential:
                 label = Label.SEQUENTIAL
-            elif (run >= self._cutoff and not s.holes) or streamer:
+            elif ((run >= self._cutoff and not s.holes and (s.advances > 1 or not s.searched))
+                  or (streamer and not s.searched)):
                 s.sequential = True
                 label = Label.SEQUENTIAL
                 self._sample_crossing(s, run)
@@ -347,6 +354,7 @@ class Classifier:
             self._n_streams += 1
             self._streams_created += 1
             streams.append(s)
+            s.searched = own
             run = size
             if streamer and not own:
                 s.sequential = True

@@ -143,9 +143,21 @@ def test_a_window_touching_a_run_after_a_far_jump_restarts_it() -> None:
     gap = c.classify(1, 5, mib, mib // 2)  # the kernel sends the pages after the first window
     assert gap.stream_id == first.stream_id
     assert gap.label is Label.RANDOM and gap.run_length == mib // 2
-    # Continued at once, with no jump between, it is a run again.
+    # Continued at once, with no jump between, it is a run again; begun by a jump, it takes
+    # a third request to be a stream (two windows back to back happen at random).
     nxt = c.classify(1, 5, mib + mib // 2, mib)
-    assert nxt.label is Label.SEQUENTIAL and nxt.run_length == mib + mib // 2
+    assert nxt.label is Label.UNKNOWN and nxt.run_length == mib + mib // 2
+    third = c.classify(1, 5, 2 * mib + mib // 2, mib)
+    assert third.label is Label.SEQUENTIAL and third.run_length == 2 * mib + mib // 2
+
+
+def test_two_windows_back_to_back_in_a_searched_file_are_no_stream() -> None:
+    c, _ = make()
+    mib = 1024 * KiB
+    c.classify(1, 5, 0, mib)
+    far = c.classify(1, 5, 40 * mib, mib)  # a fault elsewhere in the file
+    nxt = c.classify(1, 5, 41 * mib, mib // 2)  # and one just past its window
+    assert far.label is Label.RANDOM and nxt.label is not Label.SEQUENTIAL
 
 
 def test_a_near_request_does_not_interrupt() -> None:
