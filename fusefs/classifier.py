@@ -15,9 +15,9 @@ times the stream's largest request, capped).
 Why processes: a training loader that streamed its last shard will stream the next one. A
 running average of run lengths per process lets its first request on a new file be labelled
 ``sequential`` instead of waiting for the run to build up. Only runs of two requests or
-more count as runs there (a lone read-around window is evidence of nothing), and only its
-first stream on a file is presumed: a process that lands elsewhere in a file it already
-reads is searching it.
+more count as runs there (a lone read-around window is evidence of nothing), and it is not
+presumed where it searches: a process that lands elsewhere in a file where it has a run
+still short of confirmed (below) is searching it.
 
 Why jumps matter (random access through ``mmap``): each page fault becomes one read-around
 window centred on the fault, trimmed by the kernel to the pages it does not hold yet. Once
@@ -333,14 +333,13 @@ class Classifier:
         else:
             # A jump: this process's other runs on the file are interrupted if it landed
             # far from them (a late piece of reordered read-ahead lands near). A process
-            # that already reads this file and lands elsewhere is not presumed to stream
-            # there: a streamer that turns to searching an index does exactly that.
+            # with such a run on this file that lands elsewhere is not presumed to stream
+            # there: a streamer that turns to searching an index does exactly that (one
+            # that finished a stream here and starts over is on its next epoch).
             own = False
             for o in streams:
-                if o.pid == pid:
+                if o.pid == pid and o.advances < _CONFIRMED:
                     own = True
-                    if o.advances >= _CONFIRMED:
-                        continue
                     far = o.max_size * self._reorder_factor
                     if far > self._reorder_max:
                         far = self._reorder_max

@@ -199,6 +199,15 @@ def test_a_streamer_searching_a_file_it_reads_is_not_presumed_to_stream_there() 
     assert far.label is not Label.SEQUENTIAL
 
 
+def test_a_streamer_starting_over_on_a_file_it_streamed_is_presumed() -> None:
+    """The next epoch: a loader that read a shard to its end reads it again from the start."""
+    c, _ = make()
+    stream(c, 1, 42, 0, 64 * KiB, 8)
+    stream(c, 2, 42, 0, 64 * KiB, 8)
+    assert c.is_streamer(42)
+    assert c.classify(1, 42, 0, 64 * KiB).label is Label.SEQUENTIAL
+
+
 def test_late_piece_far_behind_fills_its_gap() -> None:
     """1 MiB read-ahead delivered out of order: the piece after the gap arrives first and the
     late one is two requests behind the run's end, past the (capped) reorder allowance."""
