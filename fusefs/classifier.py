@@ -249,6 +249,10 @@ class Classifier:
         best: _Stream | None = None
         best_dist = 0
         idle_seen = False
+        # This process's unconfirmed runs here, and those of them far from this request:
+        # interrupted if it continues none (found in the same pass, to keep it cheap).
+        own = False
+        far_own: list[_Stream] | None = None
         for s in streams:
             if now - s.last > self._idle:
                 idle_seen = True
@@ -263,11 +267,18 @@ class Classifier:
             # piece that starts exactly where a gap does is late, however far behind.
             if (0 <= delta <= min(allowance, s.max_size)
                     or (-allowance <= delta < 0 and offset + size <= s.next)
-                    or (s.holes and delta < 0 and _starts_a_gap(s.holes, offset))):
+                    or (delta < 0 and s.holes and _starts_a_gap(s.holes, offset))):
                 dist = delta if delta >= 0 else -delta
                 if best is None or dist < best_dist:
                     best = s
                     best_dist = dist
+            elif s.pid == pid and s.advances < _CONFIRMED:
+                own = True
+                if delta > 2 * allowance or delta < -2 * allowance:
+                    if far_own is None:
+                        far_own = [s]
+                    else:
+                        far_own.append(s)
         if idle_seen:
             keep = []
             for s in streams:
@@ -336,16 +347,9 @@ class Classifier:
             # with such a run on this file that lands elsewhere is not presumed to stream
             # there: a streamer that turns to searching an index does exactly that (one
             # that finished a stream here and starts over is on its next epoch).
-            own = False
-            for o in streams:
-                if o.pid == pid and o.advances < _CONFIRMED:
-                    own = True
-                    far = o.max_size * self._reorder_factor
-                    if far > self._reorder_max:
-                        far = self._reorder_max
-                    far *= 2
-                    if offset - o.next > far or o.next - offset > far:
-                        o.jumped = True
+            if far_own is not None:
+                for o in far_own:
+                    o.jumped = True
             if len(streams) >= self._max_streams:
                 self._drop_one(streams)
             s = _Stream(self._next_stream_id, pid, offset, size, now)
