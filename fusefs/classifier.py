@@ -15,21 +15,38 @@ times the stream's largest request, capped).
 Why processes: a training loader that streamed its last shard will stream the next one. A
 running average of run lengths per process lets its first request on a new file be labelled
 ``sequential`` instead of waiting for the run to build up. Only runs of two requests or
-more count as runs there (a lone read-around window is evidence of nothing).
+more count as runs there (a lone read-around window is evidence of nothing), and it is not
+presumed where it searches: a process that lands elsewhere in a file where it has a run
+still short of confirmed (below) is searching it.
+
+Why jumps matter (random access through ``mmap``): each page fault becomes one read-around
+window centred on the fault, trimmed by the kernel to the pages it does not hold yet. Once
+part of the file is cached, a fault between two cached windows sends exactly the gap, so it
+starts where an earlier window ended: contiguous with a run, though the process has been
+reading all over the file since. So when a process starts a new run far from one of its
+own runs on the same file (farther than twice that run's reorder allowance), that run is
+*interrupted*; a request that then lands at its end restarts the run there (labelled
+``random``) instead of lengthening it. A stream that advanced ``_CONFIRMED`` times without
+an interruption is confirmed and no longer interrupted: a reader that scans a file and
+looks something up elsewhere in it between two reads still streams. And a run that a
+process starts (or restarts) by such a jump needs three requests, not two, to be a
+stream: two windows back to back, the second for a fault that landed just past the first,
+happen at random; three seldom do.
 
 The labels:
 
 * ``sequential``: the request continues a stream whose run covers at least
   ``sequential_cutoff`` bytes, or it comes from a process recognised as a streamer. Once
-  sequential, a stream stays so for its life. One request, however large, is not a
-  stream: random page faults on an ``mmap``-ed file (a FAISS index, an embedding table)
-  arrive as the kernel's read-around windows, one large request each (up to the mount's
-  read-ahead, 1 MiB) at a random place, and continued by nothing.
+  sequential, a stream stays so until an interruption restarts it (above). One request,
+  however large, is not a stream: random page faults on an ``mmap``-ed file (a FAISS
+  index, an embedding table) arrive as the kernel's read-around windows, one large request
+  each (up to the mount's read-ahead, 1 MiB) at a random place, and continued by nothing.
 * ``unknown``: too few requests yet: the first request on a file nobody has read yet, or a
   stream still growing below the cutoff.
-* ``random``: a request that continues no stream of a file already being read, or that
-  re-reads bytes its stream has covered (a re-read never lengthens a run, so a hot page read
-  over and over does not turn into a "stream").
+* ``random``: a request that continues no stream of a file already being read, that lands
+  at the end of an interrupted run, or that re-reads bytes its stream has covered (a
+  re-read never lengthens a run, so a hot page read over and over does not turn into a
+  "stream").
 
 Cost: O(1) per request (a bounded scan of at most ``max_streams_per_file`` streams) and
 bounded memory: files, streams per file and processes are capped and the least recently
@@ -47,6 +64,12 @@ from typing import NamedTuple
 from .access import Label
 
 __all__ = ["Access", "Classifier", "Label"]
+
+# Advances after which a run is a confirmed stream: a far jump of its process on the same
+# file no longer restarts it (a reader that scans and looks things up elsewhere in the
+# file between two requests still streams). Below it, a jump does: two random windows
+# that happen to touch are a run of two.
+_CONFIRMED = 4
 
 
 class Access(NamedTuple):
@@ -67,7 +90,7 @@ class _Stream:
     """One run of contiguous reads on one file."""
 
     __slots__ = ("id", "pid", "start", "next", "max_size", "last", "sequential", "sampled",
-                 "continued", "holes")
+                 "advances", "holes", "jumped", "searched")
 
     def __init__(self, stream_id: int, pid: int, offset: int, size: int, now: float) -> None:
         self.id = stream_id
@@ -79,12 +102,29 @@ class _Stream:
         self.sequential = False
         # Set once the run has been reported to its process's average at the cutoff.
         self.sampled = False
-        # A later request advanced it: a run, not one lone request.
-        self.continued = False
+        # Later requests that advanced it: one or more is a run, not one lone request;
+        # `_CONFIRMED` or more is a stream no jump of its process interrupts any more.
+        self.advances = 0
         # Gaps [start, end) skipped ahead and not yet filled by the late piece that
         # starts exactly there: a stream with a gap is not (yet) sequential; random windows
         # that happen to land ahead leave gaps that nothing fills.
         self.holes: list[list[int]] = []
+        # Its process jumped far away on this file since the stream's last request: a
+        # request that lands at ``next`` now is a random fault's window that happens to
+        # touch this run (the kernel trims read-around to the pages it lacks), not a
+        # continuation.
+        self.jumped = False
+        # Started by a jump of its process within a file it was already reading (or
+        # restarted by one): it takes a third request to call it a stream, as two windows
+        # of random faults may happen to lie back to back.
+        self.searched = False
+
+
+def _starts_a_gap(holes: list[list[int]], offset: int) -> bool:
+    for gap in holes:
+        if gap[0] == offset:
+            return True
+    return False
 
 
 class _PidStats:
@@ -209,6 +249,10 @@ class Classifier:
         best: _Stream | None = None
         best_dist = 0
         idle_seen = False
+        # This process's unconfirmed runs here, and those of them far from this request:
+        # interrupted if it continues none (found in the same pass, to keep it cheap).
+        own = False
+        far_own: list[_Stream] | None = None
         for s in streams:
             if now - s.last > self._idle:
                 idle_seen = True
@@ -219,13 +263,22 @@ class Classifier:
                 allowance = self._reorder_max
             # Ahead: at most one request may be missing (delivered late). Behind: a late
             # piece lies wholly behind; one that overlaps the covered bytes and runs past
-            # them is how the kernel's read-around windows of random mmap faults look.
+            # them is how the kernel's read-around windows of random mmap faults look. The
+            # piece that starts exactly where a gap does is late, however far behind.
             if (0 <= delta <= min(allowance, s.max_size)
-                    or (-allowance <= delta < 0 and offset + size <= s.next)):
+                    or (-allowance <= delta < 0 and offset + size <= s.next)
+                    or (delta < 0 and s.holes and _starts_a_gap(s.holes, offset))):
                 dist = delta if delta >= 0 else -delta
                 if best is None or dist < best_dist:
                     best = s
                     best_dist = dist
+            elif s.pid == pid and s.advances < _CONFIRMED:
+                own = True
+                if delta > 2 * allowance or delta < -2 * allowance:
+                    if far_own is None:
+                        far_own = [s]
+                    else:
+                        far_own.append(s)
         if idle_seen:
             keep = []
             for s in streams:
@@ -235,7 +288,25 @@ class Classifier:
                     keep.append(s)
             streams[:] = keep
 
-        if best is not None:
+        if best is not None and best.jumped:
+            # Adjacent by chance, after the process read far away: the run starts again here.
+            s = best
+            owner = self._pids.get(s.pid)
+            if owner is not None:
+                self._add_sample(owner, s.next - s.start if s.advances and not s.holes else 0)
+            s.jumped = False
+            s.searched = True
+            s.sequential = False
+            s.start = offset
+            s.next = offset + size
+            s.holes.clear()
+            s.advances = 0
+            if size > s.max_size:
+                s.max_size = size
+            s.last = now
+            run = size
+            label = Label.RANDOM
+        elif best is not None:
             s = best
             end = offset + size
             advanced = end > s.next
@@ -250,14 +321,15 @@ class Classifier:
                         break
             if advanced:
                 s.next = end
-                s.continued = True
+                s.advances += 1
             if size > s.max_size:
                 s.max_size = size
             s.last = now
             run = s.next - s.start
             if s.sequential:
                 label = Label.SEQUENTIAL
-            elif (run >= self._cutoff and not s.holes) or streamer:
+            elif ((run >= self._cutoff and not s.holes and (s.advances > 1 or not s.searched))
+                  or (streamer and not s.searched)):
                 s.sequential = True
                 label = Label.SEQUENTIAL
                 self._sample_crossing(s, run)
@@ -270,6 +342,14 @@ class Classifier:
                 # Re-reading what the stream already covered: a random pattern.
                 label = Label.RANDOM
         else:
+            # A jump: this process's other runs on the file are interrupted if it landed
+            # far from them (a late piece of reordered read-ahead lands near). A process
+            # with such a run on this file that lands elsewhere is not presumed to stream
+            # there: a streamer that turns to searching an index does exactly that (one
+            # that finished a stream here and starts over is on its next epoch).
+            if far_own is not None:
+                for o in far_own:
+                    o.jumped = True
             if len(streams) >= self._max_streams:
                 self._drop_one(streams)
             s = _Stream(self._next_stream_id, pid, offset, size, now)
@@ -277,8 +357,9 @@ class Classifier:
             self._n_streams += 1
             self._streams_created += 1
             streams.append(s)
+            s.searched = own
             run = size
-            if streamer:
+            if streamer and not own:
                 s.sequential = True
                 label = Label.SEQUENTIAL
                 self._pid_recognised += 1
@@ -357,7 +438,7 @@ class Classifier:
             self._streams_dropped += 1
         pstats = self._pids.get(s.pid)
         if pstats is not None:
-            self._add_sample(pstats, s.next - s.start if s.continued and not s.holes else 0)
+            self._add_sample(pstats, s.next - s.start if s.advances and not s.holes else 0)
 
     def _sample_crossing(self, s: _Stream, run: int) -> None:
         # A long run is reported when it becomes sequential, so its process is recognised
