@@ -160,6 +160,8 @@ class Filler:
                     async with limiter:
                         data = await (f.pread(rlo, rhi - rlo) if background else
                                       f.pread_offloaded(rlo, rhi - rlo))
+                    self.stats.add("source.bytes.fill" if background else "source.bytes.warm",
+                                   len(data))
                     if len(data) != rhi - rlo:
                         raise OSError(errno.EIO, f"{path!r} changed while being copied")
                 except OSError as exc:
