@@ -558,7 +558,7 @@ def _render_speculation(amp: Any, c: dict[str, int]) -> list[str]:
         ("read-ahead", c.get("readahead.bytes.capacity", 0) + c.get("readahead.bytes.fast", 0),
          c.get("readahead.used_bytes", 0), c.get("readahead.wasted_bytes", 0)),
         ("widening", c.get("speculative.widen.fetched_bytes", 0), None, None),
-        ("fill", c.get("source.bytes.fill", 0), None, None),
+        ("fill", c.get("source.bytes.fill", 0), c.get("fill.used_bytes", 0), None),
     ]
     kinds = [k for k in kinds if k[1]]
     if kinds:

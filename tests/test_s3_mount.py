@@ -720,6 +720,8 @@ def test_random_reader_fills_the_file_into_the_fast_tier(
                 assert read_direct(emb, off, n) == table[off:off + n]
             with open(emb, "rb") as f:
                 assert f.read() == table
+            # The fill's bytes were of use: the fast tier served them (counted per fill).
+            assert stats(m.mountpoint)["counters"].get("fill.used_bytes", 0) > 0
         finally:
             server.start()
 
@@ -822,6 +824,14 @@ def test_a_walk_in_name_order_is_still_fetched_ahead(
         assert c.get("walk.hits", 0) > 0
         assert counter_sum({"counters": c}, "read.bytes.ahead.") > 0
         assert c.get("walk.used_bytes", 0) > 0
+        # `tierfs stats` shows the buffer as a tier, the amplification, and the walk-ahead's
+        # fetched/used/wasted bytes.
+        out = subprocess.run(tierfs_cmd("stats", m.mountpoint), capture_output=True,
+                             text=True, check=True, timeout=60).stdout
+        lines = out.splitlines()
+        assert any(line.startswith("ahead ") for line in lines), out
+        assert any(line.startswith("read amplification ") for line in lines), out
+        assert any(line.startswith("walk-ahead ") for line in lines), out
 
 
 def test_walk_ahead_backs_off_when_unused_and_comes_back_for_a_walk(

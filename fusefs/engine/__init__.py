@@ -419,6 +419,8 @@ class Engine:
         if tiers is not None:
             tiers.add(tier)
         self.stats.add(f"read.bytes.{tier}.{label}", n)
+        if tier == "fast" and self.filler is not None and self.filler.unserved:
+            self.filler.served(h.path, h.version, n)
         f = h.figures
         if f is not None:
             f.add(tier, label, n)
