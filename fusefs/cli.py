@@ -174,7 +174,10 @@ def build_parser(*, replay: bool = True) -> argparse.ArgumentParser:
 
     s = sub.add_parser("stats", help="show a mount's counters",
                        description="Print what a live mount has done: bytes served by tier "
-                                   "and access class, hit ratios, errors answered, pending "
+                                   "and access class, hit ratios, read amplification "
+                                   "(source bytes over bytes served) with the bytes each "
+                                   "kind of speculative fetch fetched, used and wasted, "
+                                   "errors answered, pending "
                                    "uploads, counters, latency percentiles and each tier's "
                                    "occupancy (--json: the same as one JSON object). "
                                    "--by-path: the files read most, and totals per rule. "
