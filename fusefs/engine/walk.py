@@ -102,6 +102,7 @@ class WalkAhead:
         self._pending: dict[bytes, _Dir] = {}  # fetched ahead, neither used nor wasted yet
         self._walked: OrderedDict[bytes, SourceVersion] = OrderedDict()
         self._slots = trio.CapacityLimiter(8)
+        self._tasks = 0  # fetch tasks running (a dropped one may still be reading)
 
     @property
     def busy(self) -> bool:
@@ -180,12 +181,13 @@ class WalkAhead:
                 continue
             if self._bytes + st.st_size > self.budget:
                 break
-            self._flight[child] = trio.Event()
+            mine = self._flight[child] = trio.Event()
             self._pending[child] = d
             d.pending[child] = i
             self.stats.add("walk.started_files")
             assert self.nursery is not None
-            self.nursery.start_soon(self._fetch, child, st)
+            self._tasks += 1
+            self.nursery.start_soon(self._fetch, child, st, mine)
 
     def _judge_passed(self, d: _Dir) -> None:
         """Files of ``d`` fetched ahead that the walk left behind are wasted."""
@@ -238,8 +240,9 @@ class WalkAhead:
             ev.set()
         self._judge(path, False)
 
-    async def _fetch(self, path: bytes, st: Stat) -> None:
-        mine = self._flight[path]
+    async def _fetch(self, path: bytes, st: Stat, mine: trio.Event) -> None:
+        # ``mine`` is the path's entry in ``_flight`` while nobody dropped it (it may be
+        # dropped before this task even starts).
         try:
             async with self._slots:
                 if self._flight.get(path) is not mine:
@@ -275,6 +278,7 @@ class WalkAhead:
             self._judge(path, False)
             log.exception("fetch ahead of %r failed", path)
         finally:
+            self._tasks -= 1
             if self._flight.get(path) is mine:
                 del self._flight[path]
             mine.set()
@@ -311,5 +315,5 @@ class WalkAhead:
         self._forget(path)
 
     def statistics(self) -> dict[str, int]:
-        return {"walk_buffer_bytes": self._bytes, "walk_in_flight": len(self._flight),
+        return {"walk_buffer_bytes": self._bytes, "walk_in_flight": self._tasks,
                 "walk_pending_files": len(self._pending)}
