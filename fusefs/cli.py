@@ -176,7 +176,10 @@ def build_parser(*, replay: bool = True) -> argparse.ArgumentParser:
 
     s = sub.add_parser("stats", help="show a mount's counters",
                        description="Print what a live mount has done: bytes served by tier "
-                                   "and access class, hit ratios, errors answered, pending "
+                                   "and access class, hit ratios, read amplification "
+                                   "(source bytes over bytes served) with the bytes each "
+                                   "kind of speculative fetch fetched, used and wasted, "
+                                   "errors answered, pending "
                                    "uploads, counters, latency percentiles and each tier's "
                                    "occupancy (--json: the same as one JSON object). "
                                    "--by-path: the files read most, and totals per rule. "
@@ -549,6 +552,35 @@ def render_by_path(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _render_speculation(amp: Any, c: dict[str, int]) -> list[str]:
+    """Read amplification and, per kind of speculative fetch, bytes fetched, used, wasted."""
+    lines: list[str] = []
+    if isinstance(amp, dict) and amp.get("read_amplification") is not None:
+        lines += ["", f"read amplification {amp['read_amplification']:.2f}: "
+                      f"{format_size(amp['source_bytes'])} fetched from the source for "
+                      f"{format_size(amp['served_bytes'])} served"]
+    kinds = [  # kind, fetched, used, wasted (None: not measured)
+        ("walk-ahead", c.get("walk.fetched_bytes", 0), c.get("walk.used_bytes", 0),
+         c.get("walk.wasted_bytes", 0)),
+        ("read-ahead", c.get("readahead.bytes.capacity", 0) + c.get("readahead.bytes.fast", 0),
+         c.get("readahead.used_bytes", 0), c.get("readahead.wasted_bytes", 0)),
+        ("widening", c.get("speculative.widen.fetched_bytes", 0), None, None),
+        ("fill", c.get("source.bytes.fill", 0), c.get("fill.used_bytes", 0), None),
+    ]
+    kinds = [k for k in kinds if k[1]]
+    if kinds:
+        lines += ["", "speculative fetches (wasted: gone unread; -: not measured):",
+                  f"{'kind':<12}{'fetched':>12}{'used':>12}{'wasted':>12}"]
+        for name, fetched, used, wasted in kinds:
+            lines.append(f"{name:<12}{format_size(fetched):>12}"
+                         + "".join(f"{format_size(v) if v is not None else '-':>12}"
+                                   for v in (used, wasted)))
+        if c.get("walk.backoffs"):
+            lines.append(f"walk-ahead backed off {c['walk.backoffs']} times "
+                         f"({c.get('walk.probes', 0)} probes since)")
+    return lines
+
+
 def render_stats(snap: dict[str, Any]) -> str:
     """A human table of a stats snapshot."""
     lines = []
@@ -558,24 +590,27 @@ def render_stats(snap: dict[str, Any]) -> str:
                      f"(pid {mount.get('pid')}, up {snap.get('uptime_s', 0):.0f}s)")
     c = snap.get("counters", {})
     classes = ("random", "sequential", "unknown")
-    by = {(t, k): c.get(f"read.bytes.{t}.{k}", 0) for t in ("dram", "fast", "capacity")
-          for k in classes}
+    tiers = ("dram", "fast", "ahead", "capacity")
+    by = {(t, k): c.get(f"read.bytes.{t}.{k}", 0) for t in tiers for k in classes}
+    # The walk-ahead buffer's row only where it served something.
+    shown = [t for t in tiers if t != "ahead" or any(by[t, k] for k in classes)]
     total = sum(by.values())
     if total:
         lines += ["", "bytes served by tier and access class (share of all bytes read):",
                   f"{'tier':<10}" + "".join(f"{k:>14}" for k in classes) + f"{'total':>14}"
                   + f"{'share':>8}"]
-        for t in ("dram", "fast", "capacity"):
+        for t in shown:
             row = sum(by[t, k] for k in classes)
             lines.append(f"{t:<10}" + "".join(f"{format_size(by[t, k]):>14}" for k in classes)
                          + f"{format_size(row):>14}{100 * row / total:>7.1f}%")
-        hits = {k: sum(by[t, k] for t in ("dram", "fast")) for k in classes}
+        hits = {k: sum(by[t, k] for t in ("dram", "fast", "ahead")) for k in classes}
         failed = sum(v for k, v in c.items() if k.startswith("errors.read."))
         if failed:
             lines.append(f"{'':<10}{failed} read requests FAILED (not in the ratios below)")
         lines.append(f"{'hit ratio':<10}" + "".join(
-            f"{(100 * hits[k] / s if (s := sum(by[t, k] for t in ('dram', 'fast', 'capacity'))) else 0):>13.1f}%"
+            f"{(100 * hits[k] / s if (s := sum(by[t, k] for t in tiers)) else 0):>13.1f}%"
             for k in classes))
+    lines += _render_speculation(snap.get("amplification"), c)
     opens = c.get("meta.open", 0)
     if opens:
         lines += ["", f"opens: {opens}, {c.get('open.kernel_cache_kept', 0)} with the kernel's "

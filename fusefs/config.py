@@ -53,7 +53,9 @@ class CacheConfig:
                                  "off.")
     walk_memory: int = _opt(parse_size("64MiB"), "size",
                             "Object stores: bytes the small files fetched ahead of a "
-                            "directory walk may hold; 0 turns walk-ahead off.")
+                            "directory walk (files opened in name order, each close "
+                            "after the last) may hold; 0 turns walk-ahead off. A "
+                            "directory whose files fetched ahead go unread backs off.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,6 +198,7 @@ class Engine:
         if dram_policy is not None:
             stats.sources["policy_dram"] = _with_curves(dram_policy, self.mrc_dram)
         stats.sources["queues"] = self.queues
+        stats.sources["amplification"] = self.amplification
 
     @property
     def page_size(self) -> int:
@@ -418,6 +419,8 @@ class Engine:
         if tiers is not None:
             tiers.add(tier)
         self.stats.add(f"read.bytes.{tier}.{label}", n)
+        if tier == "fast" and self.filler is not None and self.filler.unserved:
+            self.filler.served(h.path, h.version, n)
         f = h.figures
         if f is not None:
             f.add(tier, label, n)
@@ -441,6 +444,20 @@ class Engine:
             **self.walk.statistics(),
             **self.kernel.statistics(),
         }
+
+    def amplification(self) -> dict[str, Any]:
+        """Bytes fetched from the capacity tier against bytes served to readers.
+
+        Source bytes are every read of the capacity tier the engine made (demand reads
+        with their widening, stream read-ahead, walk-ahead, whole-file fills), not
+        `tierfs warm`'s copies, which nobody reads through the mount at that time.
+        """
+        c = self.stats.counters
+        source = sum(v for k, v in c.items()
+                     if k.startswith("source.bytes.") and k != "source.bytes.warm")
+        served = sum(v for k, v in c.items() if k.startswith("read.bytes."))
+        return {"source_bytes": source, "served_bytes": served,
+                "read_amplification": round(source / served, 3) if served else None}
 
     def _fast_ok(self, h: FileHandle) -> bool:
         """The fast tier may serve or take bytes of this handle's version."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections import OrderedDict
 from typing import Callable
 
 import trio
@@ -53,6 +54,9 @@ class Filler:
         # Versions filled or being filled: one fill per version of a file per mount,
         # so a tier too small to keep a file cannot loop refetching it.
         self._started: set[tuple[bytes, SourceVersion]] = set()
+        #: Filled versions whose bytes the fast tier has not served yet: how many
+        #: (`served`; bounded, oldest first out).
+        self.unserved: OrderedDict[tuple[bytes, SourceVersion], int] = OrderedDict()
 
     def maybe_fill(self, path: bytes, version: SourceVersion, info: AccessInfo,
                    still_wanted: Callable[[], bool]) -> None:
@@ -68,6 +72,20 @@ class Filler:
         self.stats.add("fill.started")
         self.nursery.start_soon(self._fill, path, version, info, still_wanted)
 
+    def served(self, path: bytes, version: SourceVersion | None, n: int) -> None:
+        """The fast tier served ``n`` bytes of ``path`` at ``version``: if a fill copied
+        that version, count them as its use (up to what it copied)."""
+        key = (path, version)
+        left = self.unserved.get(key)  # type: ignore[arg-type]
+        if left is None:
+            return
+        used = min(n, left)
+        self.stats.add("fill.used_bytes", used)
+        if used < left:
+            self.unserved[key] = left - used  # type: ignore[index]
+        else:
+            del self.unserved[key]  # type: ignore[arg-type]
+
     async def _fill(self, path: bytes, version: SourceVersion, info: AccessInfo,
                     still_wanted: Callable[[], bool]) -> None:
         try:
@@ -75,6 +93,10 @@ class Filler:
                                 background=True, still_wanted=still_wanted)
             self.stats.add("fill.bytes", n)
             self.stats.add("fill.done")
+            if n:
+                self.unserved[(path, version)] = n
+                if len(self.unserved) > 10_000:
+                    self.unserved.popitem(last=False)
         except OSError as exc:
             self.stats.add("fill.failed")
             log.info("fill of %r stopped: %s", path, exc)
@@ -160,6 +182,8 @@ class Filler:
                     async with limiter:
                         data = await (f.pread(rlo, rhi - rlo) if background else
                                       f.pread_offloaded(rlo, rhi - rlo))
+                    self.stats.add("source.bytes.fill" if background else "source.bytes.warm",
+                                   len(data))
                     if len(data) != rhi - rlo:
                         raise OSError(errno.EIO, f"{path!r} changed while being copied")
                 except OSError as exc:

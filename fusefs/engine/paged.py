@@ -103,6 +103,12 @@ class PagedReader:
                 self.stats.add("read.remote_blocks")
             with engine.sched.latency():
                 data = await h.file.pread(start, length)
+            self.stats.add("source.bytes.read", len(data))
+            if start < req_start or start + len(data) > req_end:
+                # Bytes around the request fetched on speculation (used: DRAM hits or
+                # kernel pushes later, which are not told apart from others).
+                asked = max(0, min(start + len(data), req_end) - max(start, req_start))
+                self.stats.add("speculative.widen.fetched_bytes", len(data) - asked)
             engine.served(h, "capacity", info.label, min(size, len(data) - (offset - start)))
             engine.maybe_admit_fast(h, start, data, info, gen)
             engine.maybe_fill(h, info, gen)

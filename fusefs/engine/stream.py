@@ -48,6 +48,10 @@ class Chunk:
     optional: bool = False
     data: bytes = b""
     error: OSError | None = None
+    #: Bytes of ``data`` handed to the reader (the rest is wasted when the chunk goes).
+    served: int = 0
+    #: Dropped from its stream (behind the reader, closed, older generation).
+    dropped: bool = False
     #: Cancelled when the reader gave up waiting (see `StreamReader.read`).
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -141,6 +145,9 @@ class StreamReader:
                 raise ch.error
             piece = ch.data[pos - c:min(end, c + cs) - c]
             self.engine.served(h, ch.tier, info.label, len(piece))
+            used = min(len(piece), len(ch.data) - ch.served)
+            ch.served += used
+            self.stats.add("readahead.used_bytes", used)
             out.append(piece)
             pos += len(piece)
             if len(ch.data) < cs:
@@ -173,8 +180,17 @@ class StreamReader:
                 self._drop_chunk(st, c)
 
     def _drop_chunk(self, st: StreamState, start: int) -> None:
-        if st.chunks.pop(start, None) is not None:
+        ch = st.chunks.pop(start, None)
+        if ch is not None:
             self._bytes -= self.chunk_size
+            ch.dropped = True
+            if ch.done.is_set():
+                self._wasted(ch)
+
+    def _wasted(self, ch: Chunk) -> None:
+        """Count what of a chunk that is gone was never served."""
+        if ch.data and ch.served < len(ch.data):
+            self.stats.add("readahead.wasted_bytes", len(ch.data) - ch.served)
 
     def _start_chunk(self, h: FileHandle, st: StreamState, start: int, gen: int,
                      info: AccessInfo, *, optional: bool = False) -> Chunk:
@@ -206,6 +222,7 @@ class StreamReader:
                 async with self.sched.throughput:
                     data = await h.file.pread(ch.start, self.chunk_size)
                 self.stats.add("readahead.bytes.capacity", len(data))
+                self.stats.add("source.bytes.readahead", len(data))
                 engine.maybe_admit_fast(h, ch.start, data, info, ch.gen)
             ch.data = data
         except OSError as exc:
@@ -215,3 +232,5 @@ class StreamReader:
             ch.error = OSError(errno.EIO, f"read-ahead failed: {exc}")
         finally:
             ch.done.set()
+            if ch.dropped:  # gone while it was fetched: nobody will read it
+                self._wasted(ch)
