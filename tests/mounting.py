@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,6 +37,15 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def errno_of(fn: Callable[[], object]) -> int | None:
+    """The errno ``fn()`` raised, or None if it returned."""
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return None
 
 
 def resident_pages(fd: int, length: int) -> int:

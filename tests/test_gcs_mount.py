@@ -27,7 +27,7 @@ from typing import Any, Callable
 import pytest
 
 from gcsserver import GcsServer
-from mounting import Mounted, is_mounted, tierfs_cmd
+from mounting import Mounted, errno_of, is_mounted, tierfs_cmd
 from s3server import free_port
 
 pytestmark = [pytest.mark.gcs, pytest.mark.mount]
@@ -42,14 +42,6 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
-
-
-def errno_of(fn: Callable[[], object]) -> int | None:
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return None
 
 
 def stats(mnt: str) -> dict[str, Any]:

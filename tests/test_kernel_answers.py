@@ -1,12 +1,16 @@
-"""What the kernel is told once so that it stops asking: extended attributes.
+"""What the kernel is told, so that it asks the daemon only when the answer can differ.
 
-A source that keeps no extended attributes (an ``s3://`` bucket without
+Extended attributes: a source that keeps no extended attributes (an ``s3://`` bucket without
 ``stored_attributes``) answers the first xattr request of each kind with ENOSYS; the
 kernel remembers it for the mount and answers EOPNOTSUPP itself, so ``ls -l`` (two
 getxattr per file) and writes (security.capability) stop costing round trips to the
 daemon. A local source keeps its attributes unless ``-o noxattr`` is given. Counts
 asserted here are of requests that reach the daemon in a single-threaded sequence
 (no timing in them): the kernel forwards none once it was told.
+
+Names and attributes: the kernel keeps them as long as the mount's own metadata cache
+would give the same answer, and is told sooner when an open finds the object changed
+(another size) or gone.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from mounting import Mounted, tierfs_cmd
+from mounting import Mounted, errno_of, tierfs_cmd
 from s3server import S3Server
 
 pytestmark = [pytest.mark.mount]
@@ -32,30 +36,18 @@ def counters(mnt: str) -> dict[str, Any]:
     return json.loads(out)["counters"]
 
 
-def errno_of(fn: Callable[[], object]) -> int | None:
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return None
-
-
 def ls_l(path: str) -> str:
     return subprocess.run(["ls", "-l", path], capture_output=True, text=True, check=True,
                           timeout=60).stdout
 
 
 @pytest.mark.s3
-def test_a_store_without_attributes_is_asked_once(s3: S3Server, tmp_path: Path,
-                                                   make_mount: Callable[..., Mounted]) -> None:
+def test_a_store_without_attributes_is_asked_once(s3: S3Server,
+                                                   mount_s3: Callable[..., Mounted]) -> None:
     for i in range(20):
         (s3.bucket_dir / "x" / f"f{i:02d}").parent.mkdir(parents=True, exist_ok=True)
         (s3.bucket_dir / "x" / f"f{i:02d}").write_bytes(b"%d" % i * 100)
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text(f'[source]\naccess_key = "{s3.access_key}"\n'
-                   f'secret_key = "{s3.secret_key}"\ndir_markers = false\n'
-                   'read_timeout = "120s"\n')
-    with make_mount(s3.uri("x") + "&request_timeout=60", config=str(cfg)) as m:
+    with mount_s3(s3, "x") as m:
         mp = m.mountpoint
         f = f"{mp}/f00"
         for fn in (lambda: os.getxattr(f, "user.a"), lambda: os.listxattr(f),
@@ -101,8 +93,8 @@ def test_a_local_source_keeps_its_attributes_unless_told(tmp_path: Path,
 
 
 @pytest.mark.s3
-def test_an_open_that_finds_a_new_size_tells_the_kernel(s3: S3Server, tmp_path: Path,
-                                                        make_mount: Callable[..., Mounted]
+def test_an_open_that_finds_a_new_size_tells_the_kernel(s3: S3Server,
+                                                        mount_s3: Callable[..., Mounted]
                                                         ) -> None:
     """The listing (cached for list_ttl) told the kernel one size; the open's HEAD finds
     the object replaced by a longer one: every byte of the new version is read, not
@@ -111,11 +103,7 @@ def test_an_open_that_finds_a_new_size_tells_the_kernel(s3: S3Server, tmp_path: 
     d.mkdir(parents=True, exist_ok=True)
     for i in range(4):
         (d / f"f{i}").write_bytes(b"old-%d" % i)
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text(f'[source]\naccess_key = "{s3.access_key}"\n'
-                   f'secret_key = "{s3.secret_key}"\ndir_markers = false\n'
-                   'read_timeout = "120s"\n')
-    with make_mount(s3.uri("y") + "&request_timeout=60", config=str(cfg)) as m:
+    with mount_s3(s3, "y") as m:
         mp = m.mountpoint
         assert sorted(os.listdir(mp)) == ["f0", "f1", "f2", "f3"]  # listed: sizes cached
         for i in range(4):
@@ -129,17 +117,9 @@ def test_an_open_that_finds_a_new_size_tells_the_kernel(s3: S3Server, tmp_path: 
             assert os.stat(f"{mp}/f{i}").st_size == len(new[i])
 
 
-def _s3_config(tmp_path: Path, s3: S3Server, extra: str = "") -> str:
-    cfg = tmp_path / "ttl.toml"
-    cfg.write_text(f'[source]\naccess_key = "{s3.access_key}"\n'
-                   f'secret_key = "{s3.secret_key}"\ndir_markers = false\n'
-                   f'read_timeout = "120s"\n{extra}')
-    return str(cfg)
-
-
 @pytest.mark.s3
 def test_the_kernel_keeps_what_the_mount_would_answer_anyway(
-        s3: S3Server, tmp_path: Path, make_mount: Callable[..., Mounted]) -> None:
+        s3: S3Server, mount_s3: Callable[..., Mounted]) -> None:
     """Names and attributes the mount's metadata cache vouches for (stat_ttl) are the
     kernel's for as long: a second walk sends no lookups, though it starts after the
     configured 1 s timeouts have passed; a name an open finds gone is gone for stat."""
@@ -149,8 +129,7 @@ def test_the_kernel_keeps_what_the_mount_would_answer_anyway(
     for name, data in files.items():
         (d / name).write_bytes(data)
     (d / "a-gone").write_bytes(b"here")
-    cfg = _s3_config(tmp_path, s3, 'stat_ttl = "1h"\nlist_ttl = "1h"\n')
-    with make_mount(s3.uri("z") + "&request_timeout=60", config=cfg) as m:
+    with mount_s3(s3, "z", source={"stat_ttl": "1h", "list_ttl": "1h"}) as m:
         mp = m.mountpoint
 
         def walk() -> None:

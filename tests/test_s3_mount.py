@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import pytest
 
-from mounting import Mounted, is_mounted, resident_pages, tierfs_cmd
+from mounting import Mounted, errno_of, is_mounted, resident_pages, tierfs_cmd
 from s3mounts import config
 from s3server import S3Server
 
@@ -90,14 +90,6 @@ def settled(m: Mounted, timeout: float = 120.0) -> None:
         return not wb or wb.get("pending_files") == 0
 
     wait_for(done, "pending writes to reach the store", timeout)
-
-
-def errno_of(fn: Callable[[], object]) -> int | None:
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return None
 
 
 # -- (a) listings longer than one page ----------------------------------------------
