@@ -14,8 +14,9 @@ Every read is compared with the source file; every written file is compared with
 the store holds at the end (after ``tierfs umount``, which uploads what is pending). The
 daemon's RSS is sampled every 0.25 s (``/proc/PID/status``: ``VmRSS``; ``VmHWM`` at the
 end), and its gauges (`tierfs stats --json`) at the peak, and set against the sum of the
-configured bounds: the DRAM tier, the stream read-ahead budget, the walk-ahead budget and
-the interpreter's own size before any load (the baseline). A peak above that sum is
+configured bounds: the DRAM tier, the stream read-ahead budget, the walk-ahead budget, the
+upload budget, the FUSE request buffers and the interpreter's own size before any load
+(the baseline). A peak above that sum is
 memory no bound governs: the run prints it and exits 1.
 
 Usage: ``python benchmarks/memory.py [--seconds 60] [--dram 512MiB] [--quick]``
@@ -45,7 +46,7 @@ sys.path.insert(0, str(HERE.parent))
 import targets as T  # noqa: E402
 from dataset import BUCKET, FULL, QUICK, ensure_dataset  # noqa: E402
 
-from fusefs.config import CacheConfig  # noqa: E402
+from fusefs.config import CacheConfig, MountConfig, WriteConfig  # noqa: E402
 from fusefs.units import parse_size  # noqa: E402
 
 MiB = 1 << 20
@@ -180,11 +181,13 @@ def main() -> int:
 
 def bounds(dram: int) -> dict[str, int]:
     """The bounds of what the daemon holds in memory: ``[cache] dram`` as configured,
-    ``readahead_memory`` and ``walk_memory`` at their defaults (this benchmark leaves
-    them). Kernel pushes count against the read-ahead bound."""
-    c = CacheConfig()
+    ``readahead_memory``, ``walk_memory``, ``[write] upload_memory`` and ``[mount]
+    max_requests`` (1 MiB + 4 KiB of request buffer each) at their defaults (this
+    benchmark leaves them). Kernel pushes count against the read-ahead bound."""
+    c, w, m = CacheConfig(), WriteConfig(), MountConfig()
     return {"dram tier": dram, "stream read-ahead budget": c.readahead_memory,
-            "walk-ahead budget": c.walk_memory}
+            "walk-ahead budget": c.walk_memory, "upload budget": w.upload_memory,
+            "FUSE request buffers": m.max_requests * (1024 + 4) * 1024}
 
 
 def load(ds: Any, mnt: Path, pid: int, seconds: float, args: argparse.Namespace,
@@ -277,7 +280,8 @@ def load(ds: Any, mnt: Path, pid: int, seconds: float, args: argparse.Namespace,
     gauges = {"dram bytes": snap.get("dram", {}).get("bytes_used", 0),
               "stream buffers": q.get("stream_buffer_bytes", 0),
               "walk buffers": q.get("walk_buffer_bytes", 0),
-              "kernel pushes": q.get("push_bytes_in_flight", 0)}
+              "kernel pushes": q.get("push_bytes_in_flight", 0),
+              "uploads (peak)": snap.get("capacity", {}).get("upload_memory_peak", 0)}
     stop.set()
     for t in threads:
         t.join(300)

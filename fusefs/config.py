@@ -37,6 +37,12 @@ class CacheConfig:
                            "Default: a per-mount directory under /var/cache/tierfs (root) or "
                            "$XDG_CACHE_HOME/tierfs.")
     size: int = _opt(parse_size("10GiB"), "size", "Fast-tier size limit.")
+    verify: bool = _opt(True, "bool",
+                        "Check every fast-tier read against the CRC-32C of each 16 KiB "
+                        "piece it touches; a damaged piece is dropped, logged and fetched "
+                        "again from the source. false reads only the bytes asked for and "
+                        "trusts them (the checksums are still kept; measured cost of true in "
+                        "docs/reliability.md).")
     dram: int = _opt(parse_size("512MiB"), "size", "DRAM page cache size; 0 disables it.")
     page_size: int = _opt(parse_size("4KiB"), "size",
                           "DRAM page size: a power of two from 4KiB to 1MiB.")
@@ -107,6 +113,11 @@ class MountConfig:
                                  "Read-ahead of the kernel on this mount (its FUSE requests "
                                  "grow to this size, up to 1 MiB); 0 keeps the kernel's default "
                                  "(128 KiB). Needs root.")
+    max_requests: int = _opt(64, "int",
+                             "FUSE requests the daemon handles at once, from 16 to 1024. Each "
+                             "keeps a request buffer of up to 1 MiB (the largest write the "
+                             "kernel sends), so this bounds that memory at about max_requests "
+                             "MiB; the kernel queues further requests.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +229,11 @@ class WriteConfig:
                                 "come first, so a checkpoint burst shares less CPU and disk "
                                 "with its own uploads. 0: two uploads at once, beside the "
                                 "writers.")
+    upload_memory: int = _opt(parse_size("64MiB"), "size",
+                              "Object stores: bytes of file data all uploads in flight may "
+                              "hold in memory together (pyarrow keeps each 10 MiB part until "
+                              "the store has it). An upload that would pass it waits for its "
+                              "own parts to reach the store first. At least 16MiB.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +435,11 @@ def _check(obj: Any) -> None:
     if isinstance(obj, CacheConfig) and obj.size < obj.chunk_size:
         raise ValueError("size: must be at least chunk_size "
                          f"({obj.chunk_size} bytes), e.g. \"10GiB\"")
+    if isinstance(obj, MountConfig) and not 16 <= obj.max_requests <= 1024:
+        raise ValueError("max_requests: must be from 16 to 1024")
+    if isinstance(obj, WriteConfig) and obj.upload_memory < parse_size("16MiB"):
+        raise ValueError("upload_memory: must be at least 16MiB (one upload part and the "
+                         "buffer it is read into), e.g. \"64MiB\"")
     if isinstance(obj, PolicyConfig) and obj.sequential_cutoff <= 0:
         raise ValueError("sequential_cutoff: must be positive, e.g. \"256KiB\"")
     if isinstance(obj, Rule):

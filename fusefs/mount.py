@@ -141,6 +141,7 @@ def source_options(cfg: Config) -> dict[str, Any]:
         "stored_attributes": s.stored_attributes,
         "read_timeout": s.read_timeout,
         "retry_budget": s.retry_budget,
+        "upload_memory": cfg.write.upload_memory,
     }
     for key in ("endpoint", "region", "access_key", "secret_key", "connect_timeout",
                 "request_timeout"):
@@ -366,7 +367,7 @@ async def serve(source: str, mountpoint: str, cfg: Config, *,
             log.info("mounted %s at %s", capacity.description, mountpoint)
             if ready is not None:
                 ready()
-            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            await pyfuse3.main(min_tasks=4, max_tasks=cfg.mount.max_requests)
             # main() returns when the kernel ends the session (fusermount -u).
             unmounted = True
             pyfuse3.close(unmount=False)
@@ -437,7 +438,7 @@ def build_engine(capacity: CapacityTier, cfg: Config, stats: Stats) -> Engine:
                                  max_readahead=cfg.policy.readahead_max, key_type=DramKey)
     fast = None
     if cfg.cache.size > 0 and cfg.cache.dir:
-        fast = FastTier(cfg.cache.dir, policy=policy, stats=stats)
+        fast = FastTier(cfg.cache.dir, policy=policy, stats=stats, verify=cfg.cache.verify)
     # Live miss-ratio curves, fed by the engine with every random request that reaches a
     # tier (not by the policy, which sees the fast tier's hits and admissions only).
     mrc_dram = mrc_fast = None

@@ -243,12 +243,18 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def shared_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    """One mount for a whole module of small cases (a mount costs ~0.5 s)."""
+    """One mount for a whole module of small cases (a mount costs ~0.5 s).
+
+    It runs with the fewest request handlers a config allows (``max_requests = 16``),
+    so the concurrency cases show that a small pool queues requests, never deadlocks."""
     base = str(tmp_path_factory.mktemp("shared"))
     src = os.path.join(base, "src")
     os.mkdir(src)
+    config = os.path.join(base, "tierfs.toml")
+    with open(config, "w") as f:
+        f.write("[mount]\nmax_requests = 16\n")
     with Mounted(src, os.path.join(base, "mnt"), cache=os.path.join(base, "cache"),
-                 log=os.path.join(base, "tierfs.log")) as m:
+                 log=os.path.join(base, "tierfs.log"), config=config) as m:
         yield m
 
 

@@ -45,7 +45,7 @@ class = "stream"
 
 
 @pytest.mark.parametrize("text,where", [
-    ("[cache]\nsise = 1\n", "t.toml:2: cache.sise: unknown key; allowed: chunk_size, dir, dram, page_size, readahead_memory, remote_block, size, walk_memory"),
+    ("[cache]\nsise = 1\n", "t.toml:2: cache.sise: unknown key; allowed: chunk_size, dir, dram, page_size, readahead_memory, remote_block, size, verify, walk_memory"),
     ("[cache]\ndram = \"lots\"\n", "t.toml:2: cache.dram: not a size"),
     ("[caches]\n", "t.toml:1: unknown table [caches]"),
     ("[mount]\nconsistency = \"sometimes\"\n", "t.toml:2: mount.consistency: expected one of: close-to-open, immutable"),
@@ -53,6 +53,8 @@ class = "stream"
     ("[[rule]]\npath = \"a\"\n[[rule]]\npath = \"b\"\nclas = \"x\"\n", "t.toml:5: rule[1].clas: unknown key"),
     ("[cache]\npage_size = \"3KiB\"\n", "t.toml:2: cache.page_size: must be a power of two"),
     ("[cache\n", "t.toml:1: invalid TOML"),
+    ("[mount]\nmax_requests = 2\n", "t.toml:2: mount.max_requests: must be from 16 to 1024"),
+    ("[write]\nupload_memory = \"8MiB\"\n", "t.toml:2: write.upload_memory: must be at least 16MiB"),
 ])
 def test_errors_name_file_line_key(text: str, where: str) -> None:
     with pytest.raises(ConfigError) as exc:
@@ -129,3 +131,16 @@ def test_etag_reads_reaches_the_object_store_tier() -> None:
     assert opts["etag_reads"] is False
     assert ObjectStoreOptions.make({k: v for k, v in opts.items()
                                     if k in ObjectStoreOptions.__dataclass_fields__}).etag_reads is False
+
+
+def test_memory_bounds_reach_the_daemon() -> None:
+    """[write] upload_memory is what the object-store tier is built with (its use is in
+    test_objectstore.py); [mount] max_requests defaults to the 64 tasks the daemon ran."""
+    from fusefs.mount import source_options
+    from fusefs.tiers.objectstore.options import ObjectStoreOptions
+
+    assert parse_config("").mount.max_requests == 64
+    opts = source_options(parse_config('[write]\nupload_memory = "256MiB"\n'))
+    assert ObjectStoreOptions.make({k: v for k, v in opts.items()
+                                    if k in ObjectStoreOptions.__dataclass_fields__}
+                                   ).upload_memory == 256 * 1024 * 1024

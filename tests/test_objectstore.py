@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 import stat as stat_mod
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -658,6 +660,62 @@ def test_names_the_store_cannot_hold(s3: S3Server) -> None:
         assert read_back(s3, "m" * 255) == b"long"
 
     run(main)
+
+
+_UPLOAD_CHILD = """
+import hashlib, os, sys, trio
+from fusefs.tiers.objectstore import ObjectStoreTier
+uri, access, secret, limit, size = sys.argv[1:4] + [int(a) for a in sys.argv[4:6]]
+
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+async def main():
+    tier = ObjectStoreTier.from_uri(uri, access_key=access, secret_key=secret,
+                                    dir_markers=False, request_timeout=30, upload_memory=limit)
+    await tier.start()
+    f, _ = await tier.create(b"warmup", os.O_WRONLY, 0o644, 0, 0)
+    await f.pwrite(0, os.urandom(11 << 20))  # pyarrow's pools and threads, before measuring
+    await f.close()
+    f, _ = await tier.create(b"big", os.O_WRONLY, 0o644, 0, 0)
+    digest = hashlib.sha256()
+    for off in range(0, size, 1 << 20):
+        piece = os.urandom(1 << 20)
+        digest.update(piece)
+        await f.pwrite(off, piece)
+    before = hwm()
+    await f.close()  # the upload, from the spool file
+    print(hwm() - before, tier.statistics()["upload_memory_peak"], digest.hexdigest())
+    await tier.close()
+
+trio.run(main)
+"""
+
+
+def test_uploads_hold_at_most_upload_memory(s3: S3Server, tmp_path: Path) -> None:
+    """pyarrow keeps every part of an upload until the store has it and sets no limit:
+    a 256 MiB file read from its spool faster than the store takes it sat in memory
+    (the daemon's peak RSS rose 90-140 MiB on loopback). With ``upload_memory`` the
+    upload waits for its own parts first. Measured in a fresh process (its VmHWM)."""
+    (s3.bucket_dir / "up").mkdir()
+    (s3.bucket_dir / "up" / "seed").write_bytes(b"x")  # an empty directory is no prefix
+    child = tmp_path / "child.py"
+    child.write_text(_UPLOAD_CHILD)
+    limit, size = 16 * MiB, 256 * MiB
+    out = subprocess.run([sys.executable, str(child), s3.uri("up"), s3.access_key,
+                          s3.secret_key, str(limit), str(size)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    grew, peak, digest = out.stdout.split()
+    assert 0 < int(peak) <= limit
+    # the limit, pyarrow's copy of one part, the chunk being read, and allocator slack
+    assert int(grew) < limit + 48 * MiB, f"peak RSS grew {int(grew) / MiB:.0f} MiB"
+    stored = hashlib.sha256()
+    with s3.client().open_input_stream(f"{s3.bucket}/up/big") as f:
+        while chunk := f.read(8 * MiB):
+            stored.update(chunk)
+    assert stored.hexdigest() == digest
 
 
 # -- failures ----------------------------------------------------------------

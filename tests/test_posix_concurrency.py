@@ -371,3 +371,34 @@ def test_processes_read_while_one_truncates_and_rewrites(pair: Pair, tmp_path: A
     assert open(path, "rb").read() == whole(GENS)
     del counters
     shared.close()
+
+
+def test_more_callers_than_request_handlers(pair: Pair) -> None:
+    """64 threads at once against a mount with 16 request handlers (`shared_mount`):
+    the kernel queues what the daemon cannot take yet, and every caller gets its bytes
+    and its errno."""
+    n = 64
+    for k in range(n):
+        with open(f"{pair.src}/f{k}", "wb") as f:
+            f.write(bytes([k]) * (100_000 + k))
+    barrier = threading.Barrier(n)
+
+    def caller(k: int) -> Callable[[], None]:
+        def run() -> None:
+            barrier.wait()
+            for _ in range(5):
+                with open(f"{pair.mnt}/f{k}", "rb") as f:
+                    assert f.read() == bytes([k]) * (100_000 + k)
+                assert os.stat(f"{pair.mnt}/f{k}").st_size == 100_000 + k
+                try:
+                    os.stat(f"{pair.mnt}/missing-{k}")
+                    raise AssertionError("a missing name was found")
+                except FileNotFoundError:
+                    pass
+                with open(f"{pair.mnt}/w{k}", "wb") as f:
+                    f.write(b"%d" % k * 1000)
+        return run
+
+    _run_threads([caller(k) for k in range(n)])
+    for k in range(n):
+        assert open(f"{pair.src}/w{k}", "rb").read() == b"%d" % k * 1000

@@ -160,8 +160,10 @@ class ObjectStoreTier(CapacityTier):
         return self.requests["list"]
 
     def statistics(self) -> dict[str, int]:
-        # "down": 1 while the store does not answer and the caches serve (stale-if-error).
-        return {**self.requests, "down": int(self._store.down)}
+        # "down": 1 while the store does not answer and the caches serve (stale-if-error);
+        # "upload_memory_peak": the most file data uploads held at once (bytes).
+        return {**self.requests, "down": int(self._store.down),
+                "upload_memory_peak": self._store.upload_memory.peak}
 
     async def start(self) -> None:
         if await self._store.connect():

@@ -52,6 +52,8 @@ class ObjectStoreOptions:
     """Tier options (see the package docstring); the config layer passes them by name."""
 
     max_threads: int = 16
+    #: Bytes of file data all uploads in flight may hold in memory (see `store`).
+    upload_memory: int = 64 * 1024 * 1024
     stat_ttl: float = 60.0
     negative_ttl: float = 5.0
     list_ttl: float = 60.0
@@ -96,12 +98,18 @@ class ObjectStoreOptions:
         opts = cls(**options)
         if opts.max_threads < 1 or opts.retries < 1:
             raise ValueError("max_threads and retries must be at least 1")
+        if opts.upload_memory < MIN_UPLOAD_MEMORY:
+            raise ValueError("upload_memory must be at least 16MiB (one upload part "
+                             "and the buffer it is read into)")
         if min(opts.stat_ttl, opts.negative_ttl, opts.list_ttl) < 0:
             raise ValueError("cache TTLs must not be negative")
         if min(opts.read_timeout, opts.retry_budget, opts.probe_interval) <= 0:
             raise ValueError("read_timeout, retry_budget and probe_interval must be positive")
         return opts
 
+
+#: The least ``upload_memory``: one part of a botocore upload (16 MiB).
+MIN_UPLOAD_MEMORY = 16 * 1024 * 1024
 
 #: The user metadata keys of stored attributes (botocore's ``Metadata`` names; on
 #: the wire ``x-amz-meta-<name>``).

@@ -74,6 +74,15 @@ Versioned reads
 
 Every pyarrow call runs in a worker thread under one `trio.CapacityLimiter`
 (``max_threads``), so the event loop never waits on the network.
+
+Upload memory
+    pyarrow's S3 output stream uploads each 10 MiB part in the background and
+    keeps a copy until the store answers, with no limit of its own: a file read
+    from a local spool faster than the store takes it would sit in memory whole.
+    The file data all uploads in flight hold together is bounded by
+    ``upload_memory`` (`UploadMemory`): an upload that would pass it first waits
+    for its own parts to reach the store (a flush), then for others to give
+    memory back.
 """
 
 from __future__ import annotations
@@ -87,6 +96,7 @@ import math
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeAlias
@@ -105,7 +115,10 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 KEY_MAX = 1024
-CHUNK = 8 * 1024 * 1024  # upload/download copy unit
+CHUNK = 8 * 1024 * 1024  # copy unit of downloads and local copies
+# pyarrow's S3 part size (arrow's kPartUploadSize, fixed since 14.0): written in whole
+# parts, a flush leaves nothing of an upload buffered.
+UPLOAD_PART = 10 * 1024 * 1024
 _SINGLE_PUT = 64 * 1024 * 1024  # uploads with metadata: one PUT up to this size
 _PART = 16 * 1024 * 1024  # then parts of at least this size
 
@@ -501,6 +514,57 @@ def _http_date_ns(value: str | None) -> int:
         return 0
 
 
+class UploadMemory:
+    """The bytes of file data that the uploads in flight hold in memory together (see
+    Upload memory in the module docstring). Thread-safe: uploads run in worker threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = limit
+        self._cond = threading.Condition()
+        #: The most held at once since the mount (`tierfs stats`: store.upload_memory_peak).
+        self.peak = 0
+
+    def share(self, settle: Callable[[], None] | None = None) -> UploadShare:
+        """What one upload holds; ``settle`` waits until its parts are in the store."""
+        return UploadShare(self, settle)
+
+
+class UploadShare:
+    """One upload's part of `UploadMemory`; `give_back` at its end, whatever the end."""
+
+    def __init__(self, pool: UploadMemory, settle: Callable[[], None] | None) -> None:
+        self._pool = pool
+        self._settle = settle
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        """Hold ``n`` more bytes (at most the whole limit), waiting as long as needed."""
+        pool = self._pool
+        n = min(n, pool.limit)
+        while True:
+            with pool._cond:
+                if pool._free >= n:
+                    pool._free -= n
+                    self.held += n
+                    pool.peak = max(pool.peak, pool.limit - pool._free)
+                    return
+                if not self.held or self._settle is None:
+                    # Others hold it all, and each of them settles before it waits:
+                    # memory comes back.
+                    pool._cond.wait()
+                    continue
+            self._settle()  # outside the lock: it waits for the store
+            self.give_back()
+
+    def give_back(self) -> None:
+        pool = self._pool
+        with pool._cond:
+            pool._free += self.held
+            self.held = 0
+            pool._cond.notify_all()
+
+
 class Store:
     """One bucket or prefix of a `pyarrow.fs` file system, with retries and counters.
 
@@ -541,6 +605,8 @@ class Store:
         self._clock = clock
         #: Bounds the worker threads that pyarrow calls (and snapshot I/O) run in.
         self.limiter = trio.CapacityLimiter(opts.max_threads)
+        #: Bounds the file data that uploads hold in memory.
+        self.upload_memory = UploadMemory(opts.upload_memory)
         # Calls that hold a `limiter` token themselves run under this one (trio's
         # default limiter would bound them a second time, by its own number).
         self._unlimited = trio.CapacityLimiter(math.inf)
@@ -1092,10 +1158,19 @@ class Store:
 
         def upload() -> None:
             with self._fs.open_output_stream(key) as out:
-                off = 0
-                while chunk := os.pread(fd, CHUNK, off):
-                    out.write(chunk)
-                    off += len(chunk)
+                mine = self.upload_memory.share(out.flush)
+                try:
+                    off = 0
+                    while True:
+                        mine.take(UPLOAD_PART)
+                        chunk = os.pread(fd, UPLOAD_PART, off)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        off += len(chunk)
+                    out.close()  # waits for the last parts: only then is the memory back
+                finally:
+                    mine.give_back()
 
         self.requests["put"] += 1
         await self._run(what, upload, cuttable=False)
@@ -1104,9 +1179,14 @@ class Store:
         """`upload` with user metadata, in a worker thread (a retry starts it again)."""
         bucket, name = self._bucket_key(key)
         size = os.fstat(fd).st_size
-        if size <= _SINGLE_PUT:
-            body = os.pread(fd, size, 0) if size else b""
-            self._api.put_object(Bucket=bucket, Key=name, Body=body, Metadata=meta)
+        mine = self.upload_memory.share()  # one part at a time: nothing to settle
+        if size <= min(_SINGLE_PUT, self.upload_memory.limit):
+            mine.take(size)
+            try:
+                body = os.pread(fd, size, 0) if size else b""
+                self._api.put_object(Bucket=bucket, Key=name, Body=body, Metadata=meta)
+            finally:
+                mine.give_back()
             return
         part = max(_PART, -(-size // 9000))  # S3 allows 10,000 parts
         upload_id = self._api.create_multipart_upload(Bucket=bucket, Key=name,
@@ -1114,8 +1194,12 @@ class Store:
         try:
             parts = []
             for n, off in enumerate(range(0, size, part), start=1):
-                answer = self._api.upload_part(Bucket=bucket, Key=name, UploadId=upload_id,
-                                               PartNumber=n, Body=os.pread(fd, part, off))
+                mine.take(part)
+                try:
+                    answer = self._api.upload_part(Bucket=bucket, Key=name, UploadId=upload_id,
+                                                   PartNumber=n, Body=os.pread(fd, part, off))
+                finally:
+                    mine.give_back()
                 parts.append({"PartNumber": n, "ETag": answer["ETag"]})
             self._api.complete_multipart_upload(Bucket=bucket, Key=name, UploadId=upload_id,
                                                 MultipartUpload={"Parts": parts})
