@@ -17,9 +17,9 @@ CHUNK = 64 * 1024
 V = SourceVersion(10 * CHUNK, 123, None)
 
 
-def make(root: str, capacity: int) -> FastTier:
+def make(root: str, capacity: int, **kwargs: Any) -> FastTier:
     policy = get_policy("lru")(capacity, tier=Tier.FAST, object_size=CHUNK)
-    return FastTier(root, policy=policy, stats=Stats())
+    return FastTier(root, policy=policy, stats=Stats(), **kwargs)
 
 
 def test_watermarks_evict_in_batches(tmp_path: Any) -> None:
@@ -76,6 +76,30 @@ def test_reopen_keeps_committed_extents_and_checks_crc(tmp_path: Any) -> None:
     trio.run(first)
     trio.run(third)
     trio.run(second)
+
+
+def test_verify_off_reads_only_the_range_and_trusts_it(tmp_path: Any) -> None:
+    """``[cache] verify = false``: no checksum is checked, so damage is served (what the
+    setting trades away, documented with its measured cost); the checksums are still
+    made at admission, so turning it back on catches the same damage."""
+    async def main() -> None:
+        fast = make(str(tmp_path), 100 * CHUNK, verify=False)
+        await fast.open()
+        cf = await fast.file_create(b"f", V)
+        assert await fast.admit(cf, 0, bytes([1]) * CHUNK)
+        assert len(cf.extents[0].crcs) == 4 * (CHUNK // 16384)
+        with open(os.path.join(str(tmp_path), "data", str(cf.id)), "r+b") as f:
+            f.seek(5000)
+            f.write(b"X")
+        assert await fast.read(cf, 4990, 20) == bytes([1]) * 10 + b"X" + bytes([1]) * 9
+        assert await fast.read(cf, 20000, 100) == bytes([1]) * 100
+        assert fast.stats.counters["fast.corrupt_extents"] == 0
+        fast.verify = True
+        assert await fast.read(cf, 20000, 100) == bytes([1]) * 100  # another piece
+        assert await fast.read(cf, 4990, 20) is None
+        assert fast.stats.counters["fast.corrupt_extents"] == 1
+        await fast.close()
+    trio.run(main)
 
 
 def test_admit_fits_between_existing_extents(tmp_path: Any) -> None:
