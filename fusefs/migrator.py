@@ -188,9 +188,11 @@ class Migrator:
 
     async def _warm_file(self, path: bytes, st: Any, *, pinned: bool,
                          limiter: trio.CapacityLimiter | None = None) -> int:
-        # The version the copy finds when it opens the file, not the listing's: a
-        # listing may not state it (and the file may have changed since).
-        copied = await self.engine.copy_to_fast(path, pinned=pinned, limiter=limiter)
+        # The version the copy finds when it reads the file, not the listing's: a
+        # listing may not state it (and the file may have changed since). The listing's
+        # size only picks the way: one fetch for a small file.
+        copied = await self.engine.copy_to_fast(path, pinned=pinned, limiter=limiter,
+                                                listed=st)
         self.engine.stats.add("warm.bytes", copied)
         return copied
 

@@ -226,3 +226,41 @@ def test_a_pin_during_a_commit_reaches_the_catalog(tmp_path: Any) -> None:
         await again.close()
 
     trio.run(main)
+
+
+def test_small_copies_take_one_fetch_and_fall_back_when_the_file_grew(tmp_path: Any) -> None:
+    """`Filler.copy_small` (a warm of small files): a file listed at most one chunk long
+    is fetched in one call and stored under the version that fetch saw; one that grew
+    past its listing, or is cached already, goes through the general copy. The bytes
+    are the source's either way."""
+    from fusefs.engine.fill import Filler
+    from fusefs.engine.sched import Scheduler
+    from fusefs.tiers.posix import PosixTier
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "cache").mkdir()
+    (src / "small").write_bytes(b"s" * 5000)
+    (src / "grew").write_bytes(b"g" * 100)
+
+    async def main() -> None:
+        cap = PosixTier(str(src))
+        await cap.start()
+        fast = make(str(tmp_path / "cache"), 100 * CHUNK)
+        await fast.open()
+        filler = Filler(cap, fast, fast.policy, Scheduler(), fast.stats, chunk_size=CHUNK)
+        listed = dict(await cap.listdir(b""))
+        (src / "grew").write_bytes(b"G" * (3 * CHUNK + 7))  # after the listing
+        assert await filler.copy_small(b"small", listed[b"small"]) == 5000
+        assert await filler.copy_small(b"grew", listed[b"grew"]) == 3 * CHUNK + 7
+        for name, want in ((b"small", b"s" * 5000), (b"grew", b"G" * (3 * CHUNK + 7))):
+            version = (await cap.stat(name)).version()
+            cf = fast.file_for(name, version)
+            assert cf is not None, f"{name!r} not cached at the source's version"
+            assert await fast.read(cf, 0, len(want)) == want
+        # cached already: nothing fetched again, and a pin reaches the cached extent
+        assert await filler.copy_small(b"small", listed[b"small"], pinned=True) == 0
+        assert fast.has_pinned(b"small")
+        await fast.close()
+        await cap.close()
+    trio.run(main)

@@ -529,12 +529,16 @@ class Engine:
 
     async def copy_to_fast(self, path: bytes, version: SourceVersion | None = None, *,
                            pinned: bool = False, info: AccessInfo | None = None,
-                           limiter: trio.CapacityLimiter | None = None) -> int:
+                           limiter: trio.CapacityLimiter | None = None,
+                           listed: Stat | None = None) -> int:
         """Copy a whole file into the fast tier (`tierfs warm`, pins): of ``version``,
         or (None) of the version the source has when the copy opens it; its reads under
-        ``limiter`` (default: the throughput limiter)."""
+        ``limiter`` (default: the throughput limiter). ``listed``: what a listing said of
+        it; a file listed at most one chunk long is fetched in one go (`Filler.copy_small`)."""
         if self.filler is None:
             raise OSError(errno.ENOTSUP, "no fast tier")
+        if listed is not None and version is None and info is None:
+            return await self.filler.copy_small(path, listed, pinned=pinned, limiter=limiter)
         return await self.filler.copy(path, version, pinned=pinned, info=info,
                                       limiter=limiter)
 

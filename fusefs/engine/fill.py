@@ -21,7 +21,7 @@ import trio
 from ..access import AccessInfo
 from ..policies.base import Policy
 from ..stats import Stats
-from ..tiers.capacity import CapacityTier, SourceVersion
+from ..tiers.capacity import CapacityTier, SourceVersion, Stat
 from ..tiers.fast import FastTier
 from .sched import Scheduler
 
@@ -103,6 +103,37 @@ class Filler:
         except Exception:
             self.stats.add("fill.failed")
             log.exception("fill of %r failed", path)
+
+    async def copy_small(self, path: bytes, listed: Stat, *, pinned: bool = False,
+                         limiter: trio.CapacityLimiter | None = None) -> int:
+        """Copy a file a listing showed at most one chunk long, fetched in one go
+        (`CapacityTier.fetch_small`: one GET on S3, one worker-thread call on a local
+        directory, where `copy` costs an open, a read and a close, each a round trip).
+
+        A warm of many small files is bound by those round trips, not by bandwidth. A
+        file already cached, or found longer than listed, goes through `copy`, which
+        checks the cached version and reads at any size. Returns the bytes copied.
+        """
+        fast = self.fast
+        if fast.cached_bytes_of(path) or listed.st_size > self.chunk_size:
+            return await self.copy(path, pinned=pinned, limiter=limiter)
+        async with (limiter or self.sched.throughput):
+            version, data = await self.capacity.fetch_small(path, listed)
+        if len(data) != version.size or version.size > self.chunk_size:
+            return await self.copy(path, pinned=pinned, limiter=limiter)
+        self.stats.add("source.bytes.warm", len(data))
+        cf = await fast.file_create(path, version)
+        if not data:
+            return 0
+        ext = fast.covering(cf, 0, len(data))
+        if ext is not None:  # a reader's admission got there first
+            if pinned and not ext.pinned:
+                fast.set_pinned(cf, ext, True)
+            return 0
+        if not await fast.admit(cf, 0, data, pinned=pinned):
+            self.stats.add("warm.skipped_chunks")
+            return 0
+        return len(data)
 
     async def copy(self, path: bytes, version: SourceVersion | None = None, *,
                    pinned: bool = False, info: AccessInfo | None = None,
