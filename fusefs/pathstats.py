@@ -156,11 +156,31 @@ class PathStats:
         self.entered += 1
         return f
 
+    def renamed(self, old: bytes, new: bytes) -> None:
+        """``old`` (a file, or a directory and everything below it) is now ``new``: its
+        figures go with it. A tracked file the rename replaced stops being tracked (its
+        bytes are gone). Scans the tracked paths (at most ``limit``) for a directory's."""
+        if self.limit <= 0 or old == new:
+            return
+        moved = [p for p in self._paths if p == old or p.startswith(old + b"/")]
+        for p in moved:
+            f = self._paths.pop(p)
+            to = new + p[len(old):]
+            gone = self._paths.get(to)
+            if gone is not None:
+                gone.live = False  # its heap item is skipped when it surfaces
+                del self._paths[to]
+            f.name = to
+            self._paths[to] = f
+
     def _evict(self) -> int:
         """Let the path with the smallest count go; return that count."""
         heap = self._heap
         while True:
             count, _, f = heap[0]
+            if not f.live:  # replaced by a rename: no longer in the table
+                heapq.heappop(heap)
+                continue
             now = f.bytes + f.floor
             if now != count:
                 heapq.heapreplace(heap, (now, next(self._seq), f))

@@ -174,6 +174,38 @@ def test_path_stats_space_saving_bound() -> None:
     assert PathStats(limit=0).enter(b"x", None) is None
 
 
+def test_path_stats_follow_renames() -> None:
+    """A renamed file (or directory) keeps its figures under its new name; a file the
+    rename replaced is no longer listed, and its table slot is not counted twice."""
+    ps = PathStats(limit=4)
+    for name, n in ((b"a", 10), (b"d/x", 20), (b"d/y", 30), (b"b", 0)):
+        f = ps.enter(name, None)
+        assert f is not None
+        f.add("fast", "random", n)  # b reads nothing: its stale slot is the smallest
+    ps.renamed(b"d", b"e")
+    ps.renamed(b"a", b"b")  # replaces b
+    got = {t["path"]: t["bytes"] for t in ps.top(10)}
+    assert got == {"b": 10, "e/x": 20, "e/y": 30}
+    # the table is not full (3 of 4): a new path enters without letting one go
+    g = ps.enter(b"c", None)
+    assert g is not None and len(ps) == 4 and ps.evicted == 0
+    g.add("fast", "random", 1)
+    # full now: the smallest goes, and the replaced file's stale slot is never chosen
+    assert ps.enter(b"z", None) is not None
+    assert {t["path"] for t in ps.top(10)} == {"b", "e/x", "e/y", "z"}
+
+
+def test_by_path_follows_a_rename(src: str, make_mount: Callable[..., Mounted]) -> None:
+    with open(os.path.join(src, "old.bin"), "wb") as f:
+        f.write(os.urandom(256 << 10))
+    with make_mount(src) as m:
+        with open(os.path.join(m.mountpoint, "old.bin"), "rb") as f:
+            assert len(f.read()) == 256 << 10
+        os.rename(os.path.join(m.mountpoint, "old.bin"), os.path.join(m.mountpoint, "new.bin"))
+        files = {p["path"]: p for p in _by_path(m.mountpoint)["paths"]}
+        assert set(files) == {"new.bin"} and files["new.bin"]["bytes"] == 256 << 10
+
+
 def _drain(fd: int, until: Callable[[bytes], bool], deadline: float) -> bytes:
     out = b""
     while not until(out):

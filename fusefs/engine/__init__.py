@@ -337,6 +337,7 @@ class Engine:
         self.walk.drop(new)
         if self.fast is not None:
             self.fast.rename_path(old, new)
+        self.paths.renamed(old, new)
 
     def writer_opened(self, ino: int) -> None:
         """A handle that may write ``ino`` opened (or a truncate began): no more pushes."""
