@@ -19,7 +19,7 @@ inode leaves the table when its count reaches zero and no handle is open on it.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import pyfuse3
@@ -29,16 +29,48 @@ ROOT = pyfuse3.ROOT_INODE
 Location = tuple[int, bytes]
 
 
+def identity_of(dev: int, ino: int) -> int:
+    """One int for a source object's (st_dev, st_ino): smaller than the tuple, and a
+    million inodes keep one each (issue 14's memory budget is 500 bytes per inode)."""
+    return dev << 64 | ino
+
+
 @dataclass(slots=True, eq=False)
 class Inode:
     ino: int
     is_dir: bool
-    identity: tuple[int, int] | None = None
-    locations: list[Location] = field(default_factory=list)
+    identity: int | None = None
+    #: The name `path` uses (None: no name left), and any further ones (hard links):
+    #: nearly every inode has one name, so no list is kept for it.
+    loc: Location | None = None
+    more: list[Location] | None = None
     lookups: int = 0
     open_handles: int = 0
     #: The size the kernel was last told (an entry or attributes); -1: none yet.
     told_size: int = -1
+
+    @property
+    def locations(self) -> list[Location]:
+        """Every known name, the one `path` uses first."""
+        if self.loc is None:
+            return []
+        return [self.loc, *self.more] if self.more else [self.loc]
+
+    def put_first(self, loc: Location) -> None:
+        """Make ``loc`` the name `path` uses (adding it if new)."""
+        if self.loc == loc:
+            return
+        rest = [x for x in self.locations if x != loc]
+        self.loc, self.more = loc, rest or None
+
+    def drop(self, loc: Location) -> None:
+        """Forget the name ``loc`` (nothing if it is not one)."""
+        if self.loc == loc:
+            self.loc = self.more.pop(0) if self.more else None
+        elif self.more and loc in self.more:
+            self.more.remove(loc)
+        if not self.more:
+            self.more = None
 
 
 class InodeTable:
@@ -54,7 +86,7 @@ class InodeTable:
         root = Inode(ROOT, True, lookups=1)
         self._inodes: dict[int, Inode] = {ROOT: root}
         self._by_loc: dict[Location, int] = {}
-        self._by_identity: dict[tuple[int, int], int] = {}
+        self._by_identity: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._inodes)
@@ -85,9 +117,9 @@ class InodeTable:
         seen = 0
         while ino != ROOT:
             node = self._inodes.get(ino)
-            if node is None or not node.locations:
+            if node is None or node.loc is None:
                 raise OSError(errno.ENOENT, "the file has no name left")
-            parent, name = node.locations[0]
+            parent, name = node.loc
             parts.append(name)
             ino = parent
             seen += 1
@@ -138,7 +170,7 @@ class InodeTable:
         return out
 
     def remember(self, parent: int, name: bytes, *, is_dir: bool,
-                 identity: tuple[int, int] | None, count: int = 1) -> Inode:
+                 identity: int | None, count: int = 1) -> Inode:
         """The inode for ``parent/name``, created if new; adds ``count`` lookups."""
         loc = (parent, name)
         ino = self._by_loc.get(loc)
@@ -147,7 +179,7 @@ class InodeTable:
                 and node.identity != identity:
             # Replaced behind our back: the name now means another object.
             self._drop_location(node, loc)
-            if not node.locations:
+            if node.loc is None:
                 self._orphan(node)
             node = None
         if node is None and self._use_identity and identity is not None:
@@ -166,22 +198,14 @@ class InodeTable:
         # A lookup just proved this name: it goes first, so `path` uses it. Another
         # known name may be gone behind our back (deleted, its inode number reused
         # by the file found here).
-        if node.locations and node.locations[0] == loc:
-            pass
-        else:
-            if loc in node.locations:
-                node.locations.remove(loc)
-            node.locations.insert(0, loc)
+        node.put_first(loc)
         node.lookups += count
         return node
 
     def _drop_location(self, node: Inode, loc: Location) -> None:
         if self._by_loc.get(loc) == node.ino:
             del self._by_loc[loc]
-        try:
-            node.locations.remove(loc)
-        except ValueError:
-            pass
+        node.drop(loc)
 
     def _orphan(self, node: Inode) -> None:
         """``node`` has no name left: stop finding it by its identity.
@@ -201,7 +225,7 @@ class InodeTable:
             return None
         node = self._inodes[ino]
         self._drop_location(node, (parent, name))
-        if not node.locations:
+        if node.loc is None:
             self._orphan(node)
         self._maybe_free(node)
         return node
@@ -219,12 +243,12 @@ class InodeTable:
             self._drop_location(dst_node, (parent_new, new))
         if src_node is not None:
             self._by_loc[(parent_new, new)] = src_node.ino
-            src_node.locations.insert(0, (parent_new, new))
+            src_node.put_first((parent_new, new))
         if exchange and dst_node is not None:
             self._by_loc[(parent_old, old)] = dst_node.ino
-            dst_node.locations.insert(0, (parent_old, old))
+            dst_node.put_first((parent_old, old))
         elif dst_node is not None:
-            if not dst_node.locations:
+            if dst_node.loc is None:
                 self._orphan(dst_node)
             self._maybe_free(dst_node)
 
@@ -253,7 +277,7 @@ class InodeTable:
         for loc in node.locations:
             if self._by_loc.get(loc) == node.ino:
                 del self._by_loc[loc]
-        node.locations.clear()
+        node.loc = node.more = None
         if node.identity is not None and self._by_identity.get(node.identity) == node.ino:
             del self._by_identity[node.identity]
         del self._inodes[node.ino]

@@ -24,7 +24,7 @@ from pyfuse3 import FUSEError
 
 from .engine import Engine
 from .handles import FileHandle, HandleTable
-from .inodes import InodeTable
+from .inodes import InodeTable, identity_of
 from .tiers.capacity import CapacityTier, Stat, TierUnavailable
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class Operations(pyfuse3.Operations):
     def _remember(self, parent: int, name: bytes, st: Stat, count: int = 1) -> int:
         node = self.inodes.remember(
             parent, name, is_dir=st.is_dir,
-            identity=(st.st_dev, st.st_ino) if st.st_ino else None, count=count)
+            identity=identity_of(st.st_dev, st.st_ino) if st.st_ino else None, count=count)
         return node.ino
 
     async def _stat_ino(self, ino: int) -> Stat:
