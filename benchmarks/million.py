@@ -1,6 +1,7 @@
 """A million files: mount time, first `find` output, daemon memory per inode, forgets, ls -lR.
 
-    python benchmarks/million.py [--files 1000000] [--dirs 1000] [--lsr] [--json out.json]
+    python benchmarks/million.py [--files 1000000] [--dirs 1000] [--lsr] [-o OPTIONS]
+                                 [--json out.json]
 
 Issue 14's large-namespace goals, on a local source: ``--files`` empty files in ``--dirs``
 directories (built once under ``--data``, default /var/tmp/tierfs-million; empty, so the
@@ -111,6 +112,8 @@ def main() -> int:
     ap.add_argument("--dirs", type=int, default=1000)
     ap.add_argument("--data", default="/var/tmp/tierfs-million")
     ap.add_argument("--lsr", action="store_true", help="also time ls -lR (minutes)")
+    ap.add_argument("-o", dest="options", default=None,
+                    help="mount options, e.g. immutable,noxattr (default: none)")
     ap.add_argument("--json", default=str(HERE / "results" / "million.json"))
     args = ap.parse_args()
     t = time.perf_counter()
@@ -120,13 +123,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tierfs-million-"))
     mnt = work / "mnt"
     mnt.mkdir()
-    res: dict[str, Any] = {"files": args.files, "dirs": args.dirs,
+    res: dict[str, Any] = {"files": args.files, "dirs": args.dirs, "options": args.options,
                            "load_start": os.getloadavg()[0]}
     drop_caches()
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "fusefs.cli", "mount", "-f", str(src),
                              str(mnt), "--cache", str(work / "cache"), "--log",
-                             str(work / "tierfs.log")],
+                             str(work / "tierfs.log"),
+                             *(["-o", args.options] if args.options else [])],
                             env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -192,7 +196,8 @@ def main() -> int:
         rows.append(("ls -lR warm (s)", f"{res['lsr_warm_s']:.1f} (direct "
                      f"{res['lsr_warm_direct_s']:.1f}, "
                      f"{res['lsr_warm_s'] / res['lsr_warm_direct_s']:.1f}x)", "goal <= 2x"))
-    print(f"\n{args.files:,} files, local source, tierfs defaults "
+    print(f"\n{args.files:,} files, local source, tierfs "
+          f"{'-o ' + args.options if args.options else 'defaults'} "
           f"(load {res['load_start']:.1f} -> {res['load_end']:.1f})")
     for label, value, goal in rows:
         print(f"  {label:38} {value:42} {goal}")
