@@ -58,6 +58,9 @@ class Inode:
 
     def put_first(self, loc: Location) -> None:
         """Make ``loc`` the name `path` uses (adding it if new)."""
+        if self.loc is None and self.more is None:  # a new inode: the common case
+            self.loc = loc
+            return
         if self.loc == loc:
             return
         rest = [x for x in self.locations if x != loc]
