@@ -662,6 +662,39 @@ def test_names_the_store_cannot_hold(s3: S3Server) -> None:
     run(main)
 
 
+def test_upload_memory_is_shared_without_deadlock() -> None:
+    """Eight uploads of five parts each through a budget of two parts: each settles its
+    own parts before it waits, so all finish, and together they never hold more than
+    the budget (the settle here is instant: what matters is who waits for whom)."""
+    from fusefs.tiers.objectstore.store import UploadMemory
+
+    part = 10 * MiB
+    pool = UploadMemory(2 * part)
+    held_at_once: list[int] = []
+    lock = threading.Lock()
+    settles = [0] * 8
+
+    def upload(i: int) -> None:
+        mine = pool.share(lambda: settles.__setitem__(i, settles[i] + 1))
+        try:
+            for _ in range(5):
+                mine.take(part)
+                with lock:
+                    held_at_once.append(pool.limit - pool._free)
+        finally:
+            mine.give_back()
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "an upload never got its memory"
+    assert max(held_at_once) <= 2 * part and pool.peak <= 2 * part
+    assert pool._free == pool.limit  # all given back
+    assert sum(settles) > 0  # the budget was reached, and uploads settled to go on
+
+
 _UPLOAD_CHILD = """
 import hashlib, os, sys, trio
 from fusefs.tiers.objectstore import ObjectStoreTier

@@ -522,7 +522,7 @@ class UploadMemory:
         self.limit = limit
         self._free = limit
         self._cond = threading.Condition()
-        #: The most held at once since the mount (`tierfs stats`: store.upload_memory_peak).
+        #: The most held at once since the mount (`tierfs stats`: capacity.upload_memory_peak).
         self.peak = 0
 
     def share(self, settle: Callable[[], None] | None = None) -> UploadShare:
@@ -557,11 +557,13 @@ class UploadShare:
             self._settle()  # outside the lock: it waits for the store
             self.give_back()
 
-    def give_back(self) -> None:
+    def give_back(self, n: int | None = None) -> None:
+        """Give ``n`` held bytes back (None: all of them)."""
         pool = self._pool
+        n = self.held if n is None else min(n, self.held)
         with pool._cond:
-            pool._free += self.held
-            self.held = 0
+            pool._free += n
+            self.held -= n
             pool._cond.notify_all()
 
 
@@ -1165,6 +1167,7 @@ class Store:
                         mine.take(UPLOAD_PART)
                         chunk = os.pread(fd, UPLOAD_PART, off)
                         if not chunk:
+                            mine.give_back(UPLOAD_PART)  # not needed: the end
                             break
                         out.write(chunk)
                         off += len(chunk)
