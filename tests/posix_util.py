@@ -20,7 +20,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import pytest
@@ -234,27 +236,122 @@ def plain(tmp_path: "os.PathLike[str]") -> str:
 
 @dataclass(frozen=True)
 class Pair:
-    """One test's directories: a plain reference and its twin inside a mount."""
+    """One test's directories: a plain reference and its twin inside a mount.
+
+    ``kind`` is the mount's source: ``"local"`` (a directory) or ``"s3"`` (a bucket of
+    ``rclone serve s3`` with ``stored_attributes``). ``src`` is the twin in the source,
+    on disk (for S3: in the bucket's directory).
+    """
 
     plain: str
     mnt: str
-    src: str
+    source_dir: str
+    kind: str = "local"
+
+    @property
+    def src(self) -> str:
+        """The twin in the source, once the source holds what the mount acknowledged.
+
+        An S3 mount writes back: a closed file reaches the store after its close (the
+        destager uploads it), so on S3 this first waits until nothing is pending."""
+        if self.kind == "s3":
+            wait_for_uploads(os.path.dirname(self.mnt))
+        return self.source_dir
+
+    def limit(self, op: str, errno_name: str, expected_on_local: Any = None) -> Any:
+        """What the test expects of ``op`` here: on S3 the documented refusal
+        ``errno_name`` (a true limit of an object store, listed in `S3_LIMITS` and in
+        docs/objectstore.md), elsewhere ``expected_on_local``."""
+        if self.kind != "s3":
+            return expected_on_local
+        assert S3_LIMITS.get(op) == errno_name, f"{op}: {errno_name} is not a documented limit"
+        return errno_name
 
 
-@pytest.fixture(scope="module")
-def shared_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    """One mount for a whole module of small cases (a mount costs ~0.5 s).
+#: The refusals an S3 source gives where a local directory succeeds: what an object
+#: store cannot hold (docs/objectstore.md, "The POSIX suite on S3"). A test that
+#: meets one asserts the exact errno through `Pair.limit`.
+S3_LIMITS: dict[str, str] = {
+    "link": "EPERM",          # one object per key: no second name for the same bytes
+    "mknod fifo": "EPERM",    # no node types but files, directories and symlinks
+    "mknod socket": "EPERM",
+    "mknod device": "EPERM",
+}
+
+
+def wait_for_uploads(mountpoint: str, timeout: float = 120.0) -> None:
+    """Wait until the mount's write-back holds nothing pending (every closed file is in
+    the store); fails after ``timeout`` seconds (a loaded machine uploads slowly)."""
+    from fusefs.control import call
+
+    deadline = time.monotonic() + timeout
+    while True:
+        wb = call(mountpoint, "stats")["stats"]["writeback"]
+        if not wb["pending_files"] and not wb["uploading"]:
+            return
+        assert time.monotonic() < deadline, f"uploads still pending after {timeout} s: {wb}"
+        time.sleep(0.02)
+
+
+class SharedMount(Mounted):
+    """`Mounted` with the directory on disk behind its source (``source_dir``: the
+    source itself, or the bucket of ``rclone serve s3``) and the source's ``kind``."""
+
+    kind = "local"
+    source_dir = ""
+
+
+def _s3_shared_mount(base: str, request: pytest.FixtureRequest) -> SharedMount:
+    """A mount of a new bucket of an ``rclone serve s3`` of this module, as a user who
+    wants POSIX behaviour configures one: ``stored_attributes = true``."""
+    from s3server import S3Server
+
+    # A server per module: rclone with a 0 s directory cache (files made on disk in the
+    # bucket are seen at once) gets slower with every request it has served.
+    server = S3Server(Path(base) / "s3data", bucket="posix")
+    server.start()
+    request.addfinalizer(server.stop)
+    config = os.path.join(base, "tierfs.toml")
+    with open(config, "w") as f:
+        f.write(textwrap.dedent(f"""\
+            [source]
+            access_key = "{server.access_key}"
+            secret_key = "{server.secret_key}"
+            dir_markers = false
+            stored_attributes = true
+            read_timeout = "120s"
+            [mount]
+            max_requests = 16
+            """))
+    m = SharedMount(server.uri() + "&request_timeout=60", os.path.join(base, "mnt"),
+                    cache=os.path.join(base, "cache"), log=os.path.join(base, "tierfs.log"),
+                    config=config)
+    m.kind = "s3"
+    m.source_dir = str(server.bucket_dir)
+    return m
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def shared_mount(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedMount]:
+    """One mount for a whole module of small cases (a mount costs ~0.5 s), of a local
+    directory and of an S3 bucket (``rclone serve s3``): every test on it runs on both.
 
     It runs with the fewest request handlers a config allows (``max_requests = 16``),
     so the concurrency cases show that a small pool queues requests, never deadlocks."""
-    base = str(tmp_path_factory.mktemp("shared"))
-    src = os.path.join(base, "src")
-    os.mkdir(src)
-    config = os.path.join(base, "tierfs.toml")
-    with open(config, "w") as f:
-        f.write("[mount]\nmax_requests = 16\n")
-    with Mounted(src, os.path.join(base, "mnt"), cache=os.path.join(base, "cache"),
-                 log=os.path.join(base, "tierfs.log"), config=config) as m:
+    base = str(tmp_path_factory.mktemp(f"shared-{request.param}"))
+    if request.param == "s3":
+        m = _s3_shared_mount(base, request)
+    else:
+        src = os.path.join(base, "src")
+        os.mkdir(src)
+        config = os.path.join(base, "tierfs.toml")
+        with open(config, "w") as f:
+            f.write("[mount]\nmax_requests = 16\n")
+        m = SharedMount(src, os.path.join(base, "mnt"), cache=os.path.join(base, "cache"),
+                        log=os.path.join(base, "tierfs.log"), config=config)
+        m.source_dir = src
+    with m:
         yield m
 
 
@@ -262,16 +359,19 @@ _case = itertools.count()
 
 
 @pytest.fixture
-def pair(shared_mount: Mounted, tmp_path: "os.PathLike[str]") -> Iterator[Pair]:
+def pair(shared_mount: SharedMount, tmp_path: "os.PathLike[str]") -> Iterator[Pair]:
     """Fresh directories of this test on the shared mount and on a plain directory.
 
     Fails the test if the daemon logged an unexpected error while it ran.
     """
     name = f"case{next(_case)}"
     p = Pair(os.path.join(tmp_path, "plain"), os.path.join(shared_mount.mountpoint, name),
-             os.path.join(shared_mount.source, name))
+             os.path.join(shared_mount.source_dir, name), shared_mount.kind)
     os.mkdir(p.plain)
     os.mkdir(p.mnt)
+    # Without markers a directory made through the mount lives in that mount until a
+    # file is written below it: make it in the bucket too, so a test can write there.
+    os.makedirs(p.source_dir, exist_ok=True)
     before = len(shared_mount.errors())
     yield p
     new = shared_mount.errors()[before:]
@@ -297,7 +397,7 @@ def open_dir_fd(path: str) -> int:
 
 __all__ = [
     "AT_FDCWD", "DirStream", "NOBODY", "RENAME_EXCHANGE", "RENAME_NOREPLACE", "UTIME_NOW",
-    "UTIME_OMIT", "Pair", "err", "open_dir_fd", "outcome", "pair", "plain", "private_tmpfs",
+    "UTIME_OMIT", "Pair", "S3_LIMITS", "SharedMount", "err", "open_dir_fd", "outcome", "pair", "plain", "private_tmpfs",
     "renameat2",
     "run_as", "same_on_both", "shared_mount",
     "utimensat",
