@@ -23,7 +23,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import pytest
 from mounting import Mounted
@@ -247,6 +247,8 @@ class Pair:
     mnt: str
     source_dir: str
     kind: str = "local"
+    #: The S3 server (an `s3server.S3Server`) whose bucket is the source, if any.
+    server: Any = None
 
     @property
     def src(self) -> str:
@@ -258,6 +260,31 @@ class Pair:
             wait_for_uploads(os.path.dirname(self.mnt))
         return self.source_dir
 
+    def stored(self, name: str) -> Stored:
+        """The mode, times and extended attributes the source holds for ``name`` (below
+        ``src``): a local file's own, an S3 object's user metadata as another client
+        (botocore) reads it, once the uploads are done."""
+        if self.kind != "s3":
+            path = os.path.join(self.src, name)
+            st = os.lstat(path)
+            xattrs = {k: os.getxattr(path, k, follow_symlinks=False)
+                      for k in os.listxattr(path, follow_symlinks=False)}
+            return Stored(st.st_mode, st.st_mtime_ns, st.st_ctime_ns, xattrs)
+        import base64
+        from urllib.parse import unquote
+
+        from fusefs.tiers.objectstore.options import parse_time
+        from s3server import api
+
+        self.src  # noqa: B018  (waits for the uploads)
+        key = f"{os.path.basename(self.mnt)}/{name}"
+        meta = {k.lower(): v for k, v in api(self.server).head_object(
+            Bucket=self.server.bucket, Key=key)["Metadata"].items()}
+        raw = json.loads(unquote(meta["xattr"])) if "xattr" in meta else {}
+        return Stored(int(meta["mode"]), parse_time(meta.get("mtime")),
+                      parse_time(meta.get("ctime")),
+                      {k: base64.b64decode(v) for k, v in raw.items()})
+
     def limit(self, op: str, errno_name: str, expected_on_local: Any = None) -> Any:
         """What the test expects of ``op`` here: on S3 the documented refusal
         ``errno_name`` (a true limit of an object store, listed in `S3_LIMITS` and in
@@ -266,6 +293,15 @@ class Pair:
             return expected_on_local
         assert S3_LIMITS.get(op) == errno_name, f"{op}: {errno_name} is not a documented limit"
         return errno_name
+
+
+class Stored(NamedTuple):
+    """What a source holds for a file (`Pair.stored`)."""
+
+    st_mode: int
+    st_mtime_ns: int | None
+    st_ctime_ns: int | None
+    xattrs: dict[str, bytes]
 
 
 #: The refusals an S3 source gives where a local directory succeeds: what an object
@@ -299,6 +335,7 @@ class SharedMount(Mounted):
 
     kind = "local"
     source_dir = ""
+    server: Any = None
 
 
 def _s3_shared_mount(base: str, request: pytest.FixtureRequest) -> SharedMount:
@@ -326,7 +363,7 @@ def _s3_shared_mount(base: str, request: pytest.FixtureRequest) -> SharedMount:
     m = SharedMount(server.uri() + "&request_timeout=60", os.path.join(base, "mnt"),
                     cache=os.path.join(base, "cache"), log=os.path.join(base, "tierfs.log"),
                     config=config)
-    m.kind = "s3"
+    m.kind, m.server = "s3", server
     m.source_dir = str(server.bucket_dir)
     return m
 
@@ -366,7 +403,8 @@ def pair(shared_mount: SharedMount, tmp_path: "os.PathLike[str]") -> Iterator[Pa
     """
     name = f"case{next(_case)}"
     p = Pair(os.path.join(tmp_path, "plain"), os.path.join(shared_mount.mountpoint, name),
-             os.path.join(shared_mount.source_dir, name), shared_mount.kind)
+             os.path.join(shared_mount.source_dir, name), shared_mount.kind,
+             shared_mount.server)
     os.mkdir(p.plain)
     os.mkdir(p.mnt)
     # Without markers a directory made through the mount lives in that mount until a
