@@ -351,9 +351,10 @@ def _s3_shared_mount(base: str, request: pytest.FixtureRequest) -> SharedMount:
     wants POSIX behaviour configures one: ``stored_attributes = true``."""
     from s3server import S3Server
 
-    # A server per module: rclone with a 0 s directory cache (files made on disk in the
-    # bucket are seen at once) gets slower with every request it has served.
-    server = S3Server(Path(base) / "s3data", bucket="posix")
+    # A directory cache of 1 ms: files made on disk in the bucket are seen at once. Not
+    # 0 s: rclone 1.7x then spins a core for ever after each PUT with user metadata
+    # (every upload with stored attributes), and answers slower with each of them.
+    server = S3Server(Path(base) / "s3data", bucket="posix", dir_cache_time="1ms")
     server.start()
     request.addfinalizer(server.stop)
     config = os.path.join(base, "tierfs.toml")
@@ -422,6 +423,10 @@ def pair(shared_mount: SharedMount, tmp_path: "os.PathLike[str]") -> Iterator[Pa
     yield p
     new = shared_mount.errors()[before:]
     assert not new, "the daemon logged unexpected errors:\n" + "\n".join(new)
+    if p.kind == "s3":
+        # rclone serve s3 lists a prefix by walking every key below it: a listing of
+        # the bucket's top (each new case's lookup) would grow with every case left.
+        shutil.rmtree(p.src, ignore_errors=True)
 
 
 @contextlib.contextmanager
