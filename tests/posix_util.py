@@ -316,6 +316,8 @@ S3_LIMITS: dict[str, str] = {
     "mknod socket": "EPERM",
     "mknod device": "EPERM",
     # S3 keys are at most 1,024 bytes: the whole path below the bucket.
+    # No atomic swap of two keys (a rename is a copy and a delete).
+    "rename exchange": "EINVAL",
     "key over 1024 bytes": "ENAMETOOLONG",
     # No change notifications: what another client changes is seen once the cached
     # stat expires (stat_ttl).

@@ -240,6 +240,7 @@ def test_tree_deeper_than_path_max(pair: Pair) -> None:
     os.mkdir(f"{pair.mnt}/full")
     assert outcome(_deep, f"{pair.mnt}/full") == pair.limit("key over 1024 bytes",
                                                             "ENAMETOOLONG")
+    shutil.rmtree(f"{pair.mnt}/full")
     got = same_on_both(pair.plain, pair.mnt, lambda r: _deep(r, S3_DEPTH, links=False))
     assert got[1] == b"at the bottom"
 
@@ -278,4 +279,5 @@ def test_deep_tree_made_through_the_mount_exists_in_the_source(pair: Pair) -> No
         assert err(os.stat, os.path.join(pair.mnt, *map(_level, range(DEPTH)))) \
             == "ENAMETOOLONG"
     shutil.rmtree(os.path.join(pair.mnt, _level(0)))
-    assert os.listdir(pair.src) == []
+    src = pair.src  # S3: a prefix with no keys left is gone (rclone removes the folder)
+    assert (os.listdir(src) if pair.kind == "local" or os.path.isdir(src) else []) == []

@@ -199,10 +199,23 @@ EXPECTED_ERRNO: dict[str, str] = {
 }
 
 
+# Cases a plain directory performs and an S3 source refuses: the documented limit
+# (`posix_util.S3_LIMITS`) each meets.
+S3_REFUSED: dict[str, tuple[str, str]] = {
+    "rename exchange dir and file": ("rename exchange", "EINVAL"),
+    "link symlink": ("link", "EPERM"),
+}
+
+
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_same_outcome_as_plain_directory(case: str, pair: Pair) -> None:
     _tree(pair.plain)
     _tree(pair.mnt)
+    if pair.kind == "s3" and case in S3_REFUSED:
+        assert outcome(ERROR_CASES[case], pair.mnt) == pair.limit(*S3_REFUSED[case])
+        # refused before anything changed: the tree is the one it started with
+        assert _snapshot(pair.mnt, dir_sizes=False) == _snapshot(pair.plain, dir_sizes=False)
+        return
     want = EXPECTED_ERRNO.get(case)
     got = same_on_both(pair.plain, pair.mnt, ERROR_CASES[case], fails=want or ())
     assert want is None or got == want

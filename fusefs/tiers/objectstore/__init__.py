@@ -415,6 +415,8 @@ class ObjectStoreTier(CapacityTier):
         self._store.key(path)
         await self._ns.require_dir(split(path)[0])
         await self._ns.absent(path)
+        if not self._store.down:
+            await self._ns.absent_in_store(path)
         if self._store.down and self._files.writeback is None:
             # The checks above may have been answered by stale listings; the object
             # would only be uploaded at close, and fail there, after the writes.
