@@ -68,6 +68,10 @@ def test_create_mode_and_flags(pair: Pair) -> None:
 
 
 def test_read_and_write_at_offsets(pair: Pair) -> None:
+    # S3: an object holds its holes as bytes; removed before the close, the 2 GiB file
+    # is never uploaded (on both sides, so that they still do the same).
+    drop = pair.kind == "s3"
+
     def go(r: str) -> list[Any]:
         fd = os.open(f"{r}/f", os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -84,6 +88,8 @@ def test_read_and_write_at_offsets(pair: Pair) -> None:
             out.append(os.lseek(fd, 0, os.SEEK_END))
             return out
         finally:
+            if drop:
+                os.unlink(f"{r}/f")
             os.close(fd)
     _both(pair, go)
 
