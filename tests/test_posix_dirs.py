@@ -27,11 +27,11 @@ def _touch(path: str, data: bytes = b"") -> None:
         f.write(data)
 
 
-def _many(pair: Pair) -> int:
+def _many(p: Pair) -> int:
     """Entries of the large-directory cases: past one LIST page (1,000 keys) on S3,
     where every entry costs a HEAD (stored attributes) that ``rclone serve s3`` answers
     by reading the whole directory."""
-    return 3000 if pair.kind == "local" else 1100
+    return 3000 if p.kind == "local" else 1100
 
 
 def test_readdir_many_entries(pair: Pair) -> None:

@@ -226,9 +226,9 @@ def test_same_outcome_as_plain_directory(case: str, pair: Pair) -> None:
     # S3: a directory's size is the file system's own (0 through the mount); in the
     # bucket, symlinks are objects holding the target, and a directory is a prefix
     # (an empty one is in this mount only): the objects must be the plain tree's files.
-    plain = _snapshot(pair.plain, dir_sizes=False)
-    assert _snapshot(pair.mnt, dir_sizes=False) == plain
-    assert _objects(_snapshot(pair.src)) == _objects(plain)
+    tree = _snapshot(pair.plain, dir_sizes=False)
+    assert _snapshot(pair.mnt, dir_sizes=False) == tree
+    assert _objects(_snapshot(pair.src)) == _objects(tree)
 
 
 def _snapshot(root: str, dir_sizes: bool = True) -> list[tuple[str, int, int]]:
