@@ -416,7 +416,10 @@ class ObjectStoreTier(CapacityTier):
         await self._ns.require_dir(split(path)[0])
         await self._ns.absent(path)
         if not self._store.down:
-            await self._ns.absent_in_store(path)
+            try:
+                await self._ns.absent_in_store(path)
+            except TierUnavailable:
+                pass  # stale-if-error: the caches' answer stands (checked below)
         if self._store.down and self._files.writeback is None:
             # The checks above may have been answered by stale listings; the object
             # would only be uploaded at close, and fail there, after the writes.
