@@ -5,6 +5,11 @@ compares what each returned, so a test states *what Linux does* rather than
 what we think it should do. Here: outcome capture (a value or an errno name),
 the syscalls Python does not wrap (``renameat2``, ``utimensat`` with
 ``UTIME_OMIT``, ``rewinddir``), and running a snippet as another user.
+
+The module-wide mount (`shared_mount`, through `pair`) is of a local directory and of
+an S3 bucket (``rclone serve s3`` with stored attributes): each case runs on both. What
+an object store cannot do is a documented limit (`S3_LIMITS`), which a case asserts
+exactly through `Pair.limit`; everything else must match the plain directory.
 """
 
 from __future__ import annotations
@@ -315,9 +320,9 @@ S3_LIMITS: dict[str, str] = {
     "mknod fifo": "EPERM",    # no node types but files, directories and symlinks
     "mknod socket": "EPERM",
     "mknod device": "EPERM",
-    # S3 keys are at most 1,024 bytes: the whole path below the bucket.
     # No atomic swap of two keys (a rename is a copy and a delete).
     "rename exchange": "EINVAL",
+    # S3 keys are at most 1,024 bytes: the whole path below the bucket.
     "key over 1024 bytes": "ENAMETOOLONG",
     # No change notifications: what another client changes is seen once the cached
     # stat expires (stat_ttl).
