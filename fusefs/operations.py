@@ -242,11 +242,13 @@ class Operations(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         handle = self.handles.file(fh) if fh is not None and fh else None
+        unlinked = False
         try:
             # Not handle.path: that is the name at open time, which a rename
             # may since have given to another file.
             path = self.inodes.path(inode)
         except FileNotFoundError:
+            unlinked = True
             # Unlinked but open: fchmod/fchown/futimens arrive without a
             # handle, but any open handle of the inode reaches the object.
             handle = handle or next(iter(self.handles.files_of(inode)), None)
@@ -284,7 +286,7 @@ class Operations(pyfuse3.Operations):
                 self.engine.writer_closed(inode)
         if fields.update_size:
             self.engine.truncated(inode, path, attr.st_size)
-        return self._entry(inode, st)
+        return self._entry(inode, self._unlinked(st) if unlinked else st)
 
     @_translate
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:

@@ -5,6 +5,11 @@ compares what each returned, so a test states *what Linux does* rather than
 what we think it should do. Here: outcome capture (a value or an errno name),
 the syscalls Python does not wrap (``renameat2``, ``utimensat`` with
 ``UTIME_OMIT``, ``rewinddir``), and running a snippet as another user.
+
+The module-wide mount (`shared_mount`, through `pair`) is of a local directory and of
+an S3 bucket (``rclone serve s3`` with stored attributes): each case runs on both. What
+an object store cannot do is a documented limit (`S3_LIMITS`), which a case asserts
+exactly through `Pair.limit`; everything else must match the plain directory.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import pytest
 from mounting import Mounted
@@ -234,27 +241,170 @@ def plain(tmp_path: "os.PathLike[str]") -> str:
 
 @dataclass(frozen=True)
 class Pair:
-    """One test's directories: a plain reference and its twin inside a mount."""
+    """One test's directories: a plain reference and its twin inside a mount.
+
+    ``kind`` is the mount's source: ``"local"`` (a directory) or ``"s3"`` (a bucket of
+    ``rclone serve s3`` with ``stored_attributes``). ``src`` is the twin in the source,
+    on disk (for S3: in the bucket's directory).
+    """
 
     plain: str
     mnt: str
-    src: str
+    source_dir: str
+    kind: str = "local"
+    #: The S3 server (an `s3server.S3Server`) whose bucket is the source, if any.
+    server: Any = None
+
+    @property
+    def src(self) -> str:
+        """The twin in the source, once the source holds what the mount acknowledged.
+
+        An S3 mount writes back: a closed file reaches the store after its close (the
+        destager uploads it), so on S3 this first waits until nothing is pending."""
+        if self.kind == "s3":
+            wait_for_uploads(os.path.dirname(self.mnt))
+        return self.source_dir
+
+    def stored(self, name: str) -> Stored:
+        """The mode, times and extended attributes the source holds for ``name`` (below
+        ``src``): a local file's own, an S3 object's user metadata as another client
+        (botocore) reads it, once the uploads are done."""
+        if self.kind != "s3":
+            path = os.path.join(self.src, name)
+            st = os.lstat(path)
+            xattrs = {k: os.getxattr(path, k, follow_symlinks=False)
+                      for k in os.listxattr(path, follow_symlinks=False)}
+            return Stored(st.st_mode, st.st_mtime_ns, st.st_ctime_ns, xattrs)
+        import base64
+        from urllib.parse import unquote
+
+        from fusefs.tiers.objectstore.options import parse_time
+        from s3server import api
+
+        self.src  # noqa: B018  (waits for the uploads)
+        key = f"{os.path.basename(self.mnt)}/{name}"
+        meta = {k.lower(): v for k, v in api(self.server).head_object(
+            Bucket=self.server.bucket, Key=key)["Metadata"].items()}
+        raw = json.loads(unquote(meta["xattr"])) if "xattr" in meta else {}
+        return Stored(int(meta["mode"]), parse_time(meta.get("mtime")),
+                      parse_time(meta.get("ctime")),
+                      {k: base64.b64decode(v) for k, v in raw.items()})
+
+    def limit(self, op: str, on_s3: Any, on_local: Any = None) -> Any:
+        """What the test expects of ``op`` here: on S3 ``on_s3``, what a documented
+        limit of an object store gives (`S3_LIMITS`, docs/objectstore.md "The POSIX
+        suite on S3"; an errno name must be the one documented), elsewhere
+        ``on_local``."""
+        assert op in S3_LIMITS, f"{op!r} is not a documented limit of S3 sources"
+        if self.kind != "s3":
+            return on_local
+        if _is_errno_name(on_s3):
+            assert S3_LIMITS[op] == on_s3, f"{op}: documented as {S3_LIMITS[op]}, not {on_s3}"
+        return on_s3
 
 
-@pytest.fixture(scope="module")
-def shared_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    """One mount for a whole module of small cases (a mount costs ~0.5 s).
+class Stored(NamedTuple):
+    """What a source holds for a file (`Pair.stored`)."""
+
+    st_mode: int
+    st_mtime_ns: int | None
+    st_ctime_ns: int | None
+    xattrs: dict[str, bytes]
+
+
+#: What an S3 source gives where a local directory succeeds: what an object store cannot
+#: hold or do (docs/objectstore.md, "The POSIX suite on S3"). A test that meets one says
+#: so through `Pair.limit`, with the exact errno.
+S3_LIMITS: dict[str, str] = {
+    "link": "EPERM",          # one object per key: no second name for the same bytes
+    "mknod fifo": "EPERM",    # no node types but files, directories and symlinks
+    "mknod socket": "EPERM",
+    "mknod device": "EPERM",
+    # No atomic swap of two keys (a rename is a copy and a delete).
+    "rename exchange": "EINVAL",
+    # S3 keys are at most 1,024 bytes: the whole path below the bucket.
+    "key over 1024 bytes": "ENAMETOOLONG",
+    # No change notifications: what another client changes is seen once the cached
+    # stat expires (stat_ttl).
+    "another client's change": "the version this mount knew, until stat_ttl",
+}
+
+
+def wait_for_uploads(mountpoint: str, timeout: float = 120.0) -> None:
+    """Wait until the mount's write-back holds nothing pending (every closed file is in
+    the store); fails after ``timeout`` seconds (a loaded machine uploads slowly)."""
+    from fusefs.control import call
+
+    deadline = time.monotonic() + timeout
+    while True:
+        wb = call(mountpoint, "stats")["stats"]["writeback"]
+        if not wb["pending_files"] and not wb["uploading"]:
+            return
+        assert time.monotonic() < deadline, f"uploads still pending after {timeout} s: {wb}"
+        time.sleep(0.02)
+
+
+class SharedMount(Mounted):
+    """`Mounted` with the directory on disk behind its source (``source_dir``: the
+    source itself, or the bucket of ``rclone serve s3``) and the source's ``kind``."""
+
+    kind = "local"
+    source_dir = ""
+    server: Any = None
+
+
+def _s3_shared_mount(base: str, request: pytest.FixtureRequest) -> SharedMount:
+    """A mount of a new bucket of an ``rclone serve s3`` of this module, as a user who
+    wants POSIX behaviour configures one: ``stored_attributes = true``."""
+    from s3server import S3Server
+
+    # A directory cache of 1 ms: files made on disk in the bucket are seen at once. Not
+    # 0 s: rclone 1.7x then spins a core for ever after each PUT with user metadata
+    # (every upload with stored attributes), and answers slower with each of them.
+    server = S3Server(Path(base) / "s3data", bucket="posix", dir_cache_time="1ms")
+    server.start()
+    request.addfinalizer(server.stop)
+    config = os.path.join(base, "tierfs.toml")
+    with open(config, "w") as f:
+        f.write(textwrap.dedent(f"""\
+            [source]
+            access_key = "{server.access_key}"
+            secret_key = "{server.secret_key}"
+            dir_markers = false
+            stored_attributes = true
+            read_timeout = "120s"
+            [mount]
+            max_requests = 16
+            """))
+    m = SharedMount(server.uri() + "&request_timeout=60", os.path.join(base, "mnt"),
+                    cache=os.path.join(base, "cache"), log=os.path.join(base, "tierfs.log"),
+                    config=config)
+    m.kind, m.server = "s3", server
+    m.source_dir = str(server.bucket_dir)
+    return m
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def shared_mount(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedMount]:
+    """One mount for a whole module of small cases (a mount costs ~0.5 s), of a local
+    directory and of an S3 bucket (``rclone serve s3``): every test on it runs on both.
 
     It runs with the fewest request handlers a config allows (``max_requests = 16``),
     so the concurrency cases show that a small pool queues requests, never deadlocks."""
-    base = str(tmp_path_factory.mktemp("shared"))
-    src = os.path.join(base, "src")
-    os.mkdir(src)
-    config = os.path.join(base, "tierfs.toml")
-    with open(config, "w") as f:
-        f.write("[mount]\nmax_requests = 16\n")
-    with Mounted(src, os.path.join(base, "mnt"), cache=os.path.join(base, "cache"),
-                 log=os.path.join(base, "tierfs.log"), config=config) as m:
+    base = str(tmp_path_factory.mktemp(f"shared-{request.param}"))
+    if request.param == "s3":
+        m = _s3_shared_mount(base, request)
+    else:
+        src = os.path.join(base, "src")
+        os.mkdir(src)
+        config = os.path.join(base, "tierfs.toml")
+        with open(config, "w") as f:
+            f.write("[mount]\nmax_requests = 16\n")
+        m = SharedMount(src, os.path.join(base, "mnt"), cache=os.path.join(base, "cache"),
+                        log=os.path.join(base, "tierfs.log"), config=config)
+        m.source_dir = src
+    with m:
         yield m
 
 
@@ -262,20 +412,28 @@ _case = itertools.count()
 
 
 @pytest.fixture
-def pair(shared_mount: Mounted, tmp_path: "os.PathLike[str]") -> Iterator[Pair]:
+def pair(shared_mount: SharedMount, tmp_path: "os.PathLike[str]") -> Iterator[Pair]:
     """Fresh directories of this test on the shared mount and on a plain directory.
 
     Fails the test if the daemon logged an unexpected error while it ran.
     """
     name = f"case{next(_case)}"
     p = Pair(os.path.join(tmp_path, "plain"), os.path.join(shared_mount.mountpoint, name),
-             os.path.join(shared_mount.source, name))
+             os.path.join(shared_mount.source_dir, name), shared_mount.kind,
+             shared_mount.server)
     os.mkdir(p.plain)
     os.mkdir(p.mnt)
+    # Without markers a directory made through the mount lives in that mount until a
+    # file is written below it: make it in the bucket too, so a test can write there.
+    os.makedirs(p.source_dir, exist_ok=True)
     before = len(shared_mount.errors())
     yield p
     new = shared_mount.errors()[before:]
     assert not new, "the daemon logged unexpected errors:\n" + "\n".join(new)
+    if p.kind == "s3":
+        # rclone serve s3 lists a prefix by walking every key below it: a listing of
+        # the bucket's top (each new case's lookup) would grow with every case left.
+        shutil.rmtree(p.src, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -297,7 +455,7 @@ def open_dir_fd(path: str) -> int:
 
 __all__ = [
     "AT_FDCWD", "DirStream", "NOBODY", "RENAME_EXCHANGE", "RENAME_NOREPLACE", "UTIME_NOW",
-    "UTIME_OMIT", "Pair", "err", "open_dir_fd", "outcome", "pair", "plain", "private_tmpfs",
+    "UTIME_OMIT", "Pair", "S3_LIMITS", "SharedMount", "err", "open_dir_fd", "outcome", "pair", "plain", "private_tmpfs",
     "renameat2",
     "run_as", "same_on_both", "shared_mount",
     "utimensat",

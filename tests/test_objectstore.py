@@ -431,15 +431,17 @@ def test_writes_reach_the_store(s3: S3Server) -> None:
         await f.close()
         assert read_back(s3, "w/existing") == b"T"
 
-        # a second writer of a file whose data is not uploaded yet starts from the first one's spool
+        # a second writer of a file being written shares the first one's spool: one
+        # file, one set of bytes, whichever closes last (as two descriptors on a disk)
         f1, _ = await tier.create(b"w/pair", os.O_WRONLY, 0o644, 0, 0)
         await f1.pwrite(0, b"one")
         f2 = await tier.open(b"w/pair", os.O_RDWR)
         assert await f2.pread(0, 10) == b"one"
         await f2.pwrite(3, b"two")
         await f2.close()
-        await f1.close()  # f1 uploads last: last upload wins
-        assert read_back(s3, "w/pair") == b"one"
+        await f1.pwrite(6, b"!")  # after the other's close: still the same file
+        await f1.close()
+        assert read_back(s3, "w/pair") == b"onetwo!"
 
         # setattr(size) without a handle rewrites the object
         st = await tier.setattr(b"w/new", size=5)

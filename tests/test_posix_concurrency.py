@@ -14,7 +14,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from posix_util import Pair, pair, shared_mount  # noqa: F401  (fixtures)
+from posix_util import Pair, err, pair, shared_mount  # noqa: F401  (fixtures)
 
 WRITERS = 4
 ROUNDS = 12
@@ -221,8 +221,9 @@ ITERS = 150
 STABLE = 50
 
 
-def _worker(d: str, me: int) -> None:
-    """Create, write, rename, link and unlink in the shared directory ``d``."""
+def _worker(d: str, me: int, link_refusal: str | None = None) -> None:
+    """Create, write, rename, link (``link_refusal``: the errno link gives here, if it
+    is refused) and unlink in the shared directory ``d``."""
     for j in range(ITERS):
         tmp = f"{d}/tmp-{me}-{j}"
         payload = f"{me}:{j}:".encode() * (1 + j % 50)
@@ -234,9 +235,13 @@ def _worker(d: str, me: int) -> None:
             os.rename(tmp, f"{d}/shared-{j % 5}")
         elif j % 3 == 1:
             os.rename(tmp, f"{d}/kept-{me}-{j}")
-            os.link(f"{d}/kept-{me}-{j}", f"{d}/link-{me}-{j}")
-            assert os.stat(f"{d}/link-{me}-{j}").st_nlink == 2
-            os.unlink(f"{d}/kept-{me}-{j}")
+            if link_refusal is None:
+                os.link(f"{d}/kept-{me}-{j}", f"{d}/link-{me}-{j}")
+                assert os.stat(f"{d}/link-{me}-{j}").st_nlink == 2
+                os.unlink(f"{d}/kept-{me}-{j}")
+            else:  # S3: no hard links (a documented refusal); the name moves instead
+                assert err(os.link, f"{d}/kept-{me}-{j}", f"{d}/link-{me}-{j}") == link_refusal
+                os.rename(f"{d}/kept-{me}-{j}", f"{d}/link-{me}-{j}")
             assert os.stat(f"{d}/link-{me}-{j}").st_nlink == 1
         else:
             os.mkdir(f"{d}/dir-{me}-{j}")
@@ -268,7 +273,8 @@ def test_processes_create_rename_unlink_in_one_directory(pair: Pair) -> None:
     for k in range(STABLE):
         with open(f"{d}/stable-{k}", "wb") as f:
             f.write(b"stable %d" % k)
-    pids = [_fork(_worker, d, me) for me in range(PROCS)]
+    link_refusal = pair.limit("link", "EPERM", None)
+    pids = [_fork(_worker, d, me, link_refusal) for me in range(PROCS)]
     codes = [os.waitpid(pid, 0)[1] for pid in pids]
     assert codes == [0] * PROCS
     want = {f"stable-{k}" for k in range(STABLE)}

@@ -68,6 +68,10 @@ def test_create_mode_and_flags(pair: Pair) -> None:
 
 
 def test_read_and_write_at_offsets(pair: Pair) -> None:
+    # S3: an object holds its holes as bytes; removed before the close, the 2 GiB file
+    # is never uploaded (on both sides, so that they still do the same).
+    drop = pair.kind == "s3"
+
     def go(r: str) -> list[Any]:
         fd = os.open(f"{r}/f", os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -84,6 +88,8 @@ def test_read_and_write_at_offsets(pair: Pair) -> None:
             out.append(os.lseek(fd, 0, os.SEEK_END))
             return out
         finally:
+            if drop:
+                os.unlink(f"{r}/f")
             os.close(fd)
     _both(pair, go)
 
@@ -219,10 +225,10 @@ def test_open_directory_and_special_files(pair: Pair) -> None:
         os.mkdir(f"{r}/d")
         fd = os.open(f"{r}/d", os.O_RDONLY | os.O_DIRECTORY)
         os.close(fd)
-        os.mkfifo(f"{r}/p")
-        return [err(os.open, f"{r}/d", os.O_RDWR), err(os.open, f"{r}/p",
-                                                         os.O_WRONLY | os.O_NONBLOCK)]
-    assert _both(pair, go) == ["EISDIR", "ENXIO"]
+        return [err(os.open, f"{r}/d", os.O_RDWR),
+                err(os.mkfifo, f"{r}/p") or err(os.open, f"{r}/p", os.O_WRONLY | os.O_NONBLOCK)]
+    assert go(pair.plain) == ["EISDIR", "ENXIO"]
+    assert go(pair.mnt) == ["EISDIR", pair.limit("mknod fifo", "EPERM", "ENXIO")]
 
 
 def test_fsync_fdatasync_and_flush(pair: Pair) -> None:
@@ -258,7 +264,8 @@ def test_source_changed_between_opens_is_read_fresh(pair: Pair) -> None:
     with open(f"{pair.src}/f", "r+b") as f:  # same size, other bytes, other mtime
         f.write(b"SECOND")
     os.utime(f"{pair.src}/f", ns=(1, 1_000_000_000))
-    assert open(f"{pair.mnt}/f", "rb").read() == b"SECONDversion"
+    assert open(f"{pair.mnt}/f", "rb").read() == pair.limit(
+        "another client's change", b"first version", b"SECONDversion")
 
 
 # -- unlinked but open ---------------------------------------------------------------------

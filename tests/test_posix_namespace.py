@@ -199,25 +199,54 @@ EXPECTED_ERRNO: dict[str, str] = {
 }
 
 
+# Cases a plain directory performs and an S3 source refuses: the documented limit
+# (`posix_util.S3_LIMITS`) each meets.
+S3_REFUSED: dict[str, tuple[str, str]] = {
+    "rename exchange dir and file": ("rename exchange", "EINVAL"),
+    "link symlink": ("link", "EPERM"),
+}
+
+
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_same_outcome_as_plain_directory(case: str, pair: Pair) -> None:
     _tree(pair.plain)
     _tree(pair.mnt)
+    if pair.kind == "s3" and case in S3_REFUSED:
+        assert outcome(ERROR_CASES[case], pair.mnt) == pair.limit(*S3_REFUSED[case])
+        # refused before anything changed: the tree is the one it started with
+        assert _snapshot(pair.mnt, dir_sizes=False) == _snapshot(pair.plain, dir_sizes=False)
+        return
     want = EXPECTED_ERRNO.get(case)
     got = same_on_both(pair.plain, pair.mnt, ERROR_CASES[case], fails=want or ())
     assert want is None or got == want
     # The tree left behind is the same too, seen through the mount and in the source.
-    assert _snapshot(pair.mnt) == _snapshot(pair.plain) == _snapshot(pair.src)
+    if pair.kind == "local":
+        assert _snapshot(pair.mnt) == _snapshot(pair.plain) == _snapshot(pair.src)
+        return
+    # S3: a directory's size is the file system's own (0 through the mount); in the
+    # bucket, symlinks are objects holding the target, and a directory is a prefix
+    # (an empty one is in this mount only): the objects must be the plain tree's files.
+    tree = _snapshot(pair.plain, dir_sizes=False)
+    assert _snapshot(pair.mnt, dir_sizes=False) == tree
+    assert _objects(_snapshot(pair.src)) == _objects(tree)
 
 
-def _snapshot(root: str) -> list[tuple[str, int, int]]:
+def _snapshot(root: str, dir_sizes: bool = True) -> list[tuple[str, int, int]]:
     out = []
     for dirpath, dirs, files in os.walk(root):
         for name in sorted(dirs + files):
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
-            out.append((os.path.relpath(p, root), stat.S_IFMT(st.st_mode), st.st_size))
+            kind = stat.S_IFMT(st.st_mode)
+            size = st.st_size if dir_sizes or kind != stat.S_IFDIR else 0
+            out.append((os.path.relpath(p, root), kind, size))
     return sorted(out)
+
+
+def _objects(snapshot: list[tuple[str, int, int]]) -> list[tuple[str, int]]:
+    """The objects an S3 bucket holds for a tree: its files and symlinks (the link's
+    size is its target's length), by name."""
+    return [(name, size) for name, kind, size in snapshot if kind != stat.S_IFDIR]
 
 
 def test_errors_on_the_mount_root(mnt: str) -> None:

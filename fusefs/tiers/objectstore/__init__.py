@@ -61,6 +61,10 @@ __all__ = ["ObjectFile", "ObjectStoreOptions", "ObjectStoreTier"]
 
 log = logging.getLogger(__name__)
 
+#: The extended attribute namespaces a Linux file system stores (``system.`` is the
+#: kernel's: ACLs, which the mount does not enforce).
+_XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+
 
 class ObjectStoreTier(CapacityTier):
     """A bucket or prefix of an object store, served through `pyarrow.fs`."""
@@ -267,7 +271,21 @@ class ObjectStoreTier(CapacityTier):
         mtime_ns: Any = None,
         file: CapacityFile | None = None,
     ) -> Stat:
-        cur = await self.stat(path)
+        if isinstance(file, ObjectFile):
+            try:
+                if file.unlinked:
+                    raise FileNotFoundError(path)
+                cur = await self.stat(path)
+            except FileNotFoundError:
+                # Unlinked but open (ftruncate, fchmod, ... of its descriptor): only the
+                # handle holds the file now, and a new file may have the name.
+                now = time.time_ns()
+                return await file.set_unlinked(
+                    size=size, mode=mode, uid=uid, gid=gid,
+                    atime_ns=now if atime_ns is UTIME_NOW else atime_ns,
+                    mtime_ns=now if mtime_ns is UTIME_NOW else mtime_ns)
+        else:
+            cur = await self.stat(path)
         if self._attrs.stored:
             if size is not None:
                 await self._truncate(path, cur, size, file)
@@ -319,6 +337,11 @@ class ObjectStoreTier(CapacityTier):
                                      "(s3:// sources)")
         if name.startswith(b"system."):  # ACLs and the like: the kernel's, not data
             raise err(errno.ENOTSUP, f"{name!r}: system attributes are not stored")
+        prefix = next((p for p in _XATTR_NAMESPACES if name.startswith(p)), None)
+        if prefix is None:  # as Linux file systems answer a name of no namespace
+            raise err(errno.ENOTSUP, f"{name!r}: not in a namespace (user., trusted., ...)")
+        if name == prefix:  # the namespace alone names nothing
+            raise err(errno.EINVAL, f"{name!r}: an attribute name after the namespace")
         try:
             return name.decode("utf-8")
         except UnicodeDecodeError:
@@ -392,6 +415,11 @@ class ObjectStoreTier(CapacityTier):
         self._store.key(path)
         await self._ns.require_dir(split(path)[0])
         await self._ns.absent(path)
+        if not self._store.down:
+            try:
+                await self._ns.absent_in_store(path)
+            except TierUnavailable:
+                pass  # stale-if-error: the caches' answer stands (checked below)
         if self._store.down and self._files.writeback is None:
             # The checks above may have been answered by stale listings; the object
             # would only be uploaded at close, and fail there, after the writes.

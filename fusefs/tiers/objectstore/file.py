@@ -34,8 +34,13 @@ Reads
 Writes
     A handle opened for writing keeps the whole object in a spool file: empty
     after ``O_TRUNC`` or create, otherwise a copy of the newest spool of the path
-    (an open writer's or a pending one's) or of the object, downloaded. Concurrent
-    writers of one key: the last close wins.
+    (a pending one's) or of the object, downloaded. Writable opens of a path that
+    one already writes share its spool (`Spool.handles`), as descriptors of one
+    file share its bytes: ``O_APPEND`` writers through two opens interleave, never
+    lose each other's writes; the last of them to close hands it on. A read-only
+    handle reads the newest spool of its path in this mount once one exists (a
+    writer's, then the pending copy), so it sees what the writers wrote, as a
+    reader of a local file does. Across mounts (other clients) the last upload wins.
 
     Write-back (a `WriteBack` is attached: object-store mounts with a cache
     directory, ``[write] mode = "writeback"``): spools are named files in
@@ -106,6 +111,8 @@ class ObjectFile(CapacityFile):
         self._closed = False
         self._reads = 0  # ranged GETs in flight: the input file outlives close() until they end
         self._mtime_ns = st.st_mtime_ns
+        #: A read-only handle: the spool of the path whose bytes ``_fd`` reads.
+        self._view: Spool | None = None
         #: Why reads of this handle fail with ESTALE (its object changed), once known.
         self._stale: str | None = None
 
@@ -216,9 +223,31 @@ class ObjectFile(CapacityFile):
             self._input.close()
             self._input = None
 
+    def _follow_view(self) -> None:
+        """A read-only handle: read the newest spool of the path (a writer of this
+        mount changed it since the open), once one exists. Its descriptor stays usable
+        after the spool is uploaded and removed: it holds the bytes the store then has."""
+        view = self._files.view(self.path)
+        if view is None or view is self._view:
+            return
+        try:
+            if view.file:
+                fd = os.open(view.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            elif view.fd >= 0:
+                fd = os.dup(view.fd)  # write-through: an unnamed spool
+            else:
+                return
+        except FileNotFoundError:
+            return  # uploaded and removed meanwhile: the store has it
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._view = fd, view
+
     async def pread(self, offset: int, size: int) -> bytes:
         if self._closed:
             raise err(errno.EBADF, "file is closed")
+        if not self.writable:
+            self._follow_view()
         if self._fd >= 0:
             if size >= _THREAD_IO:
                 return await trio.to_thread.run_sync(os.pread, self._fd, size, offset)
@@ -235,9 +264,12 @@ class ObjectFile(CapacityFile):
 
     def _changed(self, sp: Spool) -> None:
         sp.gen += 1
-        sp.mtime_ns = self._mtime_ns = time.time_ns()
+        sp.mtime_ns = sp.ctime_ns = self._mtime_ns = time.time_ns()
         self._dirty = True
         self._trunc_only = False
+        if sp.handles > 1:
+            for w in self._files.sharing(sp):
+                w._mtime_ns = sp.mtime_ns
 
     async def pwrite(self, offset: int, data: bytes) -> int:
         sp = self._check_writable()
@@ -272,6 +304,40 @@ class ObjectFile(CapacityFile):
         if self._input is not None and self._input_size != self._stat.st_size:
             return self._attrs.file(self._input_size, self._stat.version().mtime_ns)
         return self._stat
+
+    @property
+    def unlinked(self) -> bool:
+        """Its name was removed while it was open (writers: `OpenFiles.unlinked`)."""
+        return self._unlinked
+
+    async def set_unlinked(self, *, size: int | None = None, mode: int | None = None,
+                           uid: int | None = None, gid: int | None = None,
+                           atime_ns: int | None = None, mtime_ns: int | None = None) -> Stat:
+        """ftruncate, fchmod, fchown, futimens of a file whose name is gone: they change
+        what this handle shows (nothing will be uploaded), as on a disk."""
+        if size is not None:
+            await self.truncate(size)  # EBADF unless open for writing
+        st = await self.fstat()
+        if not self._attrs.stored:
+            return st  # as for a file with a name: nothing to keep them in
+        new_mode = st.st_mode if mode is None \
+            else stat_mod.S_IFMT(st.st_mode) | stat_mod.S_IMODE(mode)
+        owner = (new_mode, st.st_uid if uid is None else uid, st.st_gid if gid is None else gid)
+        sp = self.spool
+        if sp is not None and self._fd >= 0:
+            sp.owner, sp.ctime_ns = owner, time.time_ns()
+            if mtime_ns is not None:
+                sp.mtime_ns = self._mtime_ns = mtime_ns
+            if atime_ns is not None:
+                sp.atime_ns = atime_ns
+            return self.spool_stat()
+        st = self._attrs.with_owner(dataclasses.replace(st), *owner)
+        if mtime_ns is not None:
+            st.st_mtime_ns = mtime_ns
+        if atime_ns is not None:
+            st.st_atime_ns = atime_ns
+        self._stat = st
+        return st
 
     async def flush(self) -> None:
         """A close(2) of one descriptor (maybe a dup: more may follow)."""
@@ -340,6 +406,9 @@ class ObjectFile(CapacityFile):
             return
         sp = self.spool
         wb = self._files.writeback
+        if sp is not None and sp.handles > 1:
+            await self._detach(sp)
+            return
         try:
             if sp is not None and wb is not None and sp.id:
                 self._closed = True
@@ -368,6 +437,24 @@ class ObjectFile(CapacityFile):
             if sp is not None:
                 sp.fd = -1
             self._close_input()
+
+    async def _detach(self, sp: Spool) -> None:
+        """Close this handle of a spool other open handles share: they keep it (and
+        its descriptor); the last of them hands it on."""
+        try:
+            if self._dirty and not self._unlinked and not sp.id:
+                try:
+                    await self._sync(final=True)  # write-through: upload at close
+                except OSError as exc:
+                    log.error("%s: data written but never uploaded is lost: %s",
+                              show(self.path), exc)
+        finally:
+            async with self._lock:
+                sp.handles -= 1
+                self._closed = True
+                self._files.forget(self)
+                self._fd = -1
+                self.spool = None
 
     def fileno(self) -> int | None:
         return None  # the spool is not the object: the engine must go through pread
@@ -426,6 +513,8 @@ class OpenFiles:
         self._cache = cache
         self._opts = opts
         self._writers: dict[bytes, list[ObjectFile]] = {}
+        #: Paths a writable open is being prepared for (see `open`).
+        self._opening: dict[bytes, trio.Lock] = {}
         self._spool_dir: str | None = None
         self._own_spool = False
         #: Durable write-back through the cache directory, if the mount enables it.
@@ -501,7 +590,8 @@ class OpenFiles:
         if sp is not None and sp.owner is not None:
             st = self.attrs.with_owner(st, *sp.owner)
             st.xattr = sp.xattr
-        st.st_mtime_ns = st.st_ctime_ns = mtime_ns
+        st.st_mtime_ns = mtime_ns
+        st.st_ctime_ns = sp.ctime_ns if sp is not None and sp.ctime_ns else mtime_ns
         st.st_atime_ns = sp.atime_ns if sp is not None and sp.atime_ns else mtime_ns
         return st
 
@@ -517,14 +607,14 @@ class OpenFiles:
             if sp is None:
                 continue
             sp.owner, sp.xattr, sp.mtime_ns = owner, st.xattr, st.st_mtime_ns
-            sp.atime_ns = st.st_atime_ns
+            sp.atime_ns, sp.ctime_ns = st.st_atime_ns, st.st_ctime_ns
             if sp.id:  # write-back: due until the store holds its last change
                 due = due or (sp.changed and sp.uploaded_gen != sp.gen and not sp.gone)
             else:
                 due = due or w._dirty
         for sp in self.writeback.pending.get(path, []) if self.writeback is not None else []:
             sp.owner, sp.xattr, sp.mtime_ns = owner, st.xattr, st.st_mtime_ns
-            sp.atime_ns = st.st_atime_ns
+            sp.atime_ns, sp.ctime_ns = st.st_atime_ns, st.st_ctime_ns
             due = due or not sp.gone
         return due
 
@@ -537,13 +627,39 @@ class OpenFiles:
             if view is not None and view.file:
                 try:
                     f._fd = os.open(view.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    f._mtime_ns = view.mtime_ns
+                    f._mtime_ns, f._view = view.mtime_ns, view
                 except FileNotFoundError:
                     pass  # uploaded and removed meanwhile: the store has it
             if f._fd < 0 and self.store.pins_generation:
                 await f.pin_generation()
             return f
+        # One writable open of a path at a time: a second one waits for the first's
+        # spool (downloaded first) and shares it instead of downloading its own.
+        lock = self._opening.setdefault(path, trio.Lock())
+        try:
+            async with lock:
+                return await self._open_writer(path, flags, st)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._opening.pop(path, None)
+
+    async def _open_writer(self, path: bytes, flags: int, st: Stat) -> ObjectFile:
         f = ObjectFile(self, path, writable=True, st=st)
+        shared = self._live_writer(path)
+        if shared is not None:
+            # Another open writes this file: one file, one set of bytes.
+            sp = f.spool = shared.spool
+            assert sp is not None
+            f._fd, f._lock, f._mtime_ns = sp.fd, shared._lock, shared._mtime_ns
+            sp.handles += 1
+            self._writers[path].append(f)
+            if flags & os.O_TRUNC:
+                try:
+                    await f.truncate(0)
+                except BaseException:
+                    await f.close()
+                    raise
+            return f
         sp = f.spool = self._new_spool(path)
         f._fd = sp.fd
         if self.attrs.stored and st.attrs_known:
@@ -606,6 +722,19 @@ class OpenFiles:
         return f, f.spool_stat()
 
     # -- writers by path ---------------------------------------------------
+    def _live_writer(self, path: bytes) -> ObjectFile | None:
+        """An open writable handle of ``path`` whose spool new writable opens share."""
+        for w in reversed(self._writers.get(path, [])):
+            sp = w.spool
+            if sp is not None and not sp.gone and sp.fd >= 0 and not w._unlinked \
+                    and not w._closed:
+                return w
+        return None
+
+    def sharing(self, sp: Spool) -> list[ObjectFile]:
+        """The open writable handles of spool ``sp``."""
+        return [w for w in self._writers.get(sp.path, []) if w.spool is sp]
+
     def latest(self, path: bytes) -> ObjectFile | None:
         """The most recently opened writable handle of ``path``."""
         writers = self._writers.get(path)
@@ -767,7 +896,7 @@ class OpenFiles:
         mtime = spool.mtime_ns if spool is not None and spool.mtime_ns else now
         st.st_mtime_ns = mtime
         st.st_atime_ns = spool.atime_ns if spool is not None and spool.atime_ns else mtime
-        st.st_ctime_ns = now
+        st.st_ctime_ns = spool.ctime_ns if spool is not None and spool.ctime_ns else now
         return st
 
     async def get_object_into(self, path: bytes, fd: int) -> int:

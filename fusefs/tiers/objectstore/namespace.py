@@ -398,6 +398,23 @@ class Namespace:
             return
         raise err(errno.EEXIST, f"{show(path)}: already exists")
 
+    async def absent_in_store(self, path: bytes) -> None:
+        """Raise ``EEXIST`` if the store holds an object ``path`` that the caches said
+        was missing (another client wrote it since the listing or the negative entry):
+        one HEAD. A create must not replace what it never saw."""
+        if self._files.writer_stat(path) is not None or path in self._local_dirs:
+            return  # this mount's own: `absent` has answered for it
+        key = self._store.key(path)
+        if self._attrs.stored:
+            st = await self._store.head_meta(key, f"create {show(path)}")
+            if st is not None:
+                self._cache.note_object(path, st)
+        else:
+            st = await self._store.head(key, f"create {show(path)}")
+            self._cache.remember(path, st)
+        if st is not None:
+            raise err(errno.EEXIST, f"{show(path)}: already exists (written by another client)")
+
     async def readlink(self, path: bytes) -> bytes:
         st = await self.stat(path)
         if not stat_mod.S_ISLNK(st.st_mode):

@@ -135,6 +135,9 @@ _MISSING = ("NO_SUCH_KEY", "NO_SUCH_BUCKET", "RESOURCE_NOT_FOUND", "HTTP status 
 _BUSY = (
     "SLOW_DOWN", "SlowDown", "THROTTL", "Throttl", "SERVICE_UNAVAILABLE", "HTTP status 500",
     "HTTP status 502", "HTTP status 503", "HTTP status 504", "REQUEST_TIME_TOO_SKEWED",
+    # pyarrow names a 500 by its S3 error code, without the status (a CopyObject of
+    # an object rclone serve s3 was still finishing answered so)
+    "INTERNAL_FAILURE", "InternalError",
 )
 
 # Query keys of an s3:// URI and the option each sets.

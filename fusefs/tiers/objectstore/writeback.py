@@ -137,6 +137,11 @@ class Spool:
     xattr: str | None = None
     #: The atime its upload stores (a utimes' since it was opened; 0: its mtime).
     atime_ns: int = 0
+    #: Its last change of bytes or attributes, which its upload stores as the ctime
+    #: (0: its mtime).
+    ctime_ns: int = 0
+    #: Open writable handles sharing it (`file.OpenFiles.open`); the last close releases it.
+    handles: int = 1
     #: Serialises its journal writes (a row written late must not outlive a drop).
     jlock: trio.Lock = field(default_factory=trio.Lock)
 
