@@ -646,7 +646,8 @@ def render_stats(snap: dict[str, Any]) -> str:
             lines.append(f"{k:<20}{h['count']:>10}{h['p50_us']:>10.0f}{h['p99_us']:>10.0f}"
                          f"{h['p999_us']:>10.0f}")
     for name, section in snap.items():
-        if name in ("mount", "counters", "latency", "uptime_s") or not isinstance(section, dict):
+        if name in ("mount", "counters", "latency", "uptime_s") or not isinstance(section, dict) \
+                or not section:  # e.g. a local source's capacity tier: nothing to show
             continue
         lines.append("")
         lines.append(f"[{name}]")

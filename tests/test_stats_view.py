@@ -204,6 +204,9 @@ def test_by_path_follows_a_rename(src: str, make_mount: Callable[..., Mounted]) 
         os.rename(os.path.join(m.mountpoint, "old.bin"), os.path.join(m.mountpoint, "new.bin"))
         files = {p["path"]: p for p in _by_path(m.mountpoint)["paths"]}
         assert set(files) == {"new.bin"} and files["new.bin"]["bytes"] == 256 << 10
+        # A local source's capacity tier has no figures: no empty section is printed.
+        out = _stats(m.mountpoint)
+        assert out.returncode == 0 and "[capacity]" not in out.stdout, out.stdout[-500:]
 
 
 def _drain(fd: int, until: Callable[[bytes], bool], deadline: float) -> bytes:
