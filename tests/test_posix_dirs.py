@@ -230,6 +230,62 @@ def _deep(root: str, depth: int = DEPTH, links: bool = True) -> list[Any]:
             os.close(fd)
 
 
+def test_entry_changes_move_the_directory_times(pair: Pair) -> None:
+    """POSIX: creating, removing or renaming an entry marks its directory's st_mtime
+    and st_ctime for update. Each operation runs after the directory's times were set
+    back to 1970; both sides must then show them moved forward (on S3 in the mount
+    that made the change: docs/objectstore.md, "Directory times")."""
+    old = 10**9
+    ops: list[tuple[str, Any, tuple[str, ...]]] = [
+        ("create", lambda r: _touch(f"{r}/d/f"), ("d",)),
+        ("mkdir", lambda r: os.mkdir(f"{r}/d/sub"), ("d",)),
+        ("symlink", lambda r: os.symlink("f", f"{r}/d/l"), ("d",)),
+        ("rename within", lambda r: os.rename(f"{r}/d/f", f"{r}/d/g"), ("d",)),
+        ("rename across", lambda r: os.rename(f"{r}/d/g", f"{r}/e/g"), ("d", "e")),
+        ("rename a directory", lambda r: os.rename(f"{r}/d/sub", f"{r}/e/sub"), ("d", "e")),
+        ("unlink", lambda r: os.unlink(f"{r}/d/l"), ("d",)),
+        ("rmdir", lambda r: os.rmdir(f"{r}/e/sub"), ("e",)),
+        ("unlink the last", lambda r: os.unlink(f"{r}/e/g"), ("e",)),
+    ]
+    for root in (pair.plain, pair.mnt):
+        os.mkdir(f"{root}/d")
+        os.mkdir(f"{root}/e")
+        for name, op, dirs in ops:
+            for d in ("d", "e"):
+                os.utime(f"{root}/{d}", ns=(old, old))
+                assert os.stat(f"{root}/{d}").st_mtime_ns == old
+            op(root)
+            for d in ("d", "e"):
+                st = os.stat(f"{root}/{d}")
+                if d in dirs:
+                    assert st.st_ctime_ns >= st.st_mtime_ns > old, (root, name, d)
+                else:
+                    assert st.st_mtime_ns == old, (root, name, d)
+        # a time set by hand after the changes is the one shown
+        os.utime(f"{root}/d", ns=(old, 2 * old))
+        assert os.stat(f"{root}/d").st_mtime_ns == 2 * old
+        assert os.listdir(f"{root}/d") == [] and os.listdir(f"{root}/e") == []
+
+
+def test_set_group_id_directories_pass_their_group_on(pair: Pair) -> None:
+    """A new file, directory or symlink in a set-group-ID directory takes the
+    directory's group (not the creator's), and a new directory its set-group-ID bit."""
+    def made(root: str) -> tuple[Any, ...]:
+        os.mkdir(f"{root}/g")
+        os.chown(f"{root}/g", -1, 4321)
+        os.chmod(f"{root}/g", 0o2775)
+        _touch(f"{root}/g/f")
+        os.mkdir(f"{root}/g/sub", 0o755)
+        os.symlink("f", f"{root}/g/l")
+        os.mkdir(f"{root}/plain")
+        _touch(f"{root}/plain/f")
+        sub = os.stat(f"{root}/g/sub")
+        return (os.stat(f"{root}/g/f").st_gid, sub.st_gid, bool(sub.st_mode & stat.S_ISGID),
+                os.lstat(f"{root}/g/l").st_gid, os.stat(f"{root}/plain/f").st_gid)
+
+    assert made(pair.plain) == made(pair.mnt) == (4321, 4321, True, 4321, os.getgid())
+
+
 def test_tree_deeper_than_path_max(pair: Pair) -> None:
     if pair.kind == "local":
         got = same_on_both(pair.plain, pair.mnt, _deep)

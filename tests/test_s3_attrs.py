@@ -137,6 +137,36 @@ def test_rename_right_after_rewrites(attr_s3: S3Server,
     assert head(attr_s3, "g")["mode"] == str(stat.S_IFREG | 0o600)
 
 
+def test_directory_rename_keeps_the_attributes_below(attr_s3: S3Server,
+                                                     mount_s3: Callable[..., Mounted]) -> None:
+    """Renaming a directory moves the mode and owner of the directories below it (with
+    markers: in their markers, so a remount shows them) and keeps the files'."""
+    with mount_attrs(mount_s3, attr_s3) as m:
+        mp = m.mountpoint
+        os.makedirs(f"{mp}/a/b/c")
+        with open(f"{mp}/a/b/c/f", "wb") as f:
+            f.write(b"deep")
+        os.chmod(f"{mp}/a/b", 0o701)
+        os.chown(f"{mp}/a/b", 11, 12)
+        os.chmod(f"{mp}/a/b/c", 0o710)
+        os.chmod(f"{mp}/a/b/c/f", 0o604)
+        os.rename(f"{mp}/a", f"{mp}/z")
+        shown = [(stat.S_IMODE(os.stat(f"{mp}/{p}").st_mode), os.stat(f"{mp}/{p}").st_uid)
+                 for p in ("z/b", "z/b/c", "z/b/c/f")]
+        assert shown == [(0o701, 11), (0o710, 0), (0o604, 0)]
+        assert not os.path.exists(f"{mp}/a")
+    markers = attr_s3.markers  # type: ignore[attr-defined]
+    if markers:
+        meta = head(attr_s3, "z/b/")
+        assert (meta["mode"], meta["uid"], meta["gid"]) == (str(stat.S_IFDIR | 0o701), "11", "12")
+    with mount_attrs(mount_s3, attr_s3) as m:
+        mp = m.mountpoint
+        modes = [stat.S_IMODE(os.stat(f"{mp}/{p}").st_mode) for p in ("z/b", "z/b/c", "z/b/c/f")]
+        # without markers a directory stores nothing: a remount shows the configured mode
+        assert modes == ([0o701, 0o710, 0o604] if markers else [0o755, 0o755, 0o604])
+        assert open(f"{mp}/z/b/c/f", "rb").read() == b"deep"
+
+
 def test_metadata_of_another_client(attr_s3: S3Server,
                                     mount_s3: Callable[..., Mounted]) -> None:
     """Objects another tool wrote: s3fs-style metadata shows; none shows the defaults."""

@@ -426,7 +426,10 @@ class ObjectStoreTier(CapacityTier):
             # (Write-back keeps it in the cache directory until the store answers.)
             raise TierUnavailable(f"{self.description}: create {show(path)}: the store is "
                                   "down (new files wait until it answers)")
-        return self._files.create(path, mode, uid, gid)
+        mode, gid = await self._ns.inherit(split(path)[0], mode, gid)
+        out = self._files.create(path, mode, uid, gid)
+        self._ns.entries_changed(path)
+        return out
 
     # -- whole-object transfer (the seam for the fast tier's destager) ----
     async def put_object(self, path: bytes, fd: int) -> Stat:

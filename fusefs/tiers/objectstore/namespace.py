@@ -41,6 +41,17 @@ Stored attributes (``stored_attributes``, ``s3://``)
     object onto itself (or leave them to the upload that is due). Symbolic
     links are objects holding the target, S_IFLNK in their mode; the daemon
     never follows one.
+
+    A new entry takes the group of a set-group-ID parent directory (and a new
+    directory its set-group-ID bit), as on a disk.
+
+Directory times
+    Creating, removing or renaming an entry moves its directory's mtime and
+    ctime to now, in this mount (`entries_changed`): what a disk shows, without
+    a request. The marker keeps the time ``mkdir`` or the last chmod/utimes
+    stored, which is what another mount (or this one after a remount) shows:
+    rewriting it on every entry change would cost one PUT per create (s3fs's
+    ``update_parent_dir_stat``, off by default there too).
 """
 
 from __future__ import annotations
@@ -65,6 +76,9 @@ _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _PATH_MAX = 4096
 _LINK_MODE = stat_mod.S_IFLNK | 0o777
+#: Directories whose entry changes this mount remembers (about 100 bytes each); the
+#: oldest is forgotten first (its directory then shows the time its marker stores).
+_DIR_TIMES_MAX = 65536
 
 
 async def _no_listing(path: bytes) -> None:
@@ -93,6 +107,9 @@ class Namespace:
         self._local_dirs: dict[bytes, Stat] = {}
         #: The root's attributes (its mtime is when the tier started).
         self.root_stat = attrs.dir(attrs.started_ns)
+        #: Directories whose entries this mount changed: path -> when (ns), oldest
+        #: first, at most `_DIR_TIMES_MAX` (see "Directory times").
+        self._dir_changed: dict[bytes, int] = {}
 
     # -- lookups -----------------------------------------------------------
     async def stat(self, path: bytes, *, exact: bool = False) -> Stat:
@@ -109,8 +126,42 @@ class Namespace:
         st = await self._fill(path, await self._stat(path, exact))
         if not st.is_dir:
             return st
+        st = self._dir_times(path, st)
         links = self._dir_links(path)
         return st if links == st.st_nlink else replace(st, st_nlink=links)
+
+    # -- directory times ---------------------------------------------------
+    def entries_changed(self, *paths: bytes) -> None:
+        """Entries ``paths`` were created, removed or renamed: their directories'
+        mtime and ctime are now (in this mount; see "Directory times")."""
+        now = time.time_ns()
+        for p in paths:
+            parent = split(p)[0]
+            self._dir_changed.pop(parent, None)  # to the end: the newest
+            self._dir_changed[parent] = now
+        while len(self._dir_changed) > _DIR_TIMES_MAX:
+            del self._dir_changed[next(iter(self._dir_changed))]
+
+    def _dir_times(self, path: bytes, st: Stat) -> Stat:
+        """Directory ``st`` with the time of this mount's last change of its entries,
+        where that is later than what it shows."""
+        t = self._dir_changed.get(path)
+        if t is None or (st.st_mtime_ns >= t and st.st_ctime_ns >= t):
+            return st
+        return replace(st, st_mtime_ns=max(st.st_mtime_ns, t), st_ctime_ns=max(st.st_ctime_ns, t))
+
+    async def inherit(self, parent: bytes, mode: int, gid: int) -> tuple[int, int]:
+        """The mode and group of a new entry in directory ``parent``, created with
+        ``mode`` by a caller of group ``gid``: a set-group-ID directory gives its group
+        (and a new directory its set-group-ID bit), where objects store attributes."""
+        if not self._attrs.stored:
+            return mode, gid
+        pst = await self.stat(parent) if parent else self.root_stat
+        if not pst.st_mode & stat_mod.S_ISGID:
+            return mode, gid
+        if stat_mod.S_ISDIR(mode):
+            mode |= stat_mod.S_ISGID
+        return mode, pst.st_gid
 
     def _dir_links(self, path: bytes) -> int:
         listing = self._cache.stale_listing(path)
@@ -131,8 +182,10 @@ class Namespace:
             return st
         if self._files.writeback is not None and self._files.any_under(path):
             # Files written below it that the store may not hold yet (write-back, maybe
-            # from before a crash) make the directory, without a request.
-            return self._attrs.dir(self._attrs.started_ns)
+            # from before a crash) make the directory, without a request: with the
+            # attributes last known of it (a chmod's), else the defaults.
+            known = self._cache.known_stat(path)
+            return known if known is not None and known.is_dir else self._attrs.dir(self._attrs.started_ns)
         if self._store.down:
             st = self._stale_stat(path)
             if st is not None:
@@ -236,8 +289,10 @@ class Namespace:
         async def one(i: int) -> None:
             name, st = entries[i]
             async with slots:
+                child = path + b"/" + name if path else name
                 try:
-                    out[i] = (name, await self._fill(path + b"/" + name if path else name, st))
+                    filled = await self._fill(child, st)
+                    out[i] = (name, self._dir_times(child, filled) if filled.is_dir else filled)
                 except FileNotFoundError:
                     out[i] = None  # gone since the listing
 
@@ -271,6 +326,7 @@ class Namespace:
             self.root_stat = new
             return new
         if cur.is_dir:
+            self._dir_changed.pop(path, None)  # a time set by hand replaces this mount's
             if path in self._local_dirs or not self._markers:
                 self._local_dirs[path] = new
                 return new
@@ -332,11 +388,13 @@ class Namespace:
         await self.require_dir(split(path)[0])
         await self.absent(path)
         now = time.time_ns()
+        _, gid = await self.inherit(split(path)[0], _LINK_MODE, gid)
         st = self._attrs.with_owner(self._attrs.file(len(target), now), _LINK_MODE, uid, gid)
         st.st_mtime_ns = st.st_atime_ns = st.st_ctime_ns = now
         await self._store.put_bytes(key, target, self._attrs.to_meta(st), f"symlink {show(path)}")
         self._store.forget_same_bytes(key)
         self._cache.note_object(path, st)
+        self.entries_changed(path)
         return st
 
     async def listdir(self, path: bytes) -> list[tuple[bytes, Stat]]:
@@ -375,6 +433,10 @@ class Namespace:
             if parent == path:
                 out.setdefault(name, st)
         out.update(self._files.child_stats(path))
+        if self._dir_changed:
+            for name, st in out.items():
+                if st.is_dir:
+                    out[name] = self._dir_times(path + b"/" + name if path else name, st)
         return list(out.items())
 
     def _stale_listing(self, path: bytes) -> Listing | None:
@@ -428,6 +490,7 @@ class Namespace:
         """``path`` (and, if ``tree``, everything below it) no longer exists."""
         self._cache.note_gone(path, tree=tree)
         self._local_dirs.pop(path, None)
+        self._dir_changed.pop(path, None)
         if tree:
             for p in [p for p in self._local_dirs if under(p, path)]:
                 del self._local_dirs[p]
@@ -442,6 +505,7 @@ class Namespace:
         st = self._attrs.dir(time.time_ns())
         meta = None
         if self._attrs.stored:
+            mode, gid = await self.inherit(split(path)[0], mode, gid)
             st = self._attrs.with_owner(st, mode, uid, gid)
             meta = self._attrs.to_meta(st)
         if self._markers:
@@ -453,6 +517,7 @@ class Namespace:
         else:
             self._cache.drop_negative(path)
             self._local_dirs[path] = st
+        self.entries_changed(path)
         return st
 
     async def _check_markers(self, path: bytes, key: str) -> None:
@@ -566,6 +631,7 @@ class Namespace:
                 self._gone(path, tree=False)
                 raise
         self._gone(path, tree=False)
+        self.entries_changed(path)
         self._store.forget_same_bytes(key)
         await self._keep_parent(path)
         if not self._markers and not self._store.sends_own_requests:
@@ -583,6 +649,7 @@ class Namespace:
             # store over a disk (rclone) removes its empty directory.
             await self._store.delete_marker(key, f"rmdir {show(path)}")
             self._gone(path)
+            self.entries_changed(path)
             self._keep_parents(path)
             return
         if path not in self._local_dirs and self._markers:
@@ -591,6 +658,7 @@ class Namespace:
             except FileNotFoundError:
                 pass  # no marker: the directory was only implied
         self._gone(path)
+        self.entries_changed(path)
         await self._keep_parent(path)
         if not self._markers:
             await self._remove_stand_ins(split(path)[0])
@@ -634,6 +702,7 @@ class Namespace:
             await self._rename_dir(old, new, okey, nkey, src)
         else:
             await self._rename_file(old, new, okey, nkey)
+        self.entries_changed(old, new)
 
     async def _rename_file(self, old: bytes, new: bytes, okey: str, nkey: str) -> None:
         wb = self._files.writeback
@@ -705,10 +774,19 @@ class Namespace:
             await self._store.copy(src_key, nkey + src_key[cut:], f"rename {src_key}")
 
         if self._markers:  # first, so that stores with real directories have the parents
-            meta = self._attrs.to_meta(src) if self._attrs.stored and src.attrs_known else None
+            metas: dict[str, dict[str, str] | None] = {
+                okey: self._attrs.to_meta(src) if self._attrs.stored and src.attrs_known else None}
+            if self._attrs.stored and dirs:
+                # The markers below keep their attributes too: one HEAD each (a listing
+                # carries no metadata), then each new marker is written with them.
+                async def read(d: str) -> None:
+                    st = await self._store.head_meta(d + "/", f"rename {d}", kind="dir")
+                    metas[d] = self._attrs.to_meta(st) if st is not None else None
+
+                await concurrently([(read, d) for d in dirs])
             for d in [okey, *dirs]:
                 await self._store.create_dir(nkey + d[cut:], f"mkdir {nkey + d[cut:]}",
-                                             meta if d == okey else None)
+                                             metas.get(d))
         await concurrently([(copy, k) for k in files])
         if self._store.sends_own_requests:
             # Exactly the keys copied, then the markers below (deepest first) and the
@@ -727,7 +805,10 @@ class Namespace:
                     raise
         # Move what lives in this mount only (local directories, open writers).
         moved_local = {new + p[len(old):]: st for p, st in self._local_dirs.items() if p == old or under(p, old)}
+        changed = self._dir_changed.get(old)
         self._gone(old)
+        if changed is not None:
+            self._dir_changed[new] = changed
         await self._keep_parent(old)
         await self._files.move_under(old, new)
         self._cache.invalidate(new)
