@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
+import pytest
 import trio
 
 from fusefs.policies import get_policy
@@ -264,3 +266,28 @@ def test_small_copies_take_one_fetch_and_fall_back_when_the_file_grew(tmp_path: 
         await fast.close()
         await cap.close()
     trio.run(main)
+
+
+def test_commit_syncs_spread_over_threads_report_the_first_failure(tmp_path: Any) -> None:
+    """`_fdatasync_all` syncs every descriptor (several threads share them) and, when
+    one fails, still syncs the rest and raises that failure once all are done (the
+    commit then keeps the batch for the next try)."""
+    from fusefs.tiers import fast as fast_mod
+
+    fds = [os.open(str(tmp_path / f"f{i}"), os.O_CREAT | os.O_RDWR, 0o600) for i in range(40)]
+    try:
+        for fd in fds:
+            os.pwrite(fd, b"x" * 4096, 0)
+        trio.run(fast_mod._fdatasync_all, fds)
+        trio.run(fast_mod._fdatasync_all, [])
+        r, w = os.pipe()  # fdatasync of a pipe is EINVAL
+        try:
+            with pytest.raises(OSError) as exc:
+                trio.run(fast_mod._fdatasync_all, fds[:20] + [r] + fds[20:])
+            assert exc.value.errno == errno.EINVAL
+        finally:
+            os.close(r)
+            os.close(w)
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -8,7 +8,7 @@ remount serves yesterday's warm data at once. The tier's policy keys are `FastKe
 start)`: the entry id, never an inode.
 
 Writes into the tier (admissions) go to the data file immediately and are readable at
-once; the committer makes them durable (fdatasync, in a worker thread) and only then records
+once; the committer makes them durable (fdatasync, spread over worker threads) and only then records
 them in the catalog, together with new entry rows and the removal of dropped entries, in one
 transaction, also in a worker thread: no sqlite call runs on the event loop. Each extent
 carries the CRC-32C of every 16 KiB piece (`fusefs.checksums`), and every read checks the
@@ -63,6 +63,11 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 # Reads and writes at least this large go to a worker thread.
 _THREAD_IO = 256 * 1024
+#: Threads a commit's fdatasync calls are spread over. On ext4 (and XFS) syncs that
+#: run at once share journal commits: 1,000 cache files of 4 KiB took 0.15 ms each
+#: synced 16 at a time against 2.9 ms each one after another (this machine's ext4,
+#: load 6), and a warm of small files was bound by that.
+_SYNC_THREADS = 16
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> None:
@@ -295,7 +300,7 @@ class FastTier:
         for cf in syncing:
             cf.io += 1
         try:
-            await trio.to_thread.run_sync(lambda: [os.fdatasync(cf.fd) for cf in syncing])
+            await _fdatasync_all([cf.fd for cf in syncing])
         except OSError as exc:
             self._requeue(pending, removed, new, dropped)
             self._commit_failed(f"fdatasync failed ({exc})")
@@ -785,3 +790,27 @@ class FastTier:
             "pinned_bytes": self.policy.pinned_bytes,
             "pending_commits": len(self._pending),
         }
+
+
+async def _fdatasync_all(fds: list[int]) -> None:
+    """fdatasync every descriptor of ``fds``, spread over up to `_SYNC_THREADS` worker
+    threads (each syncs its share in turn); raises the first OSError once all are done."""
+    if len(fds) <= 1:
+        if fds:
+            await trio.to_thread.run_sync(os.fdatasync, fds[0])
+        return
+    failed: list[OSError] = []
+
+    def sync(share: list[int]) -> None:
+        for fd in share:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                failed.append(exc)
+
+    k = min(_SYNC_THREADS, len(fds))
+    async with trio.open_nursery() as nursery:
+        for i in range(k):
+            nursery.start_soon(trio.to_thread.run_sync, sync, fds[i::k])
+    if failed:
+        raise failed[0]
