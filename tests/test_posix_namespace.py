@@ -450,6 +450,28 @@ def test_rename_keeps_inode_and_open_descriptors(pair: Pair) -> None:
     assert stat.S_IMODE(pair.stored("g").st_mode) == 0o640
 
 
+def test_rename_keeps_read_only_descriptors(pair: Pair) -> None:
+    """A read-only descriptor reads its file on after renames of it and of its
+    directories (on S3: of an object in the store, read by ranged GETs of its key)."""
+    def go(r: str) -> Any:
+        os.mkdir(f"{r}/d")
+        with open(f"{r}/d/f", "wb") as f:
+            f.write(bytes(range(256)) * 20)
+        if r == pair.mnt:
+            pair.src  # noqa: B018  (on S3: in the store, no write of it pending)
+        fd = os.open(f"{r}/d/f", os.O_RDONLY)
+        try:
+            os.rename(f"{r}/d/f", f"{r}/g")
+            first = os.pread(fd, 4, 0)
+            os.rename(f"{r}/d", f"{r}/e")
+            os.rename(f"{r}/g", f"{r}/e/h")
+            os.rename(f"{r}/e", f"{r}/z")
+            return first, os.pread(fd, 4, 4097), os.fstat(fd).st_size, os.listdir(f"{r}/z")
+        finally:
+            os.close(fd)
+    assert same_on_both(pair.plain, pair.mnt, go) == (b"\0\1\2\3", b"\1\2\3\4", 5120, ["h"])
+
+
 def test_rename_over_open_file(pair: Pair) -> None:
     mnt = pair.mnt
     for n in ("a", "b"):

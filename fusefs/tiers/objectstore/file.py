@@ -864,6 +864,13 @@ class OpenFiles:
             w.path = new
         if writers:
             self._writers.setdefault(new, []).extend(writers)
+        # Read-only ones too: they read the new key (a copy: the same bytes, and on S3
+        # the same ETag unless the object was a multipart upload, then they read ESTALE).
+        readers = self._readers.pop(old, [])
+        for r in readers:
+            r.path = new
+        if readers:
+            self._readers.setdefault(new, []).extend(readers)
         if self.writeback is not None:
             spools = [w.spool for w in writers if w.spool is not None and w.spool.id]
             spools += self.writeback.move_pending(old, new)
@@ -871,7 +878,8 @@ class OpenFiles:
 
     async def move_under(self, old: bytes, new: bytes) -> None:
         """The directory ``old`` is now ``new``: move the handles of the files below it."""
-        for p in [p for p in self._paths() if under(p, old)]:
+        paths = list(dict.fromkeys([*self._paths(), *self._readers]))
+        for p in [p for p in paths if under(p, old)]:
             await self.move(p, new + p[len(old):])
 
     # -- whole-object transfer (the seam for the fast tier's destager) ----
