@@ -7,9 +7,11 @@ the syscalls Python does not wrap (``renameat2``, ``utimensat`` with
 ``UTIME_OMIT``, ``rewinddir``), and running a snippet as another user.
 
 The module-wide mount (`shared_mount`, through `pair`) is of a local directory and of
-an S3 bucket (``rclone serve s3`` with stored attributes): each case runs on both. What
-an object store cannot do is a documented limit (`S3_LIMITS`), which a case asserts
-exactly through `Pair.limit`; everything else must match the plain directory.
+an S3 bucket (``rclone serve s3`` with stored attributes): each case runs on both. A
+case that needs a mount of its own takes `own_mounts` (or `own`): mounts of new sources
+of the same kind, so it runs on both too. What an object store cannot do is a documented
+limit (`S3_LIMITS`), which a case asserts exactly through `Pair.limit`; everything else
+must match the plain directory.
 """
 
 from __future__ import annotations
