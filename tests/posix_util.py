@@ -7,9 +7,11 @@ the syscalls Python does not wrap (``renameat2``, ``utimensat`` with
 ``UTIME_OMIT``, ``rewinddir``), and running a snippet as another user.
 
 The module-wide mount (`shared_mount`, through `pair`) is of a local directory and of
-an S3 bucket (``rclone serve s3`` with stored attributes): each case runs on both. What
-an object store cannot do is a documented limit (`S3_LIMITS`), which a case asserts
-exactly through `Pair.limit`; everything else must match the plain directory.
+an S3 bucket (``rclone serve s3`` with stored attributes): each case runs on both. A
+case that needs a mount of its own takes `own_mounts` (or `own`): mounts of new sources
+of the same kind, so it runs on both too. What an object store cannot do is a documented
+limit (`S3_LIMITS`), which a case asserts exactly through `Pair.limit`; everything else
+must match the plain directory.
 """
 
 from __future__ import annotations
@@ -254,6 +256,8 @@ class Pair:
     kind: str = "local"
     #: The S3 server (an `s3server.S3Server`) whose bucket is the source, if any.
     server: Any = None
+    #: The mount point, when ``mnt`` is not a directory right below it.
+    mountpoint: str = ""
 
     @property
     def src(self) -> str:
@@ -262,7 +266,7 @@ class Pair:
         An S3 mount writes back: a closed file reaches the store after its close (the
         destager uploads it), so on S3 this first waits until nothing is pending."""
         if self.kind == "s3":
-            wait_for_uploads(os.path.dirname(self.mnt))
+            wait_for_uploads(self.mountpoint or os.path.dirname(self.mnt))
         return self.source_dir
 
     def stored(self, name: str) -> Stored:
@@ -274,7 +278,8 @@ class Pair:
             st = os.lstat(path)
             xattrs = {k: os.getxattr(path, k, follow_symlinks=False)
                       for k in os.listxattr(path, follow_symlinks=False)}
-            return Stored(st.st_mode, st.st_mtime_ns, st.st_ctime_ns, xattrs)
+            return Stored(st.st_mode, st.st_mtime_ns, st.st_ctime_ns, xattrs, st.st_uid,
+                          st.st_gid)
         import base64
         from urllib.parse import unquote
 
@@ -282,13 +287,15 @@ class Pair:
         from s3server import api
 
         self.src  # noqa: B018  (waits for the uploads)
-        key = f"{os.path.basename(self.mnt)}/{name}"
+        bucket, key = os.path.relpath(os.path.join(self.source_dir, name),
+                                      self.server.data_dir).split("/", 1)
         meta = {k.lower(): v for k, v in api(self.server).head_object(
-            Bucket=self.server.bucket, Key=key)["Metadata"].items()}
+            Bucket=bucket, Key=key)["Metadata"].items()}
         raw = json.loads(unquote(meta["xattr"])) if "xattr" in meta else {}
         return Stored(int(meta["mode"]), parse_time(meta.get("mtime")),
                       parse_time(meta.get("ctime")),
-                      {k: base64.b64decode(v) for k, v in raw.items()})
+                      {k: base64.b64decode(v) for k, v in raw.items()},
+                      int(meta.get("uid", -1)), int(meta.get("gid", -1)))
 
     def limit(self, op: str, on_s3: Any, on_local: Any = None) -> Any:
         """What the test expects of ``op`` here: on S3 ``on_s3``, what a documented
@@ -310,6 +317,8 @@ class Stored(NamedTuple):
     st_mtime_ns: int | None
     st_ctime_ns: int | None
     xattrs: dict[str, bytes]
+    st_uid: int = 0
+    st_gid: int = 0
 
 
 #: What an S3 source gives where a local directory succeeds: what an object store cannot
@@ -327,6 +336,11 @@ S3_LIMITS: dict[str, str] = {
     # No change notifications: what another client changes is seen once the cached
     # stat expires (stat_ttl).
     "another client's change": "the version this mount knew, until stat_ttl",
+    # No key names a bucket's root (nor, without markers, a directory): its mode, owner
+    # and times are kept in the mount that set them.
+    "root attributes": "this mount only",
+    # A bucket has no capacity or inode count: fixed large counts, as Mountpoint gives.
+    "statfs": "2**50 blocks of 4 KiB, 2**40 files",
 }
 
 
@@ -353,19 +367,10 @@ class SharedMount(Mounted):
     server: Any = None
 
 
-def _s3_shared_mount(base: str, request: pytest.FixtureRequest) -> SharedMount:
-    """A mount of a new bucket of an ``rclone serve s3`` of this module, as a user who
-    wants POSIX behaviour configures one: ``stored_attributes = true``."""
-    from s3server import S3Server
-
-    # A directory cache of 1 ms: files made on disk in the bucket are seen at once. Not
-    # 0 s: rclone 1.7x then spins a core for ever after each PUT with user metadata
-    # (every upload with stored attributes), and answers slower with each of them.
-    server = S3Server(Path(base) / "s3data", bucket="posix", dir_cache_time="1ms")
-    server.start()
-    request.addfinalizer(server.stop)
-    config = os.path.join(base, "tierfs.toml")
-    with open(config, "w") as f:
+def _s3_config(server: Any, path: str) -> str:
+    """A config of a mount of ``server``'s bucket as a user who wants POSIX behaviour
+    writes one: ``stored_attributes = true``."""
+    with open(path, "w") as f:
         f.write(textwrap.dedent(f"""\
             [source]
             access_key = "{server.access_key}"
@@ -376,6 +381,20 @@ def _s3_shared_mount(base: str, request: pytest.FixtureRequest) -> SharedMount:
             [mount]
             max_requests = 16
             """))
+    return path
+
+
+def _s3_shared_mount(base: str, request: pytest.FixtureRequest) -> SharedMount:
+    """A mount of a new bucket of an ``rclone serve s3`` of this module (`_s3_config`)."""
+    from s3server import S3Server
+
+    # A directory cache of 1 ms: files made on disk in the bucket are seen at once. Not
+    # 0 s: rclone 1.7x then spins a core for ever after each PUT with user metadata
+    # (every upload with stored attributes), and answers slower with each of them.
+    server = S3Server(Path(base) / "s3data", bucket="posix", dir_cache_time="1ms")
+    server.start()
+    request.addfinalizer(server.stop)
+    config = _s3_config(server, os.path.join(base, "tierfs.toml"))
     m = SharedMount(server.uri() + "&request_timeout=60", os.path.join(base, "mnt"),
                     cache=os.path.join(base, "cache"), log=os.path.join(base, "tierfs.log"),
                     config=config)
@@ -436,6 +455,81 @@ def pair(shared_mount: SharedMount, tmp_path: "os.PathLike[str]") -> Iterator[Pa
         shutil.rmtree(p.src, ignore_errors=True)
 
 
+_own = itertools.count()
+
+
+class OwnMounts:
+    """Mounts of their own for the cases that need one (the mount's root, ``allow_other``,
+    two mounts, counts of the whole mount), of the shared mount's kind: a new local
+    directory, or a new bucket of the module's S3 server (the shared mount's, so no server
+    starts; `_s3_config`; a new bucket, not a prefix: rclone shows no empty prefix). Each
+    mount is unmounted, and its bucket removed, at the end of the test."""
+
+    def __init__(self, shared: SharedMount, make_mount: Callable[..., Mounted],
+                 tmp_path: str) -> None:
+        self.kind, self.server = shared.kind, shared.server
+        self._shared, self._make_mount, self._tmp = shared, make_mount, tmp_path
+        self._made: list[str] = []
+
+    def source(self) -> str:
+        """A new, empty source: its directory on disk (for S3: the bucket's)."""
+        n = next(_own)
+        if self.kind == "s3":
+            path = os.path.join(self.server.data_dir, f"own{n}")
+            self._made.append(path)
+        else:
+            path = os.path.join(self._tmp, f"src{n}")
+        os.mkdir(path)
+        return path
+
+    def mount(self, source_dir: str | None = None, **kw: Any) -> SharedMount:
+        """A mount (not yet entered) of ``source_dir`` (default: a new `source`); keywords
+        go to `Mounted`. Only a local source may be a directory of the caller's."""
+        source_dir = source_dir or self.source()
+        if self.kind == "s3":
+            assert os.path.dirname(source_dir) == str(self.server.data_dir), source_dir
+            bucket = os.path.basename(source_dir)
+            kw.setdefault("config", _s3_config(
+                self.server, os.path.join(self._tmp, f"tierfs-{bucket}.toml")))
+            m = self._make_mount(self.server.uri(bucket=bucket) + "&request_timeout=60", **kw)
+        else:
+            m = self._make_mount(source_dir, **kw)
+        m.kind, m.server, m.source_dir = self.kind, self.server, source_dir
+        return m  # type: ignore[no-any-return]
+
+    def pair(self, m: Mounted, plain: str) -> Pair:
+        """A `Pair` of ``plain`` and the root of ``m`` (a mount of this factory)."""
+        return Pair(plain, m.mountpoint, m.source_dir, self.kind,  # type: ignore[attr-defined]
+                    self.server, mountpoint=m.mountpoint)
+
+    def cleanup(self) -> None:
+        for path in self._made:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def own_mounts(shared_mount: SharedMount, make_mount: Callable[..., Mounted],
+               tmp_path: "os.PathLike[str]") -> Iterator[OwnMounts]:
+    """`OwnMounts` of the shared mount's kind (local, s3): a test taking it runs on
+    both. Fails the test if the shared mount's daemon logged an unexpected error."""
+    own = OwnMounts(shared_mount, make_mount, str(tmp_path))
+    before = len(shared_mount.errors())
+    yield own
+    own.cleanup()
+    new = shared_mount.errors()[before:]
+    assert not new, "the daemon logged unexpected errors:\n" + "\n".join(new)
+
+
+@pytest.fixture
+def own(own_mounts: OwnMounts, tmp_path: "os.PathLike[str]") -> Iterator[Pair]:
+    """A mount of a new source of each kind (`OwnMounts`) and a plain directory: a
+    `Pair` whose ``mnt`` is the mount's root."""
+    plain = os.path.join(tmp_path, "plain-own")
+    os.mkdir(plain)
+    with own_mounts.mount() as m:
+        yield own_mounts.pair(m, plain)
+
+
 @contextlib.contextmanager
 def private_tmpfs(path: str, size: str = "64m") -> Iterator[str]:
     """A tmpfs of its own at ``path``: a source whose free space nobody else
@@ -455,8 +549,7 @@ def open_dir_fd(path: str) -> int:
 
 __all__ = [
     "AT_FDCWD", "DirStream", "NOBODY", "RENAME_EXCHANGE", "RENAME_NOREPLACE", "UTIME_NOW",
-    "UTIME_OMIT", "Pair", "S3_LIMITS", "SharedMount", "err", "open_dir_fd", "outcome", "pair", "plain", "private_tmpfs",
-    "renameat2",
-    "run_as", "same_on_both", "shared_mount",
-    "utimensat",
+    "UTIME_OMIT", "OwnMounts", "Pair", "S3_LIMITS", "SharedMount", "err", "open_dir_fd",
+    "outcome", "own", "own_mounts", "pair", "plain", "private_tmpfs", "renameat2", "run_as",
+    "same_on_both", "shared_mount", "utimensat",
 ]

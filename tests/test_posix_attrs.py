@@ -7,16 +7,19 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from mounting import Mounted
-from posix_util import (  # noqa: F401  (pair, shared_mount are fixtures)
+from posix_util import (  # noqa: F401  (own*, pair, plain, shared_mount are fixtures)
     UTIME_NOW,
     UTIME_OMIT,
+    OwnMounts,
     Pair,
     err,
+    own,
+    own_mounts,
     pair,
+    plain,
     private_tmpfs,
     same_on_both,
     shared_mount,
@@ -204,31 +207,61 @@ def test_write_updates_mtime_and_ctime(pair: Pair) -> None:
     assert (st.st_mtime_ns, st.st_ctime_ns) == (src.st_mtime_ns, src.st_ctime_ns)
 
 
-def test_root_attributes(src: str, mnt: str) -> None:
+def test_root_attributes(own: Pair) -> None:
+    mnt = own.mnt
     os.chmod(mnt, 0o711)
-    assert stat.S_IMODE(os.stat(src).st_mode) == 0o711
+    assert stat.S_IMODE(os.stat(mnt).st_mode) == 0o711
     os.utime(mnt, ns=(SECOND, 2 * SECOND))
-    assert _times(src) == (SECOND, 2 * SECOND) == _times(mnt)
+    assert _times(mnt) == (SECOND, 2 * SECOND)
     os.chown(mnt, 12, 34)
     st = os.stat(mnt)
-    assert (st.st_uid, st.st_gid) == (12, 34) == (os.stat(src).st_uid, os.stat(src).st_gid)
+    assert (st.st_uid, st.st_gid) == (12, 34)
+    assert stat.S_IMODE(st.st_mode) == 0o711 and _times(mnt) == (SECOND, 2 * SECOND)
+    # The source holds them too; on S3 nothing can: no key names the root.
+    src = os.stat(own.src)
+    held = (stat.S_IMODE(src.st_mode), _times(own.src), src.st_uid, src.st_gid)
+    want = (0o711, (SECOND, 2 * SECOND), 12, 34)
+    assert (held == want) == own.limit("root attributes", False, True)
+    assert os.listdir(own.src) == []  # (on S3: no object was made for them)
 
 
 # -- statfs and access -------------------------------------------------------------------
 
 
-def test_statfs_reports_the_source_file_system(tmp_path: Any,
-                                               make_mount: Callable[..., Mounted]) -> None:
+_STATFS_FIELDS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                  "f_ffree", "f_favail", "f_namemax")
+
+
+def _statfs(st: os.statvfs_result) -> dict[str, int]:
+    return {k: getattr(st, k) for k in _STATFS_FIELDS}
+
+
+def test_statfs_reports_the_source_file_system(tmp_path: Any, own_mounts: OwnMounts) -> None:
     """Every statvfs field is the source's. The source is a private tmpfs (its free
-    counts change only by this test), so the free counts are compared exactly too."""
-    fields = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
-              "f_ffree", "f_favail", "f_namemax")
+    counts change only by this test), so the free counts are compared exactly too.
 
-    def values(st: os.statvfs_result) -> dict[str, int]:
-        return {k: getattr(st, k) for k in fields}
-
+    A bucket has no capacity to report (the "statfs" limit): an S3 mount gives fixed
+    large counts, 4 KiB blocks and NAME_MAX, which writing does not change."""
+    values = _statfs
+    if own_mounts.kind == "s3":
+        with own_mounts.mount() as m:
+            want = own_mounts.pair(m, "").limit("statfs", {
+                "f_bsize": 4096, "f_frsize": 4096, "f_blocks": 1 << 50, "f_bfree": 1 << 50,
+                "f_bavail": 1 << 50, "f_files": 1 << 40, "f_ffree": 1 << 40,
+                "f_favail": 1 << 40, "f_namemax": 255})
+            assert values(os.statvfs(m.mountpoint)) == want
+            with open(f"{m.mountpoint}/f", "wb") as f:
+                f.write(b"x" * (1 << 20))
+            os.mkdir(f"{m.mountpoint}/d")
+            assert values(os.statvfs(m.mountpoint)) == want
+            fd = os.open(m.mountpoint, os.O_RDONLY)
+            try:
+                assert values(os.fstatvfs(fd)) == want
+            finally:
+                os.close(fd)
+        return
     with private_tmpfs(os.path.join(tmp_path, "tmpfs"), "16m") as src, \
-            make_mount(src) as m:
+            own_mounts.mount(src) as m:
         assert values(os.statvfs(m.mountpoint)) == values(os.statvfs(src))
         with open(f"{m.mountpoint}/f", "wb") as f:
             f.write(b"x" * (1 << 20))

@@ -246,7 +246,7 @@ class ObjectFile(CapacityFile):
     async def pread(self, offset: int, size: int) -> bytes:
         if self._closed:
             raise err(errno.EBADF, "file is closed")
-        if not self.writable:
+        if not self.writable and not self._unlinked:
             self._follow_view()
         if self._fd >= 0:
             if size >= _THREAD_IO:
@@ -299,7 +299,7 @@ class ObjectFile(CapacityFile):
                                  self.spool, self._mtime_ns)
 
     async def fstat(self) -> Stat:
-        if self._fd >= 0:
+        if self._fd >= 0 and (self.writable or self._view is not None):
             return self.spool_stat()
         if self._input is not None and self._input_size != self._stat.st_size:
             return self._attrs.file(self._input_size, self._stat.version().mtime_ns)
@@ -513,6 +513,8 @@ class OpenFiles:
         self._cache = cache
         self._opts = opts
         self._writers: dict[bytes, list[ObjectFile]] = {}
+        #: Read-only handles by path (an unlink keeps their bytes: `unlinked`).
+        self._readers: dict[bytes, list[ObjectFile]] = {}
         #: Paths a writable open is being prepared for (see `open`).
         self._opening: dict[bytes, trio.Lock] = {}
         self._spool_dir: str | None = None
@@ -632,6 +634,7 @@ class OpenFiles:
                     pass  # uploaded and removed meanwhile: the store has it
             if f._fd < 0 and self.store.pins_generation:
                 await f.pin_generation()
+            self._readers.setdefault(path, []).append(f)
             return f
         # One writable open of a path at a time: a second one waits for the first's
         # spool (downloaded first) and shares it instead of downloading its own.
@@ -781,11 +784,12 @@ class OpenFiles:
         self._cache.forget_version(path)
 
     def forget(self, f: ObjectFile) -> None:
-        writers = self._writers.get(f.path)
-        if writers and f in writers:
-            writers.remove(f)
-            if not writers:
-                del self._writers[f.path]
+        for table in (self._writers, self._readers):
+            handles = table.get(f.path)
+            if handles and f in handles:
+                handles.remove(f)
+                if not handles:
+                    del table[f.path]
 
     def has_changes(self, path: bytes) -> bool:
         """Whether a spool of ``path`` holds bytes the store may lack (write-back)."""
@@ -800,6 +804,7 @@ class OpenFiles:
 
         Returns whether anything of it lived here only (writers or pending writes).
         """
+        await self._keep_for_readers(path)
         writers = self._writers.pop(path, [])
         for w in writers:
             w._unlinked = True
@@ -809,6 +814,36 @@ class OpenFiles:
         if self.writeback is not None:
             had = await self.writeback.unlinked(path) or had
         return had
+
+    async def _keep_for_readers(self, path: bytes) -> None:
+        """``path`` is about to go from the store (unlink, or a rename over it): its
+        read-only handles that read the store get its bytes first, in one unnamed file
+        of the spool directory (freed at their last close), so they read on, as on a
+        disk. Handles reading a spool already hold their bytes."""
+        readers = self._readers.pop(path, [])
+        for r in readers:
+            r._unlinked = True
+        remote = [r for r in readers if r._fd < 0 and not r._closed]
+        if not remote:
+            return
+        self.setup_spool()
+        fd, name = tempfile.mkstemp(prefix="unlinked-", dir=self._spool_dir)
+        os.unlink(name)
+        try:
+            await self.get_object_into(path, fd)
+        except FileNotFoundError:
+            # Not in the store (another client deleted it): they read ESTALE, as before.
+            os.close(fd)
+            return
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            for r in remote:
+                if not r._closed:
+                    r._fd = os.dup(fd)
+        finally:
+            os.close(fd)
 
     async def flush(self, path: bytes) -> None:
         """Make the store hold what the handles of ``path`` hold (before it is copied)."""
@@ -829,6 +864,13 @@ class OpenFiles:
             w.path = new
         if writers:
             self._writers.setdefault(new, []).extend(writers)
+        # Read-only ones too: they read the new key (a copy: the same bytes, and on S3
+        # the same ETag unless the object was a multipart upload, then they read ESTALE).
+        readers = self._readers.pop(old, [])
+        for r in readers:
+            r.path = new
+        if readers:
+            self._readers.setdefault(new, []).extend(readers)
         if self.writeback is not None:
             spools = [w.spool for w in writers if w.spool is not None and w.spool.id]
             spools += self.writeback.move_pending(old, new)
@@ -836,7 +878,8 @@ class OpenFiles:
 
     async def move_under(self, old: bytes, new: bytes) -> None:
         """The directory ``old`` is now ``new``: move the handles of the files below it."""
-        for p in [p for p in self._paths() if under(p, old)]:
+        paths = list(dict.fromkeys([*self._paths(), *self._readers]))
+        for p in [p for p in paths if under(p, old)]:
             await self.move(p, new + p[len(old):])
 
     # -- whole-object transfer (the seam for the fast tier's destager) ----

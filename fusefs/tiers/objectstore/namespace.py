@@ -740,6 +740,9 @@ class Namespace:
                     await self._remove_stand_ins(split(old)[0])
                 return
         await self._files.flush(old)  # the object must exist before it can be copied
+        # The file it replaces dies with its name, pending writes too: an upload of them
+        # after the copy would put the replaced bytes back under the new name.
+        await self._files.unlinked(new)
         await self._store.copy(okey, nkey, f"rename {show(old)}")
         try:
             await self._delete_key(old, okey)
