@@ -80,6 +80,11 @@ from .writeback import Spool, WriteBack
 log = logging.getLogger(__name__)
 
 _THREAD_IO = 256 * 1024  # spool I/O at least this large goes to a thread
+#: The largest object whose open read-only descriptors an unlink (or a rename over it)
+#: keeps readable by downloading it first (`OpenFiles._keep_for_readers`). A larger
+#: one's descriptors read ESTALE for the bytes no cache holds: an `rm` must not wait
+#: for gigabytes, nor fill the cache directory's disk.
+KEEP_FOR_READERS_MAX = 64 << 20
 
 
 class ObjectFile(CapacityFile):
@@ -824,7 +829,7 @@ class OpenFiles:
         for r in readers:
             r._unlinked = True
         remote = [r for r in readers if r._fd < 0 and not r._closed]
-        if not remote:
+        if not remote or max(r._stat.st_size for r in remote) > KEEP_FOR_READERS_MAX:
             return
         self.setup_spool()
         fd, name = tempfile.mkstemp(prefix="unlinked-", dir=self._spool_dir)
@@ -834,6 +839,16 @@ class OpenFiles:
         except FileNotFoundError:
             # Not in the store (another client deleted it): they read ESTALE, as before.
             os.close(fd)
+            return
+        except TierUnavailable:
+            os.close(fd)
+            raise  # the delete that follows needs the store too
+        except OSError as exc:
+            # The cache directory's disk is full, say: the unlink goes on, and the
+            # descriptors read ESTALE for what no cache holds, as for a large object.
+            os.close(fd)
+            log.warning("%s: open readers of %s keep no copy (%s)", self.store.description,
+                        show(path), exc)
             return
         except BaseException:
             os.close(fd)
