@@ -972,39 +972,3 @@ def test_file_uri_with_real_directories(tmp_path: Path) -> None:
         await tier.close()
 
     run(main)
-
-
-def test_changes_during_a_listing_are_not_lost_when_it_is_stored() -> None:
-    """A LIST sent before this mount's upload finished (or its delete) answers without
-    the new object (or with the gone one); stored as it came, it would hide the new
-    file (or show the deleted one) for list_ttl. The changes noted while it was on its
-    way are applied to it; a listing of a directory removed meanwhile is not kept.
-    (Seen under stress-ng: one file of 840 missing from every listing of a directory.)"""
-    import collections
-
-    from fusefs.tiers.objectstore.metacache import MetaCache
-    from fusefs.tiers.objectstore.options import Attributes, ObjectStoreOptions
-
-    opts = ObjectStoreOptions()
-    attrs = Attributes(opts, 0)
-    cache = MetaCache(opts, attrs, root="b", clock=lambda: 100.0,
-                      requests=collections.Counter(), limiter=trio.CapacityLimiter(1))
-    old, new = attrs.file(1, 5), attrs.file(2, 6)
-    cache.listing_started(b"d")
-    cache.note_object(b"d/uploaded", new)   # the upload finished while the LIST was out
-    cache.note_gone(b"d/deleted", tree=False)
-    listing = cache.put_listing(b"d", {b"kept": old, b"deleted": old})  # what the LIST said
-    cache.listing_ended(b"d")
-    assert set(listing.entries) == {b"kept", b"uploaded"}
-    assert cache.fresh_listing(b"d") is listing
-    # A later LIST starts afresh: what was noted before it does not outlive it.
-    cache.listing_started(b"d")
-    again = cache.put_listing(b"d", {b"kept": old})
-    cache.listing_ended(b"d")
-    assert set(again.entries) == {b"kept"}
-    # The directory itself went while its LIST was out: the answer is not kept.
-    cache.listing_started(b"e")
-    cache.note_gone(b"e")
-    cache.put_listing(b"e", {b"x": old})
-    cache.listing_ended(b"e")
-    assert cache.fresh_listing(b"e") is None

@@ -17,12 +17,7 @@ how long (``clock`` is injectable):
 While the store is down, `stale_lookup` and `stale_listing` answer from
 whatever is cached, however old (stale-if-error; the namespace decides when).
 The mount's own writes update the entry and its parent's listing in place
-(`note_object`, `note_gone`), also a listing that is on its way: a LIST sent
-before an upload finished may not show the object, one sent before a delete
-may still show it, and a listing stored as it came would hide a new file (or
-show a gone one) for ``list_ttl`` seconds. So the changes noted while a LIST
-of a directory is in flight (`listing_started` .. `listing_ended`) are applied
-to it when it is stored (`put_listing`). `save_snapshot` / `load_snapshot` keep the
+(`note_object`, `note_gone`). `save_snapshot` / `load_snapshot` keep the
 listings across a remount as a Parquet file. The cache sends no request
 itself: the listing a lookup needs comes from the ``listdir`` it is given.
 """
@@ -62,17 +57,6 @@ class Listing:
         self.stat_expires = stat_expires  # until then, its Stats answer stat()
 
 
-class _InFlight:
-    """The LISTs of one directory on their way, and what changed below it meanwhile."""
-
-    __slots__ = ("lists", "changes", "void")
-
-    def __init__(self) -> None:
-        self.lists = 1
-        self.changes: dict[bytes, Stat | None] = {}
-        self.void = False
-
-
 class MetaCache:
     """TTL caches of stats, negative lookups and listings of one store root."""
 
@@ -103,10 +87,6 @@ class MetaCache:
         self._listing: dict[bytes, trio.Event] = {}
         self._sweep_at = 4096
         self._lists: dict[bytes, Listing] = {}
-        #: LISTs in flight per directory, and the changes of its entries this mount
-        #: noted meanwhile (name -> Stat, or None: gone); ``void``: the directory
-        #: itself went meanwhile (its listing is not stored). See the module docstring.
-        self._inflight: dict[bytes, _InFlight] = {}
         #: Bumped by every change to the listings (what a snapshot holds).
         self.generation = 0
 
@@ -213,42 +193,9 @@ class MetaCache:
             return None
         return listing
 
-    def listing_started(self, path: bytes) -> None:
-        """A LIST of ``path`` is on its way: note the changes below it until it ends."""
-        rec = self._inflight.get(path)
-        if rec is None:
-            self._inflight[path] = _InFlight()
-        else:
-            rec.lists += 1
-
-    def listing_ended(self, path: bytes) -> None:
-        """A LIST of ``path`` came back (stored or not) or failed."""
-        rec = self._inflight.get(path)
-        if rec is not None:
-            rec.lists -= 1
-            if rec.lists <= 0:
-                del self._inflight[path]
-
-    def _noted(self, path: bytes, st: Stat | None) -> None:
-        parent, name = split(path)
-        rec = self._inflight.get(parent)
-        if rec is not None:
-            rec.changes[name] = st
-
     def put_listing(self, path: bytes, entries: dict[bytes, Stat]) -> Listing:
-        """Remember a listing just fetched; its children are no longer misses. The
-        changes this mount noted below ``path`` since its LIST was sent are applied
-        first; a listing of a directory that went meanwhile is returned, not kept."""
+        """Remember a listing just fetched; its children are no longer misses."""
         now = self._clock()
-        rec = self._inflight.get(path)
-        if rec is not None:
-            for name, changed in rec.changes.items():
-                if changed is None:
-                    entries.pop(name, None)
-                else:
-                    entries[name] = changed
-            if rec.void:
-                return Listing(entries, now, now)
         # Where the listing gives no mtime, keep the one a HEAD or an earlier listing
         # stated for the same object: one object shows one version within a mount.
         # (Also from a listing kept for outages only: one object, one version across
@@ -316,7 +263,6 @@ class MetaCache:
         """``path`` now exists as ``st`` (after the mount's own change)."""
         self._stats[path] = (self._clock() + self._opts.stat_ttl, st)
         self._negative.pop(path, None)
-        self._noted(path, st)
         parent, name = split(path)
         listing = self._lists.get(parent)
         if listing is not None:
@@ -329,10 +275,6 @@ class MetaCache:
         self._stats.pop(path, None)
         self._lists.pop(path, None)
         self._negative[path] = self._clock() + self._opts.negative_ttl
-        self._noted(path, None)
-        for p, rec in self._inflight.items():
-            if p == path or (tree and under(p, path)):
-                rec.void = True
         parent, name = split(path)
         listing = self._lists.get(parent)
         if listing is not None:

@@ -403,24 +403,30 @@ class Namespace:
         if listing is None and self._store.down:
             listing = self._stale_listing(path)
         if listing is None:
-            # What this mount changes below ``path`` while the LIST is on its way is
-            # applied to it before it is stored (`MetaCache.listing_started`).
-            self._cache.listing_started(path)
             try:
                 infos = await self._list(path)
             except TierUnavailable:
-                self._cache.listing_ended(path)
                 listing = self._stale_listing(path)
                 if listing is None:
                     raise
-            except BaseException:
-                self._cache.listing_ended(path)
-                raise
         if listing is None:
-            try:
-                listing = await self._listed(path, key, infos)
-            finally:
-                self._cache.listing_ended(path)
+            if not infos and path:
+                # An empty answer: an empty directory, or nothing at all.
+                if not (await self.stat(path)).is_dir:
+                    raise err(errno.ENOTDIR, f"{show(path)}: not a directory")
+            elif path:
+                self._cache.drop_file_stat(path)  # was a file, now a prefix
+            cut = len(key) + 1 if key else 0
+            entries: dict[bytes, Stat] = {}
+            for child_key, st in infos:
+                child = child_key[cut:]
+                if not child or "/" in child or st is None:
+                    continue
+                bname = child.encode("utf-8")
+                if bname in entries and not st.is_dir:
+                    continue  # a key that is both an object and a prefix: the directory wins
+                entries[bname] = st
+            listing = self._cache.put_listing(path, entries)
         out = dict(listing.entries)
         for p, st in self._local_dirs.items():
             parent, name = split(p)
@@ -432,26 +438,6 @@ class Namespace:
                 if st.is_dir:
                     out[name] = self._dir_times(path + b"/" + name if path else name, st)
         return list(out.items())
-
-    async def _listed(self, path: bytes, key: str, infos: list[tuple[str, Stat | None]]) -> Listing:
-        """The listing a LIST of ``path`` (``key``) answered with ``infos``, stored."""
-        if not infos and path:
-            # An empty answer: an empty directory, or nothing at all.
-            if not (await self.stat(path)).is_dir:
-                raise err(errno.ENOTDIR, f"{show(path)}: not a directory")
-        elif path:
-            self._cache.drop_file_stat(path)  # was a file, now a prefix
-        cut = len(key) + 1 if key else 0
-        entries: dict[bytes, Stat] = {}
-        for child_key, st in infos:
-            child = child_key[cut:]
-            if not child or "/" in child or st is None:
-                continue
-            bname = child.encode("utf-8")
-            if bname in entries and not st.is_dir:
-                continue  # a key that is both an object and a prefix: the directory wins
-            entries[bname] = st
-        return self._cache.put_listing(path, entries)
 
     def _stale_listing(self, path: bytes) -> Listing | None:
         listing = self._cache.stale_listing(path)
